@@ -1,0 +1,150 @@
+"""One validated settings model; values come from a YAML file < FASTERDATA_* environment < CLI flags.
+
+The YAML file has a top-level section per command (``proxy:``, ``analyze:``) plus shared keys
+(``redis``, ``prefix``, ``log_level`` …) at the top. An unknown key or a bad value stops start-up
+with a message that names the key and says what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "FASTERDATA_"
+
+
+class ConfigError(Exception):
+    """A setting is missing, unknown or invalid; the message says which and why."""
+
+
+def _hostport(value: str, key: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{key} must be HOST:PORT (e.g. 127.0.0.1:6432), not {value!r}")
+    return value
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class Common(BaseModel):
+    """Settings every command shares."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    redis: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (redis:// or rediss://, may carry user:password)")
+    prefix: str = Field("fasterdata", description="Key prefix for every stream and key, so deployments can share a Redis")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity")
+    log_format: Literal["text", "json"] = Field("text", description="Human-readable lines or one JSON object a line")
+
+    @field_validator("redis")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis must be a redis://, rediss:// or unix:// URL, not {value!r}")
+        return value
+
+
+class ProxySettings(Common):
+    """`fasterdata proxy`."""
+
+    listen: str = Field("127.0.0.1:6432", description="Address clients connect to")
+    upstream: str = Field("127.0.0.1:5432", description="PostgreSQL server the proxy forwards to")
+    upstream_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = Field(
+        "prefer", description="TLS to the upstream, as libpq's sslmode"
+    )
+    upstream_sslrootcert: str | None = Field(None, description="CA file to verify the upstream's certificate")
+    upstream_sslservername: str | None = Field(None, description="Host name to verify (default: the upstream host)")
+    tls_cert: str | None = Field(None, description="Certificate for TLS to clients (without one, SSLRequest is answered 'N')")
+    tls_key: str | None = Field(None, description="Private key for tls_cert")
+    metrics: str = Field("127.0.0.1:9930", description="Address of /metrics, /healthz and /readyz ('' disables)")
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds to reach the upstream before the client gets an error")
+    client_login_timeout: float = Field(60.0, gt=0, description="Seconds a new client has to complete its startup packet")
+    shutdown_grace: float = Field(30.0, ge=0, description="Seconds busy sessions get to finish after SIGTERM/SIGINT")
+    max_client_conn: int = Field(1000, ge=1, description="Client connections beyond this get 'too many connections'")
+    max_message_size: int = Field((1 << 30) - 1, ge=1024, description="Largest protocol message accepted from a client (bytes)")
+    capture: bool = Field(True, description="Tap statements into the Redis stream")
+
+    @field_validator("listen", "upstream")
+    @classmethod
+    def _addresses(cls, value: str, info: Any) -> str:
+        return _hostport(value, info.field_name)
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: str) -> str:
+        return value and _hostport(value, "metrics")
+
+
+COMMANDS: dict[str, type[Common]] = {"proxy": ProxySettings}
+
+
+def _coerce_env(model: type[Common], key: str, raw: str) -> Any:
+    annotation = model.model_fields[key].annotation
+    if annotation is bool:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    return raw
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown setting {key!r}")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {key}: {message} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load(
+    command: str,
+    file: str | Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Common:
+    """Build the command's settings from file < environment < flags (flags equal to None are unset)."""
+    model = COMMANDS[command]
+    values: dict[str, Any] = {}
+    if file:
+        try:
+            data = yaml.safe_load(Path(file).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file}: expected a mapping of settings at the top level")
+        shared = {k: v for k, v in data.items() if k not in COMMANDS}
+        unknown = set(shared) - set(Common.model_fields)
+        if unknown:
+            raise ConfigError(f"{file}: unknown setting {sorted(unknown)[0]!r}")
+        section = data.get(command) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{file}: section {command!r} must be a mapping")
+        values.update(shared)
+        values.update(section)
+        try:
+            model(**values)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, str(file))) from None
+    env = os.environ if environ is None else environ
+    for key in model.model_fields:
+        raw = env.get(ENV_PREFIX + key.upper())
+        if raw is not None:
+            values[key] = _coerce_env(model, key, raw)
+    for key, value in (flags or {}).items():
+        if value is not None:
+            values[key] = value
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, "settings")) from None

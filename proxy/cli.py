@@ -1,0 +1,124 @@
+"""`fasterdata` command line: one sub-command per process kind."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from config.settings import ConfigError, ProxySettings, load, split_hostport
+
+from . import logs
+
+log = logging.getLogger("fasterdata")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML settings file (flags win over FASTERDATA_* "
+                        "environment variables, which win over the file)")
+    parser.add_argument("--redis", metavar="URL", help="Redis URL [redis://127.0.0.1:6379/0]")
+    parser.add_argument("--prefix", help="key prefix for streams and keys [fasterdata]")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="[info]")
+    parser.add_argument("--log-format", choices=["text", "json"], help="[text]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fasterdata",
+        description="PostgreSQL wire-protocol proxy that taps every statement into Redis Streams, "
+        "and the workers that turn that stream into insight.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "proxy", help="run the wire proxy",
+        description="Forward PostgreSQL clients to an upstream server, byte for byte, and capture every "
+        "statement. Point your DSN's port at --listen.")
+    p.add_argument("--listen", metavar="HOST:PORT", help="address clients connect to [127.0.0.1:6432]")
+    p.add_argument("--upstream", metavar="HOST:PORT", help="PostgreSQL server [127.0.0.1:5432]")
+    p.add_argument("--upstream-sslmode", choices=["disable", "allow", "prefer", "require", "verify-ca",
+                                                  "verify-full"], help="TLS to the upstream, as libpq [prefer]")
+    p.add_argument("--upstream-sslrootcert", metavar="FILE", help="CA file for verify-ca / verify-full")
+    p.add_argument("--upstream-sslservername", metavar="NAME", help="host name to verify [upstream host]")
+    p.add_argument("--tls-cert", metavar="FILE", help="certificate for TLS with clients")
+    p.add_argument("--tls-key", metavar="FILE", help="private key for --tls-cert")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="Prometheus /metrics, /healthz, /readyz; '' disables [127.0.0.1:9930]")
+    p.add_argument("--connect-timeout", type=float, metavar="SECONDS", help="reaching the upstream [5]")
+    p.add_argument("--client-login-timeout", type=float, metavar="SECONDS",
+                   help="time a new client has to send its startup packet [60]")
+    p.add_argument("--shutdown-grace", type=float, metavar="SECONDS",
+                   help="time busy sessions get after SIGTERM/SIGINT [30]")
+    p.add_argument("--max-client-conn", type=int, metavar="N", help="client connections allowed [1000]")
+    p.add_argument("--max-message-size", type=int, metavar="BYTES",
+                   help="largest client message accepted [1073741823]")
+    p.add_argument("--no-capture", dest="capture", action="store_const", const=False,
+                   help="forward only; capture no statements")
+    _common(p)
+    return parser
+
+
+def _flags(args: argparse.Namespace, model: type) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k in model.model_fields and v is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "proxy":
+            settings = load("proxy", args.config, _flags(args, ProxySettings))
+            logs.setup(settings.log_level, settings.log_format)
+            return run_proxy(settings)
+    except ConfigError as exc:
+        print(f"fasterdata: configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+def run_proxy(settings: ProxySettings) -> int:
+    import uvloop
+
+    return uvloop.run(_serve_proxy(settings))
+
+
+async def _serve_proxy(settings: ProxySettings) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from .httpd import MetricsServer
+    from .server import ProxyServer
+    from .stats import ProxyCollector
+
+    server = ProxyServer(settings)
+    try:
+        await server.start()
+    except OSError as exc:
+        log.error("cannot listen on %s: %s", settings.listen, exc.strerror or exc)
+        return 1
+    metrics = None
+    if settings.metrics:
+        registry = CollectorRegistry()
+        registry.register(ProxyCollector(server.stats, lambda: len(server.clients)))
+        metrics = MetricsServer(registry, lambda: None)
+        try:
+            await metrics.start(*split_hostport(settings.metrics))
+        except OSError as exc:
+            log.error("cannot serve metrics on %s: %s", settings.metrics, exc.strerror or exc)
+            return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received: stopping")
+    await server.shutdown()
+    if metrics is not None:
+        await metrics.close()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

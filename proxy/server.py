@@ -1,0 +1,455 @@
+"""The listener and the two asyncio protocols of each session: client side and upstream side.
+
+Bytes are written to the other side inside ``data_received``, before anything looks at them;
+decoding runs afterwards on the same bytes object, and a failure in it can only end the tap,
+never the session (hot-path rule 1 of the design).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from config.settings import ProxySettings, split_hostport
+
+from . import tls, wire
+from .session import BACKEND_WANTED, FRONTEND_WANTED, Session
+from .stats import ProxyStats
+
+log = logging.getLogger("fasterdata.proxy")
+
+# States of a client connection.
+STARTUP, CONNECTING, FORWARDING, CLOSED = range(4)
+
+_session_ids = itertools.count(1)
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class SessionLog(logging.LoggerAdapter):
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"[{self.extra['sid']}] {msg}", kwargs
+
+
+class ClientProtocol(asyncio.Protocol):
+    """Client side of one session; owns the upstream connection it opens."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.settings = server.settings
+        self.sid = f"{server.sid_prefix}{next(_session_ids)}"
+        self.log = SessionLog(log, {"sid": self.sid})
+        self.transport: asyncio.Transport | None = None
+        self.upstream: UpstreamProtocol | None = None
+        self.state = STARTUP
+        self.decoder = wire.FrontendDecoder(FRONTEND_WANTED, self.settings.max_message_size)
+        self.session: Session | None = None
+        self.peer = ""
+        self._startup_raw = bytearray()  # raw bytes since the last startup packet consumed
+        self._early: list[bytes] = []  # client bytes that arrived while the upstream was connecting
+        self._login_timer: asyncio.TimerHandle | None = None
+        self._tls = False
+        self.draining = False
+
+    # -- asyncio callbacks --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
+        stats = self.server.stats
+        stats.connections_total += 1
+        if len(self.server.clients) >= self.settings.max_client_conn:
+            stats.connections_refused += 1
+            self.log.warning("refused %s: max_client_conn (%d) reached", self.peer,
+                             self.settings.max_client_conn)
+            self.state = CLOSED
+            transport.write(wire.error_response(
+                f"too many connections: the fasterdata proxy allows {self.settings.max_client_conn}",
+                "53300"))
+            transport.close()
+            return
+        self.server.clients.add(self)
+        self._login_timer = asyncio.get_running_loop().call_later(
+            self.settings.client_login_timeout, self._login_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == FORWARDING:
+            self.upstream.transport.write(data)  # type: ignore[union-attr]
+            self.server.stats.bytes_in += len(data)
+            try:
+                messages = self.decoder.feed(data)
+            except wire.ProtocolViolation as exc:
+                self.fail(str(exc))
+                return
+            if messages and self.session is not None:
+                try:
+                    self.session.from_client(messages, _now_us())
+                except Exception:
+                    self._tap_failed()
+            return
+        if self.state == STARTUP:
+            self._startup_data(data)
+        elif self.state == CONNECTING:
+            self._early.append(data)
+            try:
+                self.decoder.feed(data)
+            except wire.ProtocolViolation as exc:
+                self.fail(str(exc))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = CLOSED
+        self._cancel_login_timer()
+        self.server.clients.discard(self)
+        if self.upstream is not None:
+            self.upstream.close()
+        if self.session is not None:
+            self.session.close(_now_us())
+        self.server.session_ended(self)
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.resume_reading()
+
+    # -- startup --------------------------------------------------------------------------------
+
+    def _startup_data(self, data: bytes) -> None:
+        self._startup_raw += data
+        try:
+            packets = self.decoder.feed(data)
+        except wire.ProtocolViolation as exc:
+            self.fail(str(exc))
+            return
+        consumed = 0
+        for kind, packet, length in packets:
+            if kind == wire.SSL_REQUEST:
+                consumed += length
+                if self.server.tls_context is not None and not self._tls:
+                    self.transport.pause_reading()  # type: ignore[union-attr]
+                    self.transport.write(b"S")  # type: ignore[union-attr]
+                    asyncio.get_running_loop().create_task(self._start_tls())
+                    del self._startup_raw[:consumed]
+                    return
+                self.transport.write(b"N")  # type: ignore[union-attr]
+            elif kind == wire.GSSENC_REQUEST:
+                consumed += length
+                self.transport.write(b"N")  # type: ignore[union-attr]
+            elif kind == wire.CANCEL_REQUEST:
+                self._cancel_login_timer()
+                self.server.forward_cancel(packet)
+                self.state = CLOSED
+                self.transport.close()  # type: ignore[union-attr]
+                return
+            elif kind == wire.STARTUP:
+                self._cancel_login_timer()
+                _version, params = wire.parse_startup(packet)
+                self.session = Session(self.sid, self.peer, params)
+                self.state = CONNECTING
+                self._early.append(bytes(self._startup_raw[consumed:]))
+                self._startup_raw = bytearray()
+                self.log.info("client %s user=%s database=%s application=%s%s", self.peer,
+                              self.session.user, self.session.database, self.session.app or "-",
+                              " (TLS)" if self._tls else "")
+                # The tap sees the typed messages that came with the startup packet, if any.
+                typed = [m for m in packets if m[0] >= 0]
+                if typed:
+                    self.session.from_client(typed, _now_us())
+                asyncio.get_running_loop().create_task(self._connect_upstream())
+                return
+        del self._startup_raw[:consumed]
+
+    async def _start_tls(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            transport = await loop.start_tls(self.transport, self, self.server.tls_context, server_side=True)
+        except (OSError, ssl.SSLError, ConnectionError) as exc:
+            self.log.warning("TLS handshake with %s failed: %s", self.peer, exc)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        if transport is None:
+            return
+        self.transport = transport
+        self._tls = True
+        self._startup_raw.clear()
+        transport.resume_reading()
+
+    async def _connect_upstream(self) -> None:
+        try:
+            self.upstream = await self.server.open_upstream(lambda: UpstreamProtocol(self))
+        except UpstreamError as exc:
+            self.log.warning("%s", exc)
+            self.fail(str(exc), exc.sqlstate)
+            return
+        if self.state == CLOSED:
+            self.upstream.close()
+            return
+        self.state = FORWARDING
+        self.server.stats.bytes_in += sum(map(len, self._early))
+        self.upstream.transport.writelines(self._early)  # type: ignore[union-attr]
+        self._early = []
+
+    # -- ending ---------------------------------------------------------------------------------
+
+    def fail(self, message: str, sqlstate: str = "08P01") -> None:
+        """Tell the client why its session ends (as a FATAL ErrorResponse) and close both sides."""
+        if self.state == CLOSED or self.transport is None:
+            return
+        self.log.warning("closing session: %s", message)
+        if sqlstate == "08P01":
+            self.server.stats.protocol_errors += 1
+        self.state = CLOSED
+        self.transport.write(wire.error_response(message, sqlstate))
+        self.transport.close()
+        if self.upstream is not None:
+            self.upstream.close()
+
+    def _tap_failed(self) -> None:
+        self.log.exception("statement capture failed; this session goes on without it")
+        self.server.stats.tap_errors += 1
+        self.session = None
+
+    def _login_timeout(self) -> None:
+        self._login_timer = None
+        if self.state == STARTUP:
+            self.fail("timeout: no startup packet within client_login_timeout", "08006")
+
+    def _cancel_login_timer(self) -> None:
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+
+    def drain(self) -> None:
+        """Shutdown: end the session now if it is idle, else as soon as it next becomes idle."""
+        self.draining = True
+        if self.state != FORWARDING or self.session is None or self.session.idle:
+            self.terminate()
+
+    def terminate(self) -> None:
+        if self.state == CLOSED:
+            return
+        if self.state == FORWARDING and self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.write(wire.message("X"))
+        self.fail("terminating connection: the fasterdata proxy is shutting down", "57P01")
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    """Server side of one session."""
+
+    def __init__(self, client: ClientProtocol) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self.decoder = wire.BackendDecoder(BACKEND_WANTED)
+        self.negotiation: asyncio.Future[bytes] | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.negotiation is not None:
+            if not self.negotiation.done():
+                self.negotiation.set_result(data)
+            return
+        client = self.client
+        client.transport.write(data)  # type: ignore[union-attr]
+        client.server.stats.bytes_out += len(data)
+        try:
+            messages = self.decoder.feed(data)
+        except wire.ProtocolViolation as exc:
+            client.log.error("upstream sent malformed data (%s); ending the session", exc)
+            client.fail(f"upstream protocol error: {exc}", "08P01")
+            return
+        session = client.session
+        if messages and session is not None:
+            try:
+                session.from_server(messages, _now_us())
+            except Exception:
+                client._tap_failed()
+                return
+            if client.draining and session.idle:
+                client.terminate()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.negotiation is not None and not self.negotiation.done():
+            self.negotiation.set_exception(ConnectionError("upstream closed the connection"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+        client = self.client
+        if client.state != CLOSED and client.transport is not None:
+            client.state = CLOSED
+            client.transport.close()
+
+    def pause_writing(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.resume_reading()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+class UpstreamError(Exception):
+    """The upstream cannot be reached or refused TLS; carries the SQLSTATE the client gets."""
+
+    def __init__(self, message: str, sqlstate: str = "08006") -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class ProxyServer:
+    """Accepts clients, connects each to the upstream, and shuts down gracefully."""
+
+    def __init__(self, settings: ProxySettings, stats: ProxyStats | None = None) -> None:
+        self.settings = settings
+        self.stats = stats or ProxyStats()
+        self.clients: set[ClientProtocol] = set()
+        self.host, self.port = split_hostport(settings.listen)
+        self.upstream_host, self.upstream_port = split_hostport(settings.upstream)
+        self.tls_context = (
+            tls.server_context(settings.tls_cert, settings.tls_key)
+            if settings.tls_cert and settings.tls_key else None
+        )
+        self.upstream_tls = tls.upstream_context(settings.upstream_sslmode, settings.upstream_sslrootcert)
+        self.sid_prefix = f"{os.getpid():x}-"
+        self._server: asyncio.base_events.Server | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def start(self, sock: Any = None) -> None:
+        loop = asyncio.get_running_loop()
+        if sock is not None:
+            self._server = await loop.create_server(lambda: ClientProtocol(self), sock=sock)
+        else:
+            self._server = await loop.create_server(
+                lambda: ClientProtocol(self), self.host, self.port, reuse_address=True, backlog=1024)
+        sockname = self._server.sockets[0].getsockname()
+        self.port = sockname[1]
+        log.info("listening on %s:%d, upstream %s (sslmode=%s)", sockname[0], sockname[1],
+                 self.settings.upstream, self.settings.upstream_sslmode)
+
+    def session_ended(self, client: ClientProtocol) -> None:
+        if not self.clients:
+            self._idle.set()
+
+    async def open_upstream(self, factory: Callable[[], UpstreamProtocol]) -> UpstreamProtocol:
+        """Connect to the upstream and negotiate TLS as sslmode asks."""
+        loop = asyncio.get_running_loop()
+        where = f"{self.upstream_host}:{self.upstream_port}"
+        try:
+            _transport, proto = await asyncio.wait_for(
+                loop.create_connection(factory, self.upstream_host, self.upstream_port),
+                self.settings.connect_timeout)
+        except TimeoutError:
+            raise UpstreamError(
+                f"could not connect to upstream {where}: timed out after {self.settings.connect_timeout:g}s",
+                "08001") from None
+        except OSError as exc:
+            raise UpstreamError(
+                f"could not connect to upstream {where}: {exc.strerror or exc}", "08001") from None
+        if self.upstream_tls is not None:
+            await self._negotiate_tls(proto, where)
+        return proto
+
+    async def _negotiate_tls(self, proto: UpstreamProtocol, where: str) -> None:
+        loop = asyncio.get_running_loop()
+        proto.negotiation = loop.create_future()
+        proto.transport.write(wire.ssl_request())  # type: ignore[union-attr]
+        try:
+            answer = await asyncio.wait_for(proto.negotiation, self.settings.connect_timeout)
+        except (TimeoutError, ConnectionError) as exc:
+            proto.close()
+            raise UpstreamError(f"upstream {where} did not answer the SSL request: {exc}") from None
+        proto.negotiation = None
+        if answer[:1] == b"S":
+            try:
+                transport = await asyncio.wait_for(loop.start_tls(
+                    proto.transport, proto, self.upstream_tls,
+                    server_hostname=self.settings.upstream_sslservername or self.upstream_host),
+                    self.settings.connect_timeout)
+            except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+                proto.close()
+                raise UpstreamError(f"TLS to upstream {where} failed: {exc}") from None
+            proto.transport = transport
+        elif self.settings.upstream_sslmode != "prefer":
+            proto.close()
+            raise UpstreamError(
+                f"upstream {where} does not accept TLS, but upstream_sslmode is "
+                f"{self.settings.upstream_sslmode}", "08004")
+
+    def forward_cancel(self, packet: bytes) -> None:
+        """CancelRequest: the key belongs to the backend, so any proxy process can pass it on."""
+        self.stats.cancels += 1
+
+        async def send() -> None:
+            try:
+                proto = await self.open_upstream(lambda: _CancelProtocol(self))
+            except UpstreamError as exc:
+                log.warning("cancel request not delivered: %s", exc)
+                return
+            proto.transport.write(packet)  # type: ignore[union-attr]
+            await asyncio.wait([proto.closed], timeout=self.settings.connect_timeout)
+            proto.close()
+
+        asyncio.get_running_loop().create_task(send())
+
+    async def shutdown(self) -> None:
+        """Stop accepting; let busy sessions finish up to shutdown_grace seconds, then close the rest."""
+        if self._server is not None:
+            self._server.close()
+        clients = list(self.clients)
+        if clients:
+            log.info("shutting down: %d sessions open, grace %gs", len(clients), self.settings.shutdown_grace)
+        for client in clients:
+            client.drain()
+        if self.clients:
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), self.settings.shutdown_grace)
+            except TimeoutError:
+                log.warning("grace period over: closing %d sessions", len(self.clients))
+                for client in list(self.clients):
+                    client.terminate()
+        await asyncio.sleep(0)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+class _CancelProtocol(asyncio.Protocol):
+    def __init__(self, server: ProxyServer) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.negotiation: asyncio.Future[bytes] | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.negotiation is not None and not self.negotiation.done():
+            self.negotiation.set_result(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.negotiation is not None and not self.negotiation.done():
+            self.negotiation.set_exception(ConnectionError("upstream closed the connection"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()

@@ -1,0 +1,424 @@
+"""Sans-I/O PostgreSQL wire protocol: bytes in, messages out, for both directions.
+
+The decoders never see a socket. The proxy forwards every chunk first and feeds a reference to
+the same bytes here afterwards, so nothing in this module can delay or alter traffic.
+
+A message is a plain ``(type, body, length)`` tuple rather than an object: the proxy decodes tens
+of thousands of messages a second and allocations are its main cost. ``type`` is the message's
+type byte as an int (``ord('Q')``) or one of the negative ``STARTUP_*`` codes for the untyped
+packets a client sends before its StartupMessage. ``length`` is the body length announced on the
+wire; ``len(body)`` is smaller when the message was larger than ``keep`` and only a prefix was kept.
+Messages whose type is not in ``wanted`` are skipped by length without being buffered, which is
+how DataRow bodies, CopyData and password messages pass through untouched and unread.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+
+# Untyped packets before and including the StartupMessage.
+STARTUP = -1
+SSL_REQUEST = -2
+GSSENC_REQUEST = -3
+CANCEL_REQUEST = -4
+
+SSL_REQUEST_CODE = 80877103
+GSSENC_REQUEST_CODE = 80877104
+CANCEL_REQUEST_CODE = 80877102
+PROTOCOL_3 = 3 << 16
+
+MAX_STARTUP_PACKET = 10_000  # PostgreSQL's own limit for startup packets
+DEFAULT_MAX_MESSAGE = (1 << 30) - 1  # PostgreSQL refuses larger messages too
+DEFAULT_KEEP = 1 << 20
+
+Message = tuple[int, bytes, int]
+
+_INT32 = struct.Struct("!i")
+_INT16 = struct.Struct("!h")
+_unpack_int32 = _INT32.unpack_from
+_unpack_int16 = _INT16.unpack_from
+
+# Frontend (client → server) type bytes.
+QUERY, PARSE, BIND, EXECUTE, CLOSE, DESCRIBE, SYNC, FLUSH, TERMINATE = (ord(c) for c in "QPBECDSHX")
+COPY_DATA, COPY_DONE, COPY_FAIL, PASSWORD, FUNCTION_CALL = (ord(c) for c in "dcfpF")
+# Backend (server → client) type bytes.
+AUTH, BACKEND_KEY, PARAMETER_STATUS, READY = (ord(c) for c in "RKSZ")
+COMMAND_COMPLETE, ERROR, NOTICE, EMPTY_QUERY = (ord(c) for c in "CENI")
+PARSE_COMPLETE, BIND_COMPLETE, CLOSE_COMPLETE, PORTAL_SUSPENDED, NO_DATA = (ord(c) for c in "123sn")
+PARAMETER_DESCRIPTION, ROW_DESCRIPTION, DATA_ROW = (ord(c) for c in "tTD")
+COPY_IN, COPY_OUT, COPY_BOTH, NOTIFICATION, NEGOTIATE_VERSION = (ord(c) for c in "GHWAv")
+
+
+class ProtocolViolation(Exception):
+    """The peer sent bytes that are not the PostgreSQL protocol (SQLSTATE 08P01)."""
+
+    sqlstate = "08P01"
+
+
+class _Framer:
+    """Splits a byte stream into typed messages; shared by both directions."""
+
+    __slots__ = ("_buf", "_keep", "_keep_left", "_max", "_need", "_pending", "_skip", "_wanted")
+
+    def __init__(self, wanted: Iterable[str | int], max_message: int, keep: int) -> None:
+        self._wanted = frozenset(ord(w) if isinstance(w, str) else w for w in wanted)
+        self._max = max_message
+        self._keep = keep
+        self._buf = bytearray()  # a partial header, or a wanted message being assembled
+        self._need = 0  # bytes still to collect for the message in _buf (0: _buf holds a header)
+        self._keep_left = 0  # of those, how many are kept (the rest are counted, not stored)
+        self._skip = 0  # bytes still to skip of an unwanted message
+        self._pending: tuple[int, int] | None = None  # (type, length) of the message in _buf
+
+    def _typed(self, data: bytes | bytearray | memoryview, out: list[Message]) -> None:
+        pos = 0
+        end = len(data)
+        if self._skip:
+            if end <= self._skip:
+                self._skip -= end
+                return
+            pos = self._skip
+            self._skip = 0
+        if self._pending is not None:
+            pos = self._continue(data, pos, end, out)
+            if self._pending is not None:
+                return
+        elif self._buf:
+            take = min(5 - len(self._buf), end - pos)
+            self._buf += data[pos : pos + take]
+            pos += take
+            if len(self._buf) < 5:
+                return
+            header = bytes(self._buf)
+            self._buf.clear()
+            pos = self._start(header[0], _unpack_int32(header, 1)[0], data, pos, end, out)
+            if self._pending is not None or self._skip:
+                return
+        wanted = self._wanted
+        while pos < end:
+            if end - pos < 5:
+                self._buf += data[pos:end]
+                return
+            typ = data[pos]
+            length = _unpack_int32(data, pos + 1)[0]
+            body_end = pos + 1 + length
+            if body_end <= end and 4 <= length <= self._max:
+                if typ in wanted:
+                    keep_end = body_end if length - 4 <= self._keep else pos + 5 + self._keep
+                    out.append((typ, bytes(data[pos + 5 : keep_end]), length - 4))
+                pos = body_end
+                continue
+            pos = self._start(typ, length, data, pos + 5, end, out)
+            if self._pending is not None or self._skip:
+                return
+
+    def _check(self, typ: int, length: int) -> None:
+        if length < 4:
+            raise ProtocolViolation(f"invalid message length {length} for message type {typ:#04x}")
+        if length > self._max:
+            raise ProtocolViolation(
+                f"message of type {typ:#04x} is {length} bytes, over the limit of {self._max}"
+            )
+
+    def _start(
+        self, typ: int, length: int, data: bytes | bytearray | memoryview, pos: int, end: int,
+        out: list[Message],
+    ) -> int:
+        """Begin a message whose header has been read; returns the new position in ``data``."""
+        self._check(typ, length)
+        size = length - 4
+        if typ not in self._wanted:
+            if end - pos >= size:
+                return pos + size
+            self._skip = size - (end - pos)
+            return end
+        self._pending = (typ, size)
+        self._need = size
+        self._keep_left = min(size, self._keep)
+        return self._continue(data, pos, end, out)
+
+    def _continue(
+        self, data: bytes | bytearray | memoryview, pos: int, end: int, out: list[Message]
+    ) -> int:
+        take = min(self._need, end - pos)
+        keep = min(take, self._keep_left)
+        if keep:
+            self._buf += data[pos : pos + keep]
+            self._keep_left -= keep
+        self._need -= take
+        pos += take
+        if self._need == 0:
+            typ, size = self._pending  # type: ignore[misc]
+            out.append((typ, bytes(self._buf), size))
+            self._buf.clear()
+            self._pending = None
+        return pos
+
+
+class BackendDecoder:
+    """Server → client messages (always typed: the proxy answers SSLRequest itself)."""
+
+    __slots__ = ("_framer",)
+
+    def __init__(
+        self,
+        wanted: Iterable[str | int],
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        keep: int = DEFAULT_KEEP,
+    ) -> None:
+        self._framer = _Framer(wanted, max_message, keep)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        out: list[Message] = []
+        self._framer._typed(data, out)
+        return out
+
+
+class FrontendDecoder:
+    """Client → server messages: untyped startup packets first, typed messages after StartupMessage."""
+
+    __slots__ = ("_framer", "_startup", "_started")
+
+    def __init__(
+        self,
+        wanted: Iterable[str | int],
+        max_message: int = DEFAULT_MAX_MESSAGE,
+        keep: int = DEFAULT_KEEP,
+    ) -> None:
+        self._framer = _Framer(wanted, max_message, keep)
+        self._startup = bytearray()
+        self._started = False
+
+    @property
+    def started(self) -> bool:
+        """True once the StartupMessage has gone by and typed messages follow."""
+        return self._started
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        out: list[Message] = []
+        if self._started:
+            self._framer._typed(data, out)
+            return out
+        self._startup += data
+        while not self._started:
+            if len(self._startup) < 4:
+                return out
+            length = _unpack_int32(self._startup, 0)[0]
+            if length < 8 or length > MAX_STARTUP_PACKET:
+                raise ProtocolViolation(f"invalid startup packet length {length}")
+            if len(self._startup) < length:
+                return out
+            packet = bytes(self._startup[:length])
+            del self._startup[:length]
+            out.append((_startup_kind(packet), packet, length))
+            if out[-1][0] in (STARTUP, CANCEL_REQUEST):
+                self._started = out[-1][0] == STARTUP
+                rest = bytes(self._startup)
+                self._startup.clear()
+                if self._started and rest:
+                    self._framer._typed(rest, out)
+                elif rest:
+                    raise ProtocolViolation("unexpected bytes after CancelRequest")
+                return out
+        return out
+
+    def pending_startup_bytes(self) -> int:
+        """Bytes received but not yet decoded during startup (the proxy must not lose them)."""
+        return len(self._startup)
+
+
+def _startup_kind(packet: bytes) -> int:
+    code = _unpack_int32(packet, 4)[0]
+    if code == SSL_REQUEST_CODE and len(packet) == 8:
+        return SSL_REQUEST
+    if code == GSSENC_REQUEST_CODE and len(packet) == 8:
+        return GSSENC_REQUEST
+    if code == CANCEL_REQUEST_CODE:
+        if len(packet) != 16:
+            raise ProtocolViolation("CancelRequest must be 16 bytes")
+        return CANCEL_REQUEST
+    if code >> 16 == 3:
+        return STARTUP
+    raise ProtocolViolation(f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}")
+
+
+# -- decoding message bodies -------------------------------------------------------------------
+
+
+def _cstr(body: bytes, pos: int) -> tuple[str, int]:
+    end = body.index(0, pos)
+    return body[pos:end].decode("utf-8", "replace"), end + 1
+
+
+def parse_startup(packet: bytes) -> tuple[int, dict[str, str]]:
+    """StartupMessage → (protocol version, parameters)."""
+    version = _unpack_int32(packet, 4)[0]
+    params: dict[str, str] = {}
+    pos = 8
+    try:
+        while pos < len(packet) and packet[pos] != 0:
+            key, pos = _cstr(packet, pos)
+            params[key], pos = _cstr(packet, pos)
+    except ValueError:
+        raise ProtocolViolation("malformed StartupMessage") from None
+    return version, params
+
+
+def parse_cancel(packet: bytes) -> tuple[int, int]:
+    """CancelRequest → (backend pid, secret key)."""
+    return _unpack_int32(packet, 8)[0], _unpack_int32(packet, 12)[0]
+
+
+def parse_query(body: bytes) -> str:
+    end = body.find(0)
+    return body[: end if end >= 0 else len(body)].decode("utf-8", "replace")
+
+
+def parse_parse(body: bytes) -> tuple[str, str, list[int]]:
+    """Parse → (statement name, SQL, parameter type OIDs)."""
+    name, pos = _cstr(body, 0)
+    sql, pos = _cstr(body, pos)
+    count = _unpack_int16(body, pos)[0]
+    oids = list(struct.unpack_from(f"!{count}I", body, pos + 2)) if count > 0 else []
+    return name, sql, oids
+
+
+class Bind:
+    """A decoded Bind. Parameter values stay raw bytes; ``None`` is SQL NULL."""
+
+    __slots__ = ("formats", "portal", "statement", "truncated", "values")
+
+    def __init__(
+        self, portal: str, statement: str, formats: list[int], values: list[bytes | None], truncated: bool
+    ) -> None:
+        self.portal = portal
+        self.statement = statement
+        self.formats = formats
+        self.values = values
+        self.truncated = truncated
+
+    def format_of(self, index: int) -> int:
+        """0 text, 1 binary; one format code applies to every parameter."""
+        if not self.formats:
+            return 0
+        return self.formats[0] if len(self.formats) == 1 else self.formats[index]
+
+
+def parse_bind(body: bytes, length: int | None = None) -> Bind:
+    """Bind → its parts. A body cut short by the decoder's ``keep`` yields the values it holds."""
+    truncated = length is not None and length > len(body)
+    portal, pos = _cstr(body, 0)
+    statement, pos = _cstr(body, pos)
+    nformats = _unpack_int16(body, pos)[0]
+    formats = list(struct.unpack_from(f"!{nformats}h", body, pos + 2)) if nformats > 0 else []
+    pos += 2 + 2 * max(nformats, 0)
+    values: list[bytes | None] = []
+    try:
+        count = _unpack_int16(body, pos)[0]
+        pos += 2
+        for _ in range(count):
+            size = _unpack_int32(body, pos)[0]
+            pos += 4
+            if size < 0:
+                values.append(None)
+                continue
+            if pos + size > len(body):
+                if not truncated:
+                    raise ProtocolViolation("Bind parameter runs past the end of the message")
+                values.append(body[pos:])
+                break
+            values.append(body[pos : pos + size])
+            pos += size
+    except struct.error:
+        if not truncated:
+            raise ProtocolViolation("malformed Bind message") from None
+    return Bind(portal, statement, formats, values, truncated)
+
+
+def parse_execute(body: bytes) -> tuple[str, int]:
+    """Execute → (portal, row limit; 0 is no limit)."""
+    portal, pos = _cstr(body, 0)
+    return portal, _unpack_int32(body, pos)[0]
+
+
+def parse_close(body: bytes) -> tuple[str, str]:
+    """Close or Describe → (kind 'S' statement or 'P' portal, name)."""
+    return chr(body[0]), _cstr(body, 1)[0]
+
+
+parse_describe = parse_close
+
+
+def parse_command_complete(body: bytes) -> tuple[str, int | None]:
+    """CommandComplete → (command tag, rows or None). ``INSERT 0 5`` → ('INSERT', 5)."""
+    tag = parse_query(body)
+    head, _, tail = tag.rpartition(" ")
+    if head and tail.isdigit():
+        if head.startswith("INSERT "):
+            head = "INSERT"
+        return head, int(tail)
+    return tag, None
+
+
+def parse_fields(body: bytes) -> dict[str, str]:
+    """ErrorResponse or NoticeResponse → {field code: value} (S, V, C, M, D, H, P …)."""
+    fields: dict[str, str] = {}
+    pos = 0
+    while pos < len(body) and body[pos] != 0:
+        code = chr(body[pos])
+        try:
+            fields[code], pos = _cstr(body, pos + 1)
+        except ValueError:
+            break
+    return fields
+
+
+def parse_ready(body: bytes) -> str:
+    """ReadyForQuery → transaction status: 'I' idle, 'T' in a transaction, 'E' failed transaction."""
+    return chr(body[0]) if body else "I"
+
+
+def parse_parameter_description(body: bytes) -> list[int]:
+    count = _unpack_int16(body, 0)[0]
+    return list(struct.unpack_from(f"!{count}I", body, 2)) if count > 0 else []
+
+
+def parse_parameter_status(body: bytes) -> tuple[str, str]:
+    name, pos = _cstr(body, 0)
+    return name, _cstr(body, pos)[0]
+
+
+def parse_backend_key(body: bytes) -> tuple[int, int]:
+    return _unpack_int32(body, 0)[0], _unpack_int32(body, 4)[0]
+
+
+def parse_auth_code(body: bytes) -> int:
+    """Authentication request code only (0 is AuthenticationOk); SASL payloads are never read."""
+    return _unpack_int32(body, 0)[0]
+
+
+# -- building messages the proxy sends itself ---------------------------------------------------
+
+
+def error_response(message: str, sqlstate: str = "08P01", severity: str = "FATAL") -> bytes:
+    """An ErrorResponse a client driver shows as an ordinary server error."""
+    body = b"".join(
+        code + value.encode("utf-8").replace(b"\0", b" ") + b"\0"
+        for code, value in ((b"S", severity), (b"V", severity), (b"C", sqlstate), (b"M", message))
+    ) + b"\0"
+    return b"E" + _INT32.pack(len(body) + 4) + body
+
+
+def ssl_request() -> bytes:
+    return _INT32.pack(8) + _INT32.pack(SSL_REQUEST_CODE)
+
+
+def startup_message(params: dict[str, str], version: int = PROTOCOL_3) -> bytes:
+    body = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
+    return _INT32.pack(len(body) + 8) + _INT32.pack(version) + body
+
+
+def message(typ: str, body: bytes = b"") -> bytes:
+    """Frame a typed message (tests and the proxy's own replies use it)."""
+    return typ.encode() + _INT32.pack(len(body) + 4) + body

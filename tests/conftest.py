@@ -1,0 +1,133 @@
+"""Shared fixtures: the machine's PostgreSQL and Redis, and `fasterdata proxy` run as a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+PG_HOST = os.environ.get("FASTERDATA_TEST_PGHOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("FASTERDATA_TEST_PGPORT", "5432"))
+PG_USER = os.environ.get("FASTERDATA_TEST_PGUSER", "postgres")
+REDIS_URL = os.environ.get("FASTERDATA_TEST_REDIS", "redis://127.0.0.1:6379/0")
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def direct_dsn(dbname: str = "postgres", user: str = PG_USER, **extra: str) -> str:
+    parts = {"host": PG_HOST, "port": str(PG_PORT), "user": user, "dbname": dbname, **extra}
+    return " ".join(f"{k}={v}" for k, v in parts.items())
+
+
+class ProxyProcess:
+    """`fasterdata proxy` as a subprocess, the way users run it."""
+
+    def __init__(self, tmp: Path, *args: str, upstream: str | None = None, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.prefix = f"fdtest{RUN_ID}{uuid.uuid4().hex[:6]}"
+        self.log_path = tmp / f"proxy-{self.port}.log"
+        cmd = [
+            sys.executable, "-m", "proxy.cli", "proxy",
+            "--listen", f"127.0.0.1:{self.port}",
+            "--upstream", upstream or f"{PG_HOST}:{PG_PORT}",
+            "--metrics", f"127.0.0.1:{self.metrics_port}",
+            "--redis", REDIS_URL,
+            "--prefix", self.prefix,
+            *args,
+        ]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        full_env = {**os.environ, **(env or {})}
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
+                                     cwd=Path(__file__).resolve().parent.parent)
+        try:
+            wait_port(self.port)
+        except TimeoutError:
+            self.proc.kill()
+            raise RuntimeError(f"proxy did not start:\n{self.log()}") from None
+
+    def dsn(self, dbname: str = "postgres", user: str = PG_USER, **extra: str) -> str:
+        parts = {"host": "127.0.0.1", "port": str(self.port), "user": user, "dbname": dbname, **extra}
+        return " ".join(f"{k}={v}" for k, v in parts.items())
+
+    def url(self, dbname: str = "postgres", user: str = PG_USER) -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"proxy ignored signal {sig} for {timeout}s:\n{self.log()}") from None
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_proxy(tmp_path: Path) -> Iterator:
+    """Factory: start_proxy('--flag', 'value', upstream=...) → ProxyProcess; all stopped (exit 0) at teardown."""
+    started: list[ProxyProcess] = []
+
+    def start(*args: str, upstream: str | None = None, env: dict[str, str] | None = None) -> ProxyProcess:
+        p = ProxyProcess(tmp_path, *args, upstream=upstream, env=env)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        running = p.proc.poll() is None
+        rc = p.stop()
+        if running:
+            assert rc == 0, f"proxy exited {rc} on SIGTERM:\n{p.log()}"
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    """One proxy in front of the machine's PostgreSQL, shared by a test module."""
+    p = ProxyProcess(tmp_path_factory.mktemp("proxy"))
+    yield p
+    rc = p.stop()
+    assert rc == 0, f"proxy exited {rc} on SIGTERM:\n{p.log()}"
+
+
+@pytest.fixture
+def scratch_db() -> Iterator[str]:
+    """A fresh database on the machine's PostgreSQL, dropped afterwards."""
+    name = f"fdtest_{RUN_ID}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(direct_dsn(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield name
+    with psycopg.connect(direct_dsn(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
