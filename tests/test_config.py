@@ -1,0 +1,73 @@
+"""Settings precedence (file < environment < flags) and the errors a person sees for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config.settings import ConfigError, ProxySettings, load
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "fasterdata.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults() -> None:
+    s = load("proxy", environ={})
+    assert isinstance(s, ProxySettings)
+    assert (s.listen, s.upstream, s.metrics, s.redis) == (
+        "127.0.0.1:6432", "127.0.0.1:5432", "127.0.0.1:9930", "redis://127.0.0.1:6379/0")
+
+
+def test_flags_win_over_environment_over_file(tmp_path: Path) -> None:
+    f = write(tmp_path, "prefix: fromfile\nproxy:\n  listen: 127.0.0.1:7000\n  upstream: db:5432\n"
+                        "  connect_timeout: 3\n")
+    env = {"FASTERDATA_LISTEN": "127.0.0.1:7001", "FASTERDATA_CAPTURE": "false"}
+    s = load("proxy", f, {"listen": "127.0.0.1:7002"}, environ=env)
+    assert s.listen == "127.0.0.1:7002"
+    assert s.upstream == "db:5432" and s.connect_timeout == 3 and s.prefix == "fromfile"
+    assert s.capture is False
+    assert load("proxy", f, {}, environ=env).listen == "127.0.0.1:7001"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("proxy:\n  listn: 1.2.3.4:5\n", "unknown setting 'listn'"),
+        ("colour: blue\n", "unknown setting 'colour'"),
+        ("proxy:\n  upstream: nowhere\n", "upstream must be HOST:PORT"),
+        ("proxy:\n  connect_timeout: -1\n", "connect_timeout"),
+        ("redis: http://x\n", "redis must be a redis://"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("proxy: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_file_names_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load("proxy", write(tmp_path, text), environ={})
+
+
+def test_bad_environment_value() -> None:
+    with pytest.raises(ConfigError, match="max_client_conn"):
+        load("proxy", environ={"FASTERDATA_MAX_CLIENT_CONN": "lots"})
+
+
+def test_cli_reports_config_errors_and_exits_2(tmp_path: Path) -> None:
+    f = write(tmp_path, "proxy:\n  listn: x\n")
+    run = subprocess.run([sys.executable, "-m", "proxy.cli", "proxy", "--config", str(f)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert "unknown setting 'listn'" in run.stderr
+
+
+def test_cli_help_explains_the_proxy() -> None:
+    run = subprocess.run([sys.executable, "-m", "proxy.cli", "proxy", "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0
+    for flag in ("--listen", "--upstream", "--upstream-sslmode", "--tls-cert", "--metrics", "--config"):
+        assert flag in run.stdout
