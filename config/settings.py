@@ -71,6 +71,8 @@ class ProxySettings(Common):
     max_client_conn: int = Field(1000, ge=1, description="Client connections beyond this get 'too many connections'")
     max_message_size: int = Field((1 << 30) - 1, ge=1024, description="Largest protocol message accepted from a client (bytes)")
     capture: bool = Field(True, description="Tap statements into the Redis stream")
+    workers: int = Field(1, ge=1, le=64, description="Processes sharing the listen port (SO_REUSEPORT); "
+                         "worker i serves metrics on the metrics port + i")
 
     @field_validator("listen", "upstream")
     @classmethod

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-client-conn", type=int, metavar="N", help="client connections allowed [1000]")
     p.add_argument("--max-message-size", type=int, metavar="BYTES",
                    help="largest client message accepted [1073741823]")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="processes sharing the port via SO_REUSEPORT; worker i serves metrics on port+i [1]")
     p.add_argument("--no-capture", dest="capture", action="store_const", const=False,
                    help="forward only; capture no statements")
     _common(p)
@@ -81,10 +83,44 @@ def main(argv: list[str] | None = None) -> int:
 def run_proxy(settings: ProxySettings) -> int:
     import uvloop
 
-    return uvloop.run(_serve_proxy(settings))
+    if settings.workers == 1:
+        return uvloop.run(_serve_proxy(settings, 0))
+    return _run_workers(settings, lambda index: uvloop.run(_serve_proxy(settings, index)))
 
 
-async def _serve_proxy(settings: ProxySettings) -> int:
+def _run_workers(settings: ProxySettings, serve: Any) -> int:
+    """Fork one process per worker; pass SIGTERM/SIGINT on and exit 0 only if every worker did."""
+    import os
+
+    children: list[int] = []
+    for index in range(settings.workers):
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 1
+            try:
+                code = serve(index)
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: Any) -> None:
+        for child in children:
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    worst = 0
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        worst = max(worst, os.waitstatus_to_exitcode(status) & 0xFF)
+    return worst
+
+
+async def _serve_proxy(settings: ProxySettings, index: int) -> int:
     from prometheus_client import CollectorRegistry
 
     from .httpd import MetricsServer
@@ -93,7 +129,7 @@ async def _serve_proxy(settings: ProxySettings) -> int:
 
     server = ProxyServer(settings)
     try:
-        await server.start()
+        await server.start(reuse_port=settings.workers > 1)
     except OSError as exc:
         log.error("cannot listen on %s: %s", settings.listen, exc.strerror or exc)
         return 1
@@ -103,7 +139,8 @@ async def _serve_proxy(settings: ProxySettings) -> int:
         registry.register(ProxyCollector(server.stats, lambda: len(server.clients)))
         metrics = MetricsServer(registry, lambda: None)
         try:
-            await metrics.start(*split_hostport(settings.metrics))
+            host, port = split_hostport(settings.metrics)
+            await metrics.start(host, port + index if port else 0)
         except OSError as exc:
             log.error("cannot serve metrics on %s: %s", settings.metrics, exc.strerror or exc)
             return 1

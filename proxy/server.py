@@ -332,13 +332,11 @@ class ProxyServer:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def start(self, sock: Any = None) -> None:
+    async def start(self, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
-        if sock is not None:
-            self._server = await loop.create_server(lambda: ClientProtocol(self), sock=sock)
-        else:
-            self._server = await loop.create_server(
-                lambda: ClientProtocol(self), self.host, self.port, reuse_address=True, backlog=1024)
+        self._server = await loop.create_server(
+            lambda: ClientProtocol(self), self.host, self.port, reuse_address=True, reuse_port=reuse_port,
+            backlog=1024)
         sockname = self._server.sockets[0].getsockname()
         self.port = sockname[1]
         log.info("listening on %s:%d, upstream %s (sslmode=%s)", sockname[0], sockname[1],
