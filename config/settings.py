@@ -39,8 +39,12 @@ class Common(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    redis: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (redis:// or rediss://, may carry user:password)")
-    prefix: str = Field("fasterdata", description="Key prefix for every stream and key, so deployments can share a Redis")
+    redis: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis URL (redis:// or rediss://, may carry user:password)"
+    )
+    prefix: str = Field(
+        "fasterdata", description="Key prefix for every stream and key, so deployments can share a Redis"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity")
     log_format: Literal["text", "json"] = Field("text", description="Human-readable lines or one JSON object a line")
 
@@ -62,14 +66,22 @@ class ProxySettings(Common):
     )
     upstream_sslrootcert: str | None = Field(None, description="CA file to verify the upstream's certificate")
     upstream_sslservername: str | None = Field(None, description="Host name to verify (default: the upstream host)")
-    tls_cert: str | None = Field(None, description="Certificate for TLS to clients (without one, SSLRequest is answered 'N')")
+    tls_cert: str | None = Field(
+        None, description="Certificate for TLS to clients (without one, SSLRequest is answered 'N')"
+    )
     tls_key: str | None = Field(None, description="Private key for tls_cert")
     metrics: str = Field("127.0.0.1:9930", description="Address of /metrics, /healthz and /readyz ('' disables)")
-    connect_timeout: float = Field(5.0, gt=0, description="Seconds to reach the upstream before the client gets an error")
-    client_login_timeout: float = Field(60.0, gt=0, description="Seconds a new client has to complete its startup packet")
+    connect_timeout: float = Field(
+        5.0, gt=0, description="Seconds to reach the upstream before the client gets an error"
+    )
+    client_login_timeout: float = Field(
+        60.0, gt=0, description="Seconds a new client has to complete its startup packet"
+    )
     shutdown_grace: float = Field(30.0, ge=0, description="Seconds busy sessions get to finish after SIGTERM/SIGINT")
     max_client_conn: int = Field(1000, ge=1, description="Client connections beyond this get 'too many connections'")
-    max_message_size: int = Field((1 << 30) - 1, ge=1024, description="Largest protocol message accepted from a client (bytes)")
+    max_message_size: int = Field(
+        (1 << 30) - 1, ge=1024, description="Largest protocol message accepted from a client (bytes)"
+    )
     capture: bool = Field(True, description="Tap statements into the Redis stream")
     workers: int = Field(1, ge=1, le=64, description="Processes sharing the listen port (SO_REUSEPORT); "
                          "worker i serves metrics on the metrics port + i")

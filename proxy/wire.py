@@ -178,7 +178,7 @@ class BackendDecoder:
 class FrontendDecoder:
     """Client → server messages: untyped startup packets first, typed messages after StartupMessage."""
 
-    __slots__ = ("_framer", "_startup", "_started")
+    __slots__ = ("_framer", "_started", "_startup")
 
     def __init__(
         self,

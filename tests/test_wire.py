@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
 import pytest
@@ -17,7 +18,7 @@ BACK = "RKSZCEI123stnGHW"
 def feed_in_pieces(decoder: wire.FrontendDecoder | wire.BackendDecoder, data: bytes, cuts: list[int]):
     out = []
     pos = 0
-    for cut in sorted(set(cuts)) + [len(data)]:
+    for cut in [*sorted(set(cuts)), len(data)]:
         if cut > pos:
             out += decoder.feed(data[pos:cut])
             pos = cut
@@ -170,11 +171,7 @@ def test_fuzz_backend_and_body_parsers(data: bytes, cuts: list[int]) -> None:
         wire.parse_command_complete(body)
         wire.parse_fields(body)
         for parse in (wire.parse_parse, wire.parse_execute, wire.parse_parameter_description):
-            try:
+            with contextlib.suppress(ValueError, IndexError, struct.error, wire.ProtocolViolation):
                 parse(body)
-            except (ValueError, IndexError, struct.error, wire.ProtocolViolation):
-                pass
-        try:
+        with contextlib.suppress(ValueError, IndexError, struct.error, wire.ProtocolViolation):
             wire.parse_bind(body, length)
-        except (ValueError, IndexError, struct.error, wire.ProtocolViolation):
-            pass
