@@ -61,7 +61,7 @@ class ProxySettings(Common):
 
     listen: str = Field("127.0.0.1:6432", description="Address clients connect to")
     upstream: str = Field("127.0.0.1:5432", description="PostgreSQL server the proxy forwards to")
-    upstream_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = Field(
+    upstream_sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = Field(
         "prefer", description="TLS to the upstream, as libpq's sslmode"
     )
     upstream_sslrootcert: str | None = Field(None, description="CA file to verify the upstream's certificate")

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         "statement. Point your DSN's port at --listen.")
     p.add_argument("--listen", metavar="HOST:PORT", help="address clients connect to [127.0.0.1:6432]")
     p.add_argument("--upstream", metavar="HOST:PORT", help="PostgreSQL server [127.0.0.1:5432]")
-    p.add_argument("--upstream-sslmode", choices=["disable", "allow", "prefer", "require", "verify-ca",
+    p.add_argument("--upstream-sslmode", choices=["disable", "prefer", "require", "verify-ca",
                                                   "verify-full"], help="TLS to the upstream, as libpq [prefer]")
     p.add_argument("--upstream-sslrootcert", metavar="FILE", help="CA file for verify-ca / verify-full")
     p.add_argument("--upstream-sslservername", metavar="NAME", help="host name to verify [upstream host]")

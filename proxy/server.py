@@ -58,6 +58,7 @@ class ClientProtocol(asyncio.Protocol):
         self._login_timer: asyncio.TimerHandle | None = None
         self._tls = False
         self.draining = False
+        self.refused = False  # over max_client_conn: gets 53300 once its StartupMessage arrives
 
     # -- asyncio callbacks --------------------------------------------------------------------
 
@@ -67,16 +68,15 @@ class ClientProtocol(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
         stats = self.server.stats
         stats.connections_total += 1
-        if len(self.server.clients) >= self.settings.max_client_conn:
+        if len(self.server.clients) - self.server.refusing >= self.settings.max_client_conn:
             stats.connections_refused += 1
             self.log.warning("refused %s: max_client_conn (%d) reached", self.peer,
                              self.settings.max_client_conn)
-            self.state = CLOSED
-            transport.write(wire.error_response(
-                f"too many connections: the fasterdata proxy allows {self.settings.max_client_conn}",
-                "53300"))
-            transport.close()
-            return
+            # Refused after the StartupMessage, as PostgreSQL does: an ErrorResponse sent before it
+            # reaches libpq as the answer to its SSLRequest ("server sent an error response during
+            # SSL exchange") and the reason is lost. CancelRequests are still forwarded.
+            self.refused = True
+            self.server.refusing += 1
         self.server.clients.add(self)
         self._login_timer = asyncio.get_running_loop().call_later(
             self.settings.client_login_timeout, self._login_timeout)
@@ -109,6 +109,9 @@ class ClientProtocol(asyncio.Protocol):
         self.state = CLOSED
         self._cancel_login_timer()
         self.server.clients.discard(self)
+        if self.refused:
+            self.refused = False
+            self.server.refusing -= 1
         if self.upstream is not None:
             self.upstream.close()
         if self.session is not None:
@@ -154,6 +157,10 @@ class ClientProtocol(asyncio.Protocol):
                 return
             elif kind == wire.STARTUP:
                 self._cancel_login_timer()
+                if self.refused:
+                    self.fail(f"too many connections: the fasterdata proxy allows "
+                              f"{self.settings.max_client_conn}", "53300")
+                    return
                 _version, params = wire.parse_startup(packet)
                 self.session = Session(self.sid, self.peer, params)
                 self.state = CONNECTING
@@ -175,7 +182,7 @@ class ClientProtocol(asyncio.Protocol):
         try:
             transport = await loop.start_tls(self.transport, self, self.server.tls_context, server_side=True)
         except (OSError, ssl.SSLError, ConnectionError) as exc:
-            self.log.warning("TLS handshake with %s failed: %s", self.peer, exc)
+            self.log.warning("TLS handshake with %s failed: %s", self.peer, exc or type(exc).__name__)
             if self.transport is not None:
                 self.transport.abort()
             return
@@ -197,6 +204,8 @@ class ClientProtocol(asyncio.Protocol):
             self.upstream.close()
             return
         self.state = FORWARDING
+        # A client on plaintext cannot use channel binding; see UpstreamProtocol._drop_scram_plus.
+        self.upstream.drop_scram_plus = self.upstream.tls and not self._tls
         self.server.stats.bytes_in += sum(map(len, self._early))
         self.upstream.transport.writelines(self._early)  # type: ignore[union-attr]
         self._early = []
@@ -254,6 +263,9 @@ class UpstreamProtocol(asyncio.Protocol):
         self.decoder = wire.BackendDecoder(BACKEND_WANTED)
         self.negotiation: asyncio.Future[bytes] | None = None
         self.closed = asyncio.get_running_loop().create_future()
+        self.tls = False  # this leg is encrypted
+        self.drop_scram_plus = False  # until the server's first message has been seen
+        self._first = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -263,6 +275,10 @@ class UpstreamProtocol(asyncio.Protocol):
             if not self.negotiation.done():
                 self.negotiation.set_result(data)
             return
+        if self.drop_scram_plus:
+            data = self._drop_scram_plus(data)
+            if not data:
+                return
         client = self.client
         client.transport.write(data)  # type: ignore[union-attr]
         client.server.stats.bytes_out += len(data)
@@ -282,13 +298,41 @@ class UpstreamProtocol(asyncio.Protocol):
             if client.draining and session.idle:
                 client.terminate()
 
+    def _drop_scram_plus(self, data: bytes) -> bytes:
+        """Client leg plaintext, upstream leg TLS: remove SCRAM-SHA-256-PLUS from the server's offer.
+
+        The server offers channel binding because its own connection (to the proxy) is TLS. libpq
+        treats that offer on a connection it sees as unencrypted as a stripped-TLS attack and gives
+        up ("server offered SCRAM-SHA-256-PLUS authentication over a non-SSL connection"), although
+        plain SCRAM-SHA-256 (gs2 flag 'n') is accepted by the server. This first server message,
+        only in this leg combination, is the one thing the proxy ever rewrites; held back until
+        complete, then passed on (everything after it is forwarded untouched).
+        """
+        buf = self._first + data
+        end = 1 + int.from_bytes(buf[1:5], "big") if len(buf) >= 5 else 5
+        if len(buf) < end <= wire.MAX_STARTUP_PACKET:  # incomplete (and not absurdly long): wait
+            self._first = buf
+            return b""
+        self.drop_scram_plus = False
+        self._first = b""
+        if buf[:1] != b"R" or end < 9 or int.from_bytes(buf[5:9], "big") != 10:  # not AuthenticationSASL
+            return buf
+        mechanisms = [m for m in buf[9:end].split(b"\0") if m]
+        kept = [m for m in mechanisms if m != b"SCRAM-SHA-256-PLUS"]
+        if kept == mechanisms or not kept:
+            return buf
+        body = b"\0\0\0\x0a" + b"".join(m + b"\0" for m in kept) + b"\0"
+        return b"R" + (len(body) + 4).to_bytes(4, "big") + body + buf[end:]
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self.negotiation is not None and not self.negotiation.done():
             self.negotiation.set_exception(ConnectionError("upstream closed the connection"))
         if not self.closed.done():
             self.closed.set_result(None)
         client = self.client
-        if client.state != CLOSED and client.transport is not None:
+        # While CONNECTING, open_upstream reports the failure (a failed TLS handshake closes this
+        # transport before start_tls raises) and the client must still get that error message.
+        if client.state == FORWARDING and client.transport is not None:
             client.state = CLOSED
             client.transport.close()
 
@@ -320,6 +364,7 @@ class ProxyServer:
         self.settings = settings
         self.stats = stats or ProxyStats()
         self.clients: set[ClientProtocol] = set()
+        self.refusing = 0  # of those, clients over max_client_conn waiting to be told so
         self.host, self.port = split_hostport(settings.listen)
         self.upstream_host, self.upstream_port = split_hostport(settings.upstream)
         self.tls_context = (
@@ -385,6 +430,7 @@ class ProxyServer:
                 proto.close()
                 raise UpstreamError(f"TLS to upstream {where} failed: {exc}") from None
             proto.transport = transport
+            proto.tls = True
         elif self.settings.upstream_sslmode != "prefer":
             proto.close()
             raise UpstreamError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 
-SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+SSLMODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
 
 
 def server_context(certfile: str, keyfile: str) -> ssl.SSLContext:
@@ -24,7 +24,7 @@ def upstream_context(sslmode: str, rootcert: str | None = None) -> ssl.SSLContex
     """
     if sslmode not in SSLMODES:
         raise ValueError(f"sslmode must be one of {', '.join(SSLMODES)}, not {sslmode!r}")
-    if sslmode in ("disable", "allow"):
+    if sslmode == "disable":
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2

@@ -79,7 +79,8 @@ class ProxyProcess:
         return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int:

@@ -1,0 +1,169 @@
+"""Helpers shared by the transparent-proxy tests: raw wire clients, direct connections, process probes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import struct
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import psycopg
+
+from proxy import wire
+from tests.conftest import PG_HOST, PG_PORT, PG_USER, ProxyProcess, direct_dsn
+
+Proxy = ProxyProcess  # the `proxy` fixture and what `start_proxy` returns
+StartProxy = Callable[..., ProxyProcess]
+
+ALL_TYPES = range(256)  # decode every backend message in raw tests
+T = TypeVar("T")
+
+
+def tool_env(dbname: str, port: int | None = None) -> dict[str, str]:
+    """Environment for libpq command-line tools: the proxy on ``port``, or the real server when None."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    host, port = ("127.0.0.1", port) if port is not None else (PG_HOST, PG_PORT)
+    env.update(PGHOST=host, PGPORT=str(port), PGUSER=PG_USER, PGDATABASE=dbname, PGCONNECT_TIMEOUT="10")
+    return env
+
+
+def wait_until(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.05) -> T:
+    """Poll ``check`` until it returns something truthy; bounded, so a regression fails instead of hanging."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value {result!r})")
+        time.sleep(interval)
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def vm_hwm_bytes(pid: int) -> int:
+    """Peak resident set size of a process, from /proc/<pid>/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for pid {pid}")
+
+
+def backend_alive(pid: int) -> bool:
+    with psycopg.connect(direct_dsn(), autocommit=True) as conn:
+        row = conn.execute("select count(*) from pg_stat_activity where pid = %s", [pid]).fetchone()
+    return bool(row and row[0])
+
+
+def backend_running(pid: int, fragment: str) -> bool:
+    """True while backend ``pid`` is executing a statement containing ``fragment``."""
+    with psycopg.connect(direct_dsn(), autocommit=True) as conn:
+        row = conn.execute(
+            "select count(*) from pg_stat_activity where pid = %s and state = 'active' and strpos(query, %s) > 0",
+            [pid, fragment],
+        ).fetchone()
+    return bool(row and row[0])
+
+
+@contextlib.contextmanager
+def scratch_database() -> Iterator[str]:
+    """A uniquely named database on the real server, dropped (forcefully) on exit."""
+    name = f"fdpx_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(direct_dsn(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with psycopg.connect(direct_dsn(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class RawClient:
+    """A hand-driven PostgreSQL client socket, for traffic no driver would send."""
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.decoder = wire.BackendDecoder(ALL_TYPES)
+        self.pending: list[wire.Message] = []
+        self.backend_pid = 0
+        self.eof = False
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv_raw(self, size: int) -> bytes:
+        """Exactly ``size`` bytes (for single-byte answers such as SSLRequest's 'N')."""
+        out = b""
+        while len(out) < size:
+            chunk = self.sock.recv(size - len(out))
+            if not chunk:
+                raise AssertionError(f"connection closed after {out!r}")
+            out += chunk
+        return out
+
+    def next(self) -> wire.Message | None:
+        """The next backend message, or None once the peer has closed the connection."""
+        while not self.pending:
+            if self.eof:
+                return None
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                self.eof = True
+                continue
+            self.pending.extend(self.decoder.feed(chunk))
+        return self.pending.pop(0)
+
+    def until(self, typ: str) -> list[wire.Message]:
+        """Messages up to and including the first of type ``typ``; fails on EOF."""
+        seen: list[wire.Message] = []
+        while True:
+            msg = self.next()
+            if msg is None:
+                raise AssertionError(f"connection closed before {typ!r}; got {[chr(m[0]) for m in seen]}")
+            seen.append(msg)
+            if msg[0] == ord("K"):
+                self.backend_pid = wire.parse_backend_key(msg[1])[0]
+            if msg[0] == ord(typ):
+                return seen
+
+    def rest(self) -> list[wire.Message]:
+        """Everything until the peer closes (bounded by the socket timeout)."""
+        seen: list[wire.Message] = []
+        while (msg := self.next()) is not None:
+            seen.append(msg)
+        return seen
+
+    def login(self, dbname: str = "postgres", version: int = wire.PROTOCOL_3, **params: str) -> list[wire.Message]:
+        """StartupMessage with trust auth; returns every message up to the first ReadyForQuery."""
+        self.send(wire.startup_message({"user": PG_USER, "database": dbname, **params}, version))
+        return self.until("Z")
+
+    def query(self, sql: str) -> list[wire.Message]:
+        self.send(wire.message("Q", sql.encode() + b"\0"))
+        return self.until("Z")
+
+    def abort(self) -> None:
+        """Vanish without a Terminate message: RST, as when a client process is killed."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def errors(messages: list[wire.Message]) -> list[dict[str, str]]:
+    """The ErrorResponse fields among ``messages``."""
+    return [wire.parse_fields(body) for typ, body, _ in messages if typ == wire.ERROR]
