@@ -1,52 +1,715 @@
-"""One client session's protocol state, driven by decoded messages from both directions (sans-I/O).
+"""One client session's protocol state, turning its messages into statement events (sans-I/O).
 
-The server feeds it every message the decoders hand back. It knows enough to say whether the
-session is idle (for graceful shutdown) and which backend serves it.
+The server feeds every decoded batch here right after forwarding the bytes: ``from_client`` with
+what the client sent, ``from_server`` with what the backend answered, ``close`` when the
+connection ends. Events go to ``emit`` as flat ``dict[str, str]`` (the contract is in
+``proxy.events``).
+
+How requests and responses are matched: the backend answers requests strictly in order, so the
+session keeps one FIFO of the requests that will get an answer it needs — Query, Parse, Describe
+(statement), Execute, Sync, FunctionCall — and pops it as answers arrive. Bind, Close and
+Describe (portal) change only the session's maps of statements and portals, which are applied in
+client order when they arrive. After an ErrorResponse to an extended-protocol message the backend
+skips everything up to the next Sync; the FIFO drops the same requests, and if the client has not
+sent that Sync yet, client messages are ignored until it does. ReadyForQuery pops everything up
+to its Query/Sync, which also brings the FIFO back in line should anything ever disagree.
+
+Transactions: events are held until their transaction ends, then stamped with its outcome (see
+``proxy.events`` for the rules). The outcome comes from command tags — COMMIT, ROLLBACK (with the
+SQL text telling ROLLBACK TO SAVEPOINT apart), PREPARE TRANSACTION — and from ReadyForQuery 'I'
+for transactions without an explicit end (autocommit statements, implicit transactions of a
+multi-statement Query or of a pipeline up to Sync).
+
+Hot-path shape: queue entries, statements and portals are plain lists indexed by position; bytes
+names are used as dict keys without decoding; Bind bodies are kept raw and their values decoded
+only when an event is built; the redaction of a statement text is cached on the statement.
 """
 
 from __future__ import annotations
 
-from . import wire
+import random
+import struct
+from collections import deque
+from collections.abc import Callable
+from typing import Any
 
-# Message types the decoders keep; everything else is skipped by length, unread.
-FRONTEND_WANTED = "QPBECDSHX"
-BACKEND_WANTED = "RKSZCEI123stnGHW"
+from . import params as _params
+from . import sqltext, wire
+from .events import (
+    AUTOCOMMIT,
+    COMMITTED,
+    KIND_STMT,
+    KIND_TXN_END,
+    OPEN,
+    PREPARED,
+    ROLLED_BACK,
+    SCHEMA_VERSION,
+    CaptureOptions,
+)
+from .redact import Hidden, Redactor
+
+# Message types the decoders keep; everything else is skipped by length, unread. PasswordMessage
+# ('p', also SASL) is never among them, nor DataRow, CopyData or the Authentication requests.
+#   frontend: Query, Parse, Bind, Execute, Describe, Close, Sync, FunctionCall, CopyDone, CopyFail
+#   backend:  BackendKeyData, ParameterStatus, ReadyForQuery, CommandComplete, ErrorResponse,
+#             EmptyQueryResponse, ParseComplete, PortalSuspended, ParameterDescription, CopyInResponse
+FRONTEND_WANTED = "QPBEDCSFcf"
+BACKEND_WANTED = "KSZCEI1stG"
+
+# FIFO entry kinds. Kinds up to _FUNC are answered by ReadyForQuery.
+_LOGIN, _QUERY, _SYNC, _FUNC, _EXEC, _PARSE, _DESC, _COPYEND = range(8)
+_LOGIN_ENTRY = (_LOGIN,)
+_SYNC_ENTRY = (_SYNC,)
+_FUNC_ENTRY = (_FUNC,)
+_COPYEND_ENTRY = (_COPYEND,)
+# _QUERY entry: [kind, arrival_us, sql, statements|None, next index, parse seq, failed]
+# _EXEC entry:  [kind, arrival_us, portal|None, row limit, parse seq]
+# _PARSE entry: [kind, arrival_us, statement, name, previous statement of that name]
+# _DESC entry:  [kind, statement|None]
+
+# Statement: [sql, param type oids, ptypes json|None, (redacted sql, hidden)|None, parse seq, name]
+_ST_SQL, _ST_OIDS, _ST_PTYPES, _ST_RED, _ST_SEQ, _ST_NAME = range(6)
+# Portal: [statement|None, Bind body, Bind length, offset of the formats, run start, run rows, last]
+_P_ST, _P_BODY, _P_LEN, _P_POS, _P_START, _P_ROWS, _P_LAST = range(7)
+
+_STATUS_IDLE = 73  # 'I'
+_CONTROL_TAGS = frozenset((
+    "BEGIN", "START TRANSACTION", "COMMIT", "ROLLBACK", "PREPARE TRANSACTION", "SAVEPOINT", "RELEASE",
+    "DISCARD ALL", "DEALLOCATE", "DEALLOCATE ALL",
+))
+
+_i32 = struct.Struct("!i").unpack_from
+_i16 = struct.Struct("!h").unpack_from
+_OID_STRUCTS: dict[int, Callable[..., tuple[int, ...]]] = {}
+
+_redactors: dict[tuple[str, str, int], Redactor] = {}
+
+
+def redactor_for(options: CaptureOptions) -> Redactor:
+    """One Redactor (and so one cache) per distinct redaction setting, shared by all sessions."""
+    key = (options.redact, options.redact_columns, options.redact_cache_size)
+    red = _redactors.get(key)
+    if red is None:
+        red = _redactors[key] = Redactor(options.redact, options.redact_columns, options.redact_cache_size)
+    return red
+
+
+def _oids(body: bytes, pos: int, count: int) -> list[int]:
+    unpack = _OID_STRUCTS.get(count)
+    if unpack is None:
+        unpack = _OID_STRUCTS[count] = struct.Struct(f"!{count}I").unpack_from
+    return list(unpack(body, pos))
+
+
+def _tag(body: bytes) -> tuple[str, str | None]:
+    """CommandComplete → (tag words, row count text or None). ``INSERT 0 5`` → ('INSERT', '5')."""
+    end = body.find(0)
+    text = body[: end if end >= 0 else len(body)].decode("ascii", "replace")
+    sp = text.rfind(" ")
+    if sp > 0:
+        tail = text[sp + 1 :]
+        if tail.isdigit():
+            head = text[:sp]
+            if head.startswith("INSERT "):
+                head = "INSERT"
+            return head, tail
+    return text, None
+
+
+def _idents(sql: str) -> list[str]:
+    """Folded identifiers and keywords of a short control statement (SAVEPOINT, DEALLOCATE …)."""
+    return [sqltext.ident_name(sql, k, s, e) for k, s, e in sqltext.tokens(sql)
+            if k == sqltext.IDENT or k == sqltext.QIDENT]
 
 
 class Session:
-    """Protocol state of one client connection."""
+    """Protocol state of one client connection and the statement events it yields."""
 
-    __slots__ = ("app", "backend_pid", "client", "database", "options", "outstanding", "sid", "status",
-                 "user")
+    __slots__ = (
+        "_base", "_copy_wait", "_emit", "_explicit", "_ext", "_held", "_in_txn", "_last_done",
+        "_max_held", "_max_param", "_max_sql", "_open", "_portals", "_queue", "_rate", "_redactor",
+        "_sampled", "_savepoints", "_seq", "_skip", "_status", "_stmts", "_suspended", "_txid",
+        "_txid_s", "_txn_err", "_want_params", "app", "backend_pid", "capture", "client", "closed",
+        "database", "outstanding", "sid", "startup_options", "user",
+    )
 
-    def __init__(self, sid: str, client: str, params: dict[str, str]) -> None:
+    def __init__(
+        self,
+        sid: str,
+        client: str,
+        params: dict[str, str],
+        *,
+        emit: Callable[[dict[str, str]], None] | None = None,
+        options: CaptureOptions | None = None,
+    ) -> None:
+        opts = options or CaptureOptions()
+        self.capture = opts
         self.sid = sid
         self.client = client
         self.user = params.get("user", "")
         self.database = params.get("database", self.user)
         self.app = params.get("application_name", "")
-        self.options = params.get("options", "")
+        self.startup_options = params.get("options", "")
         self.backend_pid = 0
-        self.status = "I"  # last ReadyForQuery status
-        self.outstanding = 1  # the login, then Query and Sync messages, awaiting ReadyForQuery
+        self.closed = False
+        # Requests awaiting answers; the login is answered by the first ReadyForQuery.
+        self._queue: deque[Any] = deque((_LOGIN_ENTRY,))
+        self.outstanding = 1  # Query, Sync and FunctionCall (and the login) awaiting ReadyForQuery
+        self._status = _STATUS_IDLE
+        self._stmts: dict[bytes, list[Any]] = {}
+        self._portals: dict[bytes, list[Any]] = {}
+        self._suspended: list[list[Any]] = []  # portals with a run stopped at PortalSuspended
+        self._seq = 0  # Parse counter, orders statements against DEALLOCATE / DISCARD
+        self._skip = False  # ignoring client messages until Sync (after an extended-protocol error)
+        self._copy_wait = False  # in COPY FROM STDIN: the backend ignores Sync until CopyDone/Fail
+        self._last_done = 0
+        self._emit = emit
+        self._rate = opts.sample_rate if emit is not None else 0.0
+        self._max_held = opts.max_held
+        self._max_param = opts.max_param_bytes
+        self._max_sql = opts.max_sql_chars
+        self._want_params = opts.capture_params
+        self._redactor = redactor_for(opts)
+        # The transaction being captured.
+        self._in_txn = False
+        self._txid = 0
+        self._txid_s = "0"
+        self._sampled = False
+        self._held: list[dict[str, str]] = []
+        self._txn_err = False
+        self._explicit = False
+        self._ext = False  # holds extended-protocol statements (committed only at Sync)
+        self._open = 0  # statements already sent with txn=open
+        self._savepoints: list[tuple[str, int]] = []
+        self._base: dict[str, str] = {}
+        self._rebase()
+
+    # -- what the server reads ----------------------------------------------------------------
 
     @property
     def idle(self) -> bool:
         """Nothing in flight and no transaction open: closing now loses no work."""
-        return self.outstanding <= 0 and self.status == "I"
+        return self.outstanding <= 0 and self._status == _STATUS_IDLE
+
+    @property
+    def status(self) -> str:
+        """Transaction status of the last ReadyForQuery: 'I', 'T' or 'E'."""
+        return chr(self._status)
+
+    def _rebase(self) -> None:
+        base = {"v": SCHEMA_VERSION, "kind": KIND_STMT, "sid": self.sid, "client": self.client,
+                "user": self.user, "db": self.database}
+        if self.app:
+            base["app"] = self.app
+        if self.backend_pid:
+            base["pid"] = str(self.backend_pid)
+        self._base = base
+
+    # -- client → server ------------------------------------------------------------------------
 
     def from_client(self, messages: list[wire.Message], now_us: int) -> None:
-        for typ, _body, _length in messages:
-            if typ == wire.QUERY or typ == wire.SYNC:
+        """Messages the client sent (already forwarded)."""
+        q = self._queue
+        portals = self._portals
+        for typ, body, length in messages:
+            if self._skip:
+                if typ == 83:  # Sync ends the skipping
+                    self._skip = False
+                    q.append(_SYNC_ENTRY)
+                    self.outstanding += 1
+                continue
+            if typ == 66:  # Bind
+                i = body.find(0)
+                j = body.find(0, i + 1)
+                if j < 0:
+                    continue
+                name = body[:i]
+                old = portals.get(name)
+                if old is not None and old[_P_START]:
+                    self._abandon(old)
+                portals[name] = [self._stmts.get(body[i + 1 : j]), body, length, j + 1, 0, 0, 0]
+            elif typ == 69:  # Execute
+                i = body.find(0)
+                limit = _i32(body, i + 1)[0] if 0 <= i <= len(body) - 5 else 0
+                q.append([_EXEC, now_us, portals.get(body[:i]), limit, self._seq])
+            elif typ == 83:  # Sync
+                if not self._copy_wait:
+                    q.append(_SYNC_ENTRY)
+                    self.outstanding += 1
+            elif typ == 80:  # Parse
+                self._parse(body, length, now_us)
+            elif typ == 81:  # Query
+                end = body.find(0)
+                sql = body[: end if end >= 0 else len(body)].decode("utf-8", "replace")
+                q.append([_QUERY, now_us, sql, None, 0, self._seq, False])
                 self.outstanding += 1
+            elif typ == 68:  # Describe: only a statement's answer (ParameterDescription) matters
+                if body[:1] == b"S":
+                    end = body.find(0, 1)
+                    q.append([_DESC, self._stmts.get(body[1 : end if end >= 0 else len(body)])])
+            elif typ == 67:  # Close
+                end = body.find(0, 1)
+                name = body[1 : end if end >= 0 else len(body)]
+                if body[:1] == b"S":
+                    self._stmts.pop(name, None)
+                else:
+                    old = portals.pop(name, None)
+                    if old is not None and old[_P_START]:
+                        self._abandon(old)
+            elif typ == 70:  # FunctionCall: answered by ReadyForQuery like a Query
+                q.append(_FUNC_ENTRY)
+                self.outstanding += 1
+            elif typ == 99 or typ == 102:  # CopyDone / CopyFail
+                if self._copy_wait:
+                    self._copy_wait = False
+                else:
+                    q.append(_COPYEND_ENTRY)  # the backend's CopyInResponse has not arrived yet
+
+    def _parse(self, body: bytes, length: int, now_us: int) -> None:
+        i = body.find(0)
+        j = body.find(0, i + 1)
+        if i < 0:
+            return
+        oids: list[int] = []
+        if j < 0:  # cut by the decoder's keep limit: SQL text longer than that
+            sql = body[i + 1 :].decode("utf-8", "ignore") + f"…[truncated {length - len(body)} bytes]"
+        else:
+            sql = body[i + 1 : j].decode("utf-8", "replace")
+            try:
+                count = _i16(body, j + 1)[0]
+                if count > 0:
+                    oids = _oids(body, j + 3, count)
+            except struct.error:
+                pass
+        name = body[:i]
+        self._seq += 1
+        st = [sql, oids, None, None, self._seq, name.decode("utf-8", "replace") if name else ""]
+        stmts = self._stmts
+        prev = stmts.get(name)
+        stmts[name] = st
+        self._queue.append([_PARSE, now_us, st, name, prev])
+
+    # -- server → client ------------------------------------------------------------------------
 
     def from_server(self, messages: list[wire.Message], now_us: int) -> None:
+        """Messages the backend sent (already forwarded)."""
+        q = self._queue
         for typ, body, _length in messages:
-            if typ == wire.READY:
+            if typ == 67:  # CommandComplete
+                if not q:
+                    continue
+                e = q[0]
+                k = e[0]
+                if k == _EXEC:
+                    q.popleft()
+                    self._exec_done(e, body, None, now_us)
+                elif k == _QUERY:
+                    if not e[6]:
+                        self._simple_done(e, body, None, now_us)
+                else:
+                    e = self._realign(_EXEC)
+                    if e is not None:
+                        if e[0] == _EXEC:
+                            q.popleft()
+                            self._exec_done(e, body, None, now_us)
+                        elif not e[6]:
+                            self._simple_done(e, body, None, now_us)
+            elif typ == 90:  # ReadyForQuery
+                self._ready(body, now_us)
+            elif typ == 49:  # ParseComplete
+                if q and q[0][0] == _PARSE:
+                    q.popleft()
+                else:
+                    e = self._realign(_PARSE)
+                    if e is not None and e[0] == _PARSE:
+                        q.popleft()
+            elif typ == 115:  # PortalSuspended
+                self._suspend(now_us)
+            elif typ == 69:  # ErrorResponse
+                self._error(body, now_us)
+            elif typ == 116:  # ParameterDescription
+                e = q[0] if q and q[0][0] == _DESC else self._realign(_DESC)
+                if e is not None and e[0] == _DESC:
+                    q.popleft()
+                    st = e[1]
+                    if st is not None:
+                        try:
+                            st[_ST_OIDS] = wire.parse_parameter_description(body)
+                        except struct.error:
+                            continue
+                        st[_ST_PTYPES] = None
+            elif typ == 73:  # EmptyQueryResponse: no event
+                e = q[0] if q and q[0][0] in (_EXEC, _QUERY) else self._realign(_EXEC)
+                if e is not None and e[0] == _EXEC:
+                    q.popleft()
+                    p = e[2]
+                    if p is not None and p[_P_START]:
+                        self._abandon(p)
+                self._last_done = now_us
+            elif typ == 83:  # ParameterStatus
+                i = body.find(0)
+                if body[:i] == b"application_name":
+                    end = body.find(0, i + 1)
+                    self.app = body[i + 1 : end if end >= 0 else len(body)].decode("utf-8", "replace")
+                    self._rebase()
+            elif typ == 75:  # BackendKeyData
+                if len(body) >= 4:
+                    self.backend_pid = _i32(body, 0)[0]
+                    self._rebase()
+            elif typ == 71:  # CopyInResponse
+                self._copy_in()
+
+    def _realign(self, want: int) -> list[Any] | None:
+        """The FIFO head is not what an answer expects: drop stale entries that cannot be answered
+        any more (copy markers, Parse/Describe answered by messages we never saw), never a request
+        that waits for ReadyForQuery. Returns the new head, or None."""
+        q = self._queue
+        while q:
+            k = q[0][0]
+            if k == want or (want == _EXEC and k == _QUERY):
+                return q[0]
+            if k <= _FUNC:
+                return None
+            q.popleft()
+        return None
+
+    def _ready(self, body: bytes, now_us: int) -> None:
+        q = self._queue
+        while q:
+            if q.popleft()[0] <= _FUNC:
+                break
+        self.outstanding = self.outstanding - 1 if self.outstanding > 0 else 0
+        if not q:
+            self.outstanding = 0
+        status = body[0] if body else _STATUS_IDLE
+        self._status = status
+        self._last_done = now_us
+        if status == _STATUS_IDLE:
+            if self._suspended:
+                for p in list(self._suspended):
+                    self._abandon(p)
+            if self._in_txn:
+                self._end(ROLLED_BACK if self._txn_err else (COMMITTED if self._explicit else AUTOCOMMIT),
+                          now_us)
+
+    def _suspend(self, now_us: int) -> None:
+        """PortalSuspended: the Execute's row limit was reached; the portal run goes on later."""
+        q = self._queue
+        e = q[0] if q and q[0][0] == _EXEC else self._realign(_EXEC)
+        if e is None or e[0] != _EXEC:
+            return
+        q.popleft()
+        start = e[1] if e[1] > self._last_done else self._last_done
+        self._last_done = now_us
+        p = e[2]
+        if p is not None:
+            if not p[_P_START]:
+                p[_P_START] = start
+                self._suspended.append(p)
+            p[_P_ROWS] += e[3]
+            p[_P_LAST] = now_us
+
+    def _copy_in(self) -> None:
+        """CopyInResponse: Syncs sent before the client's CopyDone/CopyFail are ignored by the server."""
+        q = self._queue
+        i = 1
+        while i < len(q):
+            k = q[i][0]
+            if k == _COPYEND:
+                del q[i]
+                return
+            if k == _SYNC:
+                del q[i]
                 self.outstanding -= 1
-                self.status = wire.parse_ready(body)
-            elif typ == wire.BACKEND_KEY:
-                self.backend_pid = wire.parse_backend_key(body)[0]
+                continue
+            i += 1
+        self._copy_wait = True
+
+    def _error(self, body: bytes, now_us: int) -> None:
+        fields = wire.parse_fields(body)
+        err = (fields.get("C", ""), fields.get("M", ""))
+        self._copy_wait = False
+        q = self._queue
+        while q and q[0][0] == _COPYEND:
+            q.popleft()
+        if not q:
+            self._txn_err = self._txn_err or self._in_txn
+            return
+        e = q[0]
+        k = e[0]
+        if k == _QUERY:  # the simple Query stops here; ReadyForQuery follows
+            if not e[6]:
+                self._simple_done(e, None, err, now_us)
+                e[6] = True
+            return
+        if k == _EXEC:
+            q.popleft()
+            self._exec_done(e, None, err, now_us)
+        elif k == _PARSE:
+            q.popleft()
+            self._parse_failed(e, err, now_us)
+        elif k == _DESC:
+            q.popleft()
+        elif k == _SYNC:  # the implicit COMMIT at Sync failed, or a Bind/Describe/Close before it
+            if self._in_txn:
+                self._txn_err = True
+            return
+        else:  # login or FunctionCall
+            return
+        if self._in_txn:
+            self._txn_err = True
+        # The backend now skips every extended-protocol message up to the next Sync.
+        while q and q[0][0] != _SYNC:
+            if q.popleft()[0] <= _FUNC:
+                self.outstanding -= 1
+        if not q:
+            self._skip = True
+
+    # -- statements ending ----------------------------------------------------------------------
+
+    def _simple_done(self, e: list[Any], body: bytes | None, err: tuple[str, str] | None,
+                     now_us: int) -> None:
+        i = e[4]
+        e[4] = i + 1
+        start = e[1] if e[1] > self._last_done else self._last_done
+        self._last_done = now_us
+        if body is not None:
+            tag, rows = _tag(body)
+        else:
+            tag = rows = None
+        if not self._in_txn:
+            self._begin()
+        if self._sampled or (tag is not None and tag in _CONTROL_TAGS):  # else the text is not needed
+            stmts = e[3]
+            if stmts is None:
+                stmts = e[3] = sqltext.split(e[2])
+            # more answers than statements found: keep the whole text rather than guess
+            sql = stmts[i] if i < len(stmts) else e[2]
+        else:
+            sql = ""
+        self._finish(start, now_us, "simple", sql, None, None, tag, rows, err, e[5])
+
+    def _exec_done(self, e: list[Any], body: bytes | None, err: tuple[str, str] | None,
+                   now_us: int) -> None:
+        start = e[1] if e[1] > self._last_done else self._last_done
+        self._last_done = now_us
+        p = e[2]
+        tag = rows = None
+        if body is not None:
+            tag, rows = _tag(body)
+        if p is None:
+            self._finish(start, now_us, "extended", "", None, None, tag, rows, err, e[4])
+            return
+        if p[_P_START]:  # the last Execute of a portal fetched in several
+            start = p[_P_START]
+            if body is not None:
+                rows = str(p[_P_ROWS] + (int(rows) if rows else 0))
+            p[_P_START] = p[_P_ROWS] = 0
+            self._suspended.remove(p)
+        st = p[_P_ST]
+        self._finish(start, now_us, "extended", st[_ST_SQL] if st else "", st, p, tag, rows, err, e[4])
+
+    def _parse_failed(self, e: list[Any], err: tuple[str, str], now_us: int) -> None:
+        start = e[1] if e[1] > self._last_done else self._last_done
+        self._last_done = now_us
+        st = e[2]
+        stmts = self._stmts
+        if stmts.get(e[3]) is st:  # the server kept the previous statement of that name, if any
+            if e[4] is not None and e[3]:
+                stmts[e[3]] = e[4]
+            else:
+                del stmts[e[3]]
+        self._finish(start, now_us, "extended", st[_ST_SQL], st, None, None, None, err, e[2][_ST_SEQ])
+
+    def _abandon(self, p: list[Any]) -> None:
+        """A portal run stopped at PortalSuspended and never finished: closed, replaced or ended
+        with its transaction. Its event has the rows fetched and no tag."""
+        start = p[_P_START]
+        rows = str(p[_P_ROWS])
+        p[_P_START] = p[_P_ROWS] = 0
+        if p in self._suspended:
+            self._suspended.remove(p)
+        st = p[_P_ST]
+        self._finish(start, p[_P_LAST], "extended", st[_ST_SQL] if st else "", st, p, None, rows, None, 0)
+
+    def _finish(self, start: int, end: int, proto: str, sql: str, st: list[Any] | None,
+                portal: list[Any] | None, tag: str | None, rows: str | None,
+                err: tuple[str, str] | None, seq: int) -> None:
+        """A statement ended: its event joins its transaction; control statements act on state."""
+        if not self._in_txn:
+            self._begin()
+        if self._sampled:
+            ev = self._base.copy()
+            ev["ts"] = str(start)
+            ev["dur_us"] = str(end - start)
+            ev["proto"] = proto
+            hidden: Hidden
+            if st is not None:
+                red = st[_ST_RED]
+                if red is None:
+                    red = st[_ST_RED] = self._redact(sql)
+                text, hidden = red
+                if st[_ST_NAME]:
+                    ev["stmt"] = st[_ST_NAME]
+            else:
+                text, hidden = self._redact(sql)
+            ev["sql"] = text
+            if portal is not None and self._want_params:
+                values = _params.bind_params(portal[_P_BODY], portal[_P_LEN], portal[_P_POS],
+                                             st[_ST_OIDS] if st is not None else (), self._max_param,
+                                             hidden)
+                if values != "[]":
+                    ev["params"] = values
+            if st is not None:
+                ptypes = st[_ST_PTYPES]
+                if ptypes is None:
+                    oids = st[_ST_OIDS]
+                    ptypes = st[_ST_PTYPES] = "[" + ",".join(map(str, oids)) + "]" if oids else ""
+                if ptypes:
+                    ev["ptypes"] = ptypes
+            ev["txid"] = self._txid_s
+            if tag:
+                ev["tag"] = tag
+            if rows is not None:
+                ev["rows"] = rows
+            if err is not None:
+                ev["err"], ev["errmsg"] = err
+            if self._open:
+                ev["txn"] = OPEN
+                self._open += 1
+                self._emit(ev)  # type: ignore[misc]
+            else:
+                held = self._held
+                held.append(ev)
+                if len(held) > self._max_held:
+                    self._spill()
+        if err is not None:
+            self._txn_err = True
+        if proto == "extended":
+            self._ext = True
+        if tag is not None and tag in _CONTROL_TAGS:
+            self._control(tag, sql, seq, end)
+
+    def _redact(self, sql: str) -> tuple[str, Hidden]:
+        text, hidden = self._redactor(sql)
+        if len(text) > self._max_sql:
+            text = f"{text[: self._max_sql]}…[truncated {len(text) - self._max_sql} chars]"
+        return text, hidden
+
+    # -- transactions ----------------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        self._in_txn = True
+        self._txid += 1
+        self._txid_s = str(self._txid)
+        rate = self._rate
+        self._sampled = rate >= 1.0 or (rate > 0.0 and random.random() < rate)
+        self._txn_err = False
+        self._explicit = False
+        self._ext = False
+        self._open = 0
+        if self._savepoints:
+            self._savepoints = []
+
+    def _spill(self) -> None:
+        """Too many statements held: send them now with txn=open; a txn_end marker follows."""
+        emit = self._emit
+        for ev in self._held:
+            ev.setdefault("txn", OPEN)
+            emit(ev)  # type: ignore[misc]
+        self._open = len(self._held)
+        self._held = []
+
+    def _end(self, outcome: str, now_us: int) -> None:
+        if self._sampled:
+            emit = self._emit
+            if self._open:
+                marker = self._base.copy()
+                marker["kind"] = KIND_TXN_END
+                marker["ts"] = str(now_us)
+                marker["txid"] = self._txid_s
+                marker["txn"] = outcome
+                marker["stmts"] = str(self._open)
+                emit(marker)  # type: ignore[misc]
+            else:
+                held = self._held
+                for ev in held:
+                    if "txn" not in ev:
+                        ev["txn"] = outcome
+                    emit(ev)  # type: ignore[misc]
+                held.clear()
+        self._in_txn = False
+
+    def _control(self, tag: str, sql: str, seq: int, now_us: int) -> None:
+        """Transaction control and statement-lifetime commands seen through their command tags."""
+        if tag == "COMMIT":
+            self._end(COMMITTED, now_us)
+        elif tag == "ROLLBACK":
+            words = _idents(sql)
+            if "to" in words:  # ROLLBACK [WORK|TRANSACTION] TO [SAVEPOINT] name
+                self._rollback_to(words[-1])
+            else:
+                self._end(ROLLED_BACK, now_us)
+        elif tag == "PREPARE TRANSACTION":
+            self._end(PREPARED, now_us)
+        elif tag == "BEGIN" or tag == "START TRANSACTION":
+            self._explicit = True
+        elif tag == "SAVEPOINT":
+            words = _idents(sql)
+            if words:
+                self._savepoints.append((words[-1], len(self._held)))
+        elif tag == "RELEASE":
+            words = _idents(sql)
+            if words:
+                sp = self._savepoints
+                for i in range(len(sp) - 1, -1, -1):
+                    if sp[i][0] == words[-1]:
+                        del sp[i:]
+                        break
+        elif tag == "DEALLOCATE":
+            words = _idents(sql)
+            if words and words[-1] not in ("deallocate", "prepare"):
+                name = words[-1].encode()
+                st = self._stmts.get(name)
+                if st is not None and st[_ST_SEQ] <= seq:
+                    del self._stmts[name]
+        else:  # DISCARD ALL, DEALLOCATE ALL: statements parsed before this one are gone
+            self._stmts = {k: v for k, v in self._stmts.items() if v[_ST_SEQ] > seq}
+            if tag == "DISCARD ALL":
+                self._portals.clear()
+
+    def _rollback_to(self, name: str) -> None:
+        sp = self._savepoints
+        for i in range(len(sp) - 1, -1, -1):
+            if sp[i][0] == name:
+                mark = sp[i][1]
+                del sp[i + 1 :]
+                for ev in self._held[mark:-1]:  # the last held event is this ROLLBACK TO itself
+                    ev["txn"] = ROLLED_BACK
+                break
+        self._txn_err = False  # the transaction is usable again
+
+    # -- the end ---------------------------------------------------------------------------------
 
     def close(self, now_us: int) -> None:
-        """The connection ended; nothing more will arrive."""
+        """The connection ended; nothing more will arrive. An open transaction is rolled back by the
+        server, so its held events go out as rolled_back. Statements still running make no event."""
+        if self.closed:
+            return
+        self.closed = True
+        for p in list(self._suspended):
+            self._abandon(p)
+        if self._in_txn:
+            outcome = ROLLED_BACK
+            if self._status == _STATUS_IDLE and not (self._explicit or self._txn_err or self._ext):
+                # Simple Queries: the server commits a Query's implicit transaction before its last
+                # CommandComplete, so a fully answered Query is committed even without its ReadyForQuery.
+                q = self._queue
+                head = q[0] if q else None
+                if head is None or (head[0] == _QUERY and head[4] >= len(head[3] or sqltext.split(head[2]))):
+                    outcome = AUTOCOMMIT
+            self._end(outcome, now_us)
+        self._queue.clear()
+        self.outstanding = 0
+        self._stmts.clear()
+        self._portals.clear()
