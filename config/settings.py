@@ -60,7 +60,7 @@ class ProxySettings(Common):
     """`fasterdata proxy`."""
 
     listen: str = Field("127.0.0.1:6432", description="Address clients connect to")
-    upstream: str = Field("127.0.0.1:5432", description="PostgreSQL server the proxy forwards to")
+    upstream: str = Field("127.0.0.1:5432", description="PostgreSQL server the proxy forwards to: HOST:PORT or a Unix socket path")
     upstream_sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = Field(
         "prefer", description="TLS to the upstream, as libpq's sslmode"
     )
@@ -86,10 +86,16 @@ class ProxySettings(Common):
     workers: int = Field(1, ge=1, le=64, description="Processes sharing the listen port (SO_REUSEPORT); "
                          "worker i serves metrics on the metrics port + i")
 
-    @field_validator("listen", "upstream")
+    @field_validator("listen")
     @classmethod
-    def _addresses(cls, value: str, info: Any) -> str:
-        return _hostport(value, info.field_name)
+    def _listen(cls, value: str) -> str:
+        return _hostport(value, "listen")
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream(cls, value: str) -> str:
+        """HOST:PORT, or a Unix socket: its file or the directory holding .s.PGSQL.5432."""
+        return value if value.startswith("/") else _hostport(value, "upstream")
 
     @field_validator("metrics")
     @classmethod

@@ -349,6 +349,13 @@ class UpstreamProtocol(asyncio.Protocol):
             self.transport.close()
 
 
+def unix_socket_path(upstream: str) -> str:
+    """'' for HOST:PORT; else the socket file (a directory means its .s.PGSQL.5432)."""
+    if not upstream.startswith("/"):
+        return ""
+    return os.path.join(upstream, ".s.PGSQL.5432") if os.path.isdir(upstream) else upstream
+
+
 class UpstreamError(Exception):
     """The upstream cannot be reached or refused TLS; carries the SQLSTATE the client gets."""
 
@@ -366,7 +373,9 @@ class ProxyServer:
         self.clients: set[ClientProtocol] = set()
         self.refusing = 0  # of those, clients over max_client_conn waiting to be told so
         self.host, self.port = split_hostport(settings.listen)
-        self.upstream_host, self.upstream_port = split_hostport(settings.upstream)
+        self.upstream_path = unix_socket_path(settings.upstream)
+        self.upstream_host, self.upstream_port = (
+            ("", 0) if self.upstream_path else split_hostport(settings.upstream))
         self.tls_context = (
             tls.server_context(settings.tls_cert, settings.tls_key)
             if settings.tls_cert and settings.tls_key else None
@@ -394,11 +403,11 @@ class ProxyServer:
     async def open_upstream(self, factory: Callable[[], UpstreamProtocol]) -> UpstreamProtocol:
         """Connect to the upstream and negotiate TLS as sslmode asks."""
         loop = asyncio.get_running_loop()
-        where = f"{self.upstream_host}:{self.upstream_port}"
+        where = self.upstream_path or f"{self.upstream_host}:{self.upstream_port}"
+        connect = (loop.create_unix_connection(factory, self.upstream_path) if self.upstream_path
+                   else loop.create_connection(factory, self.upstream_host, self.upstream_port))
         try:
-            _transport, proto = await asyncio.wait_for(
-                loop.create_connection(factory, self.upstream_host, self.upstream_port),
-                self.settings.connect_timeout)
+            _transport, proto = await asyncio.wait_for(connect, self.settings.connect_timeout)
         except TimeoutError:
             raise UpstreamError(
                 f"could not connect to upstream {where}: timed out after {self.settings.connect_timeout:g}s",
@@ -406,7 +415,7 @@ class ProxyServer:
         except OSError as exc:
             raise UpstreamError(
                 f"could not connect to upstream {where}: {exc.strerror or exc}", "08001") from None
-        if self.upstream_tls is not None:
+        if self.upstream_tls is not None and not self.upstream_path:  # as libpq: no TLS on Unix sockets
             await self._negotiate_tls(proto, where)
         return proto
 
