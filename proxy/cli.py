@@ -61,6 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-capture", dest="capture", action="store_const", const=False,
                    help="forward only; capture no statements")
     _common(p)
+
+    d = sub.add_parser(
+        "demo", help="run the whole pipeline with a sample shop workload",
+        description="Start the proxy and an analyzer in front of this machine's PostgreSQL and Redis "
+        "(embedded ones when none answer), drive a shop-with-ledger workload through the proxy and show the "
+        "business metrics moving. Ctrl-C stops it and removes everything it created.")
+    d.add_argument("--duration", type=float, metavar="SECONDS", help="stop by itself after this long")
+    d.add_argument("--shoppers", type=int, default=4, metavar="N", help="concurrent client sessions [4]")
+    d.add_argument("--rate", type=float, default=5.0, metavar="ORDERS",
+                   help="orders per second per shopper [5]")
+    d.add_argument("--embedded", action="store_true",
+                   help="use embedded PostgreSQL and Redis even if the machine has its own")
     return parser
 
 
@@ -70,6 +82,11 @@ def _flags(args: argparse.Namespace, model: type) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from .demo.run import main as demo
+
+        logs.setup()
+        return demo(args.duration, args.shoppers, args.rate, args.embedded)
     try:
         if args.command == "proxy":
             settings = load("proxy", args.config, _flags(args, ProxySettings))
