@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="forward only; capture no statements")
     _common(p)
 
+    from analyzers import cli as analyzers_cli
+
+    analyzers_cli.add_parser(sub)
+
     d = sub.add_parser(
         "demo", help="run the whole pipeline with a sample shop workload",
         description="Start the proxy and an analyzer in front of this machine's PostgreSQL and Redis "
@@ -82,6 +86,10 @@ def _flags(args: argparse.Namespace, model: type) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("analyze", "top"):
+        from analyzers import cli as analyzers_cli
+
+        return analyzers_cli.run(args)
     if args.command == "demo":
         from .demo.run import main as demo
 
