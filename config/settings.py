@@ -60,7 +60,8 @@ class ProxySettings(Common):
     """`fasterdata proxy`."""
 
     listen: str = Field("127.0.0.1:6432", description="Address clients connect to")
-    upstream: str = Field("127.0.0.1:5432", description="PostgreSQL server the proxy forwards to: HOST:PORT or a Unix socket path")
+    upstream: str = Field(
+        "127.0.0.1:5432", description="PostgreSQL server the proxy forwards to: HOST:PORT or a Unix socket path")
     upstream_sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = Field(
         "prefer", description="TLS to the upstream, as libpq's sslmode"
     )
@@ -83,6 +84,16 @@ class ProxySettings(Common):
         (1 << 30) - 1, ge=1024, description="Largest protocol message accepted from a client (bytes)"
     )
     capture: bool = Field(True, description="Tap statements into the Redis stream")
+    sample_rate: float = Field(1.0, ge=0, le=1, description="Fraction of transactions captured (whole transactions)")
+    max_held: int = Field(1000, ge=0, description="Statements held per open transaction before they go out as 'open'")
+    max_param_bytes: int = Field(1024, ge=16, description="Longest bound value kept; longer ones are cut with a marker")
+    max_sql_chars: int = Field(16384, ge=16, description="Longest SQL text kept; longer is cut with a marker")
+    capture_params: bool = Field(True, description="Decode and send bound parameters")
+    redact: Literal["columns", "all"] = Field(
+        "columns", description="'columns': hide passwords and values of sensitive columns; 'all': every value")
+    redact_columns: str = Field(
+        "password|passwd|secret|token|ssn|card|cvv",
+        description="Case-insensitive regex of column names whose values are hidden")
     workers: int = Field(1, ge=1, le=64, description="Processes sharing the listen port (SO_REUSEPORT); "
                          "worker i serves metrics on the metrics port + i")
 

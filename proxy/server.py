@@ -19,6 +19,8 @@ from typing import Any
 from config.settings import ProxySettings, split_hostport
 
 from . import tls, wire
+from .capture import Capture
+from .events import CaptureOptions
 from .session import BACKEND_WANTED, FRONTEND_WANTED, Session
 from .stats import ProxyStats
 
@@ -162,7 +164,10 @@ class ClientProtocol(asyncio.Protocol):
                               f"{self.settings.max_client_conn}", "53300")
                     return
                 _version, params = wire.parse_startup(packet)
-                self.session = Session(self.sid, self.peer, params)
+                server = self.server
+                self.session = Session(self.sid, self.peer, params,
+                                       emit=server.capture.emit if server.capture else None,
+                                       options=server.capture_options)
                 self.state = CONNECTING
                 self._early.append(bytes(self._startup_raw[consumed:]))
                 self._startup_raw = bytearray()
@@ -349,6 +354,13 @@ class UpstreamProtocol(asyncio.Protocol):
             self.transport.close()
 
 
+def capture_options(settings: ProxySettings) -> CaptureOptions:
+    return CaptureOptions(
+        sample_rate=settings.sample_rate, max_held=settings.max_held, max_param_bytes=settings.max_param_bytes,
+        max_sql_chars=settings.max_sql_chars, capture_params=settings.capture_params, redact=settings.redact,
+        redact_columns=settings.redact_columns)
+
+
 def unix_socket_path(upstream: str) -> str:
     """'' for HOST:PORT; else the socket file (a directory means its .s.PGSQL.5432)."""
     if not upstream.startswith("/"):
@@ -367,9 +379,12 @@ class UpstreamError(Exception):
 class ProxyServer:
     """Accepts clients, connects each to the upstream, and shuts down gracefully."""
 
-    def __init__(self, settings: ProxySettings, stats: ProxyStats | None = None) -> None:
+    def __init__(self, settings: ProxySettings, stats: ProxyStats | None = None,
+                 capture: Capture | None = None) -> None:
         self.settings = settings
         self.stats = stats or ProxyStats()
+        self.capture = capture
+        self.capture_options = capture_options(settings)
         self.clients: set[ClientProtocol] = set()
         self.refusing = 0  # of those, clients over max_client_conn waiting to be told so
         self.host, self.port = split_hostport(settings.listen)

@@ -78,6 +78,11 @@ _CONTROL_TAGS = frozenset((
     "DISCARD ALL", "DEALLOCATE", "DEALLOCATE ALL",
 ))
 
+# The sql of an Execute whose portal or statement the session never saw (it cannot happen with a
+# conforming client; the server answers such an Execute with an error).
+UNKNOWN_SQL = "/* statement unknown to the proxy */"
+_ENDING_TAGS = frozenset(("COMMIT", "ROLLBACK", "PREPARE TRANSACTION"))
+
 _i32 = struct.Struct("!i").unpack_from
 _i16 = struct.Struct("!h").unpack_from
 _OID_STRUCTS: dict[int, Callable[..., tuple[int, ...]]] = {}
@@ -240,7 +245,10 @@ class Session:
                 self._parse(body, length, now_us)
             elif typ == 81:  # Query
                 end = body.find(0)
-                sql = body[: end if end >= 0 else len(body)].decode("utf-8", "replace")
+                if end >= 0:
+                    sql = body[:end].decode("utf-8", "replace")
+                else:  # cut by the decoder's keep limit
+                    sql = body.decode("utf-8", "ignore") + f"…[truncated {length - len(body)} bytes]"
                 q.append([_QUERY, now_us, sql, None, 0, self._seq, False])
                 self.outstanding += 1
             elif typ == 68:  # Describe: only a statement's answer (ParameterDescription) matters
@@ -439,8 +447,13 @@ class Session:
         k = e[0]
         if k == _QUERY:  # the simple Query stops here; ReadyForQuery follows
             if not e[6]:
-                self._simple_done(e, None, err, now_us)
                 e[6] = True
+                if e[3] is None:
+                    e[3] = sqltext.split(e[2])
+                if e[4] < max(len(e[3]), 1):
+                    self._simple_done(e, None, err, now_us)
+                elif self._in_txn:  # after its last statement (e.g. FATAL): no statement to blame
+                    self._txn_err = True
             return
         if k == _EXEC:
             q.popleft()
@@ -498,7 +511,7 @@ class Session:
         if body is not None:
             tag, rows = _tag(body)
         if p is None:
-            self._finish(start, now_us, "extended", "", None, None, tag, rows, err, e[4])
+            self._finish(start, now_us, "extended", UNKNOWN_SQL, None, None, tag, rows, err, e[4])
             return
         if p[_P_START]:  # the last Execute of a portal fetched in several
             start = p[_P_START]
@@ -507,7 +520,7 @@ class Session:
             p[_P_START] = p[_P_ROWS] = 0
             self._suspended.remove(p)
         st = p[_P_ST]
-        self._finish(start, now_us, "extended", st[_ST_SQL] if st else "", st, p, tag, rows, err, e[4])
+        self._finish(start, now_us, "extended", st[_ST_SQL] if st else UNKNOWN_SQL, st, p, tag, rows, err, e[4])
 
     def _parse_failed(self, e: list[Any], err: tuple[str, str], now_us: int) -> None:
         start = e[1] if e[1] > self._last_done else self._last_done
@@ -530,7 +543,7 @@ class Session:
         if p in self._suspended:
             self._suspended.remove(p)
         st = p[_P_ST]
-        self._finish(start, p[_P_LAST], "extended", st[_ST_SQL] if st else "", st, p, None, rows, None, 0)
+        self._finish(start, p[_P_LAST], "extended", st[_ST_SQL] if st else UNKNOWN_SQL, st, p, None, rows, None, 0)
 
     def _finish(self, start: int, end: int, proto: str, sql: str, st: list[Any] | None,
                 portal: list[Any] | None, tag: str | None, rows: str | None,
@@ -538,6 +551,10 @@ class Session:
         """A statement ended: its event joins its transaction; control statements act on state."""
         if not self._in_txn:
             self._begin()
+        if self._suspended and tag in _ENDING_TAGS:
+            # Ending the transaction destroys its portals: runs left at PortalSuspended end first.
+            for p in list(self._suspended):
+                self._abandon(p)
         if self._sampled:
             ev = self._base.copy()
             ev["ts"] = str(start)
@@ -547,7 +564,7 @@ class Session:
             if st is not None:
                 red = st[_ST_RED]
                 if red is None:
-                    red = st[_ST_RED] = self._redact(sql)
+                    red = st[_ST_RED] = self._redact(sql, True)
                 text, hidden = red
                 if st[_ST_NAME]:
                     ev["stmt"] = st[_ST_NAME]
@@ -590,8 +607,8 @@ class Session:
         if tag is not None and tag in _CONTROL_TAGS:
             self._control(tag, sql, seq, end)
 
-    def _redact(self, sql: str) -> tuple[str, Hidden]:
-        text, hidden = self._redactor(sql)
+    def _redact(self, sql: str, remember: bool = False) -> tuple[str, Hidden]:
+        text, hidden = self._redactor(sql, remember)
         if len(text) > self._max_sql:
             text = f"{text[: self._max_sql]}…[truncated {len(text) - self._max_sql} chars]"
         return text, hidden
@@ -684,8 +701,11 @@ class Session:
             if sp[i][0] == name:
                 mark = sp[i][1]
                 del sp[i + 1 :]
-                for ev in self._held[mark:-1]:  # the last held event is this ROLLBACK TO itself
-                    ev["txn"] = ROLLED_BACK
+                # Work after the savepoint is undone. The ROLLBACK TO statements themselves (this one
+                # is the last held event) undo nothing and share the transaction's outcome.
+                for ev in self._held[mark:-1]:
+                    if ev.get("tag") != "ROLLBACK":
+                        ev["txn"] = ROLLED_BACK
                 break
         self._txn_err = False  # the transaction is usable again
 

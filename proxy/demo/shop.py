@@ -9,6 +9,7 @@ protocol literals (psycopg's ClientCursor), half server-side parameters and prep
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import random
@@ -110,17 +111,13 @@ async def shopper(dsn: str, index: int, stats: ShopStats, stop: asyncio.Event, r
             async with await AsyncConnection.connect(dsn, application_name=app) as conn:
                 while not stop.is_set():
                     await place_order(conn, rng, stats, simple=index % 2 == 1, customers=customers)
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), rng.expovariate(rate))
-                    except TimeoutError:
-                        pass
         except psycopg.Error as exc:
             stats.errors += 1
             log.warning("shopper %d: %s; reconnecting", index, exc)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
-            except TimeoutError:
-                pass
 
 
 async def run(dsn: str, stop: asyncio.Event, shoppers: int = 4, rate: float = 5.0,

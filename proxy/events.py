@@ -1,0 +1,150 @@
+"""The statement event contract: what the proxy puts on the ``statements`` stream.
+
+Producers (``proxy.session``) and consumers (the analyzers) both import this module, so the field
+names, the schema version and the capture options live here and nowhere else.
+
+An event is a flat ``dict[str, str]`` — one Redis Stream entry — so ``redis-cli XRANGE`` shows it
+as it is. Numbers are decimal strings; ``params`` and ``ptypes`` are JSON arrays. Fields with
+nothing to say are left out rather than sent empty (entries stay small); the lists below say which
+fields every entry carries.
+
+Two kinds of entry:
+
+``kind=stmt`` — one executed statement.
+    Always present: v, kind, ts, dur_us, sid, client, user, db, proto, sql, txid, txn.
+    Present when known or applicable: pid, app, stmt, params, ptypes, tag, rows, err, errmsg.
+
+``kind=txn_end`` — closes a transaction whose statements went out early with ``txn=open`` (the
+transaction held more statements than ``CaptureOptions.max_held``). Only then is it sent.
+    Always present: v, kind, ts, sid, client, user, db, txid, txn, stmts.
+    Present when known: pid, app.
+
+Field by field (``FIELDS`` below holds the same text for tools):
+
+* ``v`` — schema version, ``SCHEMA_VERSION``. A consumer that sees a newer major version should stop.
+* ``kind`` — ``stmt`` or ``txn_end``.
+* ``ts`` — epoch microseconds when the statement started, as the proxy saw it: the arrival of the
+  Query or Execute, or the completion of the previous statement on the same connection if that came
+  later (later statements of a multi-statement Query, pipelined Executes). For a portal fetched by
+  several Executes, the first one. For ``txn_end``: when the transaction ended.
+* ``dur_us`` — microseconds from ``ts`` until CommandComplete / ErrorResponse (the proxy's view,
+  network to the server included).
+* ``sid`` — proxy session id (unique per proxy process and connection).
+* ``client`` — client address ``host:port`` (or the socket path).
+* ``user``, ``db`` — from the StartupMessage.
+* ``app`` — ``application_name``: from the StartupMessage, updated by ParameterStatus.
+* ``pid`` — backend process id (BackendKeyData); absent only if the server never sent one.
+* ``proto`` — ``simple`` (Query message) or ``extended`` (Parse/Bind/Execute).
+* ``stmt`` — prepared statement name; extended protocol with a named statement only.
+* ``sql`` — the statement text, redacted (see ``CaptureOptions.redact``) and cut to ``max_sql_chars``.
+  For a multi-statement Query, the text of this one statement (without its ``;``). Never empty:
+  an Execute of a portal the proxy never saw bound reads ``/* statement unknown to the proxy */``.
+* ``params`` — JSON array of the bound values, decoded by type OID from text or binary format:
+  integers and floats as JSON numbers (NaN/Infinity as strings), numeric as an exact JSON string,
+  booleans as true/false, NULL as null, text-like, date/time, interval, uuid and json values as
+  strings (json/jsonb text as a string, not nested), bytea as ``"\\x…"`` hex, arrays as JSON arrays.
+  A value the proxy cannot decode (unknown type in binary format, malformed bytes) is ``"\\x…"``
+  hex, followed by ``[invalid TYPE]`` when malformed. Values over ``max_param_bytes`` end in
+  ``…[truncated N bytes]``. Redacted values are ``"***"``. Absent when the statement has no
+  parameters.
+* ``ptypes`` — JSON array of parameter type OIDs: from ParameterDescription when the client asked
+  for one, else from Parse (0 = unspecified). Absent when there are none.
+* ``tag`` — command tag without its counts: ``SELECT``, ``INSERT``, ``UPDATE``, ``DELETE``,
+  ``MERGE``, ``COPY``, ``BEGIN``, ``CREATE TABLE`` … Absent when the statement failed, and for a
+  portal abandoned after PortalSuspended (fetched partly, then closed or ended with its transaction).
+* ``rows`` — the row count of the tag (``INSERT 0 5`` → ``5``); for a portal fetched in several
+  Executes, the sum. Absent when the tag has no count.
+* ``err`` — SQLSTATE of the ErrorResponse; only when the statement failed.
+* ``errmsg`` — the error's primary message; only when the statement failed.
+* ``txid`` — per-session transaction number, 1, 2, 3 … in the order transactions start.
+* ``txn`` — the outcome of the statement's transaction:
+  ``committed`` (explicit transaction ended by COMMIT), ``rolled_back`` (ROLLBACK; COMMIT of a failed
+  transaction; any error in an implicit transaction — a lone statement, a multi-statement Query, a
+  pipeline up to Sync; ROLLBACK TO SAVEPOINT for the statements after the savepoint; the connection
+  closing inside a transaction), ``autocommit`` (no explicit transaction and no error),
+  ``prepared`` (PREPARE TRANSACTION), or ``open`` (sent before the transaction ended: see
+  ``txn_end``). A failed statement is never ``committed`` or ``autocommit``.
+* ``stmts`` — (``txn_end`` only) how many statements of the transaction were sent with ``txn=open``.
+
+Not turned into events: EmptyQueryResponse (empty query text), FunctionCall, statements still
+running when the connection closes, and extended-protocol requests the server skipped after an
+error (everything up to the next Sync). A failed Parse is an event (with ``err``, no tag).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEMA_VERSION = "1"
+
+KIND_STMT = "stmt"
+KIND_TXN_END = "txn_end"
+
+COMMITTED = "committed"
+ROLLED_BACK = "rolled_back"
+AUTOCOMMIT = "autocommit"
+PREPARED = "prepared"
+OPEN = "open"
+OUTCOMES = (COMMITTED, ROLLED_BACK, AUTOCOMMIT, PREPARED, OPEN)
+
+FIELDS: dict[str, str] = {
+    "v": "schema version",
+    "kind": "stmt | txn_end",
+    "ts": "statement start (txn_end: transaction end), epoch microseconds",
+    "dur_us": "microseconds until CommandComplete / ErrorResponse",
+    "sid": "proxy session id",
+    "client": "client address",
+    "user": "user name from the StartupMessage",
+    "db": "database from the StartupMessage",
+    "app": "application_name (StartupMessage, then ParameterStatus)",
+    "pid": "backend process id",
+    "proto": "simple | extended",
+    "stmt": "prepared statement name (extended protocol, named statements)",
+    "sql": "statement text, redacted",
+    "params": "JSON array of decoded bound values",
+    "ptypes": "JSON array of parameter type OIDs",
+    "tag": "command tag without counts",
+    "rows": "row count from the command tag",
+    "err": "SQLSTATE when the statement failed",
+    "errmsg": "error message when the statement failed",
+    "txid": "per-session transaction number",
+    "txn": "committed | rolled_back | autocommit | prepared | open",
+    "stmts": "txn_end: statements sent with txn=open",
+}
+
+ALWAYS_STMT = frozenset(
+    ("v", "kind", "ts", "dur_us", "sid", "client", "user", "db", "proto", "sql", "txid", "txn"))
+ALWAYS_TXN_END = frozenset(("v", "kind", "ts", "sid", "client", "user", "db", "txid", "txn", "stmts"))
+
+DEFAULT_REDACT_COLUMNS = r"password|passwd|secret|token|ssn|card|cvv"
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureOptions:
+    """What the capture keeps and hides. Defaults suit production: everything sampled, secrets hidden."""
+
+    # Fraction of transactions captured, 0..1; a sampled transaction is captured whole.
+    sample_rate: float = 1.0
+    # Statements held per open transaction before they go out with txn=open (then a txn_end follows).
+    max_held: int = 1000
+    # Longest parameter value kept, in bytes of its wire form; longer ones are cut with a marker.
+    max_param_bytes: int = 1024
+    # Longest SQL text kept, in characters (after redaction); longer is cut with a marker.
+    max_sql_chars: int = 16384
+    # Decode and send bound parameters at all.
+    capture_params: bool = True
+    # "columns": hide passwords and values of columns matching redact_columns (in SQL literals and
+    # bound parameters). "all": hide every literal and every parameter. Passwords are always hidden.
+    redact: str = "columns"
+    # Case-insensitive regex searched in column names; empty string: no column redaction.
+    redact_columns: str = DEFAULT_REDACT_COLUMNS
+    # Distinct SQL texts whose redaction is remembered.
+    redact_cache_size: int = 4096
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sample_rate <= 1.0:
+            raise ValueError("sample_rate must be between 0 and 1")
+        if self.redact not in ("columns", "all"):
+            raise ValueError("redact must be 'columns' or 'all'")
+        if self.max_held < 0 or self.max_param_bytes < 16 or self.max_sql_chars < 16:
+            raise ValueError("max_held must be >= 0, max_param_bytes and max_sql_chars >= 16")
