@@ -94,6 +94,12 @@ class ProxySettings(Common):
     redact_columns: str = Field(
         "password|passwd|secret|token|ssn|card|cvv",
         description="Case-insensitive regex of column names whose values are hidden")
+    stream_maxlen: int = Field(1_000_000, ge=0, description="Approximate length cap of <prefix>:statements (0: none)")
+    stream_shards: int = Field(1, ge=1, le=1024, description="Statement streams; a session always uses the same one")
+    queue_max: int = Field(100_000, ge=100, description="Events queued in memory before they go to the spool")
+    spool_dir: str | None = Field(
+        None, description="Directory of the spool used while Redis is away (default: <tmp>/fasterdata-spool)")
+    spool_max_bytes: int = Field(1 << 30, ge=1 << 20, description="Spool size at which new events are dropped")
     workers: int = Field(1, ge=1, le=64, description="Processes sharing the listen port (SO_REUSEPORT); "
                          "worker i serves metrics on the metrics port + i")
 

@@ -147,21 +147,36 @@ def _run_workers(settings: ProxySettings, serve: Any) -> int:
 async def _serve_proxy(settings: ProxySettings, index: int) -> int:
     from prometheus_client import CollectorRegistry
 
+    from .capture import Capture, CaptureCollector
     from .httpd import MetricsServer
     from .server import ProxyServer
+    from .sink import SinkCollector, SpoolLocked, StreamSink
     from .stats import ProxyCollector
 
-    server = ProxyServer(settings)
+    registry = CollectorRegistry()
+    sink = capture = None
+    if settings.capture:
+        sink = StreamSink(settings.redis, settings.prefix, maxlen=settings.stream_maxlen,
+                          max_queue=settings.queue_max, spool_path=spool_path(settings, index),
+                          spool_max_bytes=settings.spool_max_bytes, shards=settings.stream_shards)
+        try:
+            await sink.start()
+        except (SpoolLocked, OSError) as exc:
+            log.error("cannot use the spool %s: %s", spool_path(settings, index), exc)
+            return 1
+        capture = Capture(sink.put)
+        registry.register(SinkCollector(sink))
+        registry.register(CaptureCollector(capture))
+    server = ProxyServer(settings, capture=capture)
     try:
         await server.start(reuse_port=settings.workers > 1)
     except OSError as exc:
         log.error("cannot listen on %s: %s", settings.listen, exc.strerror or exc)
         return 1
+    registry.register(ProxyCollector(server.stats, lambda: len(server.clients)))
     metrics = None
     if settings.metrics:
-        registry = CollectorRegistry()
-        registry.register(ProxyCollector(server.stats, lambda: len(server.clients)))
-        metrics = MetricsServer(registry, lambda: None)
+        metrics = MetricsServer(registry, sink.readiness if sink else lambda: None)
         try:
             host, port = split_hostport(settings.metrics)
             await metrics.start(host, port + index if port else 0)
@@ -175,10 +190,23 @@ async def _serve_proxy(settings: ProxySettings, index: int) -> int:
     await stop.wait()
     log.info("signal received: stopping")
     await server.shutdown()
+    if sink is not None:
+        await sink.close(timeout=10.0)
     if metrics is not None:
         await metrics.close()
     log.info("stopped")
     return 0
+
+
+def spool_path(settings: ProxySettings, index: int) -> str:
+    """Stable per listen address and worker, so a restarted proxy replays what its predecessor spooled."""
+    import os
+    import tempfile
+
+    directory = settings.spool_dir or os.path.join(tempfile.gettempdir(), "fasterdata-spool")
+    os.makedirs(directory, exist_ok=True)
+    listen = settings.listen.replace(":", "_").replace("/", "_")
+    return os.path.join(directory, f"{settings.prefix}-{listen}-w{index}.spool")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,225 @@
+"""The sink against the machine's Redis: order, exact fields, batching, MAXLEN, metrics, readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+from pathlib import Path
+
+import pytest
+import redis
+import uvloop
+from prometheus_client import CollectorRegistry, generate_latest
+
+from proxy.sink import SCRIPT_SHA, RedisConnection, RedisTarget, SinkCollector, StreamSink, encode_batch
+from tests.conftest import free_port
+
+from .kit import RedisServer, events, read_stream, until
+
+
+def odd_events() -> list[dict[str, str]]:
+    """Events that stress the encoding: unicode, empty values, NUL, long text, varying key sets."""
+    out = [
+        {"v": "1", "sql": "SELECT 'héllo wörld ☃ 𝄞'", "app": ""},
+        {"v": "1", "sql": "", "params": "[]"},
+        {"only": "x"},
+        {"v": "1", "sql": "SELECT $1", "params": '["a\\u0000b"]', "raw": "nul\x00inside"},
+        {"v": "1", "sql": "SELECT " + "x" * 100_000},
+        {"k" * 300: "long key"},
+        {"v": "1", "sql": "line1\nline2\r\n\t", "err": "42P01 relation \"nope\" does not exist"},
+    ]
+    out += [{"v": "1", "n": str(i), "sql": f"SELECT {i}", "x" + str(i % 3): "y"} for i in range(200)]
+    return out
+
+
+async def test_events_arrive_in_order_with_exact_fields(prefix: str, shared_url: str) -> None:
+    sink = StreamSink(shared_url, prefix)
+    await sink.start()
+    sent = odd_events()
+    for i, fields in enumerate(sent):
+        sink.put(fields, route=f"s{i % 3}")
+        if i % 50 == 0:
+            await asyncio.sleep(0)
+    await sink.close(10)
+    client = redis.Redis.from_url(shared_url, decode_responses=True)
+    assert read_stream(client, f"{prefix}:statements") == sent
+    assert (sink.sent, sink.dropped, sink.spooled, sink.queued) == (len(sent), 0, 0, 0)
+    assert sink.deduplicated == 0
+
+
+async def test_resent_batches_are_not_duplicated(prefix: str, shared_url: str) -> None:
+    """The script's marker: a batch sent again (lost reply, replayed spool) adds only what is missing."""
+    conn = await RedisConnection.open(RedisTarget.from_url(shared_url), 5)
+    stream = f"{prefix}:statements"
+    head = ("EVALSHA", SCRIPT_SHA, 2, stream, f"{prefix}:sink:{{{stream}}}:test")
+    sent = events(10)
+    try:
+        assert await conn.request(encode_batch(head, 0, 0, 60, sent[:6])) == 0
+        assert await conn.request(encode_batch(head, 0, 0, 60, sent[:6])) == 6  # all there already
+        assert await conn.request(encode_batch(head, 3, 0, 60, sent[3:10])) == 3  # overlap: 3 skipped
+        assert await conn.request(encode_batch(head, 2, 0, 60, sent[2:5])) == 3  # stale, late: no-op
+    finally:
+        conn.close()
+    client = redis.Redis.from_url(shared_url, decode_responses=True)
+    assert read_stream(client, stream) == sent
+    assert 0 < client.ttl(f"{prefix}:sink:{{{stream}}}:test") <= 60
+
+
+async def test_put_is_a_plain_call_that_never_awaits(prefix: str, shared_url: str) -> None:
+    sink = StreamSink(shared_url, prefix)
+    assert not inspect.iscoroutinefunction(sink.put)
+    await sink.start()
+    # 10k puts with no await in between: the sender cannot have run, so all of them sit in memory.
+    for fields in events(10_000):
+        assert sink.put(fields) is None
+    assert sink.queued == 10_000
+    await sink.close(10)
+    assert sink.sent == 10_000
+
+
+async def test_batching_under_load_loses_nothing(prefix: str, shared_url: str) -> None:
+    sink = StreamSink(shared_url, prefix, batch_max=1000)
+    await sink.start()
+    sent = events(50_000)
+    for i in range(0, len(sent), 500):  # bursts, as protocol callbacks deliver them
+        for fields in sent[i:i + 500]:
+            sink.put(fields)
+        await asyncio.sleep(0)
+    await until(lambda: sink.sent == len(sent), "all events sent")
+    await sink.close(10)
+    client = redis.Redis.from_url(shared_url, decode_responses=True)
+    got = read_stream(client, f"{prefix}:statements")
+    assert [e["n"] for e in got] == [e["n"] for e in sent]
+    assert got == sent
+    assert sink.batches <= len(sent) // 100, "events were not batched"
+    assert sink.dropped == 0 and sink.spooled == 0
+
+
+async def test_maxlen_is_honoured_approximately(prefix: str, shared_url: str) -> None:
+    sink = StreamSink(shared_url, prefix, maxlen=1000, batch_max=500)
+    await sink.start()
+    sent = events(20_000)
+    for i in range(0, len(sent), 1000):
+        for fields in sent[i:i + 1000]:
+            sink.put(fields)
+        await asyncio.sleep(0)
+    await sink.close(10)
+    client = redis.Redis.from_url(shared_url, decode_responses=True)
+    length = client.xlen(f"{prefix}:statements")
+    assert 1000 <= length <= 1000 + 100  # whole macro nodes (stream-node-max-entries 100) are trimmed
+    newest = client.xrevrange(f"{prefix}:statements", count=1)[0][1]
+    assert newest == sent[-1]
+
+
+async def test_metrics_and_readiness(prefix: str, shared_url: str) -> None:
+    sink = StreamSink(shared_url, prefix)
+    registry = CollectorRegistry()
+    registry.register(SinkCollector(sink))
+    await sink.start()
+    for fields in events(300):
+        sink.put(fields)
+    await until(lambda: sink.sent == 300, "events sent")
+    assert sink.readiness() is None and sink.ready and sink.connected
+    text = generate_latest(registry).decode()
+    assert "fasterdata_sink_sent_total 300.0" in text
+    assert "fasterdata_sink_dropped_total 0.0" in text
+    assert "fasterdata_sink_queued 0.0" in text
+    assert "fasterdata_sink_redis_up 1.0" in text
+    assert 'fasterdata_sink_send_seconds_bucket{le="+Inf"}' in text
+    assert "fasterdata_sink_send_seconds_count" in text
+    await sink.close(10)
+
+
+async def test_not_ready_without_redis_and_without_spool(prefix: str, tmp_path: Path) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    bare = StreamSink(dead, prefix, backoff_min=0.05, backoff_max=0.1)
+    spooled = StreamSink(dead, prefix, spool_path=tmp_path / "spool", backoff_min=0.05, backoff_max=0.1)
+    await bare.start()
+    await spooled.start()
+    await until(lambda: bare.lanes[0].send_errors >= 0 and bare.lanes[0]._down_since is not None, "a failed connect")
+    await until(lambda: spooled.lanes[0]._down_since is not None, "a failed connect")
+    problem = bare.readiness()
+    assert problem is not None and "unreachable" in problem and "no spool" in problem
+    assert spooled.readiness() is None  # events have somewhere to go
+    spooled.put({"a": "b"})
+    assert spooled.spooled == 1
+    await bare.close(1)
+    await spooled.close(1)
+    assert spooled.dropped == 0
+
+
+async def test_shards_keep_each_session_on_one_stream(prefix: str, shared_url: str) -> None:
+    sink = StreamSink(shared_url, prefix, shards=3)
+    await sink.start()
+    sessions = [f"sess{i}" for i in range(60)]  # hash(route) is per process: 60 leave no stream empty
+    sent: dict[str, list[str]] = {s: [] for s in sessions}
+    rng = random.Random(7)
+    for i in range(3000):
+        sid = rng.choice(sessions)
+        sink.put({"sid": sid, "n": str(i)}, route=sid)
+        sent[sid].append(str(i))
+        if i % 200 == 0:
+            await asyncio.sleep(0)
+    await sink.close(10)
+    client = redis.Redis.from_url(shared_url, decode_responses=True)
+    assert sink.streams == [f"{prefix}:statements:{{{i}}}" for i in range(3)]
+    seen: dict[str, list[str]] = {s: [] for s in sessions}
+    home: dict[str, str] = {}
+    for key in sink.streams:
+        entries = read_stream(client, key)
+        assert entries, f"{key} got nothing"
+        for entry in entries:
+            assert home.setdefault(entry["sid"], key) == key, "a session was split across streams"
+            seen[entry["sid"]].append(entry["n"])
+    assert seen == sent
+
+
+async def test_unix_socket_and_db_number(redis_server, prefix: str) -> None:
+    server: RedisServer = redis_server("--unixsocket", "SOCK", "--unixsocketperm", "700")
+    sock = server.dir / "SOCK"
+    sink = StreamSink(f"unix://{sock}?db=5", prefix)
+    await sink.start()
+    for fields in events(100):
+        sink.put(fields)
+    await sink.close(10)
+    assert read_stream(server.client(db=5), f"{prefix}:statements") == events(100)
+    assert server.client(db=0).exists(f"{prefix}:statements") == 0
+
+
+def test_runs_on_uvloop(prefix: str, shared_url: str) -> None:
+    async def main() -> list[dict[str, str]]:
+        sink = StreamSink(shared_url, prefix)
+        await sink.start()
+        for fields in events(2000):
+            sink.put(fields)
+        await sink.close(10)
+        return read_stream(redis.Redis.from_url(shared_url, decode_responses=True), f"{prefix}:statements")
+
+    assert uvloop.run(main()) == events(2000)
+
+
+def test_bad_url_is_refused() -> None:
+    with pytest.raises(ValueError):
+        StreamSink("http://127.0.0.1:6379")
+
+
+async def test_oversized_batches_are_split_and_huge_events_dropped(prefix: str, shared_url: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("proxy.sink.MAX_BATCH_BYTES", 20_000)
+    monkeypatch.setattr("proxy.sink.MAX_FIELDS", 6)
+    sink = StreamSink(shared_url, prefix)
+    await sink.start()
+    sent = [{"n": str(i), "sql": "x" * 1000} for i in range(100)]
+    for fields in sent[:50]:
+        sink.put(fields)
+    sink.put({"n": "huge", "sql": "y" * 50_000})  # alone it is still over the limit: dropped, counted
+    sink.put({f"f{i}": str(i) for i in range(10)})  # cut to MAX_FIELDS fields
+    for fields in sent[50:]:
+        sink.put(fields)
+    await sink.close(10)
+    client = redis.Redis.from_url(shared_url, decode_responses=True)
+    got = read_stream(client, f"{prefix}:statements")
+    assert got == [*sent[:50], {f"f{i}": str(i) for i in range(6)}, *sent[50:]]
+    assert sink.dropped == 1 and sink.sent == 102
+    assert sink.batches > 5  # 100 KB of events in 20 KB commands
