@@ -55,7 +55,9 @@ Field by field (``FIELDS`` below holds the same text for tools):
 * ``rows`` — the row count of the tag (``INSERT 0 5`` → ``5``); for a portal fetched in several
   Executes, the sum. Absent when the tag has no count.
 * ``err`` — SQLSTATE of the ErrorResponse; only when the statement failed.
-* ``errmsg`` — the error's primary message; only when the statement failed.
+* ``errmsg`` — the error's primary message; only when the statement failed. When redaction hid a value in
+  the statement, the message is cut before the first quoted part the redacted SQL does not contain
+  (PostgreSQL quotes offending input values in its messages).
 * ``txid`` — per-session transaction number, 1, 2, 3 … in the order transactions start.
 * ``txn`` — the outcome of the statement's transaction:
   ``committed`` (explicit transaction ended by COMMIT), ``rolled_back`` (ROLLBACK; COMMIT of a failed

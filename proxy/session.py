@@ -28,6 +28,7 @@ only when an event is built; the redaction of a statement text is cached on the 
 from __future__ import annotations
 
 import random
+import re
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -125,6 +126,25 @@ def _idents(sql: str) -> list[str]:
     """Folded identifiers and keywords of a short control statement (SAVEPOINT, DEALLOCATE …)."""
     return [sqltext.ident_name(sql, k, s, e) for k, s, e in sqltext.tokens(sql)
             if k == sqltext.IDENT or k == sqltext.QIDENT]
+
+
+_QUOTED = re.compile(r'"([^"]*)"')
+
+
+def _scrub(message: str, text: str) -> str:
+    """Mask the error message from its first quoted part that the (redacted) SQL text does not show.
+
+    Identifiers the statement names stay readable; a value hidden from the text cannot reappear
+    (everything up to the message's last quote goes, in case the value itself held a quote).
+    """
+    low: str | None = None
+    for m in _QUOTED.finditer(message):
+        if low is None:
+            low = text.lower()
+        if m.group(1).lower() not in low:
+            last = message.rfind('"')
+            return message[: m.start()] + '"***"' + message[last + 1 :]
+    return message
 
 
 class Session:
@@ -590,7 +610,10 @@ class Session:
             if rows is not None:
                 ev["rows"] = rows
             if err is not None:
-                ev["err"], ev["errmsg"] = err
+                ev["err"] = err[0]
+                # PostgreSQL quotes input values in messages (invalid input syntax …: "value"):
+                # when redaction hid anything, a hidden value must not come back through errmsg.
+                ev["errmsg"] = _scrub(err[1], text) if hidden or text != sql else err[1]
             if self._open:
                 ev["txn"] = OPEN
                 self._open += 1
