@@ -16,6 +16,11 @@ regex, or the keyword PASSWORD):
 * ``INSERT INTO t (c1, c2, …) VALUES (…), (…)`` — the expressions at the positions of sensitive
   columns, in every row.
 
+Where a statement mentions something sensitive but its values cannot be tied to columns — an INSERT
+without a column list, a row-valued ``SET (a, b) = (…)`` — every literal and parameter of it is
+hidden. SQL-level ``EXECUTE name(args)`` is always hidden whole: its arguments' columns live in an
+earlier PREPARE.
+
 Mode ``all`` hides every literal and every parameter.
 """
 
@@ -105,6 +110,8 @@ class Redactor:
                         break
             else:
                 clean = self._prefilter.search(sql) is None  # type: ignore[union-attr]
+            if clean and sql.lstrip()[:7].lower() == "execute":
+                clean = False  # SQL-level EXECUTE: its arguments' columns are in an earlier PREPARE
             if clean:
                 result = (sql, None)
                 if not remember:
@@ -120,6 +127,9 @@ class Redactor:
         try:
             toks = sqltext.tokens(sql)
             if everything:
+                spans = [(s, e) for k, s, e in toks if k in (STRING, NUMBER)]
+                return _apply(sql, spans), ALL_PARAMS
+            if _unmappable(sql, toks):
                 spans = [(s, e) for k, s, e in toks if k in (STRING, NUMBER)]
                 return _apply(sql, spans), ALL_PARAMS
             hidden_toks = self._sensitive(sql, toks)
@@ -268,6 +278,29 @@ class Redactor:
                 else:
                     break
             i = j
+
+
+def _unmappable(sql: str, toks: list[tuple[int, int, int]]) -> bool:
+    """Values whose columns the text does not say: EXECUTE args, INSERT without columns, SET (a, b) = …"""
+    after_name = ("values", "select", "default", "overriding")
+    words = [(sql[s:e].lower() if k == IDENT else "", k, s) for k, s, e in toks]
+    if words and words[0][0] == "execute":
+        return True
+    for i, (word, _kind, _start) in enumerate(words):
+        nxt = words[i + 1] if i + 1 < len(words) else ("", -1, 0)
+        if word == "set" and nxt[1] == PUNCT and sql[nxt[2]] == "(":
+            return True
+        if word == "into" and i and words[i - 1][0] == "insert":
+            j = i + 1
+            while j < len(words):  # past the table name (maybe schema-qualified) and an alias
+                name_part = words[j][1] in (IDENT, QIDENT) and words[j][0] not in after_name
+                dot = words[j][1] == PUNCT and sql[words[j][2]] == "."
+                if not (name_part or dot):
+                    break
+                j += 1
+            if j < len(words) and words[j][0] in after_name:
+                return True
+    return False
 
 
 def _apply(sql: str, spans: list[tuple[int, int]]) -> str:

@@ -156,8 +156,6 @@ def test_redact_all_hides_every_literal(e2e_proxy: StartProxy, rds: redis.Redis,
                            "parameter number": str(int(number) + 1)})
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: token-level redaction cannot tell which column a value is for "
-                   "without a column list or with row constructors (proxy/redact.py lists the places it handles)")
 @pytest.mark.parametrize("form", ["insert without column list", "multi-column SET", "SQL-level EXECUTE"])
 def test_sensitive_values_in_forms_redaction_does_not_follow(e2e_proxy: StartProxy, rds: redis.Redis,
                                                               cluster: PrivateCluster, app_name: str,
