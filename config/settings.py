@@ -8,6 +8,7 @@ with a message that names the key and says what was expected.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -121,6 +122,20 @@ class ProxySettings(Common):
 
 
 COMMANDS: dict[str, type[Common]] = {"proxy": ProxySettings}
+# Sections a config file may have; the models of the other two register themselves on import.
+SECTIONS = ("proxy", "analyze", "gl")
+
+
+def model_for(command: str) -> type[Common]:
+    if command not in COMMANDS:
+        if command == "analyze":
+            import config.analyzer_settings
+        elif command == "gl":
+            import config.gl_settings  # noqa: F401
+    try:
+        return COMMANDS[command]
+    except KeyError:
+        raise ConfigError(f"no settings for command {command!r}") from None
 
 
 def _coerce_env(model: type[Common], key: str, raw: str) -> Any:
@@ -149,7 +164,7 @@ def load(
     environ: Mapping[str, str] | None = None,
 ) -> Common:
     """Build the command's settings from file < environment < flags (flags equal to None are unset)."""
-    model = COMMANDS[command]
+    model = model_for(command)
     values: dict[str, Any] = {}
     if file:
         try:
@@ -160,7 +175,7 @@ def load(
             raise ConfigError(f"{file}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{file}: expected a mapping of settings at the top level")
-        shared = {k: v for k, v in data.items() if k not in COMMANDS}
+        shared = {k: v for k, v in data.items() if k not in SECTIONS}
         unknown = set(shared) - set(Common.model_fields)
         if unknown:
             raise ConfigError(f"{file}: unknown setting {sorted(unknown)[0]!r}")
@@ -185,3 +200,37 @@ def load(
         return model(**values)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, "settings")) from None
+
+
+_SECRET_IN_URL = re.compile(r"(://[^:/@]*:)([^@]+)(@)")
+_SECRET_IN_DSN = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+
+
+def mask(value: Any) -> Any:
+    """Hide passwords inside URLs and DSNs, so `config show` output can be pasted anywhere."""
+    if not isinstance(value, str):
+        return value
+    return _SECRET_IN_DSN.sub(r"\1***", _SECRET_IN_URL.sub(r"\1***\3", value))
+
+
+def effective(file: str | Path | None = None, environ: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """Every command's settings as they would be in force (no flags), secrets masked."""
+    out: dict[str, dict[str, Any]] = {}
+    for command in SECTIONS:
+        settings = load(command, file, environ=environ)
+        out[command] = {k: mask(v) for k, v in settings.model_dump().items()}
+    return out
+
+
+def reference_markdown() -> str:
+    """The README's configuration reference, generated from the models so it cannot drift."""
+    lines: list[str] = []
+    for command in SECTIONS:
+        model = model_for(command)
+        lines += [f"### `{command}`", "", "| key | environment | default | meaning |", "|---|---|---|---|"]
+        for name, field in model.model_fields.items():
+            default = field.default
+            shown = "" if default is None else f"`{default!r}`" if not isinstance(default, str) else f"`{default}`"
+            lines.append(f"| `{name}` | `{ENV_PREFIX}{name.upper()}` | {shown} | {field.description or ''} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -65,6 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
     from analyzers import cli as analyzers_cli
 
     analyzers_cli.add_parser(sub)
+    from analyzers.glcache import cli as gl_cli
+
+    gl_cli.add_parser(sub)
+
+    c = sub.add_parser("config", help="check a settings file, or show the settings in force",
+                       description="Settings come from a YAML file < FASTERDATA_* environment < flags.")
+    csub = c.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    check = csub.add_parser("check", help="validate FILE for every command; exit 2 naming each problem")
+    check.add_argument("file", metavar="FILE")
+    show = csub.add_parser("show", help="print the effective settings of every command, secrets masked")
+    show.add_argument("--config", metavar="FILE", help="YAML settings file")
+    csub.add_parser("reference", help="print the configuration reference (Markdown) generated from the model")
 
     d = sub.add_parser(
         "demo", help="run the whole pipeline with a sample shop workload",
@@ -90,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         from analyzers import cli as analyzers_cli
 
         return analyzers_cli.run(args)
+    if args.command == "gl":
+        from analyzers.glcache import cli as gl_cli
+
+        return gl_cli.run(args)
+    if args.command == "config":
+        return config_command(args)
     if args.command == "demo":
         from .demo.run import main as demo
 
@@ -104,6 +122,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fasterdata: configuration error:\n{exc}", file=sys.stderr)
         return 2
     return 2
+
+
+def config_command(args: argparse.Namespace) -> int:
+    import yaml
+
+    from config import settings as config_settings
+
+    try:
+        if args.config_command == "check":
+            problems = []
+            for command in config_settings.SECTIONS:
+                try:
+                    config_settings.load(command, args.file)
+                except ConfigError as exc:
+                    problems.append(str(exc))
+            if problems:
+                print("\n".join(dict.fromkeys(problems)), file=sys.stderr)
+                return 2
+            print(f"{args.file}: ok")
+        elif args.config_command == "show":
+            print(yaml.safe_dump(config_settings.effective(args.config), sort_keys=False), end="")
+        else:
+            print(config_settings.reference_markdown())
+    except ConfigError as exc:
+        print(f"fasterdata: configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def run_proxy(settings: ProxySettings) -> int:

@@ -71,3 +71,36 @@ def test_cli_help_explains_the_proxy() -> None:
     assert run.returncode == 0
     for flag in ("--listen", "--upstream", "--upstream-sslmode", "--tls-cert", "--metrics", "--config"):
         assert flag in run.stdout
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "proxy.cli", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_config_check_names_the_problem(tmp_path: Path) -> None:
+    bad = cli("config", "check", str(write(tmp_path, "proxy:\n  max_client_conn: lots\n")))
+    assert bad.returncode == 2 and "max_client_conn" in bad.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text("redis: redis://127.0.0.1:6379/0\nproxy:\n  listen: 0.0.0.0:6432\nanalyze:\n  batch: 100\n")
+    ok = cli("config", "check", str(good))
+    assert ok.returncode == 0, ok.stderr
+    assert "ok" in ok.stdout
+
+
+def test_config_show_masks_secrets(tmp_path: Path) -> None:
+    f = write(tmp_path, "redis: redis://app:s3cr3t-pw@127.0.0.1:6379/0\ngl:\n  dsn: host=db password=hunter2\n")
+    shown = cli("config", "show", "--config", str(f))
+    assert shown.returncode == 0, shown.stderr
+    assert "s3cr3t-pw" not in shown.stdout and "hunter2" not in shown.stdout
+    assert "redis://app:***@127.0.0.1:6379/0" in shown.stdout and "listen: 127.0.0.1:6432" in shown.stdout
+
+
+def test_readme_reference_is_generated_from_the_model() -> None:
+    """The README's configuration reference must be exactly what the model says (regenerate with
+    `fasterdata config reference`)."""
+    from config.settings import reference_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("<!-- config-reference:start -->") + len("<!-- config-reference:start -->")
+    end = readme.index("<!-- config-reference:end -->")
+    assert readme[start:end].strip() == reference_markdown().strip()

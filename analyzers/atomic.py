@@ -1,0 +1,270 @@
+"""Exactly-once: a batch's aggregates, events and alerts are applied in one Lua script with its XACK.
+
+The script first checks that every entry of the batch is still pending *and owned by this
+consumer*. If another worker has reclaimed one (we were slow, not dead), nothing is applied and
+the caller recomputes the batch without the lost entries — so an entry's effects land exactly once
+whether a worker is killed (its entries stay pending, unapplied, and are reclaimed) or merely stalls.
+
+Writes are a small op language (flat string arguments) so Python can aggregate a batch before
+sending it: one HINCRBY per (key, field) instead of one per statement. Ops that must keep their
+order (transaction groups and their end markers) and conditional ops nest their children.
+
+Transactions whose statements arrive with txn=open are parked: their writes are appended
+(msgpack) to `<prefix>:txn:<sid>:<txid>` unless the outcome is already known; the txn_end marker
+records the outcome and applies (committed) or drops (anything else) what was parked. Both run
+inside the script, so the order in which workers see the statements and the marker does not matter.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+LUA = r"""
+local run
+run = function(a, i, stop)
+  while i <= stop do
+    local op = a[i]
+    if op == 'H' then
+      redis.call('HINCRBY', a[i+1], a[i+2], a[i+3]); i = i + 4
+    elseif op == 'Z' then
+      redis.call('ZINCRBY', a[i+1], a[i+3], a[i+2]); i = i + 4
+    elseif op == 'MAX' or op == 'MIN' then
+      local cur = redis.call('HGET', a[i+1], a[i+2])
+      local v = tonumber(a[i+3])
+      if (not cur) or (op == 'MAX' and v > tonumber(cur)) or (op == 'MIN' and v < tonumber(cur)) then
+        redis.call('HSET', a[i+1], a[i+2], a[i+3])
+      end
+      i = i + 4
+    elseif op == 'NX' then
+      redis.call('HSETNX', a[i+1], a[i+2], a[i+3]); i = i + 4
+    elseif op == 'HS' then
+      redis.call('HSET', a[i+1], a[i+2], a[i+3]); i = i + 4
+    elseif op == 'S' then
+      redis.call('SADD', a[i+1], a[i+2]); i = i + 3
+    elseif op == 'D' then
+      redis.call('SADD', a[i+1], a[i+4])
+      redis.call('HSET', a[i+2], a[i+3], redis.call('SCARD', a[i+1]))
+      i = i + 5
+    elseif op == 'E' then
+      redis.call('EXPIRE', a[i+1], a[i+2]); i = i + 3
+    elseif op == 'X' then
+      local n = tonumber(a[i+3])
+      local args = {a[i+1], 'MAXLEN', '~', a[i+2], '*'}
+      for k = 1, n do args[#args + 1] = a[i + 3 + k] end
+      redis.call('XADD', unpack(args))
+      i = i + 4 + n
+    elseif op == 'IFNX' then
+      local n = tonumber(a[i+3])
+      if redis.call('SET', a[i+1], '1', 'NX', 'EX', a[i+2]) then run(a, i + 4, i + 3 + n) end
+      i = i + 4 + n
+    elseif op == 'IFADD' then
+      local n = tonumber(a[i+3])
+      if redis.call('SADD', a[i+1], a[i+2]) == 1 then run(a, i + 4, i + 3 + n) end
+      i = i + 4 + n
+    elseif op == 'IFAGE' then
+      local n = tonumber(a[i+5])
+      redis.call('HSETNX', a[i+1], a[i+2], a[i+3])
+      local since = tonumber(redis.call('HGET', a[i+1], a[i+2]))
+      if tonumber(a[i+3]) - since >= tonumber(a[i+4]) then run(a, i + 6, i + 5 + n) end
+      i = i + 6 + n
+    elseif op == 'G' then
+      local n = tonumber(a[i+4])
+      local outcome = redis.call('GET', a[i+1])
+      if outcome == 'committed' then
+        run(a, i + 5, i + 4 + n)
+      elseif not outcome then
+        local sub = {}
+        for k = i + 5, i + 4 + n do sub[#sub + 1] = a[k] end
+        redis.call('RPUSH', a[i+2], cmsgpack.pack(sub))
+        redis.call('EXPIRE', a[i+2], a[i+3])
+      end
+      i = i + 5 + n
+    elseif op == 'C' then
+      redis.call('SET', a[i+1], a[i+3], 'EX', a[i+4])
+      if a[i+3] == 'committed' then
+        for _, blob in ipairs(redis.call('LRANGE', a[i+2], 0, -1)) do
+          local sub = cmsgpack.unpack(blob)
+          run(sub, 1, #sub)
+        end
+      end
+      redis.call('DEL', a[i+2])
+      i = i + 5
+    else
+      error('fasterdata: unknown op ' .. tostring(op))
+    end
+  end
+end
+
+local stream, group, consumer = ARGV[1], ARGV[2], ARGV[3]
+local ids = cjson.decode(ARGV[6])
+local nids = #ids
+if nids > 0 then
+  local pend = redis.call('XPENDING', stream, group, ARGV[4], ARGV[5], nids + 10000, consumer)
+  local owned = {}
+  for _, p in ipairs(pend) do owned[p[1]] = true end
+  local missing = {}
+  for k = 1, nids do
+    if not owned[ids[k]] then missing[#missing + 1] = ids[k] end
+  end
+  if #missing > 0 then
+    table.insert(missing, 1, 0)
+    return missing
+  end
+  for k = 1, nids, 1000 do
+    redis.call('XACK', stream, group, unpack(ids, k, math.min(k + 999, nids)))
+  end
+end
+local ops = cjson.decode(ARGV[7])
+run(ops, 1, #ops)
+return {1, nids}
+"""
+
+
+def _num(value: Any) -> str:
+    return str(value)
+
+
+class Writes:
+    """Redis writes of one batch, in the op language of `LUA`; aggregated where order does not matter."""
+
+    __slots__ = ("distincts", "expires", "extremes", "incr", "nx", "ordered", "sadd", "zincr")
+
+    def __init__(self) -> None:
+        self.incr: dict[tuple[str, str], int] = {}
+        self.zincr: dict[tuple[str, str], float] = {}
+        self.extremes: dict[tuple[str, str, str], Any] = {}  # (op, key, field) → value
+        self.nx: dict[tuple[str, str], str] = {}
+        self.sadd: set[tuple[str, str]] = set()
+        self.distincts: set[tuple[str, str, str, str]] = set()
+        self.expires: dict[str, int] = {}
+        self.ordered: list[Any] = []  # str args, or (header list, child Writes)
+
+    def hincr(self, key: str, field: str, n: int) -> None:
+        k = (key, field)
+        self.incr[k] = self.incr.get(k, 0) + n
+
+    def zincr_(self, key: str, member: str, x: float) -> None:
+        k = (key, member)
+        self.zincr[k] = self.zincr.get(k, 0) + x
+
+    def hmax(self, key: str, field: str, value: Any) -> None:
+        k = ("MAX", key, field)
+        cur = self.extremes.get(k)
+        if cur is None or value > cur:
+            self.extremes[k] = value
+
+    def hmin(self, key: str, field: str, value: Any) -> None:
+        k = ("MIN", key, field)
+        cur = self.extremes.get(k)
+        if cur is None or value < cur:
+            self.extremes[k] = value
+
+    def setnx(self, key: str, field: str, value: str) -> None:
+        self.nx.setdefault((key, field), value)
+
+    def hset(self, key: str, field: str, value: str) -> None:
+        self.ordered.extend(("HS", key, field, value))
+
+    def add(self, key: str, member: str) -> None:
+        self.sadd.add((key, member))
+
+    def distinct(self, set_key: str, hash_key: str, field: str, member: str) -> None:
+        self.distincts.add((set_key, hash_key, field, member))
+
+    def expire(self, key: str, seconds: int) -> None:
+        self.expires[key] = seconds
+
+    def xadd(self, key: str, maxlen: int, fields: dict[str, str]) -> None:
+        args = ["X", key, str(maxlen), str(2 * len(fields))]
+        for f, v in fields.items():
+            args.append(f)
+            args.append(v)
+        self.ordered.extend(args)
+
+    def _child(self, header: list[str]) -> Writes:
+        child = Writes()
+        self.ordered.append((header, child))
+        return child
+
+    def parked(self, outcome_key: str, pending_key: str, ttl: int) -> Writes:
+        """Writes of a statement whose transaction is still open: applied when it commits."""
+        return self._child(["G", outcome_key, pending_key, str(ttl)])
+
+    def txn_end(self, outcome_key: str, pending_key: str, outcome: str, ttl: int) -> None:
+        self.ordered.extend(("C", outcome_key, pending_key, outcome, str(ttl)))
+
+    def once(self, key: str, ttl: int) -> Writes:
+        """Children run only if `key` did not exist (then it exists for ttl seconds): de-duplication."""
+        return self._child(["IFNX", key, str(max(1, ttl))])
+
+    def if_new_member(self, set_key: str, member: str) -> Writes:
+        return self._child(["IFADD", set_key, member])
+
+    def if_older(self, hash_key: str, field: str, now: int, min_age: int) -> Writes:
+        """Children run if `field` (set to now when absent) is at least min_age old."""
+        return self._child(["IFAGE", hash_key, field, str(now), str(min_age)])
+
+    def __bool__(self) -> bool:
+        return bool(self.incr or self.zincr or self.extremes or self.nx or self.sadd or self.distincts
+                    or self.expires or self.ordered)
+
+    def args(self) -> list[str]:
+        out: list[str] = []
+        for item in self.ordered:
+            if isinstance(item, tuple):
+                header, child = item
+                sub = child.args()
+                out.extend(header)
+                out.append(str(len(sub)))
+                out.extend(sub)
+            else:
+                out.append(item)
+        for (key, field), n in self.incr.items():
+            if n:
+                out.extend(("H", key, field, str(n)))
+        for (key, member), x in self.zincr.items():
+            if x:
+                out.extend(("Z", key, member, repr(x) if isinstance(x, float) else str(x)))
+        for (op, key, field), v in self.extremes.items():
+            out.extend((op, key, field, _num(v)))
+        for (key, field), v in self.nx.items():
+            out.extend(("NX", key, field, v))
+        for key, member in self.sadd:
+            out.extend(("S", key, member))
+        for set_key, hash_key, field, member in self.distincts:
+            out.extend(("D", set_key, hash_key, field, member))
+        for key, seconds in self.expires.items():
+            out.extend(("E", key, str(seconds)))
+        return out
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Committer:
+    """Runs the script: returns the ids another consumer now owns (empty list on success)."""
+
+    def __init__(self, client: redis.Redis, stream: str, group: str, consumer: str) -> None:
+        self.script = client.register_script(LUA)
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer
+
+    def commit(self, ids: list[str], writes: Writes) -> list[str]:
+        # Two JSON arguments instead of thousands: redis-py packs each argument in Python, cjson
+        # decodes in C.
+        if ids:
+            keys = sorted(ids, key=_id_key)
+            lo, hi = keys[0], keys[-1]
+        else:
+            lo, hi = "-", "+"
+        result = self.script(args=[self.stream, self.group, self.consumer, lo, hi, json.dumps(ids),
+                                   json.dumps(writes.args())])
+        if int(result[0]) == 1:
+            return []
+        return [str(x) for x in result[1:]]

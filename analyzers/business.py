@@ -1,0 +1,292 @@
+"""Business rules applied to statements: which rows match, their values and labels.
+
+Values come from the slot table (literals and bound parameters alike) through the shape's map of
+where each placeholder lands, so `INSERT … VALUES ($1, $2)` and `INSERT … VALUES (5, 'x')` give the
+same result. Multi-row VALUES yield one match per row. Statements that carry no values on the wire
+(INSERT … SELECT, COPY) yield their row count, flagged `rows_only`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from . import event
+from .fingerprint import Normalized
+from .keys import Keys
+from .rules import Rule
+from .shape import Ref, Shape
+
+OTHER = "other"
+NO_LABELS = "-"
+_ONE = Decimal(1)
+
+
+@dataclass(slots=True)
+class Match:
+    """One counted item: a row of an INSERT, or a statement."""
+
+    rule: Rule
+    value: Any  # Decimal for sums/min/max, str for distinct, None for rows_only
+    labels: str  # canonical label string, "-" when the rule has none
+    count: int = 1
+    rows_only: bool = False
+
+
+def _resolve(ref: Ref, values: list[Any]) -> Any:
+    if ref is None:
+        return None
+    kind, arg = ref
+    if kind == "const":
+        return arg
+    v = values[arg] if arg < len(values) else None
+    if kind == "neg":
+        d = event.decimal(v)
+        return -d if d is not None else None
+    return v
+
+
+def _escape(value: str) -> str:
+    return value.replace("%", "%25").replace("|", "%7C").replace("=", "%3D")
+
+
+class Business:
+    """All rules, indexed by (table, operation)."""
+
+    def __init__(self, rules: list[Rule], keys: Keys, events_maxlen: int = 100000) -> None:
+        self.rules = rules
+        self.keys = keys
+        self.events_maxlen = events_maxlen
+        self.index: dict[tuple[str, str], list[Rule]] = {}
+        for rule in rules:
+            self.index.setdefault((rule.table, rule.operation), []).append(rule)
+        self.tables = {rule.table for rule in rules}
+        self.label_sets: dict[str, set[str]] = {rule.name: set() for rule in rules}
+        # per rule, computed once: (value kind, value column, label specs (name, source, key), match filter)
+        self.facts: dict[str, tuple[str, str, tuple[tuple[str, str, str], ...], tuple[tuple[str, str], ...]]] = {}
+        for rule in rules:
+            specs = []
+            for name in rule.labels:
+                if name.startswith("@"):
+                    key = name[1:]
+                    specs.append((key, "ev" if key in ("app", "db", "user") else "comment", key))
+                else:
+                    specs.append((name, "col", name.lower()))
+            match = tuple((c.lower(), str(v)) for c, v in rule.match.items())
+            self.facts[rule.name] = (rule.value_kind, rule.value_column, tuple(specs), match)
+
+    def describe(self) -> dict[str, str]:
+        """rule → JSON description, stored in Redis for readers (top)."""
+        return {r.name: json.dumps({"aggregate": r.aggregate, "scale": r.scale, "labels": r.labels,
+                                    "table": r.table, "operation": r.operation,
+                                    "description": r.description}) for r in self.rules}
+
+    def candidates(self, shape: Shape) -> list[Rule] | None:
+        op = shape.op
+        if op == "copy":
+            if not shape.copy_from:
+                return None
+        elif op not in ("insert", "update", "delete", "select"):
+            return None
+        return self.index.get((shape.table, op))
+
+    def evaluate(self, ev: dict[str, str], norm: Normalized, shape: Shape, rules: list[Rule]) -> list[Match]:
+        """Matches of one statement (the caller has checked it succeeded and its work counts)."""
+        rows = int(ev.get("rows") or 0)
+        op = shape.op
+        envs: list[dict[str, Any]] | None = None  # column → value, per row (INSERT) or per statement
+        rows_only = False
+        params = event.params(ev) if "params" in ev else None
+        if op == "insert":
+            if shape.insert_select or shape.insert_cols is None or not shape.row:
+                rows_only = True
+            else:
+                all_rows = norm.rows(params)
+                if len(all_rows) != rows:
+                    # ON CONFLICT DO NOTHING skipped some rows: which ones is unknowable here
+                    rows_only = rows > 0
+                    if rows == 0:
+                        return []
+                else:
+                    cols = shape.insert_cols
+                    envs = [{c: _resolve(ref, vals) for c, ref in zip(cols, shape.row, strict=False)}
+                            for vals in all_rows]
+        elif op == "copy":
+            rows_only = True
+        else:
+            values = norm.values(params)
+            env = {c: _resolve(ref, values) for c, ref in shape.where_eq.items()}
+            if op == "update":
+                for c, ref in shape.sets.items():
+                    env[c] = _resolve(ref, values)
+                for c, (sign, ref) in shape.deltas.items():
+                    d = event.decimal(_resolve(ref, values))
+                    env["\0delta:" + c] = None if d is None else sign * d
+            envs = [env]
+        if rows == 0 and op != "select":
+            return []
+        out: list[Match] = []
+        facts = self.facts
+        for rule in rules:
+            kind, column, specs, match = facts[rule.name]
+            if rows_only or envs is None:
+                if match:
+                    continue  # cannot tell whether rows satisfy the filter
+                labels = self._labels(rule, specs, ev, norm, {})
+                if kind == "rows":
+                    out.append(Match(rule, Decimal(rows), labels, 1))
+                elif rule.aggregate == "count":
+                    out.append(Match(rule, Decimal(rows), labels, rows))
+                else:
+                    out.append(Match(rule, None, labels, rows, rows_only=True))
+                continue
+            agg = rule.aggregate
+            for env in envs:
+                if match and not all(event.text(env.get(c)) == v for c, v in match):
+                    continue
+                if kind == "rows":
+                    value: Any = _ONE if op == "insert" else Decimal(rows)  # INSERT: one match a row
+                elif kind == "delta":
+                    delta = env.get("\0delta:" + column)
+                    if delta is None:
+                        continue
+                    value = delta * rows
+                else:
+                    raw = env.get(column)
+                    if agg == "distinct":
+                        if raw is None:
+                            continue
+                        value = raw if type(raw) is str else event.text(raw)
+                    elif agg == "count":
+                        value = _ONE
+                    else:
+                        value = event.decimal(raw)
+                        if value is None:
+                            continue
+                out.append(Match(rule, value, self._labels(rule, specs, ev, norm, env) if specs else NO_LABELS, 1))
+        return out
+
+    def _labels(self, rule: Rule, specs: tuple[tuple[str, str, str], ...], ev: dict[str, str], norm: Normalized,
+                env: dict[str, Any]) -> str:
+        if not specs:
+            return NO_LABELS
+        parts = []
+        for name, source, key in specs:
+            if source == "col":
+                raw = env.get(key)
+                value = raw if type(raw) is str else ("" if raw is None and key not in env else event.text(raw))
+            elif source == "ev":
+                value = ev.get(key, "")
+            else:
+                value = norm.comment.get(key, "")
+            if "|" in value or "=" in value or "%" in value:
+                value = _escape(value)
+            parts.append(f"{name}={value}")
+        labels = "|".join(parts)
+        seen = self.label_sets[rule.name]
+        if labels not in seen:
+            if len(seen) >= rule.max_series:
+                return OTHER
+            seen.add(labels)
+        return labels
+
+    def write(self, writes: Any, matches: list[Match], ev: dict[str, str], norm: Normalized, ts: int) -> None:
+        """The Redis effects of a statement's matches: the day's aggregates and one business event each."""
+        day = event.day(ts)
+        k = self.keys
+        head = ["X", k.events, str(self.events_maxlen)]
+        # few fields: one event per match is the biggest share of a worker's Redis writes
+        common = ["ts", str(ts), "sid", ev.get("sid", ""), "txid", ev.get("txid", ""), "app", ev.get("app", ""),
+                  "fp", norm.fp]
+        if norm.comment:
+            common += ["comment", json.dumps(norm.comment, sort_keys=True)]
+        ordered = writes.ordered
+        for m in matches:
+            rule = m.rule
+            name = rule.name
+            key = k.biz(name, day)
+            agg = rule.aggregate
+            if m.rows_only:
+                writes.hincr(k.biz_rows_only(name, day), m.labels, m.count)
+            elif agg == "sum":
+                writes.hincr(key, m.labels, int(m.value.scaleb(rule.scale).to_integral_value(ROUND_HALF_EVEN)))
+            elif agg == "count":
+                writes.hincr(key, m.labels, m.count)
+            elif agg == "max":
+                writes.hmax(key, m.labels, m.value)
+            elif agg == "min":
+                writes.hmin(key, m.labels, m.value)
+            else:
+                writes.distinct(k.biz_set(name, day, m.labels), key, m.labels, m.value)
+            writes.add(k.biz_days(name), day)
+            v = m.value
+            fields = ["rule", name, "value", "" if v is None else (v if type(v) is str else str(v)), "labels",
+                      m.labels, *common]
+            if m.count != 1:
+                fields += ["count", str(m.count)]
+            if m.rows_only:
+                fields += ["rows_only", "true"]
+            ordered += head
+            ordered.append(str(len(fields)))
+            ordered += fields
+
+
+def _unescape(value: str) -> str:
+    return value.replace("%3D", "=").replace("%7C", "|").replace("%25", "%")
+
+
+class BusinessCollector(Collector):
+    """fasterdata_business_<rule>: this worker's share since it started (sum() over workers).
+
+    sum and count rules add up across workers; min and max are this worker's extremes (use min()/max()
+    in PromQL); distinct rules report matches here — the exact distinct count is in Redis.
+    """
+
+    def __init__(self, rules: list[Rule]) -> None:
+        self.rules = rules
+        self.values: dict[str, dict[str, Decimal]] = {r.name: {} for r in rules}
+        self.lock = threading.Lock()
+
+    def merge(self, matches: list[Match]) -> None:
+        with self.lock:
+            for m in matches:
+                if m.rows_only:
+                    continue
+                rule = m.rule
+                cur = self.values[rule.name]
+                old = cur.get(m.labels)
+                agg = rule.aggregate
+                if agg == "sum":
+                    cur[m.labels] = (old or 0) + m.value
+                elif agg in ("count", "distinct"):
+                    cur[m.labels] = (old or 0) + m.count
+                elif agg == "max":
+                    cur[m.labels] = m.value if old is None or m.value > old else old
+                else:
+                    cur[m.labels] = m.value if old is None or m.value < old else old
+
+    def collect(self) -> Iterator[Metric]:
+        with self.lock:
+            snapshot = {name: dict(v) for name, v in self.values.items()}
+        for rule in self.rules:
+            names = [label.lstrip("@") for label in rule.labels]
+            fam = GaugeMetricFamily(f"fasterdata_business_{rule.name}",
+                                    (rule.description or f"{rule.aggregate} of {rule.table} {rule.operation}")
+                                    + f" ({rule.aggregate}, this worker since start)", labels=names)
+            for labels, value in snapshot[rule.name].items():
+                if not names:
+                    values = []
+                elif labels == OTHER:
+                    values = [OTHER] * len(names)
+                else:
+                    parsed = dict(part.split("=", 1) for part in labels.split("|"))
+                    values = [_unescape(parsed.get(n, "")) for n in names]
+                fam.add_metric(values, float(value))
+            yield fam

@@ -1,0 +1,150 @@
+"""`fasterdata analyze` and `fasterdata top`: argument parsers and entry points.
+
+The lead's proxy/cli.py calls `add_parser(subparsers)` and, for these commands, `run(args)`.
+`python -m analyzers.cli analyze …` works on its own too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+from config.analyzer_settings import AnalyzerSettings
+from config.settings import ConfigError, load, split_hostport
+
+from .rules import RulesError
+from .rules import load as load_rules
+
+log = logging.getLogger("fasterdata.analyze")
+COMMANDS = ("analyze", "top")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML settings file (flags win over FASTERDATA_* "
+                   "environment variables, which win over the file)")
+    p.add_argument("--redis", metavar="URL", help="Redis URL [redis://127.0.0.1:6379/0]")
+    p.add_argument("--prefix", help="key prefix for streams and keys [fasterdata]")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="[info]")
+    p.add_argument("--log-format", choices=["text", "json"], help="[text]")
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add `analyze` and `top` to the `fasterdata` sub-command parser."""
+    p = subparsers.add_parser(
+        "analyze", help="run an analyzer worker",
+        description="Consume <prefix>:statements in the consumer group 'analyzers': statement stats, "
+        "business metrics from rules, security findings and anomaly alerts, applied exactly once. "
+        "Run as many as you like.")
+    p.add_argument("--metrics", metavar="HOST:PORT", help="Prometheus /metrics and /healthz; '' disables "
+                   "[127.0.0.1:9931]")
+    p.add_argument("--rules", metavar="FILE", help="rules file [the shipped config/rules.yaml]")
+    p.add_argument("--consumer", metavar="NAME", help="consumer name in the group [<host>-<pid>]")
+    p.add_argument("--batch", type=int, metavar="N", help="entries per read and atomic commit [500]")
+    p.add_argument("--claim-idle", type=float, metavar="SECONDS",
+                   help="reclaim entries pending this long in another consumer [30]")
+    p.add_argument("--block", type=float, metavar="SECONDS", help="how long one read waits [1]")
+    _common(p)
+    p.set_defaults(command="analyze")
+
+    t = subparsers.add_parser(
+        "top", help="live view of statements, business metrics, alerts and lag",
+        description="A terminal view read from Redis (works over ssh). Ctrl-C quits.")
+    t.add_argument("--once", action="store_true", help="print one frame and exit")
+    t.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="refresh period [2]")
+    _common(t)
+    t.set_defaults(command="top")
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k in AnalyzerSettings.model_fields and v is not None}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `analyze` or `top` from parsed arguments; returns the exit status."""
+    from proxy import logs
+
+    try:
+        settings = load("analyze", args.config, _flags(args))
+    except ConfigError as exc:
+        print(f"fasterdata: configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    assert isinstance(settings, AnalyzerSettings)
+    logs.setup(settings.log_level, settings.log_format)
+    if args.command == "top":
+        return run_top(settings, args.once, args.interval)
+    return run_analyze(settings)
+
+
+def run_top(settings: AnalyzerSettings, once: bool, interval: float) -> int:
+    import redis
+
+    from . import top
+
+    client = redis.Redis.from_url(settings.redis, decode_responses=True)
+    try:
+        return top.run(client, settings.prefix, once=once, interval=interval)
+    except redis.ConnectionError as exc:
+        print(f"fasterdata top: cannot reach Redis at {settings.redis}: {exc}", file=sys.stderr)
+        return 1
+
+
+def run_analyze(settings: AnalyzerSettings) -> int:
+    import redis
+    from prometheus_client import CollectorRegistry
+
+    from .metrics import MetricsHTTP, WorkerCollector
+    from .worker import Worker
+
+    try:
+        rules = load_rules(settings.rules)
+    except RulesError as exc:
+        print(f"fasterdata: rules error:\n{exc}", file=sys.stderr)
+        return 2
+    worker = Worker(settings, rules)
+    http = None
+    if settings.metrics:
+        registry = CollectorRegistry()
+        registry.register(WorkerCollector(worker.counters, worker.consumer))
+        registry.register(worker.stats)
+        registry.register(worker.biz_metrics)
+        http = MetricsHTTP(registry, worker.health, worker.ready)
+        try:
+            http.start(*split_hostport(settings.metrics))
+        except OSError as exc:
+            log.error("cannot serve metrics on %s: %s", settings.metrics, exc.strerror or exc)
+            return 1
+
+    def stop(signum: int, _frame: Any) -> None:
+        log.info("signal %d: finishing the current batch", signum)
+        worker.stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+    log.info("analyzer %s on %s (group %s, %d rules)", worker.consumer, worker.stream, worker.group,
+             len(rules.rules))
+    try:
+        worker.run()
+    except redis.AuthenticationError as exc:
+        log.error("redis refused us: %s", exc)
+        return 1
+    finally:
+        if http is not None:
+            http.close()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fasterdata")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_parser(sub)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The worker's Prometheus endpoint (/metrics, /healthz, /readyz) on a daemon thread.
+
+The worker loop is synchronous (one Redis round trip per batch), so a thread serves scrapes;
+collectors read plain counters under a lock at scrape time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+log = logging.getLogger("fasterdata.analyze")
+
+
+class WorkerCounters:
+    """Plain counters the loop bumps; read by the collector on scrape."""
+
+    def __init__(self) -> None:
+        self.entries = 0
+        self.batches = 0
+        self.unparsed = 0
+        self.bad = 0
+        self.failed = 0  # entries whose processing raised (skipped, logged)
+        self.claimed = 0
+        self.conflicts = 0
+        self.pending = 0
+        self.lag_entries = 0
+        self.lag_seconds = 0.0
+        self.anomaly_alerts = 0
+        self.findings: dict[tuple[str, str], int] = {}
+        self.rows_only: dict[str, int] = {}
+        self.shapes = 0
+        self.lock = threading.Lock()
+
+
+class WorkerCollector(Collector):
+    def __init__(self, c: WorkerCounters, consumer: str) -> None:
+        self.c = c
+        self.consumer = consumer
+
+    def collect(self) -> Iterator[Metric]:
+        c = self.c
+        with c.lock:
+            findings = dict(c.findings)
+            rows_only = dict(c.rows_only)
+        yield CounterMetricFamily("fasterdata_analyzer_entries", "Stream entries processed and acknowledged",
+                                  value=c.entries)
+        yield CounterMetricFamily("fasterdata_analyzer_batches", "Batches committed", value=c.batches)
+        yield CounterMetricFamily("fasterdata_analyzer_unparsed",
+                                  "Statements sqlglot could not parse (counted in stats, skipped by rules)",
+                                  value=c.unparsed)
+        yield CounterMetricFamily("fasterdata_analyzer_bad_events",
+                                  "Entries that break the event contract (skipped)", value=c.bad)
+        yield CounterMetricFamily("fasterdata_analyzer_failed_events",
+                                  "Entries whose analysis raised an error (skipped, logged)", value=c.failed)
+        yield CounterMetricFamily("fasterdata_analyzer_claimed",
+                                  "Entries reclaimed from idle consumers (XAUTOCLAIM)", value=c.claimed)
+        yield CounterMetricFamily("fasterdata_analyzer_conflicts",
+                                  "Entries another consumer reclaimed before we committed (not applied by us)",
+                                  value=c.conflicts)
+        yield GaugeMetricFamily("fasterdata_analyzer_pending", "Entries delivered to the group, not yet acked",
+                                value=c.pending)
+        yield GaugeMetricFamily("fasterdata_analyzer_lag_entries", "Entries not yet delivered to the group",
+                                value=c.lag_entries)
+        yield GaugeMetricFamily("fasterdata_analyzer_lag_seconds",
+                                "Age of the oldest unprocessed event (pending or undelivered)",
+                                value=c.lag_seconds)
+        yield GaugeMetricFamily("fasterdata_analyzer_shapes", "Statement shapes parsed and cached",
+                                value=c.shapes)
+        yield CounterMetricFamily("fasterdata_anomaly_alerts", "Rate anomaly alerts raised by this worker",
+                                  value=c.anomaly_alerts)
+        fam = CounterMetricFamily("fasterdata_security_findings", "Security findings (every occurrence)",
+                                  labels=["rule", "severity"])
+        for (rule, sev), n in sorted(findings.items()):
+            fam.add_metric([rule, sev], n)
+        yield fam
+        ro = CounterMetricFamily("fasterdata_business_rows_only",
+                                 "Rows a column-valued rule could only count (INSERT … SELECT, COPY)",
+                                 labels=["rule"])
+        for rule, n in sorted(rows_only.items()):
+            ro.add_metric([rule], n)
+        yield ro
+
+
+class MetricsHTTP:
+    """/metrics, /healthz (loop alive), /readyz (Redis reachable) on a daemon thread."""
+
+    def __init__(self, registry: CollectorRegistry, health: Callable[[], str | None],
+                 ready: Callable[[], str | None]) -> None:
+        self.registry = registry
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?")[0]
+                if path == "/metrics":
+                    status, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest(outer.registry)
+                elif path in ("/healthz", "/readyz"):
+                    problem = health() if path == "/healthz" else ready()
+                    status, ctype = (200 if problem is None else 503), "text/plain"
+                    body = (problem or "ok").encode() + b"\n"
+                else:
+                    status, ctype, body = 404, "text/plain", b"not found\n"
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.handler = Handler
+        self.server: ThreadingHTTPServer | None = None
+
+    def start(self, host: str, port: int) -> int:
+        self.server = ThreadingHTTPServer((host, port), self.handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True).start()
+        port = self.server.server_address[1]
+        log.info("metrics on http://%s:%d/metrics", host, port)
+        return port
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()

@@ -1,0 +1,180 @@
+"""Per-statement performance: per fingerprint × db × app calls, errors by SQLSTATE, rows, latency.
+
+Two outputs. Redis (`<prefix>:stats:*`, exactly once, shared by all workers): counters per
+fp|db|app, the normalised text per fingerprint, and sorted sets for "top by time / calls / errors".
+Prometheus (per worker): counters and a latency histogram, with the label cardinality capped: the
+top-K fingerprints by total time keep their own series, the rest are summed into `other`.
+Hot path: plain lists and ints per key; Prometheus objects are only built at scrape time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .keys import Keys
+
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BUCKETS_US = tuple(int(b * 1e6) for b in BUCKETS)
+OTHER = "other"
+
+# Per key: [calls, total_us, rows, errors, max_us, last_ts, {sqlstate: n}, bucket counts]
+CALLS, TOTAL, ROWS, ERRORS, MAX, LAST, BY_STATE, HIST = range(8)
+
+
+def _new() -> list:
+    return [0, 0, 0, 0, 0, 0, {}, [0] * (len(_BUCKETS_US) + 1)]
+
+
+class BatchStats:
+    """One batch's statement stats, before commit."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data: dict[tuple[str, str, str], list] = {}
+
+    def add(self, fp: str, db: str, app: str, dur_us: int, rows: int, err: str, ts: int) -> None:
+        key = (fp, db, app)
+        s = self.data.get(key)
+        if s is None:
+            s = self.data[key] = _new()
+        s[CALLS] += 1
+        s[TOTAL] += dur_us
+        s[ROWS] += rows
+        if dur_us > s[MAX]:
+            s[MAX] = dur_us
+        if ts > s[LAST]:
+            s[LAST] = ts
+        if err:
+            s[ERRORS] += 1
+            by = s[BY_STATE]
+            by[err] = by.get(err, 0) + 1
+        s[HIST][bisect.bisect_left(_BUCKETS_US, dur_us)] += 1
+
+    def write(self, writes, keys: Keys) -> None:
+        """Redis effects: counters per fp|db|app and the top sorted sets."""
+        calls = errors = 0
+        for (fp, db, app), s in self.data.items():
+            member = f"{fp}|{db}|{app}"
+            q = keys.stats_q(member)
+            writes.hincr(q, "calls", s[CALLS])
+            writes.hincr(q, "total_us", s[TOTAL])
+            if s[ROWS]:
+                writes.hincr(q, "rows", s[ROWS])
+            if s[ERRORS]:
+                writes.hincr(q, "errors", s[ERRORS])
+                for state, n in s[BY_STATE].items():
+                    writes.hincr(q, f"err:{state}", n)
+                writes.zincr_(keys.stats_top("errors"), member, s[ERRORS])
+            writes.hmax(q, "max_us", s[MAX])
+            writes.hmax(q, "last_ts", s[LAST])
+            writes.zincr_(keys.stats_top("time"), member, s[TOTAL])
+            writes.zincr_(keys.stats_top("calls"), member, s[CALLS])
+            calls += s[CALLS]
+            errors += s[ERRORS]
+        if calls:
+            writes.hincr(keys.stats_totals, "calls", calls)
+        if errors:
+            writes.hincr(keys.stats_totals, "errors", errors)
+
+
+class StatsCollector(Collector):
+    """Process-wide statement stats for Prometheus, merged from committed batches."""
+
+    def __init__(self, top_k: int = 50, max_keys: int = 20000) -> None:
+        self.top_k = top_k
+        self.max_keys = max_keys
+        self.data: dict[tuple[str, str, str], list] = {}
+        self.info: dict[str, tuple[str, str]] = {}  # fp → (op, text)
+        self.lock = threading.Lock()
+
+    def merge(self, batch: BatchStats) -> None:
+        with self.lock:
+            data = self.data
+            for key, s in batch.data.items():
+                cur = data.get(key)
+                if cur is None:
+                    if len(data) >= self.max_keys:
+                        key = (OTHER, key[1], key[2])
+                        cur = data.get(key)
+                    if cur is None:
+                        cur = data[key] = _new()
+                cur[CALLS] += s[CALLS]
+                cur[TOTAL] += s[TOTAL]
+                cur[ROWS] += s[ROWS]
+                cur[ERRORS] += s[ERRORS]
+                for state, n in s[BY_STATE].items():
+                    cur[BY_STATE][state] = cur[BY_STATE].get(state, 0) + n
+                hist = cur[HIST]
+                for i, n in enumerate(s[HIST]):
+                    if n:
+                        hist[i] += n
+
+    def describe_fp(self, fp: str, op: str, text: str) -> None:
+        with self.lock:
+            if len(self.info) < self.max_keys:
+                self.info[fp] = (op, text)
+
+    def top(self) -> set[str]:
+        """Fingerprints that keep their own series: the top-K by total time."""
+        per_fp: dict[str, int] = {}
+        for (fp, _db, _app), s in self.data.items():
+            per_fp[fp] = per_fp.get(fp, 0) + s[TOTAL]
+        return set(sorted(per_fp, key=per_fp.__getitem__, reverse=True)[:self.top_k])
+
+    def folded(self) -> dict[tuple[str, str, str], list]:
+        """The data with fingerprints outside the top-K summed into `other`."""
+        with self.lock:
+            keep = self.top()
+            out: dict[tuple[str, str, str], list] = {}
+            for (fp, db, app), s in self.data.items():
+                key = (fp if fp in keep else OTHER, db, app)
+                cur = out.get(key)
+                if cur is None:
+                    cur = out[key] = _new()
+                for i in (CALLS, TOTAL, ROWS, ERRORS):
+                    cur[i] += s[i]
+                for state, n in s[BY_STATE].items():
+                    cur[BY_STATE][state] = cur[BY_STATE].get(state, 0) + n
+                for i, n in enumerate(s[HIST]):
+                    cur[HIST][i] += n
+            info = {fp: self.info[fp] for fp in keep if fp in self.info}
+        return out, info
+
+    def collect(self) -> Iterator[Metric]:
+        data, info = self.folded()
+        labels = ["fingerprint", "db", "app"]
+        calls = CounterMetricFamily("fasterdata_statements", "Statements seen, per fingerprint (top-K by "
+                                    "total time; the rest as fingerprint=\"other\")", labels=labels)
+        rows = CounterMetricFamily("fasterdata_statement_rows", "Rows returned or affected", labels=labels)
+        errors = CounterMetricFamily("fasterdata_statement_errors", "Failed statements by SQLSTATE",
+                                     labels=[*labels, "sqlstate"])
+        hist = HistogramMetricFamily("fasterdata_statement_duration_seconds",
+                                     "Statement latency as the proxy measured it", labels=labels)
+        for (fp, db, app), s in data.items():
+            lv = [fp, db, app]
+            calls.add_metric(lv, s[CALLS])
+            rows.add_metric(lv, s[ROWS])
+            for state, n in s[BY_STATE].items():
+                errors.add_metric([*lv, state], n)
+            cumulative = []
+            acc = 0
+            for bound, n in zip(BUCKETS, s[HIST], strict=False):
+                acc += n
+                cumulative.append((repr(bound), acc))
+            cumulative.append(("+Inf", acc + s[HIST][-1]))
+            hist.add_metric(lv, cumulative, s[TOTAL] / 1e6)
+        yield calls
+        yield rows
+        yield errors
+        yield hist
+        fpinfo = GaugeMetricFamily("fasterdata_fingerprint_info", "Normalised text of the top fingerprints",
+                                   labels=["fingerprint", "op", "text"])
+        for fp, (op, text) in info.items():
+            fpinfo.add_metric([fp, op, text[:200]], 1)
+        yield fpinfo

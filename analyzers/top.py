@@ -1,0 +1,210 @@
+"""`fasterdata top`: a live terminal view of what the analyzers keep in Redis.
+
+Everything comes from Redis (no worker needed to be reachable), so it works from any host with
+access to Redis, over ssh included. `snapshot()` reads, `render()` draws; `--once` prints one frame.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from decimal import Decimal
+from typing import Any
+
+import redis
+from rich import box
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from .keys import GROUP, Keys
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _num(value: Decimal) -> str:
+    return f"{int(value):,}" if value == value.to_integral_value() else f"{value:,}"
+
+
+def _ms(us: float) -> str:
+    return f"{us / 1000:.2f}" if us < 10_000_000 else f"{us / 1e6:.0f}s"
+
+
+def _top(r: redis.Redis, k: Keys, by: str, n: int) -> list[dict[str, Any]]:
+    rows = []
+    for member, score in r.zrevrange(k.stats_top(by), 0, n - 1, withscores=True):
+        if by == "errors" and score <= 0:
+            continue
+        fp, db, app = ([*member.split("|", 2), "", ""])[:3]
+        q = r.hgetall(k.stats_q(member))
+        info = r.hgetall(k.stats_fp(fp))
+        calls = int(q.get("calls", 0))
+        total = int(q.get("total_us", 0))
+        errs = {f[4:]: int(v) for f, v in q.items() if f.startswith("err:")}
+        rows.append({"fp": fp, "db": db, "app": app, "calls": calls, "total_us": total,
+                     "mean_us": total / calls if calls else 0, "max_us": int(q.get("max_us", 0)),
+                     "rows": int(q.get("rows", 0)), "errors": int(q.get("errors", 0)), "by_state": errs,
+                     "op": info.get("op", ""), "text": info.get("text", "")})
+    return rows
+
+
+def snapshot(r: redis.Redis, prefix: str, n: int = 10, day: str | None = None) -> dict[str, Any]:
+    """Everything one frame shows, read from Redis."""
+    k = Keys(prefix)
+    now = time.time()
+    day = day or time.strftime("%Y-%m-%d", time.gmtime(now))
+    snap: dict[str, Any] = {"prefix": prefix, "at": now, "day": day}
+    snap["by_time"] = _top(r, k, "time", n)
+    snap["by_calls"] = _top(r, k, "calls", n)
+    snap["by_errors"] = _top(r, k, "errors", n)
+    snap["totals"] = r.hgetall(k.stats_totals)
+    business = []
+    for name, raw in sorted(r.hgetall(k.biz_rules).items()):
+        desc = json.loads(raw)
+        values = r.hgetall(k.biz(name, day))
+        scale = desc.get("scale", 0) if desc.get("aggregate") == "sum" else 0
+        parsed = sorted(((labels, Decimal(v).scaleb(-scale)) for labels, v in values.items()),
+                        key=lambda x: x[1], reverse=True)
+        rows_only = r.hgetall(k.biz_rows_only(name, day))
+        business.append({"rule": name, "aggregate": desc.get("aggregate"), "values": parsed,
+                         "rows_only": sum(int(v) for v in rows_only.values())})
+    snap["business"] = business
+    alerts = []
+    for entry_id, fields in r.xrevrange(k.alerts, count=n):
+        alerts.append({"id": entry_id, **fields})
+    snap["alerts"] = alerts
+    snap["alert_counts"] = {rule: int(v) for rule, v in r.hgetall(k.alert_counts).items()}
+    lag: dict[str, Any] = {"length": 0, "last_age": None, "pending": None, "undelivered": None}
+    try:
+        info = r.xinfo_stream(k.statements)
+        lag["length"] = info.get("length", 0)
+        last = info.get("last-generated-id") or "0-0"
+        ms = int(str(last).partition("-")[0])
+        lag["last_age"] = now - ms / 1000 if ms else None
+        for g in r.xinfo_groups(k.statements):
+            if g["name"] == GROUP:
+                lag["pending"] = g.get("pending")
+                lag["undelivered"] = g.get("lag")
+    except redis.ResponseError:
+        pass  # no stream yet
+    snap["lag"] = lag
+    workers = []
+    for name, raw in sorted(r.hgetall(k.workers).items()):
+        try:
+            beat = json.loads(raw)
+        except ValueError:
+            continue
+        beat["name"] = name
+        beat["age"] = now - float(beat.get("ts", 0))
+        workers.append(beat)
+    snap["workers"] = workers
+    return snap
+
+
+def render(snap: dict[str, Any]) -> Group:
+    """One frame as rich renderables."""
+    parts: list[Any] = []
+    totals = snap["totals"]
+    head = Text.assemble(
+        ("fasterdata top", "bold"), f"  prefix {snap['prefix']}  ",
+        f"statements {int(totals.get('calls', 0)):,}  errors {int(totals.get('errors', 0)):,}  "
+        f"unparsed {int(totals.get('unparsed', 0)):,}  ",
+        time.strftime("%H:%M:%S", time.localtime(snap["at"])))
+    parts.append(head)
+
+    t = Table(title="Top fingerprints by total time", box=box.SIMPLE_HEAD, expand=True, title_justify="left")
+    for col, kw in (("fingerprint", {}), ("app", {}), ("calls", {"justify": "right"}),
+                    ("total s", {"justify": "right"}), ("mean ms", {"justify": "right"}),
+                    ("max ms", {"justify": "right"}), ("rows", {"justify": "right"}),
+                    ("err", {"justify": "right"}), ("statement", {"ratio": 1, "no_wrap": True})):
+        t.add_column(col, **kw)
+    for row in snap["by_time"]:
+        t.add_row(row["fp"][:8], row["app"] or "—", f"{row['calls']:,}", f"{row['total_us'] / 1e6:,.2f}",
+                  _ms(row["mean_us"]), _ms(row["max_us"]), f"{row['rows']:,}",
+                  Text(str(row["errors"]), style="red" if row["errors"] else ""), row["text"])
+    parts.append(t)
+
+    t = Table(title="Top by calls / by errors", box=box.SIMPLE_HEAD, expand=True, title_justify="left")
+    t.add_column("calls", justify="right")
+    t.add_column("statement", ratio=1, no_wrap=True)
+    t.add_column("errors", justify="right")
+    t.add_column("SQLSTATE")
+    t.add_column("failing statement", ratio=1, no_wrap=True)
+    calls, errors = snap["by_calls"][:5], snap["by_errors"][:5]
+    for i in range(max(len(calls), len(errors))):
+        c = calls[i] if i < len(calls) else None
+        e = errors[i] if i < len(errors) else None
+        t.add_row(f"{c['calls']:,}" if c else "", c["text"] if c else "",
+                  Text(f"{e['errors']:,}", style="red") if e else "",
+                  ",".join(sorted(e["by_state"])) if e else "", e["text"] if e else "")
+    parts.append(t)
+
+    t = Table(title=f"Business metrics ({snap['day']}, UTC)", box=box.SIMPLE_HEAD, expand=True,
+              title_justify="left")
+    t.add_column("metric")
+    t.add_column("agg")
+    t.add_column("labels", ratio=1)
+    t.add_column("value", justify="right")
+    for b in snap["business"]:
+        shown = b["values"][:3] or [("", None)]
+        for i, (labels, value) in enumerate(shown):
+            t.add_row(b["rule"] if i == 0 else "", b["aggregate"] if i == 0 else "",
+                      "" if labels == "-" else labels.replace("|", " "),
+                      "—" if value is None else _num(value))
+        if b["rows_only"]:
+            t.add_row("", "", Text("rows without values (INSERT … SELECT / COPY)", style="dim"),
+                      f"{b['rows_only']:,}")
+    parts.append(t)
+
+    t = Table(title="Latest alerts", box=box.SIMPLE_HEAD, expand=True, title_justify="left")
+    for col in ("time", "severity", "rule", "app", "evidence"):
+        t.add_column(col, ratio=1 if col == "evidence" else None, no_wrap=col == "evidence")
+    styles = {"high": "bold red", "critical": "bold red", "medium": "yellow", "warning": "yellow"}
+    for a in snap["alerts"]:
+        ms = int(a["id"].partition("-")[0])
+        t.add_row(time.strftime("%H:%M:%S", time.localtime(ms / 1000)),
+                  Text(a.get("severity", ""), style=styles.get(a.get("severity", ""), "")),
+                  a.get("rule", ""), a.get("app", a.get("metric", "")), a.get("evidence", ""))
+    parts.append(t)
+
+    lag = snap["lag"]
+    t = Table(title="Sink and workers", box=box.SIMPLE_HEAD, expand=True, title_justify="left")
+    for col in ("source", "entries", "rate/s", "pending", "undelivered", "lag", "last seen"):
+        t.add_column(col, justify="right" if col != "source" else "left")
+    t.add_row("statements stream", f"{lag['length']:,}", "", str(lag["pending"] if lag["pending"] is not None
+                                                              else "—"),
+              str(lag["undelivered"] if lag["undelivered"] is not None else "—"), "",
+              _age(lag["last_age"]))
+    for w in snap["workers"]:
+        stale = w["age"] > 30
+        t.add_row(Text(w["name"], style="dim" if stale else ""), f"{int(w.get('entries', 0)):,}",
+                  f"{w.get('rate', 0):,.0f}", str(w.get("pending", "")), str(w.get("lag_entries", "")),
+                  _age(w.get("lag_seconds")), Text(_age(w["age"]), style="red" if stale else ""))
+    parts.append(t)
+    return Group(*parts)
+
+
+def run(client: redis.Redis, prefix: str, once: bool = False, interval: float = 2.0,
+        console: Console | None = None) -> int:
+    console = console or Console()
+    if once:
+        console.print(render(snapshot(client, prefix)))
+        return 0
+    try:
+        with Live(render(snapshot(client, prefix)), console=console, screen=False, auto_refresh=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(render(snapshot(client, prefix)), refresh=True)
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,529 @@
+"""One analyzer worker: a consumer in the group `analyzers` on `<prefix>:statements`.
+
+Loop: reclaim entries idle too long in dead consumers (XAUTOCLAIM), read a batch (XREADGROUP),
+analyse it in memory, then apply every Redis effect of the batch together with its XACK in one Lua
+script (`atomic`). Killed at any point, the worker leaves either nothing or everything of a batch.
+Many workers can run; Redis hands each entry to one of them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import redis
+
+from config.analyzer_settings import AnalyzerSettings
+
+from . import event
+from .anomaly import Counter as AnomalyCounter
+from .anomaly import Evaluator, describe_series
+from .atomic import Committer, Writes
+from .business import Business, BusinessCollector, Match
+from .fingerprint import Normalized, Normalizer
+from .keys import Keys
+from .metrics import WorkerCounters
+from .rules import RulesFile
+from .security import Finding, Security
+from .shape import Shape, ShapeCache
+from .stats import BatchStats, StatsCollector
+
+log = logging.getLogger("fasterdata.analyze")
+
+_CHECKED_OPS = frozenset({"select", "copy", "update", "delete", "ddl", "role"})
+
+
+def _raw(client: redis.Redis) -> redis.Redis:
+    """Entries as [id, [field, value, …]]: dict-building in C (dict(zip)) beats redis-py's callback."""
+    client.set_response_callback("XREADGROUP", lambda resp, **kw: resp)
+    client.set_response_callback("XAUTOCLAIM", lambda resp, **kw: resp)
+    return client
+
+
+def _entries(reply: Any) -> list[tuple[str, list[str] | None]]:
+    if not reply:
+        return []
+    streams = list(reply.values()) if isinstance(reply, dict) else [s[1] for s in reply]
+    out = []
+    for entries in streams:
+        out.extend((e[0], e[1]) for e in entries)
+    return out
+
+
+def _id_ms(entry_id: str) -> int:
+    return int(entry_id.partition("-")[0])
+
+
+class Batch:
+    """What one batch produced, kept apart until its commit succeeds."""
+
+    __slots__ = ("anomaly", "bad", "failed", "findings", "matches", "new_fps", "new_pairs", "rows_only",
+                 "stats", "unparsed", "writes")
+
+    def __init__(self) -> None:
+        self.writes = Writes()
+        self.stats = BatchStats()
+        self.anomaly: dict[tuple[int, str], int] = {}
+        self.findings: list[tuple[str, str]] = []
+        self.matches: list[Match] = []
+        self.new_fps: dict[str, tuple[Normalized, Shape]] = {}
+        self.new_pairs: set[tuple[str, str]] = set()
+        self.rows_only: dict[str, int] = {}
+        self.unparsed = 0
+        self.bad = 0
+        self.failed = 0
+
+
+class Worker:
+    """The analyzer loop; `run()` until `stop` is set."""
+
+    def __init__(self, settings: AnalyzerSettings, rules: RulesFile, client: redis.Redis | None = None) -> None:
+        self.s = settings
+        self.rules = rules
+        self.r = _raw(client or redis.Redis.from_url(settings.redis, decode_responses=True,
+                                                     health_check_interval=30))
+        self.keys = Keys(settings.prefix)
+        self.consumer = settings.consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.stream = self.keys.statements
+        self.group = settings.group
+        self.committer = Committer(self.r, self.stream, self.group, self.consumer)
+        self.normalize = Normalizer(settings.cache_size)
+        self.shapes = ShapeCache()
+        self.business = Business(rules.rules, self.keys, settings.events_maxlen)
+        self.security = Security(rules.security)
+        self.anomaly = AnomalyCounter(self.keys, rules.anomaly)
+        self.evaluator = Evaluator(self.r, self.keys, rules.anomaly, self.consumer, settings.alerts_maxlen,
+                                   describe_series(self.r, self.keys))
+        self.counters = WorkerCounters()
+        self.stats = StatsCollector(settings.top_k)
+        self.biz_metrics = BusinessCollector(rules.rules)
+        self.known_fps: set[str] = set()
+        self.seen_pairs: set[tuple[str, str]] = set()
+        self.alerted: dict[tuple[str, str, str], float] = {}
+        self.last_simple: dict[str, tuple[int, str | None, str]] = {}  # sid → (end ts, txid, text)
+        self.window_us = rules.anomaly.window_seconds * 1_000_000
+        self.injection_on = rules.security.injection.enabled
+        self.new_fp_on = rules.security.new_fingerprint.enabled
+        self.stop = threading.Event()
+        self.last_tick = time.monotonic()
+        self.last_error: str | None = None
+        self._next_claim = 0.0
+        self._next_periodic = 0.0
+        self._next_tidy = time.monotonic() + 60
+        self._rate = (time.monotonic(), 0)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+        self._inflight: tuple[list, Batch, Future] | None = None
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read")
+        self._reading: Future | None = None
+
+    # ── set-up ──────────────────────────────────────────────────────────────────────────────────
+    def setup(self) -> None:
+        """Create the group (and stream) if absent; publish rule descriptions for readers."""
+        try:
+            self.r.xgroup_create(self.stream, self.group, id=self.s.start_id, mkstream=True)
+            log.info("created consumer group %s on %s", self.group, self.stream)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        described = self.business.describe()
+        if described:
+            self.r.hset(self.keys.biz_rules, mapping=described)
+
+    # ── loop ────────────────────────────────────────────────────────────────────────────────────
+    def run(self) -> None:
+        self.setup()
+        self._own_pending()
+        backoff = 0.5
+        while not self.stop.is_set():
+            try:
+                self.step()
+                self.last_error = None
+                backoff = 0.5
+            except redis.RedisError as exc:
+                self._inflight = self._reading = None  # their entries stay pending: reclaimed after claim_idle
+                self.last_error = f"redis: {exc}"
+                log.warning("redis error, retrying in %.1fs: %s", backoff, exc)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 10)
+            self.last_tick = time.monotonic()
+        try:
+            self.quiesce()
+        except redis.RedisError as exc:
+            log.warning("last batch failed (its entries stay pending for another worker): %s", exc)
+        self._pool.shutdown()
+        self._reader.shutdown()
+
+    def step(self) -> int:
+        """One iteration: maybe reclaim, read one batch, commit it, maybe do periodic work."""
+        now = time.monotonic()
+        done = 0
+        if now >= self._next_claim:
+            done += self.claim()
+            self._next_claim = now + max(0.5, self.s.claim_idle / 2)
+        reading, self._reading = self._reading, None
+        entries = reading.result() if reading is not None else self._read()
+        if entries:
+            if not self.stop.is_set():  # read the next batch while this one is analysed
+                self._reading = self._reader.submit(self._read)
+            self.process(entries, wait=False)
+            done += len(entries)
+        else:
+            self.settle()
+        if time.monotonic() >= self._next_periodic:
+            self.periodic()
+            self._next_periodic = time.monotonic() + 1.0
+        return done
+
+    def quiesce(self) -> int:
+        """Finish the read-ahead (its entries are delivered to us already) and the commit in flight."""
+        n = 0
+        if self._reading is not None:
+            entries, self._reading = self._reading.result(), None
+            if entries:
+                self.process(entries)
+                n = len(entries)
+        self.settle()
+        return n
+
+    def _read(self) -> list[tuple[str, list[str] | None]]:
+        return _entries(self.r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=self.s.batch,
+                                          block=int(self.s.block * 1000)))
+
+    def _own_pending(self) -> None:
+        """Entries this consumer name read before a restart and never acknowledged."""
+        while not self.stop.is_set():
+            entries = _entries(self.r.xreadgroup(self.group, self.consumer, {self.stream: "0"},
+                                                 count=self.s.batch))
+            if not entries:
+                return
+            self.process(entries)
+
+    def claim(self) -> int:
+        """XAUTOCLAIM entries idle longer than claim_idle (their consumer is presumed dead)."""
+        total = 0
+        cursor = "0-0"
+        idle_ms = int(self.s.claim_idle * 1000)
+        for _ in range(100):
+            reply = self.r.execute_command("XAUTOCLAIM", self.stream, self.group, self.consumer, idle_ms,
+                                           cursor, "COUNT", self.s.batch)
+            cursor = reply[0]
+            entries = [(e[0], e[1]) for e in reply[1] if e]
+            if entries:
+                log.info("reclaimed %d entries idle > %.0fs", len(entries), self.s.claim_idle)
+                with self.counters.lock:
+                    self.counters.claimed += len(entries)
+                self.process(entries)
+                total += len(entries)
+            if cursor == "0-0" or self.stop.is_set():
+                break
+        return total
+
+    # ── a batch ─────────────────────────────────────────────────────────────────────────────────
+    def analyse(self, entries: list[tuple[str, list[str] | None]]) -> Batch:
+        """Everything a batch will write, computed in memory."""
+        batch = Batch()
+        for entry_id, flat in entries:
+            if flat is None:
+                continue  # trimmed from the stream before we read it: nothing to analyse
+            it = iter(flat)
+            ev = dict(zip(it, it, strict=False))
+            try:
+                self.handle(batch, ev)
+            except (event.BadEvent, ValueError) as exc:  # ValueError: a number field that is not one
+                batch.bad += 1
+                log.debug("bad event %s: %s", entry_id, exc)
+            except Exception:
+                batch.failed += 1
+                log.exception("analysing entry %s failed; skipped", entry_id)
+        self.stats_writes(batch)
+        return batch
+
+    def process(self, entries: list[tuple[str, list[str] | None]], wait: bool = True) -> None:
+        """Analyse a batch and commit it. With wait=False the commit runs on a helper thread while the
+        caller reads and analyses the next batch (Redis time overlaps Python time); commits stay in
+        order because a new one starts only after the previous one has settled."""
+        batch = self.analyse(entries)
+        self.settle()
+        self._inflight = (entries, batch, self._pool.submit(self.committer.commit, [e[0] for e in entries],
+                                                            batch.writes))
+        if wait:
+            self.settle()
+
+    def settle(self) -> None:
+        """Wait for the commit in flight; on a reclaim race, recompute without the lost entries."""
+        if self._inflight is None:
+            return
+        entries, batch, future = self._inflight
+        self._inflight = None
+        lost = future.result()
+        while lost:
+            log.warning("%d entries were reclaimed by another consumer; recomputing without them", len(lost))
+            with self.counters.lock:
+                self.counters.conflicts += len(lost)
+            gone = set(lost)
+            entries = [e for e in entries if e[0] not in gone]
+            if not entries:
+                return
+            batch = self.analyse(entries)
+            lost = self.committer.commit([e[0] for e in entries], batch.writes)
+        self.committed(batch, len(entries))
+
+    def handle(self, batch: Batch, ev: dict[str, str]) -> None:
+        """One event's contributions to the batch (hot path: ~10 µs; keep it lean)."""
+        get = ev.get
+        kind = get("kind", "stmt")
+        if kind != "stmt":
+            self.txn_end(batch, ev, kind)
+            return
+        if get("v", event.SCHEMA) != event.SCHEMA:
+            raise event.BadEvent(f"unknown schema version {get('v')!r}")
+        sql = get("sql")
+        if not sql:
+            raise event.BadEvent("no sql")
+        norm = self.normalize.cache.get(sql) or self.normalize(sql)
+        fp = norm.fp
+        ts = int(get("ts") or 0)
+        rows = int(get("rows") or 0)
+        err = get("err", "")
+        app = get("app", "")
+        batch.stats.add(fp, get("db", ""), app, int(get("dur_us") or 0), rows, err, ts)
+        shape = self.shapes.shapes.get(fp) or self.shapes.get(fp, norm.text)
+        if fp not in self.known_fps and fp not in batch.new_fps:
+            self.describe_fp(batch, norm, shape, ts)
+        window = ts // self.window_us
+        anomaly = batch.anomaly
+        if ts:
+            key = (window, "fp:" + fp)
+            anomaly[key] = anomaly.get(key, 0) + 1
+        self.security_checks(batch, ev, sql, norm, shape, rows, ts, app)
+        if not shape.parsed:
+            batch.unparsed += 1
+            return
+        if err or shape.table not in self.business.tables:
+            return
+        rules = self.business.candidates(shape)
+        if not rules:
+            return
+        txn = get("txn", "autocommit")
+        if txn in event.COUNTED:
+            w = batch.writes
+        elif txn == "open":
+            sid, txid = get("sid", ""), get("txid", "")
+            w = batch.writes.parked(self.keys.txn_outcome(sid, txid), self.keys.txn_parked(sid, txid),
+                                    self.s.txn_ttl)
+        else:
+            return  # rolled back or prepared: not (yet) committed work
+        matches = self.business.evaluate(ev, norm, shape, rules)
+        if not matches:
+            return
+        self.business.write(w, matches, ev, norm, ts)
+        for m in matches:
+            if m.rows_only:
+                batch.rows_only[m.rule.name] = batch.rows_only.get(m.rule.name, 0) + m.count
+        if txn != "open":
+            batch.matches.extend(matches)
+            for m in matches if ts else ():
+                key = (window, "biz:" + m.rule.name)
+                anomaly[key] = anomaly.get(key, 0) + 1
+
+    def txn_end(self, batch: Batch, ev: dict[str, str], kind: str) -> None:
+        if kind != "txn_end":
+            raise event.BadEvent(f"unknown kind {kind!r}")
+        sid, txid, outcome = ev.get("sid"), ev.get("txid"), ev.get("txn")
+        if not sid or not txid or not outcome:
+            raise event.BadEvent("txn_end needs sid, txid and txn")
+        batch.writes.txn_end(self.keys.txn_outcome(sid, txid), self.keys.txn_parked(sid, txid), outcome,
+                             self.s.txn_ttl)
+
+    def describe_fp(self, batch: Batch, norm: Normalized, shape: Shape, ts: int) -> None:
+        """First sight of a fingerprint in this process: store its text (HSETNX: first writer wins)."""
+        batch.new_fps[norm.fp] = (norm, shape)
+        k = self.keys.stats_fp(norm.fp)
+        w = batch.writes
+        w.setnx(k, "text", norm.text)
+        w.setnx(k, "op", shape.op)
+        w.setnx(k, "tables", ",".join(shape.tables))
+        w.setnx(k, "first_seen", str(ts))
+        if not shape.parsed:
+            w.setnx(k, "parse_error", shape.error)
+
+    def security_checks(self, batch: Batch, ev: dict[str, str], sql: str, norm: Normalized, shape: Shape,
+                        rows: int, ts: int, app: str) -> None:
+        findings: list[Finding] | None = None
+        if self.injection_on and ev.get("proto") == "simple":
+            # statements of one multi-statement Query: the next starts when the previous completed
+            sid = ev.get("sid", "")
+            prev = self.last_simple.get(sid)
+            if prev is not None and prev[0] == ts and prev[1] == ev.get("txid"):
+                finding = self.security.stacked(prev[2], norm, shape)
+                if finding:
+                    findings = [finding]
+            if len(self.last_simple) > 20000:
+                self.last_simple.clear()
+            self.last_simple[sid] = (ts + int(ev.get("dur_us") or 0), ev.get("txid"), norm.text)
+            low = sql.lower()
+            # cheap substring tests decide whether the (slower) signature regexes run at all
+            if norm.stacked or " or " in low or "union" in low or "--" in sql or "pg_sleep" in low \
+                    or "'or " in low or "or\n" in low or "||" in low:
+                findings = (findings or []) + self.security.injection(sql, norm)
+        if shape.op in _CHECKED_OPS:
+            more = self.security.check(ev, norm, shape, rows)
+            if more:
+                findings = (findings or []) + more
+        fp = norm.fp
+        if self.new_fp_on and (app, fp) not in self.seen_pairs and (app, fp) not in batch.new_pairs:
+            policy = self.rules.security.new_fingerprint
+            batch.new_pairs.add((app, fp))
+            child = batch.writes.if_new_member(self.keys.seen(app), fp)
+            child = child.if_older(self.keys.seen_since, app, ts // 1_000_000, int(policy.learn_seconds))
+            self.alert(child, batch, Finding("new_fingerprint", policy.severity,
+                                             f"first {shape.op} of this shape from application {app!r}"),
+                       ev, norm, ts, dedup=False)
+            batch.findings.pop()  # counted by Redis only when it really is new
+        if findings:
+            for f in findings:
+                self.alert(batch.writes, batch, f, ev, norm, ts)
+
+    def alert(self, writes: Writes, batch: Batch, f: Finding, ev: dict[str, str], norm: Normalized, ts: int,
+              dedup: bool = True) -> None:
+        """A finding: counted always; written to the alerts stream once per dedup window."""
+        batch.findings.append((f.rule, f.severity))
+        writes.hincr(self.keys.alert_counts, f.rule, 1)
+        app = ev.get("app", "")
+        window = self.rules.security.dedup_seconds
+        if dedup and window > 0:
+            key = (f.rule, norm.fp, app)
+            now = time.monotonic()
+            if self.alerted.get(key, 0) > now:
+                return
+            self.alerted[key] = now + window
+            if len(self.alerted) > 50000:
+                self.alerted = {k: v for k, v in self.alerted.items() if v > now}
+            writes = writes.once(self.keys.alert_dedup(f.rule, norm.fp, app), int(window))
+        fields = {"kind": "security", "rule": f.rule, "severity": f.severity, "ts": str(ts),
+                  "at": str(int(time.time() * 1e6)), "sid": ev.get("sid", ""), "client": ev.get("client", ""),
+                  "user": ev.get("user", ""), "db": ev.get("db", ""), "app": app, "fp": norm.fp,
+                  "text": norm.text[:300], "evidence": f.evidence}
+        if norm.comment:
+            fields["comment"] = json.dumps(norm.comment, sort_keys=True)
+            for key in ("traceparent", "route", "controller", "action"):
+                if key in norm.comment:
+                    fields[key] = norm.comment[key]
+        writes.xadd(self.keys.alerts, self.s.alerts_maxlen, fields)
+
+    def stats_writes(self, batch: Batch) -> None:
+        batch.stats.write(batch.writes, self.keys)
+        self.anomaly.write(batch.writes, batch.anomaly)
+        if batch.unparsed:
+            batch.writes.hincr(self.keys.stats_totals, "unparsed", batch.unparsed)
+        if batch.bad:
+            batch.writes.hincr(self.keys.stats_totals, "bad", batch.bad)
+
+    def committed(self, batch: Batch, n: int) -> None:
+        """The batch is in Redis: now (and only now) update this process's metrics and caches."""
+        self.stats.merge(batch.stats)
+        for fp, (norm, shape) in batch.new_fps.items():
+            self.known_fps.add(fp)
+            self.stats.describe_fp(fp, shape.op, norm.text)
+        self.seen_pairs.update(batch.new_pairs)
+        if len(self.known_fps) > 200000:
+            self.known_fps.clear()
+        if len(self.seen_pairs) > 200000:
+            self.seen_pairs.clear()
+        self.biz_metrics.merge(batch.matches)
+        c = self.counters
+        with c.lock:
+            c.entries += n
+            c.batches += 1
+            c.unparsed += batch.unparsed
+            c.bad += batch.bad
+            c.failed += batch.failed
+            c.shapes = len(self.shapes.shapes)
+            for key in batch.findings:
+                c.findings[key] = c.findings.get(key, 0) + 1
+            for rule, rows in batch.rows_only.items():
+                c.rows_only[rule] = c.rows_only.get(rule, 0) + rows
+
+    # ── periodic: lag, heartbeat, anomalies ─────────────────────────────────────────────────────
+    def periodic(self) -> None:
+        self.measure_lag()
+        self.heartbeat()
+        now = time.monotonic()
+        if now >= self._next_tidy:
+            self._next_tidy = now + 300
+            self.tidy()
+        if self.rules.anomaly.enabled:
+            c = self.counters
+            caught_up = c.pending == 0 and c.lag_entries == 0
+            n = self.evaluator.run(now_us=int(time.time() * 1e6) if caught_up else None)
+            if n:
+                with self.counters.lock:
+                    self.counters.anomaly_alerts = self.evaluator.alerts
+
+    def measure_lag(self) -> None:
+        """Pending entries and the age of the oldest event not yet processed (pending or undelivered)."""
+        groups = {g["name"]: g for g in self.r.xinfo_groups(self.stream)}
+        g = groups.get(self.group)
+        if g is None:
+            return
+        pending = int(g.get("pending") or 0)
+        lag = g.get("lag")
+        oldest_ms = None
+        if pending:
+            summary = self.r.xpending(self.stream, self.group)
+            if summary and summary.get("min"):
+                oldest_ms = _id_ms(summary["min"])
+        last = g.get("last-delivered-id") or "0-0"
+        nxt = self.r.xrange(self.stream, min="(" + last, count=1)
+        if nxt:
+            ms = _id_ms(nxt[0][0])
+            oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
+        age = max(0.0, time.time() - oldest_ms / 1000) if oldest_ms else 0.0
+        with self.counters.lock:
+            self.counters.pending = pending
+            self.counters.lag_entries = int(lag) if lag is not None else (1 if nxt else 0)
+            self.counters.lag_seconds = age
+
+    def tidy(self, max_idle: float = 3600) -> None:
+        """Forget consumers (restarted workers get new names) idle for an hour with nothing pending."""
+        for c in self.r.xinfo_consumers(self.stream, self.group):
+            if c["name"] != self.consumer and not c["pending"] and c["idle"] > max_idle * 1000:
+                self.r.xgroup_delconsumer(self.stream, self.group, c["name"])
+                log.info("removed idle consumer %s", c["name"])
+        cutoff = time.time() - 86400
+        for name, raw in self.r.hgetall(self.keys.workers).items():
+            try:
+                stale = json.loads(raw).get("ts", 0) < cutoff
+            except ValueError:
+                stale = True
+            if stale:
+                self.r.hdel(self.keys.workers, name)
+
+    def heartbeat(self) -> None:
+        now = time.monotonic()
+        t0, n0 = self._rate
+        c = self.counters
+        rate = (c.entries - n0) / (now - t0) if now > t0 else 0.0
+        self._rate = (now, c.entries)
+        beat = {"ts": time.time(), "entries": c.entries, "rate": round(rate, 1), "pending": c.pending,
+                "lag_entries": c.lag_entries, "lag_seconds": round(c.lag_seconds, 3), "unparsed": c.unparsed,
+                "pid": os.getpid(), "host": socket.gethostname()}
+        self.r.hset(self.keys.workers, self.consumer, json.dumps(beat))
+
+    # ── health ──────────────────────────────────────────────────────────────────────────────────
+    def health(self) -> str | None:
+        """None when the loop is alive (it ticks at least every `block` seconds)."""
+        quiet = time.monotonic() - self.last_tick
+        limit = max(60.0, self.s.block * 10)
+        if quiet > limit:
+            return f"loop stalled for {quiet:.0f}s"
+        return None
+
+    def ready(self) -> str | None:
+        return self.last_error

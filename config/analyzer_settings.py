@@ -1,0 +1,60 @@
+"""Settings of `fasterdata analyze` (and `fasterdata top`): the `analyze:` section of the config file.
+
+Importing this module registers the model as `config.settings.COMMANDS["analyze"]`, so
+`config.settings.load("analyze", …)` and the config file's `analyze:` section work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from config import settings
+from config.settings import Common, _hostport
+
+SHIPPED_RULES = str(Path(__file__).resolve().parent / "rules.yaml")
+
+
+class AnalyzerSettings(Common):
+    """`fasterdata analyze`."""
+
+    metrics: str = Field("127.0.0.1:9931", description="Address of /metrics, /healthz and /readyz ('' disables)")
+    rules: str = Field(SHIPPED_RULES, description="Rules file: business rules, security policy, anomalies")
+    consumer: str | None = Field(None, description="Consumer name in the group (default: <host>-<pid>)")
+    group: str = Field("analyzers", description="Consumer group on <prefix>:statements")
+    batch: int = Field(500, ge=1, le=10000, description="Entries read (and committed atomically) per batch")
+    block: float = Field(1.0, gt=0, le=60, description="Seconds one read waits for new entries")
+    claim_idle: float = Field(30.0, gt=0, description="Seconds an entry stays pending before another "
+                              "worker reclaims it (XAUTOCLAIM) from a dead one")
+    start_id: str = Field("0", description="Where a newly created group starts: '0' (whole stream) or '$' (new only)")
+    events_maxlen: int = Field(100000, ge=100, description="Approximate length cap of <prefix>:events")
+    alerts_maxlen: int = Field(100000, ge=100, description="Approximate length cap of <prefix>:alerts")
+    txn_ttl: int = Field(86400, ge=60, description="Seconds parked work of an open transaction waits "
+                         "for its txn_end marker")
+    top_k: int = Field(50, ge=1, le=10000, description="Fingerprints with their own Prometheus series; "
+                       "the rest are summed as fingerprint=\"other\"")
+    cache_size: int = Field(20000, ge=100, description="Distinct statement texts kept normalised in memory")
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: str) -> str:
+        return value and _hostport(value, "metrics")
+
+    @field_validator("start_id")
+    @classmethod
+    def _start(cls, value: str) -> str:
+        if value != "$" and not value.replace("-", "").isdigit():
+            raise ValueError(f"start_id must be '0', '$' or a stream id, not {value!r}")
+        return value
+
+    @field_validator("consumer")
+    @classmethod
+    def _consumer(cls, value: Any) -> Any:
+        if value is not None and (not value or any(c.isspace() for c in value)):
+            raise ValueError("consumer must be a non-empty name without spaces")
+        return value
+
+
+settings.COMMANDS.setdefault("analyze", AnalyzerSettings)

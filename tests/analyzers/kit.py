@@ -1,0 +1,221 @@
+"""Analyzer test kit: a unique Redis prefix per test, an event writer that follows the event
+contract, in-process workers that drain the stream, and workers run as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from analyzers.rules import RulesFile, parse
+from analyzers.worker import Worker
+from config.analyzer_settings import AnalyzerSettings
+from tests.conftest import REDIS_URL, RUN_ID, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def r() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def prefix(r: redis.Redis) -> Iterator[str]:
+    """A key prefix of this test's own; every key under it is deleted afterwards."""
+    p = f"fdtest{RUN_ID}{uuid.uuid4().hex[:6]}"
+    yield p
+    keys = list(r.scan_iter(f"{p}:*", count=1000))
+    for i in range(0, len(keys), 500):
+        r.delete(*keys[i:i + 500])
+
+
+class Events:
+    """Writes statement events (schema v1, flat string fields) the way the proxy does."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.r = client
+        self.stream = f"{prefix}:statements"
+        self.ts = int(time.time() * 1e6)
+        self.pipe = None
+
+    def stmt(self, sql: str, params: list[Any] | None = None, *, proto: str | None = None, tag: str = "",
+             rows: int | None = None, txn: str = "autocommit", sid: str = "s1", txid: int = 1,
+             app: str = "shop", db: str = "shop", user: str = "app", err: str = "", dur_us: int = 150,
+             ts: int | None = None) -> None:
+        if proto is None:
+            proto = "extended" if params is not None else "simple"
+        if ts is None:
+            self.ts += 10
+            ts = self.ts
+        f = {"v": "1", "kind": "stmt", "ts": str(ts), "dur_us": str(dur_us), "sid": sid,
+             "client": "127.0.0.1:50000", "user": user, "db": db, "app": app, "pid": "4242", "proto": proto,
+             "sql": sql, "txid": str(txid), "txn": txn}
+        if params is not None:
+            f["params"] = json.dumps(params)
+        if tag:
+            f["tag"] = tag
+        if rows is not None:
+            f["rows"] = str(rows)
+        if err:
+            f["err"] = err
+            f["errmsg"] = "failed"
+            f.pop("tag", None)
+        self._add(f)
+
+    def txn_end(self, sid: str, txid: int, outcome: str, stmts: int = 1) -> None:
+        self.ts += 10
+        self._add({"v": "1", "kind": "txn_end", "ts": str(self.ts), "sid": sid, "client": "127.0.0.1:50000",
+                   "user": "app", "db": "shop", "txid": str(txid), "txn": outcome, "stmts": str(stmts)})
+
+    def _add(self, fields: dict[str, str]) -> None:
+        (self.pipe or self.r).xadd(self.stream, fields)
+
+    def __enter__(self) -> Events:
+        self.pipe = self.r.pipeline(transaction=False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pipe, self.pipe = self.pipe, None
+        pipe.execute()
+
+
+@pytest.fixture
+def events(r: redis.Redis, prefix: str) -> Events:
+    return Events(r, prefix)
+
+
+RULES = {
+    "rules": [
+        {"name": "sales", "table": "orders", "operation": "insert", "value": "total",
+         "labels": ["region"], "aggregate": "sum", "scale": 2},
+        {"name": "orders_placed", "table": "orders", "operation": "insert", "value": "rows", "aggregate": "sum"},
+        {"name": "order_count", "table": "orders", "operation": "insert", "value": "total", "aggregate": "count"},
+        {"name": "biggest", "table": "orders", "operation": "insert", "value": "total", "aggregate": "max"},
+        {"name": "smallest", "table": "orders", "operation": "insert", "value": "total", "aggregate": "min"},
+        {"name": "customers", "table": "orders", "operation": "insert", "value": "customer_id",
+         "aggregate": "distinct"},
+        {"name": "items_sold", "table": "order_items", "operation": "insert", "value": "quantity",
+         "labels": ["sku"], "aggregate": "sum"},
+        {"name": "stock_moves", "table": "inventory", "operation": "update", "value": {"delta": "qty"},
+         "labels": ["sku"], "aggregate": "sum"},
+        {"name": "cancelled", "table": "orders", "operation": "delete", "value": "rows", "aggregate": "sum"},
+        {"name": "gl_postings", "table": "gl_entries", "operation": "insert", "value": "amount",
+         "labels": ["account"], "aggregate": "sum", "scale": 2},
+        {"name": "gl_debits", "table": "gl_entries", "operation": "insert", "value": "amount",
+         "match": {"side": "D"}, "aggregate": "sum", "scale": 2},
+        {"name": "bulk_loaded", "table": "orders", "operation": "copy", "value": "rows", "aggregate": "sum"},
+    ],
+    "security": {"new_fingerprint": {"enabled": False}},
+    "anomaly": {"enabled": False},
+}
+
+
+def rules_file(**overrides: Any) -> RulesFile:
+    data = json.loads(json.dumps(RULES))
+    for key, value in overrides.items():
+        data[key] = value
+    return parse(data, "test rules")
+
+
+def make_worker(prefix: str, rules: RulesFile | None = None, consumer: str = "w1", **kw: Any) -> Worker:
+    settings = AnalyzerSettings(redis=REDIS_URL, prefix=prefix, metrics="", consumer=consumer, block=0.05, **kw)
+    worker = Worker(settings, rules or rules_file())
+    worker.setup()
+    return worker
+
+
+def drain(worker: Worker, limit: int = 1000) -> int:
+    """Step until the group has nothing undelivered and nothing pending; returns entries processed."""
+    total = 0
+    for _ in range(limit):
+        total += worker.step()
+        total += worker.quiesce()  # no read-ahead left behind to swallow entries a later test step adds
+        g = {x["name"]: x for x in worker.r.xinfo_groups(worker.stream)}[worker.group]
+        if not g.get("lag") and not g.get("pending"):
+            return total
+    raise AssertionError("stream not drained")
+
+
+def biz(client: redis.Redis, prefix: str, rule: str) -> dict[str, str]:
+    """A rule's aggregate hashes summed over all days (labels → raw stored value)."""
+    out: dict[str, int | float] = {}
+    for day in client.smembers(f"{prefix}:biz:{rule}:days"):
+        for labels, value in client.hgetall(f"{prefix}:biz:{rule}:{day}").items():
+            out[labels] = out.get(labels, 0) + (int(value) if value.lstrip("-").isdigit() else float(value))
+    return out
+
+
+class WorkerProcess:
+    """`python -m analyzers.cli analyze` as a subprocess, as operators run it."""
+
+    def __init__(self, tmp: Path, prefix: str, rules_path: Path, consumer: str, *args: str) -> None:
+        self.metrics_port = free_port()
+        self.log_path = tmp / f"worker-{consumer}.log"
+        cmd = [sys.executable, "-m", "analyzers.cli", "analyze", "--redis", REDIS_URL, "--prefix", prefix,
+               "--metrics", f"127.0.0.1:{self.metrics_port}", "--rules", str(rules_path),
+               "--consumer", consumer, *args]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"worker ignored signal {sig}:\n{self.log()}") from None
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path, prefix: str) -> Iterator:
+    """Factory: start_worker(consumer, *args, rules=RulesFile data) → WorkerProcess; stopped at teardown."""
+    started: list[WorkerProcess] = []
+    rules_path = tmp_path / "rules.json"  # JSON is YAML
+    rules_path.write_text(json.dumps(RULES))
+
+    def start(consumer: str, *args: str, rules: dict | None = None) -> WorkerProcess:
+        path = rules_path
+        if rules is not None:
+            path = tmp_path / f"rules-{consumer}.json"
+            path.write_text(json.dumps(rules))
+        w = WorkerProcess(tmp_path, prefix, path, consumer, *args)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop(signal.SIGKILL if w.proc.poll() is None else signal.SIGTERM)
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll until predicate() is truthy (no wall-clock assertions: the timeout only bounds a hang)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")

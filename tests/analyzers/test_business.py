@@ -1,0 +1,172 @@
+"""Business rules on synthetic events: values from literals and parameters, committed work only,
+parked open transactions, and exactly-once under reclaim races."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+
+from analyzers.worker import _entries
+from tests.analyzers.kit import Events, biz, drain, make_worker, rules_file
+
+INSERT_EXT = "INSERT INTO orders (id, customer_id, region, total) VALUES ($1, $2, $3, $4)"
+
+
+def test_values_from_literals_and_parameters_alike(r: redis.Redis, prefix: str, events: Events) -> None:
+    events.stmt(INSERT_EXT, [1, 10, "eu", "19.99"], tag="INSERT", rows=1)
+    events.stmt("INSERT INTO orders (id, customer_id, region, total) VALUES (2, 11, 'us', 5.01)", tag="INSERT", rows=1)
+    events.stmt("INSERT INTO orders (id, customer_id, region, total) VALUES "
+                "(3, 10, 'eu', 1.00), (4, 12, 'us', 2.50), (5, 13, 'eu', 0.01)", tag="INSERT", rows=3)
+    events.stmt("INSERT INTO orders (id, customer_id, region, total) VALUES ($1, $2, $3, $4), ($5, $6, $7, $8) "
+                "RETURNING id", [6, 14, "eu", 100, 7, 10, "ap", "7.5"], tag="INSERT", rows=2)
+    w = make_worker(prefix)
+    assert drain(w) == 4
+    assert biz(r, prefix, "sales") == {"region=eu": 1999 + 100 + 1 + 10000, "region=us": 501 + 250,
+                                       "region=ap": 750}
+    assert biz(r, prefix, "orders_placed") == {"-": 7 * 10**6}
+    assert biz(r, prefix, "order_count") == {"-": 7}
+    assert biz(r, prefix, "biggest") == {"-": 100}
+    assert biz(r, prefix, "smallest") == {"-": 0.01}
+    assert biz(r, prefix, "customers") == {"-": 5}  # 10, 11, 12, 13, 14
+    # one business event per match, with its labels
+    evs = [f for _, f in r.xrange(f"{prefix}:events") if f["rule"] == "sales"]
+    assert len(evs) == 7
+    assert {e["value"] for e in evs} >= {"19.99", "0.01", "7.5"}
+
+
+def test_only_committed_and_autocommit_work_counts(r: redis.Redis, prefix: str, events: Events) -> None:
+    sql = "UPDATE inventory SET qty = qty - $1 WHERE sku = $2"
+    events.stmt(sql, [2, "A"], tag="UPDATE", rows=1, txn="committed", txid=1)
+    events.stmt(sql, [5, "A"], tag="UPDATE", rows=1, txn="rolled_back", txid=2)
+    events.stmt(sql, [7, "A"], tag="UPDATE", rows=1, txn="prepared", txid=3)
+    events.stmt("UPDATE inventory SET qty = qty + 10 WHERE sku = 'B'", tag="UPDATE", rows=3, txn="autocommit")
+    events.stmt(sql, [1, "A"], err="40001", txn="rolled_back", txid=4)
+    events.stmt(sql, [1, "C"], tag="UPDATE", rows=0, txn="autocommit")  # matched no row: no change
+    w = make_worker(prefix)
+    drain(w)
+    assert biz(r, prefix, "stock_moves") == {"sku=A": -2 * 10**6, "sku=B": 30 * 10**6}
+
+
+def test_open_transactions_wait_for_their_marker(r: redis.Redis, prefix: str, events: Events) -> None:
+    ins = "INSERT INTO order_items (order_id, sku, quantity) VALUES ($1, $2, $3)"
+    events.stmt(ins, [1, "A", 2], tag="INSERT", rows=1, txn="open", sid="s9", txid=3)
+    events.stmt(ins, [1, "B", 4], tag="INSERT", rows=1, txn="open", sid="s9", txid=3)
+    events.stmt(ins, [2, "A", 100], tag="INSERT", rows=1, txn="open", sid="s9", txid=4)
+    w = make_worker(prefix)
+    drain(w)
+    assert biz(r, prefix, "items_sold") == {}  # parked, not counted
+    assert r.llen(f"{prefix}:txn:s9:3:parked") == 2
+    events.txn_end("s9", 3, "committed", stmts=2)
+    events.txn_end("s9", 4, "rolled_back", stmts=1)
+    drain(w)
+    assert biz(r, prefix, "items_sold") == {"sku=A": 2 * 10**6, "sku=B": 4 * 10**6}
+    assert not r.exists(f"{prefix}:txn:s9:3:parked", f"{prefix}:txn:s9:4:parked")
+
+
+def test_marker_seen_before_the_statements_still_counts_once(r: redis.Redis, prefix: str, events: Events) -> None:
+    """Another worker may handle the txn_end before a slow worker commits the statements."""
+    ins = "INSERT INTO order_items (order_id, sku, quantity) VALUES ($1, $2, $3)"
+    events.txn_end("s5", 1, "committed")
+    events.txn_end("s5", 2, "rolled_back")
+    events.stmt(ins, [1, "A", 3], tag="INSERT", rows=1, txn="open", sid="s5", txid=1)
+    events.stmt(ins, [1, "A", 50], tag="INSERT", rows=1, txn="open", sid="s5", txid=2)
+    drain(make_worker(prefix))
+    assert biz(r, prefix, "items_sold") == {"sku=A": 3 * 10**6}
+
+
+def test_insert_select_and_copy_count_rows_only_and_say_so(r: redis.Redis, prefix: str, events: Events) -> None:
+    events.stmt("INSERT INTO orders (id, customer_id, region, total) SELECT id, 1, 'eu', 1 FROM staging",
+                tag="INSERT", rows=40)
+    events.stmt("COPY orders (id, customer_id, region, total) FROM STDIN", tag="COPY", rows=25)
+    events.stmt("COPY orders TO STDOUT", tag="COPY", rows=65)  # a read: no rule
+    w = make_worker(prefix)
+    drain(w)
+    assert biz(r, prefix, "orders_placed") == {"-": 40 * 10**6}
+    assert biz(r, prefix, "bulk_loaded") == {"-": 25 * 10**6}
+    assert biz(r, prefix, "sales") == {}
+    day = next(iter(r.smembers(f"{prefix}:biz:sales:days")))
+    assert r.hgetall(f"{prefix}:biz:sales:{day}:rows_only") == {"region=": "40"}  # labels unknown
+    flagged = [f for _, f in r.xrange(f"{prefix}:events") if f.get("rows_only") == "true"]
+    assert {f["rule"] for f in flagged} == {"sales", "biggest", "smallest", "customers"}
+    assert w.counters.rows_only["sales"] == 40
+
+
+def test_match_filter_and_labels(r: redis.Redis, prefix: str, events: Events) -> None:
+    sql = "INSERT INTO gl_entries (trx_date, account, side, amount) VALUES ($1, $2, $3, $4), ($5, $6, $7, $8)"
+    events.stmt(sql, ["2024-01-01", "1000", "D", "250.00", "2024-01-01", "4000", "C", "250.00"], tag="INSERT",
+                rows=2)
+    events.stmt("INSERT INTO gl_entries (trx_date, account, side, amount) VALUES ('2024-01-01', '1000', 'D', 12.5)",
+                tag="INSERT", rows=1)
+    drain(make_worker(prefix))
+    assert biz(r, prefix, "gl_postings") == {"account=1000": 26250, "account=4000": 25000}
+    assert biz(r, prefix, "gl_debits") == {"-": 26250}
+
+
+def test_label_cardinality_is_capped(r: redis.Redis, prefix: str, events: Events) -> None:
+    rules = rules_file(rules=[{"name": "per_sku", "table": "order_items", "operation": "insert",
+                               "value": "quantity", "labels": ["sku"], "max_series": 3}])
+    with events:
+        for i in range(10):
+            events.stmt("INSERT INTO order_items (order_id, sku, quantity) VALUES ($1, $2, $3)",
+                        [i, f"sku{i}", 1], tag="INSERT", rows=1)
+    drain(make_worker(prefix, rules))
+    got = biz(r, prefix, "per_sku")
+    assert len(got) == 4 and got["other"] == 7 * 10**6
+
+
+def test_a_reclaimed_batch_is_applied_once(r: redis.Redis, prefix: str, events: Events) -> None:
+    """A stalled worker whose entries were reclaimed must not apply them when it wakes up."""
+    with events:
+        for i in range(20):
+            events.stmt(INSERT_EXT, [i, i, "eu", "1.00"], tag="INSERT", rows=1)
+    slow = make_worker(prefix, consumer="slow")
+    fast = make_worker(prefix, consumer="fast", claim_idle=0.001)
+    stream = f"{prefix}:statements"
+    taken = _entries(slow.r.xreadgroup("analyzers", "slow", {stream: ">"}, count=20))
+    assert len(taken) == 20
+    # the slow worker stalls; the other reclaims and commits everything
+    time.sleep(0.01)  # > claim_idle
+    assert fast.claim() == 20
+    slow.process(taken)  # wakes up: the script refuses, nothing is applied twice
+    assert slow.counters.conflicts == 20 and slow.counters.entries == 0
+    assert biz(r, prefix, "sales") == {"region=eu": 2000}
+    assert r.xpending(stream, "analyzers")["pending"] == 0
+
+
+def test_a_dead_workers_entries_are_reclaimed(r: redis.Redis, prefix: str, events: Events) -> None:
+    with events:
+        for i in range(7):
+            events.stmt(INSERT_EXT, [i, i, "us", "2.00"], tag="INSERT", rows=1)
+    stream = f"{prefix}:statements"
+    make_worker(prefix, consumer="dead")
+    r.xreadgroup("analyzers", "dead", {stream: ">"}, count=5)  # read, then "killed" before committing
+    survivor = make_worker(prefix, consumer="alive", claim_idle=0.001)
+    time.sleep(0.01)  # > claim_idle
+    drain(survivor)
+    assert survivor.counters.claimed == 5
+    assert biz(r, prefix, "sales") == {"region=us": 1400}
+
+
+def test_bad_and_unparsable_events_are_counted_and_skipped(r: redis.Redis, prefix: str, events: Events) -> None:
+    stream = f"{prefix}:statements"
+    r.xadd(stream, {"v": "1", "kind": "stmt", "ts": "1", "sql": "SELECT 1", "params": "not json",
+                    "proto": "extended"})
+    r.xadd(stream, {"v": "1", "kind": "stmt", "ts": "x", "sql": "SELECT 1"})
+    r.xadd(stream, {"v": "1", "kind": "mystery"})
+    events.stmt("SELEKT * FRUM nothing", tag="SELECT", rows=0)
+    events.stmt("INSERT INTO orders (id, customer_id, region, total) VALUES (1, 1, 'eu', 3)", tag="INSERT", rows=1)
+    w = make_worker(prefix)
+    drain(w)
+    assert w.counters.bad == 2 and w.counters.unparsed == 1 and w.counters.entries == 5
+    totals = r.hgetall(f"{prefix}:stats:totals")
+    assert totals["unparsed"] == "1" and totals["bad"] == "2"
+    assert biz(r, prefix, "sales") == {"region=eu": 300}
+    assert r.xpending(stream, "analyzers")["pending"] == 0
+
+
+def test_rules_are_published_for_readers(r: redis.Redis, prefix: str) -> None:
+    make_worker(prefix)
+    desc = json.loads(r.hget(f"{prefix}:biz:rules", "sales"))
+    assert desc["aggregate"] == "sum" and desc["scale"] == 2 and desc["labels"] == ["region"]

@@ -1,0 +1,138 @@
+"""Worker mechanics: the group, acknowledgement, lag, Prometheus /metrics and /healthz, the CLI."""
+
+from __future__ import annotations
+
+import signal
+import time
+import urllib.request
+
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from analyzers import cli
+from analyzers.stats import BatchStats, StatsCollector
+from tests.analyzers.kit import Events, drain, make_worker, wait_for
+
+
+def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_group_and_stream_are_created_if_absent(r: redis.Redis, prefix: str) -> None:
+    make_worker(prefix)
+    groups = r.xinfo_groups(f"{prefix}:statements")
+    assert [g["name"] for g in groups] == ["analyzers"]
+    make_worker(prefix, consumer="w2")  # a second worker finds the group there: fine
+
+
+def test_entries_are_acknowledged_after_processing(r: redis.Redis, prefix: str, events: Events) -> None:
+    with events:
+        for i in range(1200):
+            events.stmt("SELECT abalance FROM pgbench_accounts WHERE aid = $1", [i], tag="SELECT", rows=1)
+    w = make_worker(prefix, batch=500)
+    assert drain(w) == 1200
+    assert w.counters.batches == 3
+    assert r.xpending(f"{prefix}:statements", "analyzers")["pending"] == 0
+    q = r.hgetall(f"{prefix}:stats:q:" + r.zrevrange(f"{prefix}:stats:top:calls", 0, 0)[0])
+    assert q["calls"] == "1200" and q["rows"] == "1200" and int(q["total_us"]) == 1200 * 150
+
+
+def test_lag_counts_entries_and_the_age_of_the_oldest(r: redis.Redis, prefix: str) -> None:
+    stream = f"{prefix}:statements"
+    w = make_worker(prefix, claim_idle=0.001)
+    old_ms = int(time.time() * 1000) - 120_000  # entries the proxy wrote two minutes ago
+    for i in range(3):
+        r.xadd(stream, {"v": "1", "kind": "stmt", "ts": str(old_ms * 1000), "sql": "SELECT 1", "proto": "simple"},
+               id=f"{old_ms}-{i}")
+    w.measure_lag()
+    assert w.counters.lag_entries == 3
+    assert w.counters.lag_seconds >= 120
+    r.xreadgroup("analyzers", "ghost", {stream: ">"}, count=2)  # delivered to a worker that then died
+    w.measure_lag()
+    assert w.counters.pending == 2 and w.counters.lag_entries == 1 and w.counters.lag_seconds >= 120
+    time.sleep(0.01)  # > claim_idle
+    drain(w)
+    w.measure_lag()
+    assert (w.counters.pending, w.counters.lag_entries, w.counters.lag_seconds) == (0, 0, 0.0)
+
+
+def test_metrics_health_and_sigterm(r: redis.Redis, prefix: str, events: Events, start_worker) -> None:
+    w = start_worker("m1", "--batch", "50")
+    with events:
+        for i in range(40):
+            events.stmt("INSERT INTO orders (id, customer_id, region, total) VALUES ($1, $2, $3, $4)",
+                        [i, i, "eu", "2.50"], tag="INSERT", rows=1)
+        events.stmt("SELECT * FROM orders WHERE id = 7", tag="SELECT", rows=1)
+        events.stmt("SELECT nope FROM", tag="SELECT", err="42601")
+
+    def done() -> dict | None:
+        try:
+            _status, text = scrape(w.metrics_port)
+        except OSError:
+            return None
+        s = samples(text)
+        return s if s.get(("fasterdata_analyzer_entries_total", ())) == 42 else None
+
+    s = wait_for(done, what=f"metrics to show 42 entries\n{w.log()}")
+    assert s[("fasterdata_business_sales", (("region", "eu"),))] == 100.0
+    assert s[("fasterdata_analyzer_unparsed_total", ())] == 1
+    assert ("fasterdata_analyzer_lag_seconds", ()) in s and ("fasterdata_analyzer_pending", ()) in s
+    calls = {k[1]: v for k, v in s.items() if k[0] == "fasterdata_statements_total"}
+    assert sum(calls.values()) == 42
+    errors = [k for k in s if k[0] == "fasterdata_statement_errors_total"]
+    assert any(("sqlstate", "42601") in k[1] for k in errors)
+    assert any(k[0] == "fasterdata_statement_duration_seconds_bucket" for k in s)
+    assert scrape(w.metrics_port, "/healthz") == (200, "ok\n")
+    assert scrape(w.metrics_port, "/readyz")[0] == 200
+    assert w.stop(signal.SIGTERM) == 0, w.log()
+
+
+def test_prometheus_fingerprints_are_capped_to_top_k() -> None:
+    coll = StatsCollector(top_k=2)
+    batch = BatchStats()
+    for i, fp in enumerate(["a", "b", "c", "d", "e"]):
+        for _ in range(i + 1):
+            batch.add(fp, "db", "app", dur_us=1000 * (i + 1), rows=1, err="", ts=1)
+    coll.merge(batch)
+    text = "\n".join(f"{s.labels.get('fingerprint')}={int(s.value)}" for fam in coll.collect() for s in fam.samples
+                     if s.name == "fasterdata_statements_total")
+    assert sorted(text.split("\n")) == ["d=4", "e=5", "other=6"]
+
+
+def test_cli_reports_bad_rules_and_settings(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("rules:\n  - name: x\n    table: t\n    operation: upsert\n")
+    assert cli.main(["analyze", "--rules", str(bad), "--metrics", ""]) == 2
+    assert "rule 'x'.operation" in capsys.readouterr().err
+    assert cli.main(["analyze", "--batch", "0"]) == 2
+    assert "batch" in capsys.readouterr().err
+    cfg = tmp_path / "fasterdata.yaml"
+    cfg.write_text("analyze:\n  batch: 77\n  no_such_key: 1\n")
+    assert cli.main(["analyze", "--config", str(cfg)]) == 2
+    assert "no_such_key" in capsys.readouterr().err
+
+
+def test_idle_consumers_without_pending_entries_are_forgotten(r: redis.Redis, prefix: str, events: Events) -> None:
+    stream = f"{prefix}:statements"
+    w = make_worker(prefix)
+    events.stmt("SELECT 1", tag="SELECT", rows=1)
+    events.stmt("SELECT 2", tag="SELECT", rows=1)
+    r.xreadgroup("analyzers", "gone-with-work", {stream: ">"}, count=1)
+    r.xgroup_createconsumer(stream, "analyzers", "gone-idle")
+    time.sleep(0.01)
+    w.tidy(max_idle=0.001)
+    names = {c["name"] for c in r.xinfo_consumers(stream, "analyzers")}
+    assert "gone-idle" not in names and "gone-with-work" in names  # its entry still needs reclaiming

@@ -1,0 +1,82 @@
+"""`fasterdata gl …` through a small argparse harness (the lead hooks add_parser/run into the main CLI)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import polars as pl
+import pyarrow.csv as pacsv
+import pyarrow.feather as feather
+import pyarrow.parquet as pq
+import pytest
+
+from analyzers.glcache import cli
+from config.gl_settings import GLSettings, load_gl
+from config.settings import ConfigError
+from tests.conftest import REDIS_URL
+from tests.glcache.conftest import DAY, OTHER_DAY, arrow_rows, pg_rows
+
+
+def gl(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="fasterdata")
+    cli.add_parser(parser.add_subparsers(dest="command", required=True))
+    return cli.run(parser.parse_args(["gl", *argv]))
+
+
+def flags(dsn: str, prefix: str) -> list[str]:
+    return ["--dsn", dsn, "--redis", REDIS_URL, "--prefix", prefix]
+
+
+def test_warm_get_journal_stats(ledger_db: str, prefix: str, tmp_path: Path,
+                                capsys: pytest.CaptureFixture) -> None:
+    assert gl("warm", OTHER_DAY, "--no-progress", *flags(ledger_db, prefix)) == 0
+    warmed = json.loads(capsys.readouterr().out)
+    assert warmed["rows"] == len(pg_rows(ledger_db, OTHER_DAY)) and warmed["cached"] is True
+
+    expected = pg_rows(ledger_db, OTHER_DAY)
+    for name in ("day.parquet", "day.arrow", "day.csv"):
+        out = tmp_path / name
+        assert gl("get", OTHER_DAY, "--out", str(out), *flags(ledger_db, prefix)) == 0
+        capsys.readouterr()
+        if name.endswith(".parquet"):
+            assert arrow_rows(pq.read_table(out)) == expected
+        elif name.endswith(".arrow"):
+            assert arrow_rows(feather.read_table(out)) == expected
+        else:
+            text = pacsv.read_csv(out)
+            assert text.num_rows == len(expected)
+            amounts = pl.read_csv(out, schema_overrides={"amount": pl.Utf8}).sort("id")["amount"].to_list()
+            assert amounts == [str(r["amount"]) for r in expected]
+    assert gl("get", OTHER_DAY, "--out", str(tmp_path / "x.txt"), *flags(ledger_db, prefix)) == 2
+
+    assert gl("journal", DAY, *flags(ledger_db, prefix)) == 0
+    text = capsys.readouterr().out
+    assert "acc_debit" in text and "total" in text
+    assert gl("journal", DAY, "--trial-balance", "--format", "json", *flags(ledger_db, prefix)) == 0
+    balance = json.loads(capsys.readouterr().out)
+    assert {"account", "debit", "credit", "balance"} <= set(balance[0])
+
+    assert gl("stats", *flags(ledger_db, prefix)) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["redis"][OTHER_DAY]["rows"] == len(expected)
+    assert 0 < stats["redis"][OTHER_DAY]["ttl"] <= 36 * 3600
+
+
+def test_errors_are_messages(ledger_db: str, prefix: str, capsys: pytest.CaptureFixture) -> None:
+    assert gl("warm", "not-a-date", *flags(ledger_db, prefix)) == 2
+    assert gl("warm", DAY, "--table", "missing_table", *flags(ledger_db, prefix)) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert gl("warm", DAY, "--table", "bad name;", *flags(ledger_db, prefix)) == 2
+
+
+def test_settings_layers(tmp_path: Path) -> None:
+    path = tmp_path / "f.yaml"
+    path.write_text("prefix: fromfile\ngl:\n  table: ledger.entries\n  ttl: 60\n")
+    s = load_gl(path, {"ttl": 30}, environ={"FASTERDATA_DATE_COLUMN": "booked_on"})
+    assert isinstance(s, GLSettings)
+    assert (s.prefix, s.table, s.date_column, s.ttl) == ("fromfile", "ledger.entries", "booked_on", 30)
+    assert GLSettings().ttl == 36 * 3600 and GLSettings().table == "gl_entries"
+    with pytest.raises(ConfigError):
+        load_gl(None, {"chunk_bytes": 1 << 30})

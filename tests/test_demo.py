@@ -1,0 +1,69 @@
+"""`fasterdata demo` end to end: business metrics move within a minute, SIGINT leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import redis
+
+from proxy.demo.run import PREFIX, business_metrics
+
+from .conftest import REDIS_URL, direct_dsn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and int(pid) != os.getpid():
+            found.append(int(pid))
+    return found
+
+
+def test_demo_shows_business_metrics_and_cleans_up() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "demo", "--shoppers", "2", "--rate", "10"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        port = None
+        while port is None and time.monotonic() < deadline and proc.poll() is None:
+            match = re.search(r"Analyzer metrics:\s+http://127\.0\.0\.1:(\d+)/metrics", "".join(output))
+            port = int(match.group(1)) if match else None
+            time.sleep(0.2)
+        assert port, "demo never printed its analyzer metrics URL:\n" + "".join(output)
+        database = re.search(r"dbname=(\S+?)\"", "".join(output)).group(1)
+        metrics: dict[str, float] = {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            metrics = business_metrics(port)
+            if metrics.get("fasterdata_business_sales_amount", 0) > 0:
+                break
+            time.sleep(1)
+        assert metrics.get("fasterdata_business_sales_amount", 0) > 0, (metrics, "".join(output))
+        assert metrics.get("fasterdata_business_orders_placed", 0) > 0, metrics
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(90)
+        reader.join(5)
+    text = "".join(output)
+    assert code == 0, text
+    assert "demo stopped" in text
+    assert not processes_mentioning(f"--prefix {PREFIX}"), "demo children still running"
+    with psycopg.connect(direct_dsn()) as conn:
+        assert not conn.execute("select 1 from pg_database where datname = %s", (database,)).fetchone()
+    assert not list(redis.Redis.from_url(REDIS_URL).scan_iter(match=f"{PREFIX}:*", count=1000))
