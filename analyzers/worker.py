@@ -357,16 +357,16 @@ class Worker:
                         rows: int, ts: int, app: str) -> None:
         findings: list[Finding] | None = None
         if self.injection_on and ev.get("proto") == "simple":
-            # statements of one multi-statement Query: the next starts when the previous completed
+            # a later statement of one multi-statement Query (the proxy's `part` says i/n)
             sid = ev.get("sid", "")
             prev = self.last_simple.get(sid)
-            if prev is not None and prev[0] == ts and prev[1] == ev.get("txid"):
+            if prev is not None and ev.get("part", "1/").partition("/")[0] not in ("1", ""):
                 finding = self.security.stacked(prev[2], norm, shape)
                 if finding:
                     findings = [finding]
             if len(self.last_simple) > 20000:
                 self.last_simple.clear()
-            self.last_simple[sid] = (ts + int(ev.get("dur_us") or 0), ev.get("txid"), norm.text)
+            self.last_simple[sid] = (ts, ev.get("txid"), norm.text)
             low = sql.lower()
             # cheap substring tests decide whether the (slower) signature regexes run at all
             if norm.stacked or " or " in low or "union" in low or "--" in sql or "pg_sleep" in low \

@@ -12,7 +12,7 @@ Two kinds of entry:
 
 ``kind=stmt`` — one executed statement.
     Always present: v, kind, ts, dur_us, sid, client, user, db, proto, sql, txid, txn.
-    Present when known or applicable: pid, app, stmt, params, ptypes, tag, rows, err, errmsg.
+    Present when known or applicable: pid, app, stmt, part, params, ptypes, tag, rows, err, errmsg.
 
 ``kind=txn_end`` — closes a transaction whose statements went out early with ``txn=open`` (the
 transaction held more statements than ``CaptureOptions.max_held``). Only then is it sent.
@@ -39,6 +39,8 @@ Field by field (``FIELDS`` below holds the same text for tools):
 * ``sql`` — the statement text, redacted (see ``CaptureOptions.redact``) and cut to ``max_sql_chars``.
   For a multi-statement Query, the text of this one statement (without its ``;``). Never empty:
   an Execute of a portal the proxy never saw bound reads ``/* statement unknown to the proxy */``.
+* ``part`` — ``i/n``: this statement is the i-th of n in one simple-protocol Query message
+  (``SELECT 1; DROP TABLE t`` gives ``1/2`` and ``2/2``); absent for a Query with one statement.
 * ``params`` — JSON array of the bound values, decoded by type OID from text or binary format:
   integers and floats as JSON numbers (NaN/Infinity as strings), numeric as an exact JSON string,
   booleans as true/false, NULL as null, text-like, date/time, interval, uuid and json values as
@@ -103,6 +105,7 @@ FIELDS: dict[str, str] = {
     "proto": "simple | extended",
     "stmt": "prepared statement name (extended protocol, named statements)",
     "sql": "statement text, redacted",
+    "part": "i/n: place among the statements of one multi-statement simple Query",
     "params": "JSON array of decoded bound values",
     "ptypes": "JSON array of parameter type OIDs",
     "tag": "command tag without counts",

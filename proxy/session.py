@@ -518,9 +518,10 @@ class Session:
                 stmts = e[3] = sqltext.split(e[2])
             # more answers than statements found: keep the whole text rather than guess
             sql = stmts[i] if i < len(stmts) else e[2]
+            part = f"{i + 1}/{len(stmts)}" if len(stmts) > 1 else ""
         else:
-            sql = ""
-        self._finish(start, now_us, "simple", sql, None, None, tag, rows, err, e[5])
+            sql = part = ""
+        self._finish(start, now_us, "simple", sql, None, None, tag, rows, err, e[5], part)
 
     def _exec_done(self, e: list[Any], body: bytes | None, err: tuple[str, str] | None,
                    now_us: int) -> None:
@@ -567,7 +568,7 @@ class Session:
 
     def _finish(self, start: int, end: int, proto: str, sql: str, st: list[Any] | None,
                 portal: list[Any] | None, tag: str | None, rows: str | None,
-                err: tuple[str, str] | None, seq: int) -> None:
+                err: tuple[str, str] | None, seq: int, part: str = "") -> None:
         """A statement ended: its event joins its transaction; control statements act on state."""
         if not self._in_txn:
             self._begin()
@@ -591,6 +592,8 @@ class Session:
             else:
                 text, hidden = self._redact(sql)
             ev["sql"] = text
+            if part:
+                ev["part"] = part
             if portal is not None and self._want_params:
                 values = _params.bind_params(portal[_P_BODY], portal[_P_LEN], portal[_P_POS],
                                              st[_ST_OIDS] if st is not None else (), self._max_param,

@@ -54,7 +54,7 @@ class Events:
     def stmt(self, sql: str, params: list[Any] | None = None, *, proto: str | None = None, tag: str = "",
              rows: int | None = None, txn: str = "autocommit", sid: str = "s1", txid: int = 1,
              app: str = "shop", db: str = "shop", user: str = "app", err: str = "", dur_us: int = 150,
-             ts: int | None = None) -> None:
+             ts: int | None = None, part: str = "") -> None:
         if proto is None:
             proto = "extended" if params is not None else "simple"
         if ts is None:
@@ -67,6 +67,8 @@ class Events:
             f["params"] = json.dumps(params)
         if tag:
             f["tag"] = tag
+        if part:
+            f["part"] = part
         if rows is not None:
             f["rows"] = str(rows)
         if err:

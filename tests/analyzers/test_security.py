@@ -79,15 +79,18 @@ def test_rule_is_silent_on_the_benign_twin(r: redis.Redis, prefix: str, events: 
 
 
 def test_stacked_statements_split_by_the_proxy(r: redis.Redis, prefix: str, events: Events) -> None:
-    """`…WHERE id = 1; DROP TABLE users` arrives as two events; the second starts when the first ended."""
+    """`…WHERE id = 1; DROP TABLE users` arrives as two events, marked parts 1/2 and 2/2 of one Query."""
     t = events.ts
-    events.stmt("SELECT * FROM users WHERE id = 1", tag="SELECT", rows=1, ts=t, dur_us=300, txid=7)
-    events.stmt("DROP TABLE users", tag="DROP TABLE", ts=t + 300, dur_us=900, txid=7, app="migrations")
-    # benign twins: a separate Query (later start), and a multi-statement Query of two reads
+    events.stmt("SELECT * FROM users WHERE id = 1", tag="SELECT", rows=1, ts=t, dur_us=300, txid=7, part="1/2")
+    events.stmt("DROP TABLE users", tag="DROP TABLE", ts=t + 300, dur_us=900, txid=7, app="migrations",
+                part="2/2")
+    # benign twins: separate Queries (no part), and a multi-statement Query of two reads
     events.stmt("SELECT * FROM users WHERE id = 1", tag="SELECT", rows=1, ts=t + 5000, dur_us=300, txid=8)
-    events.stmt("DROP TABLE users", tag="DROP TABLE", ts=t + 9000, dur_us=900, txid=9, app="migrations")
-    events.stmt("SELECT * FROM users WHERE id = 1", tag="SELECT", rows=1, ts=t + 20000, dur_us=300, txid=10)
-    events.stmt("SELECT count(*) FROM users", tag="SELECT", rows=1, ts=t + 20300, dur_us=300, txid=10)
+    events.stmt("DROP TABLE users", tag="DROP TABLE", ts=t + 5300, dur_us=900, txid=9, app="migrations")
+    events.stmt("SELECT * FROM users WHERE id = 1", tag="SELECT", rows=1, ts=t + 20000, dur_us=300, txid=10,
+                part="1/2")
+    events.stmt("SELECT count(*) FROM users", tag="SELECT", rows=1, ts=t + 20300, dur_us=300, txid=10,
+                part="2/2")
     drain(make_worker(prefix, rules_file(security=SECURITY)))
     found = [(a["rule"], a["evidence"]) for a in alerts(r, prefix)]
     assert found == [("sqli_stacked", "SELECT * FROM users WHERE id = $1; DROP TABLE users")]

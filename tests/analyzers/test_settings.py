@@ -32,7 +32,7 @@ def test_bad_values_name_the_setting(flags: dict, needle: str) -> None:
 def test_shipped_rules_are_valid_and_documented() -> None:
     rules = load(SHIPPED_RULES)
     names = {r.name for r in rules.rules}
-    assert {"sales_amount", "items_sold", "stock_moves", "gl_postings"} <= names
+    assert {"sales_amount", "items_sold", "stock_moves", "gl_debits", "gl_credits"} <= names
     assert next(r for r in rules.rules if r.name == "stock_moves").value_kind == "delta"
     text = Path(SHIPPED_RULES).read_text()
     assert text.count("#") > 40  # the file documents itself

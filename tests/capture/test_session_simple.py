@@ -179,3 +179,14 @@ def test_login_failure_makes_no_event() -> None:
     h.server(error("28P01", "password authentication failed", "FATAL"))
     h.session.close(h.now)
     assert h.events == []
+
+
+
+def test_multi_statement_query_marks_each_part() -> None:
+    """Analyzers tell `1; DROP TABLE t` from two separate Queries by this field, not by timing."""
+    h = Harness()
+    h.client(query("SELECT 1; DROP TABLE t"))
+    h.server(complete("SELECT 1"), complete("DROP TABLE"), ready("I"))
+    h.client(query("SELECT 2"))
+    h.server(complete("SELECT 1"), ready("I"))
+    assert [ev.get("part") for ev in h.take()] == ["1/2", "2/2", None]
