@@ -230,7 +230,10 @@ def reference_markdown() -> str:
         lines += [f"### `{command}`", "", "| key | environment | default | meaning |", "|---|---|---|---|"]
         for name, field in model.model_fields.items():
             default = field.default
-            shown = "" if default is None else f"`{default!r}`" if not isinstance(default, str) else f"`{default}`"
+            if default is None or default == "":
+                shown = "(none)"
+            else:
+                shown = f"`{default}`" if isinstance(default, str) else f"`{default!r}`"
             lines.append(f"| `{name}` | `{ENV_PREFIX}{name.upper()}` | {shown} | {field.description or ''} |")
         lines.append("")
     return "\n".join(lines)
