@@ -174,6 +174,7 @@ Press Ctrl-C to stop; everything the demo created is removed.
 def main(duration: float | None = None, shoppers: int = 4, rate: float = 5.0, embedded: bool = False) -> int:
     import uvloop
 
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # its start-up chatter buries the banner
     demo = Demo(duration, shoppers, rate, embedded)
     try:
         return uvloop.run(demo.run())
