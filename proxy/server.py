@@ -37,7 +37,10 @@ def _now_us() -> int:
 
 
 class SessionLog(logging.LoggerAdapter):
+    """Prefixes session lines with the session id (and hands it to the JSON formatter as a field)."""
+
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**kwargs.get("extra", {}), "sid": self.extra["sid"]}
         return f"[{self.extra['sid']}] {msg}", kwargs
 
 
