@@ -14,22 +14,13 @@ import threading
 from typing import Any
 
 from config.analyzer_settings import AnalyzerSettings
-from config.settings import ConfigError, load, split_hostport
+from config.settings import ConfigError, add_common_arguments, load, split_hostport
 
 from .rules import RulesError
 from .rules import load as load_rules
 
 log = logging.getLogger("fasterdata.analyze")
 COMMANDS = ("analyze", "top")
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="YAML settings file (flags win over FASTERDATA_* "
-                   "environment variables, which win over the file)")
-    p.add_argument("--redis", metavar="URL", help="Redis URL [redis://127.0.0.1:6379/0]")
-    p.add_argument("--prefix", help="key prefix for streams and keys [fasterdata]")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="[info]")
-    p.add_argument("--log-format", choices=["text", "json"], help="[text]")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -47,7 +38,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--claim-idle", type=float, metavar="SECONDS",
                    help="reclaim entries pending this long in another consumer [30]")
     p.add_argument("--block", type=float, metavar="SECONDS", help="how long one read waits [1]")
-    _common(p)
+    add_common_arguments(p)
     p.set_defaults(command="analyze")
 
     t = subparsers.add_parser(
@@ -55,7 +46,7 @@ def add_parser(subparsers: Any) -> None:
         description="A terminal view read from Redis (works over ssh). Ctrl-C quits.")
     t.add_argument("--once", action="store_true", help="print one frame and exit")
     t.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="refresh period [2]")
-    _common(t)
+    add_common_arguments(t)
     t.set_defaults(command="top")
 
 

@@ -7,6 +7,7 @@ with a message that names the key and says what was expected.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "FASTERDATA_"
 
@@ -85,6 +86,14 @@ class ProxySettings(Common):
         (1 << 30) - 1, ge=1024, description="Largest protocol message accepted from a client (bytes)"
     )
     capture: bool = Field(True, description="Tap statements into the Redis stream")
+    capture_mode: Literal["inline", "process"] = Field(
+        "inline", description="'inline': capture runs in the forwarding process; 'process': in a helper process "
+        "per proxy worker, fed through a socketpair, so capture CPU never delays traffic")
+    capture_nice: int = Field(10, ge=0, le=19, description="Niceness of the capture process (capture_mode=process): "
+                              "under CPU saturation traffic wins and capture lags, then catches up")
+    capture_buffer_max: int = Field(
+        64 << 20, ge=1 << 20, description="Bytes buffered for a lagging capture process before messages are dropped "
+        "(counted in fasterdata_capture_dropped_statements_total)")
     sample_rate: float = Field(1.0, ge=0, le=1, description="Fraction of transactions captured (whole transactions)")
     max_held: int = Field(1000, ge=0, description="Statements held per open transaction before they go out as 'open'")
     max_param_bytes: int = Field(1024, ge=16, description="Longest bound value kept; longer ones are cut with a marker")
@@ -103,6 +112,13 @@ class ProxySettings(Common):
     spool_max_bytes: int = Field(1 << 30, ge=1 << 20, description="Spool size at which new events are dropped")
     workers: int = Field(1, ge=1, le=64, description="Processes sharing the listen port (SO_REUSEPORT); "
                          "worker i serves metrics on the metrics port + i")
+    allow_clients: list[str] = Field(
+        default_factory=list, description="Client networks (CIDRs, IPv4/IPv6) allowed to connect; empty: everyone "
+        "(environment: comma-separated)")
+    metrics_user: str | None = Field(None, description="Basic-auth user for /metrics, /healthz, /readyz")
+    metrics_password: str | None = Field(None, description="Basic-auth password for metrics_user")
+    metrics_tls_cert: str | None = Field(None, description="Certificate to serve the metrics endpoint over HTTPS")
+    metrics_tls_key: str | None = Field(None, description="Private key for metrics_tls_cert")
 
     @field_validator("listen")
     @classmethod
@@ -120,10 +136,44 @@ class ProxySettings(Common):
     def _metrics(cls, value: str) -> str:
         return value and _hostport(value, "metrics")
 
+    @field_validator("allow_clients", mode="before")
+    @classmethod
+    def _allow_clients(cls, value: Any) -> Any:
+        """Accept 'a,b' (environment) as well as a list; each entry must parse as a network."""
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            for item in value:
+                try:
+                    ipaddress.ip_network(str(item), strict=False)
+                except ValueError:
+                    raise ValueError(f"allow_clients entries must be CIDRs like 10.0.0.0/8, not {item!r}") from None
+            return [str(ipaddress.ip_network(str(item), strict=False)) for item in value]
+        return value
+
+    @model_validator(mode="after")
+    def _pairs(self) -> ProxySettings:
+        """Half a credential or half a key pair is a mistake to report, not to ignore."""
+        if bool(self.metrics_user) != bool(self.metrics_password):
+            raise ValueError("metrics_user and metrics_password must be set together")
+        if bool(self.metrics_tls_cert) != bool(self.metrics_tls_key):
+            raise ValueError("metrics_tls_cert and metrics_tls_key must be set together")
+        return self
+
 
 COMMANDS: dict[str, type[Common]] = {"proxy": ProxySettings}
 # Sections a config file may have; the models of the other two register themselves on import.
 SECTIONS = ("proxy", "analyze", "gl")
+
+
+def add_common_arguments(parser: Any) -> None:
+    """Flags for the settings every command shares (argparse; values left None mean "not given")."""
+    parser.add_argument("--config", metavar="FILE", help="YAML settings file (flags win over FASTERDATA_* "
+                        "environment variables, which win over the file)")
+    parser.add_argument("--redis", metavar="URL", help="Redis URL [redis://127.0.0.1:6379/0]")
+    parser.add_argument("--prefix", help="key prefix for streams and keys [fasterdata]")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="[info]")
+    parser.add_argument("--log-format", choices=["text", "json"], help="[text]")
 
 
 def model_for(command: str) -> type[Common]:
@@ -153,7 +203,8 @@ def _describe(error: ValidationError, source: str) -> str:
             lines.append(f"{source}: unknown setting {key!r}")
         else:
             message = item["msg"].removeprefix("Value error, ")
-            lines.append(f"{source}: {key}: {message} (got {item.get('input')!r})")
+            got = f" (got {item.get('input')!r})" if item["loc"] else ""  # top level: the input holds secrets
+            lines.append(f"{source}: {key}: {message}{got}")
     return "\n".join(lines)
 
 
@@ -229,8 +280,8 @@ def reference_markdown() -> str:
         model = model_for(command)
         lines += [f"### `{command}`", "", "| key | environment | default | meaning |", "|---|---|---|---|"]
         for name, field in model.model_fields.items():
-            default = field.default
-            if default is None or default == "":
+            default = field.get_default(call_default_factory=True)
+            if default is None or default == [] or default == "":
                 shown = "(none)"
             else:
                 shown = f"`{default}`" if isinstance(default, str) else f"`{default!r}`"

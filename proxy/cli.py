@@ -7,23 +7,15 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import sys
 from typing import Any
 
-from config.settings import ConfigError, ProxySettings, load, split_hostport
+from config.settings import ConfigError, ProxySettings, add_common_arguments, load, split_hostport
 
 from . import logs
 
 log = logging.getLogger("fasterdata")
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="YAML settings file (flags win over FASTERDATA_* "
-                        "environment variables, which win over the file)")
-    parser.add_argument("--redis", metavar="URL", help="Redis URL [redis://127.0.0.1:6379/0]")
-    parser.add_argument("--prefix", help="key prefix for streams and keys [fasterdata]")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="[info]")
-    parser.add_argument("--log-format", choices=["text", "json"], help="[text]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,9 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest client message accepted [1073741823]")
     p.add_argument("--workers", type=int, metavar="N",
                    help="processes sharing the port via SO_REUSEPORT; worker i serves metrics on port+i [1]")
+    p.add_argument("--allow-client", dest="allow_clients", action="append", metavar="CIDR",
+                   help="client network allowed to connect (repeatable); none given: everyone")
+    p.add_argument("--metrics-user", metavar="USER", help="basic-auth user for the metrics endpoint")
+    p.add_argument("--metrics-password", metavar="PASSWORD", help="basic-auth password for --metrics-user")
+    p.add_argument("--metrics-tls-cert", metavar="FILE", help="serve the metrics endpoint over HTTPS")
+    p.add_argument("--metrics-tls-key", metavar="FILE", help="private key for --metrics-tls-cert")
     p.add_argument("--no-capture", dest="capture", action="store_const", const=False,
                    help="forward only; capture no statements")
-    _common(p)
+    p.add_argument("--capture-mode", choices=["inline", "process"],
+                   help="where capture runs: in the forwarding process, or in a helper process per worker [process]")
+    add_common_arguments(p)
 
     from analyzers import cli as analyzers_cli
 
@@ -196,11 +196,27 @@ async def _serve_proxy(settings: ProxySettings, index: int) -> int:
     from .httpd import MetricsServer
     from .server import ProxyServer
     from .sink import SinkCollector, SpoolLocked, StreamSink
-    from .stats import ProxyCollector
+    from .stats import ProxyCollector, ProxyStats
 
     registry = CollectorRegistry()
-    sink = capture = None
-    if settings.capture:
+    sink = capture = link = None
+    stats = ProxyStats()
+    ready: Any = lambda: None  # noqa: E731
+    if settings.capture and settings.capture_mode == "process":
+        from .captap import CaptureLink, CaptureView, LinkCollector, SinkView
+
+        link = CaptureLink(settings, index, spool_path(settings, index), stats)
+        try:
+            await link.start()
+        except (RuntimeError, OSError) as exc:
+            log.error("cannot start the capture process: %s", exc)
+            await link.close(timeout=2.0)
+            return 1
+        registry.register(SinkCollector(SinkView(link)))  # type: ignore[arg-type]
+        registry.register(CaptureCollector(CaptureView(link)))  # type: ignore[arg-type]
+        registry.register(LinkCollector(link))
+        ready = link.readiness
+    elif settings.capture:
         sink = StreamSink(settings.redis, settings.prefix, maxlen=settings.stream_maxlen,
                           max_queue=settings.queue_max, spool_path=spool_path(settings, index),
                           spool_max_bytes=settings.spool_max_bytes, shards=settings.stream_shards)
@@ -212,7 +228,10 @@ async def _serve_proxy(settings: ProxySettings, index: int) -> int:
         capture = Capture(sink.put)
         registry.register(SinkCollector(sink))
         registry.register(CaptureCollector(capture))
-    server = ProxyServer(settings, capture=capture)
+        ready = sink.readiness
+    server = ProxyServer(settings, stats, capture=capture)
+    if link is not None:
+        server.session_factory = link.session
     try:
         await server.start(reuse_port=settings.workers > 1)
     except OSError as exc:
@@ -221,7 +240,13 @@ async def _serve_proxy(settings: ProxySettings, index: int) -> int:
     registry.register(ProxyCollector(server.stats, lambda: len(server.clients)))
     metrics = None
     if settings.metrics:
-        metrics = MetricsServer(registry, sink.readiness if sink else lambda: None)
+        try:
+            metrics = MetricsServer(registry, ready,
+                                    user=settings.metrics_user, password=settings.metrics_password,
+                                    tls_cert=settings.metrics_tls_cert, tls_key=settings.metrics_tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("cannot load the metrics certificate %s: %s", settings.metrics_tls_cert, exc)
+            return 1
         try:
             host, port = split_hostport(settings.metrics)
             await metrics.start(host, port + index if port else 0)
@@ -232,11 +257,14 @@ async def _serve_proxy(settings: ProxySettings, index: int) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
     await stop.wait()
     log.info("signal received: stopping")
     await server.shutdown()
     if sink is not None:
         await sink.close(timeout=10.0)
+    if link is not None:
+        await link.close(timeout=15.0)
     if metrics is not None:
         await metrics.close()
     log.info("stopped")

@@ -8,6 +8,7 @@ never the session (hot-path rule 1 of the design).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import logging
 import os
@@ -64,6 +65,7 @@ class ClientProtocol(asyncio.Protocol):
         self._tls = False
         self.draining = False
         self.refused = False  # over max_client_conn: gets 53300 once its StartupMessage arrives
+        self.denied = False  # outside allow_clients: gets 28000 once its StartupMessage arrives
 
     # -- asyncio callbacks --------------------------------------------------------------------
 
@@ -72,6 +74,10 @@ class ClientProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
         stats = self.server.stats
+        if isinstance(peer, tuple) and not self.server.client_allowed(peer[0]):
+            stats.connections_denied += 1
+            self.log.warning("denied %s: not in allow_clients", self.peer)
+            self.denied = True  # told after its StartupMessage, for the same reason as a refusal below
         stats.connections_total += 1
         if len(self.server.clients) - self.server.refusing >= self.settings.max_client_conn:
             stats.connections_refused += 1
@@ -156,21 +162,27 @@ class ClientProtocol(asyncio.Protocol):
                 self.transport.write(b"N")  # type: ignore[union-attr]
             elif kind == wire.CANCEL_REQUEST:
                 self._cancel_login_timer()
-                self.server.forward_cancel(packet)
+                if not self.denied:
+                    self.server.forward_cancel(packet)
                 self.state = CLOSED
                 self.transport.close()  # type: ignore[union-attr]
                 return
             elif kind == wire.STARTUP:
                 self._cancel_login_timer()
+                if self.denied:
+                    host = self.peer.rpartition(":")[0]
+                    self.fail(f"fasterdata: connections from {host} are not allowed", "28000")
+                    return
                 if self.refused:
                     self.fail(f"too many connections: the fasterdata proxy allows "
                               f"{self.settings.max_client_conn}", "53300")
                     return
                 _version, params = wire.parse_startup(packet)
                 server = self.server
-                self.session = Session(self.sid, self.peer, params,
-                                       emit=server.capture.emit if server.capture else None,
-                                       options=server.capture_options)
+                factory = server.session_factory
+                self.session = factory(self.sid, self.peer, params) if factory is not None else Session(
+                    self.sid, self.peer, params, emit=server.capture.emit if server.capture else None,
+                    options=server.capture_options)
                 self.state = CONNECTING
                 self._early.append(bytes(self._startup_raw[consumed:]))
                 self._startup_raw = bytearray()
@@ -388,6 +400,8 @@ class ProxyServer:
         self.stats = stats or ProxyStats()
         self.capture = capture
         self.capture_options = capture_options(settings)
+        # capture_mode=process: proxy.captap.CaptureLink.session, a stand-in that ships messages away.
+        self.session_factory: Callable[[str, str, dict[str, str]], Any] | None = None
         self.clients: set[ClientProtocol] = set()
         self.refusing = 0  # of those, clients over max_client_conn waiting to be told so
         self.host, self.port = split_hostport(settings.listen)
@@ -399,6 +413,7 @@ class ProxyServer:
             if settings.tls_cert and settings.tls_key else None
         )
         self.upstream_tls = tls.upstream_context(settings.upstream_sslmode, settings.upstream_sslrootcert)
+        self.allow_clients = [ipaddress.ip_network(n, strict=False) for n in settings.allow_clients]
         self.sid_prefix = f"{os.getpid():x}-"
         self._server: asyncio.base_events.Server | None = None
         self._idle = asyncio.Event()
@@ -413,6 +428,35 @@ class ProxyServer:
         self.port = sockname[1]
         log.info("listening on %s:%d, upstream %s (sslmode=%s)", sockname[0], sockname[1],
                  self.settings.upstream, self.settings.upstream_sslmode)
+
+    def client_allowed(self, host: str) -> bool:
+        """allow_clients check; an IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d."""
+        if not self.allow_clients:
+            return True
+        try:
+            addr = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.allow_clients)
+
+    def reload_tls(self) -> None:
+        """SIGHUP: load tls_cert/tls_key again (rotated certificates) for new connections.
+
+        Sessions already encrypted keep theirs; a file that does not load leaves the old context in force.
+        """
+        cert, key = self.settings.tls_cert, self.settings.tls_key
+        if not (cert and key):
+            log.info("SIGHUP: no tls_cert/tls_key configured, nothing to reload")
+            return
+        try:
+            context = tls.server_context(cert, key)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log.error("SIGHUP: cannot load TLS certificate %s / key %s, keeping the previous one: %s", cert, key, exc)
+            return
+        self.tls_context = context
+        log.info("SIGHUP: TLS certificate %s reloaded", cert)
 
     def session_ended(self, client: ClientProtocol) -> None:
         if not self.clients:

@@ -221,6 +221,13 @@ class Session:
         """Transaction status of the last ReadyForQuery: 'I', 'T' or 'E'."""
         return chr(self._status)
 
+    def resume(self, backend_pid: int) -> None:
+        """Pick up a session past its login (a restarted capture process): nothing awaited, idle."""
+        self._queue.clear()
+        self.outstanding = 0
+        self.backend_pid = backend_pid
+        self._rebase()
+
     def _rebase(self) -> None:
         base = {"v": SCHEMA_VERSION, "kind": KIND_STMT, "sid": self.sid, "client": self.client,
                 "user": self.user, "db": self.database}

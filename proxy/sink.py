@@ -42,7 +42,7 @@ import zlib
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any
@@ -692,6 +692,7 @@ class _Lane:
         self._pseq = 0  # sequence number of the next event put while spooling
         self._head: _Batch | None = None  # the batch being sent, kept until Redis confirms it
         self._conn: RedisConnection | None = None
+        self._node: RedisTarget | None = None  # Redis Cluster: the node a MOVED reply pointed this stream to
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
@@ -903,15 +904,17 @@ class _Lane:
     async def _send_loop(self) -> None:
         sink = self.sink
         delay = sink.backoff_min
+        moves = 0  # MOVED redirections in a row (a cluster in flux must not make this spin)
         while True:
             if self._conn is None or self._conn.closed:
                 if self._conn is not None:
                     self._conn = None
                     await self._went_down("connection closed by redis")
                 try:
-                    conn = await RedisConnection.open(sink.target, sink.connect_timeout,
+                    conn = await RedisConnection.open(self._node or sink.target, sink.connect_timeout,
                                                       f"{sink.client_name}-{sink.instance}")
                 except (OSError, TimeoutError, RedisReplyError, ConnectionError, ssl.SSLError, EOFError) as exc:
+                    self._node = None  # a lost cluster node: ask the configured one again (it redirects)
                     await self._went_down(_describe(exc))
                     if self._closing:
                         return
@@ -952,6 +955,12 @@ class _Lane:
                     self._conn.close()
                     self._conn = None
                     continue
+                if str(reply).startswith("MOVED ") and moves < 5:  # Redis Cluster: go to the slot's owner
+                    moves += 1
+                    self._node = self._moved(str(reply))
+                    self._conn.close()
+                    self._conn = None
+                    continue
                 self._conn.close()
                 self._conn = None
                 await self._went_down(f"redis error: {reply}")
@@ -960,6 +969,7 @@ class _Lane:
                 await self._pause(delay)
                 delay = min(delay * 2, sink.backoff_max)
                 continue
+            moves = 0
             elapsed = time.perf_counter() - started
             self.latency_counts[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
             self.latency_sum += elapsed
@@ -971,6 +981,14 @@ class _Lane:
             if batch.spool is not None:
                 self.replayed += n
                 self.spool.consumed(batch.spool)  # type: ignore[union-attr]
+
+    def _moved(self, reply: str) -> RedisTarget:
+        """'MOVED <slot> <host>:<port>': the configured target's credentials and TLS, at that node."""
+        host, _, port = reply.split()[2].rpartition(":")
+        host = host.strip("[]") or self.sink.target.host
+        log.info("sink %s: redis cluster slot %s is served by %s:%s", self.stream, reply.split()[1], host, port)
+        display = f"{self.sink.target.display} -> {host}:{port}"
+        return replace(self.sink.target, host=host, port=int(port), path=None, display=display)
 
     def _next_batch(self) -> _Batch | None:
         """The next batch to send, encoded; a batch too big for one command is split."""

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 class ProxyStats:
     connections_total: int = 0
     connections_refused: int = 0
+    connections_denied: int = 0  # outside allow_clients
     bytes_in: int = 0  # client → server
     bytes_out: int = 0  # server → client
     protocol_errors: int = 0
@@ -37,6 +38,9 @@ class ProxyCollector(Collector):
                                   value=s.connections_total)
         yield CounterMetricFamily("fasterdata_proxy_connections_refused",
                                   "Client connections refused (max_client_conn)", value=s.connections_refused)
+        yield CounterMetricFamily("fasterdata_proxy_connections_denied",
+                                  "Client connections denied (address outside allow_clients)",
+                                  value=s.connections_denied)
         bytes_ = CounterMetricFamily("fasterdata_proxy_bytes", "Bytes forwarded", labels=["direction"])
         bytes_.add_metric(["client_to_server"], s.bytes_in)
         bytes_.add_metric(["server_to_client"], s.bytes_out)

@@ -20,24 +20,21 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 from config.gl_settings import GLSettings, load_gl
-from config.settings import ConfigError, split_hostport
+from config.settings import ConfigError, add_common_arguments, split_hostport
 
 log = logging.getLogger("fasterdata.glcache")
 
 _FLAGS = ("dsn", "redis", "prefix", "table", "date_column", "key_column", "ttl", "memory_bytes", "flight",
-          "metrics", "group", "consumer", "log_level")
+          "metrics", "group", "consumer", "log_level", "log_format")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    add_common_arguments(p)
     p.add_argument("--dsn", help="PostgreSQL DSN or URI [host=127.0.0.1 port=5432 dbname=postgres]")
-    p.add_argument("--redis", metavar="URL", help="Redis URL [redis://127.0.0.1:6379/0]")
-    p.add_argument("--prefix", help="key prefix [fasterdata]")
     p.add_argument("--table", help="ledger table [gl_entries]")
     p.add_argument("--date-column", dest="date_column", metavar="COLUMN", help="day column [trx_date]")
     p.add_argument("--key-column", dest="key_column", metavar="COLUMN", help="unique row key [id]")
     p.add_argument("--ttl", type=float, metavar="SECONDS", help="Redis TTL of a cached day [129600]")
-    p.add_argument("--config", metavar="FILE", help="YAML settings file (its `gl:` section)")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="[info]")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -100,8 +97,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"fasterdata gl: configuration error:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from proxy import logs
+
+    logs.setup(settings.log_level, settings.log_format)
     from .cache import GLCache
 
     with GLCache(settings) as cache:

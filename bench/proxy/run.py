@@ -2,7 +2,8 @@
 """What does the fasterdata proxy cost? pgbench through four paths, measured in turns in one run.
 
 Paths: direct to PostgreSQL, through PgBouncer (the C reference every operator knows), and through the
-fasterdata proxy with capture on and with --no-capture. This machine is shared and noisy, so the paths
+fasterdata proxy with capture on (inline, and --capture-mode process: capture in a helper process) and
+with --no-capture. This machine is shared and noisy, so the paths
 are never measured in separate sessions: each repeat runs every path once, in a rotated order, and
 the report gives medians and ratios of neighbouring runs rather than absolute numbers alone.
 
@@ -97,6 +98,7 @@ class Run:
     avg_ms: float = 0.0
     p99_ms: float = 0.0
     cpu_s: float | None = None
+    cpu_helper_s: float | None = None  # of cpu_s, the proxy's helper processes (the capture process)
     wall_s: float = 0.0
     hwm_kb: int | None = None
     expected: int = 0
@@ -142,6 +144,16 @@ def cpu_seconds(pid: int) -> float:
         ticks += int(fields[11]) + int(fields[12])
         if i == 0:
             ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLK_TCK
+
+
+def helper_cpu_seconds(pid: int) -> float:
+    """utime+stime of the process's live descendants (with --capture-mode process: the capture process)."""
+    ticks = 0
+    for p in proc_tree(pid)[1:]:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])
     return ticks / CLK_TCK
 
 
@@ -249,7 +261,7 @@ verbose = 0
 
 
 def start_proxy(name: str, workdir: Path, upstream_port: int, prefix: str, capture: bool,
-                workers: int = 1) -> Target:
+                workers: int = 1, extra: Sequence[str] = ()) -> Target:
     """A fasterdata proxy as operators run it, minus the metrics port (not on the hot path)."""
     port = free_port()
     exe = Path(sys.executable).parent / "fasterdata"
@@ -259,6 +271,7 @@ def start_proxy(name: str, workdir: Path, upstream_port: int, prefix: str, captu
            "--shutdown-grace", "2"]
     if not capture:
         cmd.append("--no-capture")
+    cmd += extra
     if workers != 1:  # forked SO_REUSEPORT workers: /proc readings cover the whole process tree
         cmd += ["--workers", str(workers)]
     log = workdir / f"{name}.log"
@@ -385,6 +398,7 @@ def measure(target: Target, wl: Workload, args: argparse.Namespace, logdir: Path
     if pid is not None:
         reset_peak(pid)
         cpu0 = cpu_seconds(pid)
+        helper0 = helper_cpu_seconds(pid)
     base = stream_added(r, target.stream_key)[0] if target.stream_key else 0
     log_prefix = logdir / tag
     proc, wall = pgbench(target.port, wl, args, args.duration, log_prefix)
@@ -401,6 +415,7 @@ def measure(target: Target, wl: Workload, args: argparse.Namespace, logdir: Path
         run.captured = now - base
     if pid is not None:
         run.cpu_s = cpu_seconds(pid) - cpu0
+        run.cpu_helper_s = helper_cpu_seconds(pid) - helper0
         run.hwm_kb = status_kb(pid, "VmHWM")
     lat, _bad = latencies(log_prefix)
     if lat:
@@ -474,25 +489,26 @@ def med(xs: Sequence[float]) -> float | None:
 
 def workload_table(wl: Workload, names: Sequence[str], cells: dict[str, Cell], repeats: int) -> str:
     head = ("| path | TPS (median) | TPS min–max | vs direct | vs PgBouncer | avg latency ms | p99 latency ms "
-            "| proxy CPU µs/stmt | proxy CPU % | peak RSS MiB | capture |")
+            "| proxy CPU µs/stmt | of which capture process | proxy CPU % | peak RSS MiB | capture |")
     rows = [f"### {wl.name}: {wl.label}, {wl.statements_per_txn} statement(s)/transaction", "", head,
-            "|" + "---|" * 11]
+            "|" + "---|" * 12]
     for name in names:
         cell = cells[name]
         ok = [r for r in cell.runs if r.ok]
         label = name if len(ok) == repeats else f"{name} ({len(ok)}/{repeats} ok)"
         if not ok:
-            rows.append(f"| {label} |" + " FAILED |" * 10)
+            rows.append(f"| {label} |" + " FAILED |" * 11)
             continue
         tps = [r.tps for r in ok]
         cpu = [r.cpu_s * 1e6 / r.expected for r in ok if r.cpu_s is not None and r.expected]
+        helper = [r.cpu_helper_s * 1e6 / r.expected for r in ok if r.cpu_helper_s and r.expected]
         util = [100 * r.cpu_s / r.wall_s for r in ok if r.cpu_s is not None and r.wall_s]
         hwm = [r.hwm_kb for r in ok if r.hwm_kb is not None]
         rows.append(
             f"| {label} | {statistics.median(tps):,.0f} | {min(tps):,.0f}–{max(tps):,.0f} "
             f"| {fmt(med(cell.vs_direct), '.3f')} | {fmt(med(cell.vs_pgbouncer), '.3f')} "
             f"| {statistics.median([r.avg_ms for r in ok]):.3f} | {statistics.median([r.p99_ms for r in ok]):.3f} "
-            f"| {fmt(med(cpu), '.1f')} | {fmt(med(util), '.0f')} "
+            f"| {fmt(med(cpu), '.1f')} | {fmt(med(helper), '.1f')} | {fmt(med(util), '.0f')} "
             f"| {fmt(max(hwm) / 1024 if hwm else None, '.1f')} | {capture_cell(ok)} |")
     return "\n".join(rows)
 
@@ -563,7 +579,8 @@ def header(args: argparse.Namespace, info: dict[str, str], started: dt.datetime,
         f"- database {args.dbname}: {db_note}; pgbench -n, with VACUUM/TRUNCATE done directly before each run",
         "- ratios are medians of per-repeat ratios (each path against the direct/PgBouncer run of the same "
         "repeat); latencies are medians over repeats of each run's mean and p99 from pgbench -l",
-        "- proxy CPU = utime+stime of the proxy (or PgBouncer) process ÷ statements executed; "
+        "- proxy CPU = utime+stime of the proxy (or PgBouncer) process and its helper processes ÷ statements "
+        "executed, measured until the stream caught up (\"of which capture process\": the helper's share); "
         "CPU % = of one core over the run; peak RSS = VmHWM"
         + (" reset before each run (max over the workload's runs)" if peaks_reset else " (lifetime peak)"),
         "- capture = stream entries added (XINFO entries-added delta of the capture-on proxy's stream) ÷ "
@@ -633,12 +650,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         pgb = start_pgbouncer(workdir, args.dbname, args.user)
         targets.append(pgb)
         on = start_proxy("fasterdata capture on", workdir, 5432, prefix, capture=True,
-                         workers=args.proxy_workers)
+                         workers=args.proxy_workers, extra=("--capture-mode", "inline"))
         targets.append(on)
+        proc_on = start_proxy("fasterdata capture process", workdir, 5432, prefix + "-proc", capture=True,
+                              workers=args.proxy_workers, extra=("--capture-mode", "process"))
+        targets.append(proc_on)
         off = start_proxy("fasterdata capture off", workdir, 5432, prefix + "-off", capture=False,
                           workers=args.proxy_workers)
         targets.append(off)
-        paths = [Target("direct", 5432), pgb, on, off]
+        paths = [Target("direct", 5432), pgb, on, proc_on, off]
         names = [t.name for t in paths]
         peaks_reset = all(reset_peak(t.pid) for t in paths if t.pid is not None)
         print("paths: " + ", ".join(f"{t.name} :{t.port}" for t in paths) + f"; stream {on.stream_key}",
@@ -676,13 +696,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The shared PostgreSQL allows ~100 connections, fewer than the proxy would open for 200
             # clients (one upstream each). So fresh proxies chain to PgBouncer, which holds idle
             # session-mode clients without server connections; the proxy's own memory is the same.
-            idle_on = start_proxy("fasterdata capture on (idle)", workdir, pgb.port, idle_prefix, capture=True)
+            idle_on = start_proxy("fasterdata capture on (idle)", workdir, pgb.port, idle_prefix, capture=True,
+                                  extra=("--capture-mode", "inline"))
             targets.append(idle_on)
+            idle_proc = start_proxy("fasterdata capture process (idle)", workdir, pgb.port, idle_prefix + "-proc",
+                                    capture=True, extra=("--capture-mode", "process"))
+            targets.append(idle_proc)
             idle_off = start_proxy("fasterdata capture off (idle)", workdir, pgb.port, idle_prefix + "-off",
                                    capture=False)
             targets.append(idle_off)
             note = f"fresh process; its {args.idle} upstream connections (one per client) go to PgBouncer"
-            for t in (pgb, idle_on, idle_off):
+            for t in (pgb, idle_on, idle_proc, idle_off):
                 idle_rows.append(idle_connections(t, args, "" if t is pgb else note))
             tables.append(idle_table(idle_rows, args.idle))
             print(tables[-1] + "\n", flush=True)
@@ -690,7 +714,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for t in reversed(targets):
             stop(t)
         with contextlib.suppress(redis.RedisError):
-            delete_keys(r, [prefix, prefix + "-off", idle_prefix, idle_prefix + "-off"])
+            delete_keys(r, [prefix, prefix + "-off", prefix + "-proc", idle_prefix, idle_prefix + "-off",
+                            idle_prefix + "-proc"])
         shutil.rmtree(workdir, ignore_errors=True)
 
     load_after = " ".join(Path("/proc/loadavg").read_text().split()[:3])

@@ -1,0 +1,115 @@
+"""Who may talk to the proxy: the client allow-list, the guarded metrics endpoint, and certificate
+rotation on SIGHUP. Loopback only: an allow-list that excludes 127.0.0.1 stands in for a foreign client.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import signal
+import ssl
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from proxy import wire
+from tests.proxy.pxkit import RawClient, StartProxy, errors
+from tests.sink.kit import make_certs
+
+from .kit import der, http, metric, proxy_peer_cert, self_signed, wait_until
+
+
+def test_allow_list_admits_listed_networks(start_proxy: StartProxy) -> None:
+    """127.0.0.1/32 on the list: loopback clients work as without one."""
+    proxy = start_proxy("--no-capture", "--allow-client", "127.0.0.1/32", "--allow-client", "::1/128")
+    with psycopg.connect(proxy.dsn(), autocommit=True, connect_timeout=10) as conn:
+        assert conn.execute("select 'in'").fetchone() == ("in",)
+    assert metric(proxy.metrics_port, "fasterdata_proxy_connections_denied_total") == 0
+
+
+def test_allow_list_denies_others_after_startup(start_proxy: StartProxy) -> None:
+    """Outside the list: 28000 with the address, told after the StartupMessage (so libpq shows it), counted."""
+    proxy = start_proxy("--no-capture", "--allow-client", "10.0.0.0/8")
+    before = metric(proxy.metrics_port, "fasterdata_proxy_connections_denied_total")  # start-up's port probe
+    with pytest.raises(psycopg.OperationalError, match=r"connections from 127\.0\.0\.1 are not allowed"):
+        psycopg.connect(proxy.dsn(), connect_timeout=10)
+    with RawClient(proxy.port) as raw:
+        raw.send(wire.ssl_request())
+        assert raw.recv_raw(1) == b"N"  # the SSLRequest is answered normally: the refusal comes later
+        raw.send(wire.startup_message({"user": "postgres", "database": "postgres"}))
+        [error] = errors(raw.rest())
+    assert error["C"] == "28000" and error["M"] == "fasterdata: connections from 127.0.0.1 are not allowed"
+    assert metric(proxy.metrics_port, "fasterdata_proxy_connections_denied_total") == before + 2
+
+
+def test_allow_list_from_environment(start_proxy: StartProxy) -> None:
+    """FASTERDATA_ALLOW_CLIENTS is comma-separated; loopback is not in this one."""
+    proxy = start_proxy("--no-capture", env={"FASTERDATA_ALLOW_CLIENTS": "10.0.0.0/8, 192.168.0.0/16"})
+    with pytest.raises(psycopg.OperationalError, match="not allowed"):
+        psycopg.connect(proxy.dsn(), connect_timeout=10)
+
+
+def test_metrics_basic_auth_and_tls(start_proxy: StartProxy, tmp_path: Path) -> None:
+    """With user/password and a certificate, every endpoint wants HTTPS and the right credentials."""
+    (tmp_path / "pki").mkdir()
+    certs = make_certs(tmp_path / "pki")
+    proxy = start_proxy("--no-capture", "--metrics-user", "scraper", "--metrics-password", "s3cret pw",
+                        "--metrics-tls-cert", certs["cert"], "--metrics-tls-key", certs["key"])
+    ctx = ssl.create_default_context(cafile=certs["ca"])
+    base = f"https://127.0.0.1:{proxy.metrics_port}"
+    good = "Basic " + base64.b64encode(b"scraper:s3cret pw").decode()
+    bad = "Basic " + base64.b64encode(b"scraper:wrong").decode()
+    for path in ("/metrics", "/healthz", "/readyz"):
+        status, headers, _ = http(base + path, ctx)
+        assert status == 401 and headers.get("WWW-Authenticate", "").startswith("Basic "), path
+        assert http(base + path, ctx, auth=bad)[0] == 401, path
+        status, _, body = http(base + path, ctx, auth=good)
+        assert status == 200, (path, body)
+    assert "fasterdata_proxy_connections_total" in http(base + "/metrics", ctx, auth=good)[2]
+    with pytest.raises(OSError):  # plain HTTP gets no answer from a TLS port (URLError or a reset)
+        http(f"http://127.0.0.1:{proxy.metrics_port}/healthz", auth=good)
+    assert "s3cret" not in proxy.log()
+
+
+def test_metrics_basic_auth_without_tls(start_proxy: StartProxy) -> None:
+    proxy = start_proxy("--no-capture", env={"FASTERDATA_METRICS_USER": "u", "FASTERDATA_METRICS_PASSWORD": "p"})
+    url = f"http://127.0.0.1:{proxy.metrics_port}/metrics"
+    assert http(url)[0] == 401
+    assert http(url, auth="Basic " + base64.b64encode(b"u:p").decode())[0] == 200
+
+
+def test_metrics_half_configured_is_a_config_error(tmp_path: Path) -> None:
+    """A user without a password is refused at start-up, not silently left open."""
+    from tests.conftest import ProxyProcess
+
+    with pytest.raises(RuntimeError, match="must be set together"):
+        ProxyProcess(tmp_path, "--no-capture", "--metrics-user", "u")
+
+
+def test_tls_certificate_reloaded_on_sighup(start_proxy: StartProxy, tmp_path: Path) -> None:
+    """SIGHUP re-reads tls_cert/tls_key: new sessions get the new certificate; a broken file keeps the old one."""
+    a_cert, a_key = self_signed(tmp_path / "a", "fasterdata-cert-a")
+    b_cert, b_key = self_signed(tmp_path / "b", "fasterdata-cert-b")
+    cert, key = tmp_path / "live.crt", tmp_path / "live.key"
+    shutil.copy(a_cert, cert)
+    shutil.copy(a_key, key)
+    proxy = start_proxy("--no-capture", "--tls-cert", str(cert), "--tls-key", str(key))
+    assert proxy_peer_cert(proxy.port) == der(a_cert)
+    held = psycopg.connect(proxy.dsn(sslmode="require"), autocommit=True, connect_timeout=10)
+    try:
+        shutil.copy(b_cert, cert)
+        shutil.copy(b_key, key)
+        proxy.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: proxy_peer_cert(proxy.port) == der(b_cert), "the new certificate to be served")
+        assert held.execute("select 'still here'").fetchone() == ("still here",)  # old session unharmed
+        with psycopg.connect(proxy.dsn(sslmode="require"), autocommit=True, connect_timeout=10) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+
+        cert.write_text("not a certificate\n")
+        proxy.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "keeping the previous one" in proxy.log(), "the reload error to be logged")
+        assert proxy.proc.poll() is None
+        assert proxy_peer_cert(proxy.port) == der(b_cert)
+    finally:
+        held.close()
