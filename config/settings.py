@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "FASTERDATA_"
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 
 class ConfigError(Exception):
@@ -281,6 +282,8 @@ def reference_markdown() -> str:
         lines += [f"### `{command}`", "", "| key | environment | default | meaning |", "|---|---|---|---|"]
         for name, field in model.model_fields.items():
             default = field.get_default(call_default_factory=True)
+            if isinstance(default, str) and default.startswith(_PACKAGE_DIR):
+                default = "config" + default[len(_PACKAGE_DIR):] + " (shipped)"  # not this checkout's path
             if default is None or default == [] or default == "":
                 shown = "(none)"
             else:
