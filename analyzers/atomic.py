@@ -52,9 +52,7 @@ run = function(a, i, stop)
       redis.call('EXPIRE', a[i+1], a[i+2]); i = i + 3
     elseif op == 'X' then
       local n = tonumber(a[i+3])
-      local args = {a[i+1], 'MAXLEN', '~', a[i+2], '*'}
-      for k = 1, n do args[#args + 1] = a[i + 3 + k] end
-      redis.call('XADD', unpack(args))
+      redis.call('XADD', a[i+1], 'MAXLEN', '~', a[i+2], '*', unpack(a, i + 4, i + 3 + n))
       i = i + 4 + n
     elseif op == 'IFNX' then
       local n = tonumber(a[i+3])
@@ -130,7 +128,7 @@ def _num(value: Any) -> str:
 class Writes:
     """Redis writes of one batch, in the op language of `LUA`; aggregated where order does not matter."""
 
-    __slots__ = ("distincts", "expires", "extremes", "incr", "nx", "ordered", "sadd", "zincr")
+    __slots__ = ("distincts", "expires", "extremes", "incr", "nested", "nx", "ordered", "sadd", "zincr")
 
     def __init__(self) -> None:
         self.incr: dict[tuple[str, str], int] = {}
@@ -141,6 +139,7 @@ class Writes:
         self.distincts: set[tuple[str, str, str, str]] = set()
         self.expires: dict[str, int] = {}
         self.ordered: list[Any] = []  # str args, or (header list, child Writes)
+        self.nested = False  # any child in `ordered`: without one, args() copies it in one step
 
     def hincr(self, key: str, field: str, n: int) -> None:
         k = (key, field)
@@ -187,6 +186,7 @@ class Writes:
     def _child(self, header: list[str]) -> Writes:
         child = Writes()
         self.ordered.append((header, child))
+        self.nested = True
         return child
 
     def parked(self, outcome_key: str, pending_key: str, ttl: int) -> Writes:
@@ -212,16 +212,19 @@ class Writes:
                     or self.expires or self.ordered)
 
     def args(self) -> list[str]:
-        out: list[str] = []
-        for item in self.ordered:
-            if isinstance(item, tuple):
-                header, child = item
-                sub = child.args()
-                out.extend(header)
-                out.append(str(len(sub)))
-                out.extend(sub)
-            else:
-                out.append(item)
+        if not self.nested:
+            out: list[str] = list(self.ordered)  # the common case (no parked txn, no alert): one C-level copy
+        else:
+            out = []
+            for item in self.ordered:
+                if isinstance(item, tuple):
+                    header, child = item
+                    sub = child.args()
+                    out.extend(header)
+                    out.append(str(len(sub)))
+                    out.extend(sub)
+                else:
+                    out.append(item)
         for (key, field), n in self.incr.items():
             if n:
                 out.extend(("H", key, field, str(n)))

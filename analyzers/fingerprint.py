@@ -294,17 +294,111 @@ def _fold_values(text: str, slots: list[Slot]) -> tuple[str, list[Slot], MultiRo
     return new_text, new_slots, MultiRow(before, width, rows)
 
 
+# Simple-protocol texts differ mostly in their literals. `_LITERALS` splits a text into its skeleton
+# and its literals (quoted strings and numbers, with exactly the token rules of `_TOKENS`); texts
+# with nothing else `_TOKENS` cares about (comments, quoted identifiers, $, backslashes, '') reuse
+# one template per skeleton instead of the full regex pass with its Python callback per token.
+_LITERALS = re.compile(r"(?=['\d.])(?:'([^']*)'|([\d.](?<![\w$.][\d.])NUM?(?![\w$.])))".replace("NUM", _NUM))
+_UNTEMPLATED = ("--", "/*", '"', "$", "\\", "''", MARK)  # MARK also joins the skeleton key
+_TAG_BASE = 1_000_000_000
+Spec = tuple  # ("s"|"n"|"-", literal index) or ("i", [Spec, …]) for a folded list
+
+
+class _Template:
+    """How one skeleton normalises: the shared text and fingerprint, and where each literal lands."""
+
+    __slots__ = ("fp", "kinds", "multirow", "slots", "stacked", "text")
+
+    def __init__(self, kinds: tuple[type, ...], norm: Normalized, slots: list[Spec],
+                 multirow: tuple[int, int, list[list[Spec]]] | None) -> None:
+        self.kinds = kinds  # per literal: str for a number, NoneType for a string (the split's number group)
+        self.text = norm.text
+        self.fp = norm.fp
+        self.stacked = norm.stacked
+        self.slots = slots
+        self.multirow = multirow
+
+    def build(self, strs: list[str | None], nums: list[str | None]) -> Normalized:
+        """This skeleton's result for one text's literals (as `_LITERALS.split` gives them)."""
+        slots = self._make(self.slots, strs, nums)
+        multirow = None
+        if self.multirow is not None:
+            start, width, rows = self.multirow
+            built = [self._make(row, strs, nums) for row in rows]
+            slots[start:start + width] = built[0]
+            multirow = MultiRow(start, width, built)
+        return Normalized(self.text, self.fp, slots, multirow, {}, self.stacked)
+
+    @classmethod
+    def _make(cls, specs: list[Spec], strs: list[str | None], nums: list[str | None]) -> list[Slot]:
+        out = []
+        for kind, arg in specs:
+            if kind == "s":
+                out.append(Slot(-1, strs[arg]))
+            elif kind == "n":
+                tok = nums[arg]
+                out.append(Slot(-1, int(tok) if tok.isdigit() else _number(tok)))
+            elif kind == "-":
+                out.append(Slot(-1, _number("-" + nums[arg])))
+            else:
+                out.append(Slot(items=cls._make(arg, strs, nums)))
+        return out
+
+
+def _template(texts: list[str], kinds: tuple[type, ...]) -> _Template | None:
+    """Normalise a probe text (each literal replaced by a unique tag) and map the tags back; None when
+    a literal's value does not land as itself or its negation (NULL keywords, B'…' strings, …)."""
+    if any(t.strip() == "-" for t in texts[1:-1]):
+        return None  # "5 - 3" vs "5. -3": the sign rule looks at the previous literal's last character
+    buf = [texts[0]]
+    for i, kind in enumerate(kinds):
+        buf.append(str(_TAG_BASE + i) if kind is str else f"'\x03{i}'")
+        buf.append(texts[i + 1])
+    probe = normalize("".join(buf))
+    if probe.comment:
+        return None
+
+    def spec(slot: Slot) -> Spec | None:
+        if slot.items is not None:
+            items = [spec(s) for s in slot.items]
+            return None if None in items else ("i", items)
+        v = slot.value
+        if slot.param >= 0:
+            return None
+        if type(v) is str and v[:1] == "\x03" and v[1:].isdigit() and int(v[1:]) < len(kinds) \
+                and kinds[int(v[1:])] is not str:
+            return ("s", int(v[1:]))
+        if type(v) is int and 0 <= abs(v) - _TAG_BASE < len(kinds) and kinds[abs(v) - _TAG_BASE] is str:
+            return ("n" if v > 0 else "-", abs(v) - _TAG_BASE)
+        return None
+
+    slots = [spec(s) for s in probe.slots]
+    if None in slots:
+        return None
+    multirow = None
+    if probe.multirow is not None:
+        mr = probe.multirow
+        rows = [[spec(s) for s in row] for row in mr.rows]
+        if any(None in row for row in rows):
+            return None
+        multirow = (mr.start, mr.width, rows)
+    return _Template(kinds, probe, slots, multirow)
+
+
 class Normalizer:
     """`normalize` with a bounded cache keyed by the exact SQL text.
 
     Extended-protocol texts repeat verbatim, so they cost one dict lookup; simple-protocol texts
-    with literals are mostly unique and pay the regex pass. The cache is cleared when full rather
-    than kept in LRU order: cheaper per hit, and the hot texts return within a few batches.
+    with literals are mostly unique: they go through a per-skeleton template (see `_LITERALS`), and
+    only texts no template covers pay the full regex pass. Caches are cleared when full rather than
+    kept in LRU order: cheaper per hit, and the hot texts return within a few batches.
     """
 
-    def __init__(self, size: int = 20000) -> None:
+    def __init__(self, size: int = 20000, templates: int = 5000) -> None:
         self.size = size
         self.cache: dict[str, Normalized] = {}
+        self.templates: dict[str, _Template | None] = {}
+        self.template_size = templates
         self.misses = 0
 
     def __call__(self, sql: str) -> Normalized:
@@ -312,8 +406,33 @@ class Normalizer:
         if hit is not None:
             return hit
         self.misses += 1
-        norm = normalize(sql)
+        norm = self._templated(sql) or normalize(sql)
         if len(self.cache) >= self.size:
             self.cache.clear()
         self.cache[sql] = norm
         return norm
+
+    def _templated(self, sql: str) -> Normalized | None:
+        for bad in _UNTEMPLATED:
+            if bad in sql:
+                return None
+        parts = _LITERALS.split(sql)
+        if len(parts) == 1:
+            return None
+        texts = parts[0::3]
+        strs = parts[1::3]
+        nums = parts[2::3]
+        key = "\x01".join(texts)
+        kinds = tuple(map(type, nums))
+        tpl = self.templates.get(key, False)
+        if tpl is not False:
+            if tpl is None or tpl.kinds != kinds:
+                return None
+            return tpl.build(strs, nums)
+        tpl = _template(texts, kinds)
+        if tpl is not None and tpl.build(strs, nums) != normalize(sql):
+            tpl = None  # belt and braces: the template must reproduce the full pass on its first text
+        if len(self.templates) >= self.template_size:
+            self.templates.clear()
+        self.templates[key] = tpl
+        return None

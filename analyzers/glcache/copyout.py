@@ -1,12 +1,12 @@
-"""Read a `COPY … TO STDOUT (FORMAT csv)` straight off the socket in large blocks.
+"""Read a `COPY … TO STDOUT` (text or CSV format) straight off the socket in large blocks.
 
 libpq hands COPY data back one row per call, so any driver loop costs a Python object per row. Instead we
 send the query through libpq (which did the connecting, authentication and settings) and then read the
 raw protocol bytes ourselves: blocks of megabytes, in which the 5-byte CopyData headers are found with
 numpy (vectorised, verified as an unbroken chain) and overwritten in place with ``xxxxx``. The query puts
 an empty first column in front of every row, so each header becomes a harmless first field and the block
-is plain CSV that pyarrow parses without another copy. TLS or GSS-encrypted connections cannot be read
-raw; there the slower libpq path is used, which yields the same blocks.
+is plain delimited text that pyarrow's CSV reader parses without another copy. TLS or GSS-encrypted
+connections cannot be read raw; there the slower libpq path is used, which yields the same blocks.
 
 The connection is consumed: after the COPY it is closed.
 """
@@ -41,7 +41,7 @@ class CopyError(Exception):
 
 @dataclass
 class Block:
-    """Complete CSV rows: ``data`` parses as CSV; ``rows`` rows; ``newlines`` true if a value holds one."""
+    """Complete COPY rows: ``data`` is delimited text; ``rows`` rows; ``newlines`` true if a value holds one."""
 
     data: memoryview | bytes
     rows: int
@@ -151,7 +151,7 @@ class _Raw:
             body = buf[pos + 5:pos + 1 + length].tobytes()
             pos += 1 + length
             if kind == b"H" and body[:1] != b"\x00":
-                self.error = CopyError("0A000", "COPY answered in binary format; CSV was asked for")
+                self.error = CopyError("0A000", "COPY answered in binary format; text was asked for")
             elif kind == b"E":
                 self.error = _error(body)
             elif kind == b"Z":
@@ -206,7 +206,7 @@ def _libpq_blocks(conn: psycopg.Connection, query: bytes, block_bytes: int) -> I
 
 def copy_csv_blocks(conn: psycopg.Connection, query: bytes, block_bytes: int = 4 << 20,
                     keep_open: bool = False) -> Iterator[Block]:
-    """Run ``query`` (a COPY … TO STDOUT (FORMAT csv) whose first column is empty) and yield CSV blocks.
+    """Run ``query`` (a text or CSV COPY … TO STDOUT whose first column is empty) and yield row blocks.
 
     The connection must be idle and in autocommit. Read raw (fast) it is closed when the iterator ends;
     with ``keep_open`` (small re-reads on a long-lived connection) libpq reads it and it stays usable.

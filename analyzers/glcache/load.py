@@ -1,7 +1,9 @@
 """One day (or any row set) of the ledger from PostgreSQL into an Arrow table, streaming, exact.
 
-COPY's CSV blocks (see copyout) are parsed by pyarrow on worker threads with an explicit schema while the
-next blocks are still arriving, so no Python object is made per row and the parse hides behind the server.
+COPY's text-format blocks (see copyout) are parsed by pyarrow's CSV reader (tab-delimited, no quoting, ``\\N``
+is NULL) on worker threads with an explicit schema while the next blocks are still arriving, so no Python
+object is made per row and the parse hides behind the server. The rare values holding a backslash escape are
+unescaped afterwards, one value at a time.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -48,6 +52,13 @@ class DictPolicy:
         return text and self.mode in ("auto", "all")
 
 
+def utf8_guaranteed(conn: psycopg.Connection) -> bool:
+    """True if COPY's text is valid UTF-8 by the server's own checks: client encoding UTF8 and a server
+    encoding that validates input (SQL_ASCII stores any bytes and converts nothing)."""
+    status = conn.pgconn.parameter_status
+    return status(b"client_encoding") == b"UTF8" and status(b"server_encoding") not in (None, b"SQL_ASCII")
+
+
 def connect(dsn: str) -> psycopg.Connection:
     """A connection set up so COPY's text is what the parser expects (ISO dates, UTC, full floats)."""
     conn = psycopg.connect(dsn, autocommit=True)
@@ -55,26 +66,120 @@ def connect(dsn: str) -> psycopg.Connection:
     return conn
 
 
-def _options(info: TableInfo, policy: DictPolicy, newlines: bool, omit: tuple[str, ...]) -> tuple:
+def _options(info: TableInfo, policy: DictPolicy, newlines: bool, omit: tuple[str, ...],
+             utf8_valid: bool = False) -> tuple:
     names = [n for n in info.names if n not in omit]
     types = {}
     for c in info.columns:
         if c.name not in omit:
             types[c.name] = DICT if c.parse == STRING and policy.parse_type(c.name, c.text) else c.parse
     read = pacsv.ReadOptions(column_names=["_pad", *names], use_threads=False, block_size=1 << 30)
-    parse = pacsv.ParseOptions(newlines_in_values=newlines)
+    # COPY text format: raw newlines and tabs in values are always escaped, so no quoting and one row a line.
+    parse = pacsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False, newlines_in_values=False)
     convert = pacsv.ConvertOptions(
-        column_types=types, include_columns=names, null_values=[""], strings_can_be_null=True,
-        quoted_strings_can_be_null=False, true_values=["t"], false_values=["f"],
+        column_types=types, include_columns=names, null_values=["\\N"], strings_can_be_null=True,
+        true_values=["t"], false_values=["f"], check_utf8=not utf8_valid,
     )
     return read, parse, convert
 
 
-def parse_block(block: Block, info: TableInfo, policy: DictPolicy, omit: tuple[str, ...] = ()) -> pa.Table:
-    """One CSV block → Arrow, with the parse types (before finishing touches)."""
-    read, parse, convert = _options(info, policy, block.newlines, omit)
-    return pacsv.read_csv(pa.py_buffer(block.data), read_options=read, parse_options=parse,
-                          convert_options=convert)
+_BACKSLASH, _TAB, _N = ord("\\"), ord("\t"), ord("N")
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+
+
+def _unescape_text(value: str) -> str:
+    """COPY text escapes (``\\\\``, ``\\n``, ``\\t``, …) back to the characters they stand for."""
+    return _ESCAPE.sub(lambda m: _ESCAPES.get(m.group(1), m.group(1)), value)
+
+
+def _unescape_array(values: pa.Array) -> pa.Array:
+    """Unescape only the values holding a backslash (rare), in Python; the rest stays as parsed."""
+    mask = pc.fill_null(pc.match_substring(values, "\\"), False)
+    if not pc.any(mask).as_py():
+        return values
+    fixed = [_unescape_text(v) for v in pc.filter(values, mask).to_pylist()]
+    return pc.replace_with_mask(values, mask, pa.array(fixed, values.type))
+
+
+def _unescape(table: pa.Table) -> pa.Table:
+    """Undo COPY text escaping in string columns (dictionaries: in the dictionary, which stays distinct)."""
+    for i, field in enumerate(table.schema):
+        col = table.column(i)
+        if pa.types.is_dictionary(field.type) and pa.types.is_string(field.type.value_type):
+            chunks = [pa.DictionaryArray.from_arrays(c.indices, _unescape_array(c.dictionary))
+                      for c in col.chunks]
+        elif pa.types.is_string(field.type):
+            chunks = [_unescape_array(c) for c in col.chunks]
+        else:
+            continue
+        table = table.set_column(i, field, pa.chunked_array(chunks, field.type))
+    return table
+
+
+def parse_block(block: Block, info: TableInfo, policy: DictPolicy, omit: tuple[str, ...] = (),
+                utf8_valid: bool = False) -> pa.Table:
+    """One COPY text block → Arrow, with the parse types (before finishing touches).
+
+    ``utf8_valid``: the server already guarantees valid UTF-8 (see utf8_guaranteed), so pyarrow need not
+    validate every string again (measured ~10 % of the parse).
+    """
+    read, parse, convert = _options(info, policy, block.newlines, omit, utf8_valid)
+    # Dictionaries: parse plain strings, then encode each column in one pass; measured ~5 % less CPU than
+    # pyarrow's CSV dictionary conversion, which competes with the server for the cores.
+    types = convert.column_types
+    encode = [name for name, kind in types.items() if kind == DICT]
+    if encode:
+        convert.column_types = {name: STRING if kind == DICT else kind for name, kind in types.items()}
+    table = pacsv.read_csv(pa.py_buffer(block.data), read_options=read, parse_options=parse,
+                           convert_options=convert)
+    for name in encode:
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, name, pc.dictionary_encode(table.column(i)))
+    if _has_escapes(block.data):
+        table = _unescape(table)
+    return _narrow_block(table)
+
+
+def _has_escapes(data: memoryview | bytes) -> bool:
+    """True if a value holds an escape: every backslash not starting a NULL (a field ``\\N``) is one.
+
+    Fields follow a tab (the first is the header pad), and an escaped backslash is ``\\\\``, so a backslash
+    right after a tab and before ``N`` can only be a NULL. One vectorised byte scan instead of scanning every
+    column (``bytes.count`` of the 3-byte pattern measured 10× slower).
+    """
+    arr = np.frombuffer(data, dtype=np.uint8)
+    slashes = np.flatnonzero(arr == _BACKSLASH)
+    if not len(slashes):
+        return False
+    if slashes[0] == 0 or slashes[-1] + 1 >= len(arr):
+        return True
+    return not bool(np.all((arr[slashes - 1] == _TAB) & (arr[slashes + 1] == _N)))
+
+
+def _narrow_block(table: pa.Table) -> pa.Table:
+    """Smallest index type per block's dictionaries, on the worker while the stream goes on (see _unify)."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_dictionary(field.type):
+            col = _narrow(table.column(i))
+            if col.type != field.type:
+                table = table.set_column(i, pa.field(field.name, col.type, field.nullable), col)
+    return table
+
+
+def _unify(parts: list[pa.Table]) -> list[pa.Table]:
+    """Widen blocks whose dictionaries were narrowed further than others' so the blocks concatenate; the
+    result is the index type the largest dictionary needs, as if narrowed after concatenation."""
+    if len(parts) < 2 or all(p.schema == parts[0].schema for p in parts[1:]):
+        return parts
+    schema = parts[0].schema
+    for i, field in enumerate(schema):
+        if not pa.types.is_dictionary(field.type):
+            continue
+        widest = max((p.schema.field(i).type for p in parts), key=lambda t: t.index_type.bit_width)
+        if widest != field.type or any(p.schema.field(i).type != widest for p in parts):
+            schema = schema.set(i, pa.field(field.name, widest, field.nullable))
+    return [p if p.schema == schema else p.cast(schema) for p in parts]
 
 
 def empty_parsed(info: TableInfo, policy: DictPolicy, omit: tuple[str, ...] = ()) -> pa.Table:
@@ -149,13 +254,13 @@ def estimate_rows(conn: psycopg.Connection, info: TableInfo, where: sql.Composab
 
 def parse_stream(blocks: Iterable[Block], info: TableInfo, policy: DictPolicy,
                  progress: Progress | None = None, omit: tuple[str, ...] = (),
-                 constants: dict[str, object] | None = None) -> pa.Table:
+                 constants: dict[str, object] | None = None, utf8_valid: bool = False) -> pa.Table:
     """Parse blocks on the pool while the next ones arrive; the table in arrival order."""
     futures: list[Future[pa.Table]] = []
     rows = size = 0
     try:
         for block in blocks:
-            futures.append(_POOL.submit(parse_block, block, info, policy, omit))
+            futures.append(_POOL.submit(parse_block, block, info, policy, omit, utf8_valid))
             rows += block.rows
             size += len(block.data)
             if progress:
@@ -165,7 +270,7 @@ def parse_stream(blocks: Iterable[Block], info: TableInfo, policy: DictPolicy,
         for f in futures:
             f.cancel()
         raise
-    table = pa.concat_tables(parts) if parts else empty_parsed(info, policy, omit)
+    table = pa.concat_tables(_unify(parts)) if parts else empty_parsed(info, policy, omit)
     return finish(table, info, policy, constants)
 
 
@@ -176,7 +281,9 @@ def load_where(dsn: str, info: TableInfo, where: sql.Composable, policy: DictPol
     omit = tuple(constants or ())
     conn = connect(dsn)
     query = copy_query(info, where, omit).as_bytes(conn)
-    return parse_stream(copy_csv_blocks(conn, query, block_bytes), info, policy, progress, omit, constants)
+    utf8 = utf8_guaranteed(conn)
+    return parse_stream(copy_csv_blocks(conn, query, block_bytes), info, policy, progress, omit, constants,
+                        utf8)
 
 
 def load_day(dsn: str, info: TableInfo, day: str, policy: DictPolicy,
@@ -198,4 +305,5 @@ def read_where(conn: psycopg.Connection, info: TableInfo, where: sql.Composable,
                policy: DictPolicy) -> pa.Table:
     """Small re-read on a long-lived connection (libpq path; the connection stays usable)."""
     query = copy_query(info, where).as_bytes(conn)
-    return parse_stream(copy_csv_blocks(conn, query, keep_open=True), info, policy)
+    return parse_stream(copy_csv_blocks(conn, query, keep_open=True), info, policy,
+                        utf8_valid=utf8_guaranteed(conn))

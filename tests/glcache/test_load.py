@@ -126,3 +126,43 @@ def test_more_types_exact(ledger_db: str) -> None:
 
 def test_awkward_rows_fixture_is_what_we_think() -> None:
     assert any("\n" in (v or "") for row in AWKWARD for v in row if isinstance(v, str))
+
+
+@pytest.mark.parametrize("policy", [DictPolicy("none"), DictPolicy("all")])
+def test_text_format_escapes_round_trip(ledger_db: str, policy: DictPolicy) -> None:
+    """COPY's text format escapes backslashes and control characters; every value comes back as stored."""
+    values = ["\\N", "\\\\N", "ends\\", "\\", "\b\f\v\r\n\t", "\x01raw\x1f", "a\\nb", "", "N", None]
+    with psycopg.connect(ledger_db, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS gl_escapes")
+        conn.execute("CREATE TABLE gl_escapes (id int, trx_date date, t text, b bytea)")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO gl_escapes VALUES (%s, %s, %s, %s)",
+                            [(i, DAY, v, None if v is None else v.encode()) for i, v in enumerate(values)])
+    info = _info(ledger_db, "gl_escapes", "trx_date", "id")
+    table, _ = load_day(ledger_db, info, DAY, policy)
+    got = sorted(zip(table.column("id").to_pylist(), table.column("t").to_pylist(),
+                     table.column("b").to_pylist(), strict=True))
+    assert got == [(i, v, None if v is None else "\\x" + v.encode().hex()) for i, v in enumerate(values)]
+
+
+def test_dictionaries_narrowed_per_block_concatenate(ledger_db: str) -> None:
+    """Blocks whose dictionaries got different index types still give one table, typed as a single block."""
+    info = _info(ledger_db)
+    from analyzers.glcache.catalog import day_predicate
+
+    where = day_predicate(info, DAY)
+    whole = load_where(ledger_db, info, where, DictPolicy("all"), block_bytes=64 << 20)
+    split = load_where(ledger_db, info, where, DictPolicy("all"), block_bytes=4096)
+    assert split.schema == whole.schema
+    assert split.schema.field("t_5").type.index_type == pa.int16()  # 20k distinct values, 4 kB blocks
+    assert arrow_rows(split) == arrow_rows(whole) == pg_rows(ledger_db, DAY)
+
+
+def test_utf8_trusted_only_when_the_server_guarantees_it(ledger_db: str) -> None:
+    """Skipping pyarrow's UTF-8 check is only safe for UTF8 output from a validating server encoding."""
+    from analyzers.glcache.load import utf8_guaranteed
+
+    with connect(ledger_db) as conn:
+        assert utf8_guaranteed(conn)
+        conn.execute("SET client_encoding = 'LATIN1'")
+        assert not utf8_guaranteed(conn)
