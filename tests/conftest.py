@@ -9,8 +9,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 import pytest
@@ -20,6 +21,7 @@ PG_PORT = int(os.environ.get("FASTERDATA_TEST_PGPORT", "5432"))
 PG_USER = os.environ.get("FASTERDATA_TEST_PGUSER", "postgres")
 REDIS_URL = os.environ.get("FASTERDATA_TEST_REDIS", "redis://127.0.0.1:6379/0")
 RUN_ID = uuid.uuid4().hex[:8]
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -39,12 +41,50 @@ def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
+def wait_until(check: Callable[[], T], what: str = "a condition", timeout: float = 60.0, interval: float = 0.05) -> T:
+    """Poll ``check`` until it returns something truthy; the bound turns a hang into a failure, it asserts no speed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what} after {timeout}s (last value {result!r})")
+        time.sleep(interval)
+
+
 def direct_dsn(dbname: str = "postgres", user: str = PG_USER, **extra: str) -> str:
     parts = {"host": PG_HOST, "port": str(PG_PORT), "user": user, "dbname": dbname, **extra}
     return " ".join(f"{k}={v}" for k, v in parts.items())
 
 
-class ProxyProcess:
+class ChildProcess:
+    """A fasterdata command run as a subprocess with its output in a log file; stop() asserts nothing."""
+
+    proc: subprocess.Popen
+    log_path: Path
+    _log: object
+
+    def log(self) -> str:
+        if not self._log.closed:  # type: ignore[attr-defined]
+            self._log.flush()  # type: ignore[attr-defined]
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(
+                    f"{type(self).__name__} ignored signal {sig} for {timeout}s:\n{self.log()}") from None
+        self._log.close()  # type: ignore[attr-defined]
+        return self.proc.returncode
+
+
+class ProxyProcess(ChildProcess):
     """`fasterdata proxy` as a subprocess, the way users run it."""
 
     def __init__(self, tmp: Path, *args: str, upstream: str | None = None, env: dict[str, str] | None = None):
@@ -77,23 +117,6 @@ class ProxyProcess:
 
     def url(self, dbname: str = "postgres", user: str = PG_USER) -> str:
         return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError(f"proxy ignored signal {sig} for {timeout}s:\n{self.log()}") from None
-        self._log.close()
-        return self.proc.returncode
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import redis
 from analyzers.rules import RulesFile, parse
 from analyzers.worker import Worker
 from config.analyzer_settings import AnalyzerSettings
-from tests.conftest import REDIS_URL, RUN_ID, free_port
+from tests.conftest import REDIS_URL, RUN_ID, ChildProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -160,7 +160,7 @@ def biz(client: redis.Redis, prefix: str, rule: str) -> dict[str, str]:
     return out
 
 
-class WorkerProcess:
+class WorkerProcess(ChildProcess):
     """`python -m analyzers.cli analyze` as a subprocess, as operators run it."""
 
     def __init__(self, tmp: Path, prefix: str, rules_path: Path, consumer: str, *args: str) -> None:
@@ -172,23 +172,6 @@ class WorkerProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError(f"worker ignored signal {sig}:\n{self.log()}") from None
-        self._log.close()
-        return self.proc.returncode
 
 
 @pytest.fixture

@@ -10,16 +10,14 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import PG_USER, ProxyProcess
+from tests.conftest import PG_USER, ProxyProcess, wait_until
 
 Event = dict[str, str]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -39,15 +37,6 @@ def tpcb_kind(sql: str) -> str | None:
         if sql == kind or sql == kind + ";" or sql.startswith(kind + " "):
             return kind
     return None
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0, step: float = 0.05) -> None:
-    """Poll ``condition``; the timeout only turns a hang into a failure, it asserts no speed."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what} after {timeout}s")
-        time.sleep(step)
 
 
 # -- Redis ----------------------------------------------------------------------------------------

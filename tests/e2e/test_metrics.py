@@ -8,11 +8,11 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import ProxyProcess
+from tests.conftest import ProxyProcess, wait_until
 from tests.sink.kit import RedisServer
 
 from .conftest import StartProxy
-from .kit import Samples, http_get, scrape, settle, statements, value, wait_until
+from .kit import Samples, http_get, scrape, settle, statements, value
 
 
 def histogram(samples: Samples, db: str, app: str) -> tuple[list[tuple[float, float]], float, float]:
@@ -128,7 +128,7 @@ def test_readiness_follows_the_sink(e2e_proxy: StartProxy, tmp_path, scratch_db:
                 conn.execute(filler)
                 return value(scrape(proxy)[1], "fasterdata_sink_dropped_total") > 0
 
-            wait_until(spool_full, "the spool to fill up", step=0)
+            wait_until(spool_full, "the spool to fill up", interval=0)
             status, body = http_get(proxy.metrics_port, "/readyz")
             assert status == 503 and "full" in body, body
             assert http_get(proxy.metrics_port, "/healthz") == (200, "ok\n")

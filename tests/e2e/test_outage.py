@@ -17,11 +17,11 @@ from pathlib import Path
 import redis
 
 from proxy.events import COMMITTED
-from tests.conftest import PG_USER, ProxyProcess
+from tests.conftest import PG_USER, ProxyProcess, wait_until
 from tests.sink.kit import RedisServer
 
 from .conftest import StartProxy
-from .kit import TPCB_KINDS, http_get, parse_pgbench, read_stream, scrape, settle, tpcb_kind, value, wait_until
+from .kit import TPCB_KINDS, http_get, parse_pgbench, read_stream, scrape, settle, tpcb_kind, value
 
 CLIENTS = 4
 PER_CLIENT = 500

@@ -9,10 +9,8 @@ import contextlib
 import socket
 import ssl
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -22,18 +20,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy import wire
 
 T = TypeVar("T")
-
-
-def wait_until(check: Callable[[], T], what: str, timeout: float = 30.0, interval: float = 0.05) -> T:
-    """Poll ``check`` until truthy; the bound only turns a hang into a failure."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what} after {timeout}s (last value {result!r})")
-        time.sleep(interval)
 
 
 def self_signed(where: Path, name: str) -> tuple[Path, Path]:

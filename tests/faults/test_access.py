@@ -14,10 +14,11 @@ import psycopg
 import pytest
 
 from proxy import wire
+from tests.conftest import wait_until
 from tests.proxy.pxkit import RawClient, StartProxy, errors
 from tests.sink.kit import make_certs
 
-from .kit import der, http, metric, proxy_peer_cert, self_signed, wait_until
+from .kit import der, http, metric, proxy_peer_cert, self_signed
 
 
 def test_allow_list_admits_listed_networks(start_proxy: StartProxy) -> None:

@@ -19,10 +19,8 @@ import pytest
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 from tests.proxy.pxkit import StartProxy
-
-from .kit import wait_until
 
 SHARDS = 3
 SESSIONS = 30

@@ -12,11 +12,11 @@ import psycopg
 import pytest
 
 from tests import conftest
-from tests.conftest import ProxyProcess
+from tests.conftest import ProxyProcess, wait_until
 from tests.proxy.pxkit import StartProxy, backend_running
 from tests.sink.kit import RedisServer, read_stream
 
-from .kit import metric, wait_until
+from .kit import metric
 
 STATEMENTS = 20
 

@@ -10,12 +10,12 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from tests.conftest import PG_HOST, PG_PORT, PG_USER
+from tests.conftest import PG_HOST, PG_PORT, PG_USER, wait_until
 from tests.e2e.kit import TPCB_KINDS, parse_pgbench, read_stream, tpcb_kind
 from tests.proxy.pxkit import StartProxy
 from tests.sink.kit import RedisServer
 
-from .kit import metric, wait_until
+from .kit import metric
 
 SECONDS = 8
 PAUSE = 3.0

@@ -11,11 +11,10 @@ import psycopg
 import pytest
 
 from proxy import wire
+from tests.conftest import wait_until
 from tests.pgcluster import PrivateCluster
 from tests.proxy.pxkit import RawClient, StartProxy, errors
 from tests.sink.kit import RedisServer
-
-from .kit import wait_until
 
 CLIENTS = 3
 

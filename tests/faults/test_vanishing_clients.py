@@ -11,11 +11,11 @@ import psycopg
 import pytest
 
 from proxy import wire
-from tests.conftest import direct_dsn
+from tests.conftest import direct_dsn, wait_until
 from tests.proxy.pxkit import RawClient, StartProxy
 from tests.sink.kit import RedisServer
 
-from .kit import backends, fd_count, wait_until
+from .kit import backends, fd_count
 
 ROUNDS = 5
 

@@ -6,7 +6,6 @@ import contextlib
 import os
 import socket
 import struct
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,18 +29,6 @@ def tool_env(dbname: str, port: int | None = None) -> dict[str, str]:
     host, port = ("127.0.0.1", port) if port is not None else (PG_HOST, PG_PORT)
     env.update(PGHOST=host, PGPORT=str(port), PGUSER=PG_USER, PGDATABASE=dbname, PGCONNECT_TIMEOUT="10")
     return env
-
-
-def wait_until(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.05) -> T:
-    """Poll ``check`` until it returns something truthy; bounded, so a regression fails instead of hanging."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last value {result!r})")
-        time.sleep(interval)
 
 
 def fd_count(pid: int) -> int:

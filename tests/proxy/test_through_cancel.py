@@ -11,8 +11,9 @@ import psycopg
 import pytest
 
 from proxy import wire
+from tests.conftest import wait_until
 
-from .pxkit import Proxy, RawClient, backend_alive, backend_running, wait_until
+from .pxkit import Proxy, RawClient, backend_alive, backend_running
 
 BOUND = 15  # seconds; far less than the 30 s statement, far more than a cancel needs
 

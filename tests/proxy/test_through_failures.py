@@ -12,9 +12,9 @@ import psycopg
 import pytest
 
 from proxy import wire
-from tests.conftest import direct_dsn, free_port
+from tests.conftest import direct_dsn, free_port, wait_until
 
-from .pxkit import Proxy, RawClient, StartProxy, backend_alive, errors, fd_count, wait_until
+from .pxkit import Proxy, RawClient, StartProxy, backend_alive, errors, fd_count
 
 
 @pytest.mark.parametrize("kind", ["refused", "no answer"])

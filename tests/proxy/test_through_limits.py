@@ -14,8 +14,9 @@ import psycopg
 import pytest
 
 from proxy import wire
+from tests.conftest import wait_until
 
-from .pxkit import RawClient, StartProxy, backend_alive, backend_running, errors, wait_until
+from .pxkit import RawClient, StartProxy, backend_alive, backend_running, errors
 
 T = TypeVar("T")
 
