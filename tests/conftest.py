@@ -119,6 +119,15 @@ class ProxyProcess(ChildProcess):
         return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
 
 
+def stop_all(started: list[ProxyProcess]) -> None:
+    """Teardown: SIGTERM every proxy still running; each must exit 0 (a graceful stop is part of the contract)."""
+    for p in started:
+        running = p.proc.poll() is None
+        rc = p.stop()
+        if running:
+            assert rc == 0, f"proxy exited {rc} on SIGTERM:\n{p.log()}"
+
+
 @pytest.fixture
 def start_proxy(tmp_path: Path) -> Iterator:
     """Factory: start_proxy('--flag', 'value', upstream=...) → ProxyProcess; all stopped (exit 0) at teardown."""
@@ -130,11 +139,7 @@ def start_proxy(tmp_path: Path) -> Iterator:
         return p
 
     yield start
-    for p in started:
-        running = p.proc.poll() is None
-        rc = p.stop()
-        if running:
-            assert rc == 0, f"proxy exited {rc} on SIGTERM:\n{p.log()}"
+    stop_all(started)
 
 
 @pytest.fixture(scope="module")

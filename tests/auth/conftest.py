@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ProxyProcess
+from tests.conftest import ProxyProcess, stop_all
 from tests.pgcluster import PrivateCluster, TestPKI
 
 
@@ -75,8 +75,4 @@ def module_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
         return proc
 
     yield start
-    for proc in started:
-        running = proc.proc.poll() is None
-        rc = proc.stop()
-        if running:
-            assert rc == 0, f"proxy exited {rc} on SIGTERM:\n{proc.log()}"
+    stop_all(started)
