@@ -6,6 +6,10 @@ whichever worker saw the events. Evaluation runs in one worker at a time (a lock
 are closed — at least one full window behind the newest event time any worker has seen — so late
 batches from a lagging worker still land in the right window. State and alerts of an evaluated
 window are written in one MULTI/EXEC, so a crash mid-way is simply redone by the next evaluator.
+
+Sharded: each shard's commits count into that shard's window hashes and raise its watermark; the
+evaluator sums the windows, takes the highest watermark, and keeps its own state, "last" mark, alerts
+and alert counts in shard 0's keys, so its MULTI/EXEC stays in one slot.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 
 import redis
 
+from . import merged
 from .keys import Keys
 from .rules import AnomalyPolicy
 
@@ -69,27 +74,29 @@ class Counter:
         self.width = policy.window_seconds * 1_000_000
         self.ttl = policy.window_seconds * WINDOW_TTL_WINDOWS + 3600
 
-    def write(self, writes, counts: dict[tuple[int, str], int]) -> None:
+    def write(self, writes, counts: dict[tuple[int, str], int], keys: Keys | None = None) -> None:
         if not counts:
             return
+        k = keys or self.keys
         lo = hi = None
         for (w, series), n in counts.items():
-            key = self.keys.anomaly_window(w)
+            key = k.anomaly_window(w)
             writes.hincr(key, series, n)
             writes.expire(key, self.ttl)
             lo = w if lo is None or w < lo else lo
             hi = w if hi is None or w > hi else hi
-        writes.hmax(self.keys.anomaly_meta, "watermark", hi)
-        writes.hmin(self.keys.anomaly_meta, "first", lo)
+        writes.hmax(k.anomaly_meta, "watermark", hi)
+        writes.hmin(k.anomaly_meta, "first", lo)
 
 
 class Evaluator:
     """Evaluates closed windows; call `run` now and then from any worker."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, policy: AnomalyPolicy, consumer: str,
+    def __init__(self, client: redis.Redis, shards: list[Keys], policy: AnomalyPolicy, consumer: str,
                  alerts_maxlen: int = 100000, describe=None) -> None:
         self.r = client
-        self.keys = keys
+        self.shards = shards
+        self.keys = shards[0]  # where the evaluator's own writes go
         self.policy = policy
         self.consumer = consumer
         self.alerts_maxlen = alerts_maxlen
@@ -104,12 +111,14 @@ class Evaluator:
         """
         k = self.keys
         meta = self.r.hgetall(k.anomaly_meta)
-        if "watermark" not in meta:
+        metas = [meta] + [self.r.hgetall(s.anomaly_meta) for s in self.shards[1:]]
+        marks = [int(m["watermark"]) for m in metas if "watermark" in m]
+        if not marks:
             return 0
-        watermark = int(meta["watermark"])
+        watermark = max(marks)
         if now_us is not None:
             watermark = max(watermark, window_of(now_us, self.policy))
-        last = int(meta["last"]) if "last" in meta else int(meta["first"]) - 1
+        last = int(meta["last"]) if "last" in meta else min(int(m["first"]) for m in metas if "first" in m) - 1
         closed = watermark - 2  # the newest window and the one before may still be filling
         if last >= closed:
             return 0
@@ -122,7 +131,7 @@ class Evaluator:
             state = {s: Baseline.load(v) for s, v in self.r.hgetall(k.anomaly_state).items()}
             while last < closed and done < max_windows:
                 w = last + 1
-                counts = {s: int(v) for s, v in self.r.hgetall(k.anomaly_window(w)).items()}
+                counts = merged.window_counts(self.r, self.shards, w)
                 alerts, changed, dropped = self.evaluate(state, counts)
                 pipe = self.r.pipeline(transaction=True)
                 if changed:
@@ -172,12 +181,12 @@ class Evaluator:
         return alerts, changed, dropped
 
 
-def describe_series(client: redis.Redis, keys: Keys):
+def describe_series(client: redis.Redis, shards: list[Keys]):
     """Alert fields for a series: the fingerprint's text, or the business rule's name."""
     def describe(series: str) -> dict[str, str]:
         kind, _, name = series.partition(":")
         if kind == "fp":
-            text = client.hget(keys.stats_fp(name), "text") or ""
+            text = merged.stats_fp(client, shards, name).get("text", "")
             return {"fp": name, "text": text[:300]}
         if kind == "biz":
             return {"metric": name}

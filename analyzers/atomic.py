@@ -13,6 +13,11 @@ Transactions whose statements arrive with txn=open are parked: their writes are 
 (msgpack) to `<prefix>:txn:<sid>:<txid>` unless the outcome is already known; the txn_end marker
 records the outcome and applies (committed) or drops (anything else) what was parked. Both run
 inside the script, so the order in which workers see the statements and the marker does not matter.
+
+Sharded (`declare=True`): KEYS are the shard's stream and every key the batch's ops name, so redis-py
+routes the EVALSHA to that slot's node and Redis Cluster can check it. Replaying parked writes at a
+txn_end touches the keys stored with them, undeclared but in the same slot by construction: they were
+named with the same shard's tag, and a session (its statements and its marker) never changes shard.
 """
 
 from __future__ import annotations
@@ -96,11 +101,11 @@ run = function(a, i, stop)
   end
 end
 
-local stream, group, consumer = ARGV[1], ARGV[2], ARGV[3]
-local ids = cjson.decode(ARGV[6])
+local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local ids = cjson.decode(ARGV[5])
 local nids = #ids
 if nids > 0 then
-  local pend = redis.call('XPENDING', stream, group, ARGV[4], ARGV[5], nids + 10000, consumer)
+  local pend = redis.call('XPENDING', stream, group, ARGV[3], ARGV[4], nids + 10000, consumer)
   local owned = {}
   for _, p in ipairs(pend) do owned[p[1]] = true end
   local missing = {}
@@ -115,7 +120,7 @@ if nids > 0 then
     redis.call('XACK', stream, group, unpack(ids, k, math.min(k + 999, nids)))
   end
 end
-local ops = cjson.decode(ARGV[7])
+local ops = cjson.decode(ARGV[6])
 run(ops, 1, #ops)
 return {1, nids}
 """
@@ -128,7 +133,7 @@ def _num(value: Any) -> str:
 class Writes:
     """Redis writes of one batch, in the op language of `LUA`; aggregated where order does not matter."""
 
-    __slots__ = ("distincts", "expires", "extremes", "incr", "nested", "nx", "ordered", "sadd", "zincr")
+    __slots__ = ("declared", "distincts", "expires", "extremes", "incr", "nested", "nx", "ordered", "sadd", "zincr")
 
     def __init__(self) -> None:
         self.incr: dict[tuple[str, str], int] = {}
@@ -140,6 +145,7 @@ class Writes:
         self.expires: dict[str, int] = {}
         self.ordered: list[Any] = []  # str args, or (header list, child Writes)
         self.nested = False  # any child in `ordered`: without one, args() copies it in one step
+        self.declared: set[str] = set()  # keys named by the flat ops in `ordered` (the rest: in the dicts)
 
     def hincr(self, key: str, field: str, n: int) -> None:
         k = (key, field)
@@ -165,6 +171,7 @@ class Writes:
         self.nx.setdefault((key, field), value)
 
     def hset(self, key: str, field: str, value: str) -> None:
+        self.declared.add(key)
         self.ordered.extend(("HS", key, field, value))
 
     def add(self, key: str, member: str) -> None:
@@ -177,13 +184,15 @@ class Writes:
         self.expires[key] = seconds
 
     def xadd(self, key: str, maxlen: int, fields: dict[str, str]) -> None:
+        self.declared.add(key)
         args = ["X", key, str(maxlen), str(2 * len(fields))]
         for f, v in fields.items():
             args.append(f)
             args.append(v)
         self.ordered.extend(args)
 
-    def _child(self, header: list[str]) -> Writes:
+    def _child(self, header: list[str], *keys: str) -> Writes:
+        self.declared.update(keys)
         child = Writes()
         self.ordered.append((header, child))
         self.nested = True
@@ -191,25 +200,44 @@ class Writes:
 
     def parked(self, outcome_key: str, pending_key: str, ttl: int) -> Writes:
         """Writes of a statement whose transaction is still open: applied when it commits."""
-        return self._child(["G", outcome_key, pending_key, str(ttl)])
+        return self._child(["G", outcome_key, pending_key, str(ttl)], outcome_key, pending_key)
 
     def txn_end(self, outcome_key: str, pending_key: str, outcome: str, ttl: int) -> None:
+        self.declared.update((outcome_key, pending_key))
         self.ordered.extend(("C", outcome_key, pending_key, outcome, str(ttl)))
 
     def once(self, key: str, ttl: int) -> Writes:
         """Children run only if `key` did not exist (then it exists for ttl seconds): de-duplication."""
-        return self._child(["IFNX", key, str(max(1, ttl))])
+        return self._child(["IFNX", key, str(max(1, ttl))], key)
 
     def if_new_member(self, set_key: str, member: str) -> Writes:
-        return self._child(["IFADD", set_key, member])
+        return self._child(["IFADD", set_key, member], set_key)
 
     def if_older(self, hash_key: str, field: str, now: int, min_age: int) -> Writes:
         """Children run if `field` (set to now when absent) is at least min_age old."""
-        return self._child(["IFAGE", hash_key, field, str(now), str(min_age)])
+        return self._child(["IFAGE", hash_key, field, str(now), str(min_age)], hash_key)
 
     def __bool__(self) -> bool:
         return bool(self.incr or self.zincr or self.extremes or self.nx or self.sadd or self.distincts
                     or self.expires or self.ordered)
+
+    def key_names(self) -> set[str]:
+        """Every key the ops (children included) name: the script's KEYS when sharded."""
+        names = set(self.declared)
+        names.update(k for k, _ in self.incr)
+        names.update(k for k, _ in self.zincr)
+        names.update(k for _, k, _ in self.extremes)
+        names.update(k for k, _ in self.nx)
+        names.update(k for k, _ in self.sadd)
+        for set_key, hash_key, _, _ in self.distincts:
+            names.add(set_key)
+            names.add(hash_key)
+        names.update(self.expires)
+        if self.nested:
+            for item in self.ordered:
+                if isinstance(item, tuple):
+                    names |= item[1].key_names()
+        return names
 
     def args(self) -> list[str]:
         if not self.nested:
@@ -250,13 +278,17 @@ def _id_key(entry_id: str) -> tuple[int, int]:
 
 
 class Committer:
-    """Runs the script: returns the ids another consumer now owns (empty list on success)."""
+    """Runs the script: returns the ids another consumer now owns (empty list on success).
 
-    def __init__(self, client: redis.Redis, stream: str, group: str, consumer: str) -> None:
+    declare: pass every key as KEYS (sharded deployments; a cluster needs it). One unsharded stream
+    keeps the cheaper call with the stream as the only key."""
+
+    def __init__(self, client: redis.Redis, stream: str, group: str, consumer: str, declare: bool = False) -> None:
         self.script = client.register_script(LUA)
         self.stream = stream
         self.group = group
         self.consumer = consumer
+        self.declare = declare
 
     def commit(self, ids: list[str], writes: Writes) -> list[str]:
         # Two JSON arguments instead of thousands: redis-py packs each argument in Python, cjson
@@ -266,8 +298,11 @@ class Committer:
             lo, hi = keys[0], keys[-1]
         else:
             lo, hi = "-", "+"
-        result = self.script(args=[self.stream, self.group, self.consumer, lo, hi, json.dumps(ids),
-                                   json.dumps(writes.args())])
+        ops = json.dumps(writes.args())
+        names = [self.stream]
+        if self.declare:
+            names += sorted(writes.key_names() - {self.stream})
+        result = self.script(keys=names, args=[self.group, self.consumer, lo, hi, json.dumps(ids), ops])
         if int(result[0]) == 1:
             return []
         return [str(x) for x in result[1:]]

@@ -197,11 +197,14 @@ class Business:
             seen.add(labels)
         return labels
 
-    def write(self, writes: Any, matches: list[Match], ev: dict[str, str], norm: Normalized, ts: int) -> None:
-        """The Redis effects of a statement's matches: the day's aggregates and one business event each."""
+    def write(self, writes: Any, matches: list[Match], ev: dict[str, str], norm: Normalized, ts: int,
+              keys: Keys | None = None) -> None:
+        """The Redis effects of a statement's matches: the day's aggregates and one business event each
+        (keys: the shard's, when sharded)."""
         day = event.day(ts)
-        k = self.keys
+        k = keys or self.keys
         head = ["X", k.events, str(self.events_maxlen)]
+        writes.declared.add(k.events)
         # few fields: one event per match is the biggest share of a worker's Redis writes
         common = ["ts", str(ts), "sid", ev.get("sid", ""), "txid", ev.get("txid", ""), "app", ev.get("app", ""),
                   "fp", norm.fp]

@@ -74,10 +74,11 @@ def run_top(settings: AnalyzerSettings, once: bool, interval: float) -> int:
     import redis
 
     from . import top
+    from .redisconn import connect
 
-    client = redis.Redis.from_url(settings.redis, decode_responses=True)
     try:
-        return top.run(client, settings.prefix, once=once, interval=interval)
+        client = connect(settings.redis, decode_responses=True)
+        return top.run(client, settings.prefix, once=once, interval=interval, shards=settings.stream_shards)
     except redis.ConnectionError as exc:
         print(f"fasterdata top: cannot reach Redis at {settings.redis}: {exc}", file=sys.stderr)
         return 1
@@ -88,6 +89,7 @@ def run_analyze(settings: AnalyzerSettings) -> int:
     from prometheus_client import CollectorRegistry
 
     from .metrics import MetricsHTTP, WorkerCollector
+    from .redisconn import ShardingError
     from .worker import Worker
 
     try:
@@ -95,7 +97,14 @@ def run_analyze(settings: AnalyzerSettings) -> int:
     except RulesError as exc:
         print(f"fasterdata: rules error:\n{exc}", file=sys.stderr)
         return 2
-    worker = Worker(settings, rules)
+    try:
+        worker = Worker(settings, rules)
+    except ShardingError as exc:
+        print(f"fasterdata analyze: {exc}", file=sys.stderr)
+        return 2
+    except redis.ConnectionError as exc:
+        print(f"fasterdata analyze: cannot reach Redis at {settings.redis}: {exc}", file=sys.stderr)
+        return 1
     http = None
     if settings.metrics:
         registry = CollectorRegistry()
@@ -116,8 +125,8 @@ def run_analyze(settings: AnalyzerSettings) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-    log.info("analyzer %s on %s (group %s, %d rules)", worker.consumer, worker.stream, worker.group,
-             len(rules.rules))
+    log.info("analyzer %s on %s (group %s, %d rules%s)", worker.consumer, ", ".join(worker.streams.names),
+             worker.group, len(rules.rules), ", Redis Cluster" if worker.streams.cluster else "")
     try:
         worker.run()
     except redis.AuthenticationError as exc:

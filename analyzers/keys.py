@@ -1,4 +1,11 @@
-"""Every Redis key and stream the analyzers read or write, in one place (top reads them too)."""
+"""Every Redis key and stream the analyzers read or write, in one place (top reads them too).
+
+Sharding (`stream_shards` ≥ 2): everything a batch commit of shard i touches carries the hash tag
+`{i}` right after its fixed family name (`<prefix>:biz:{i}:<rule>:<day>`, `<prefix>:statements:{i}`),
+before any user-controlled text, so one commit maps to one Redis Cluster slot. One shard keeps the
+plain names (`tag` is empty). Keys written outside commits (heartbeats, rule descriptions, the
+anomaly lock) are never tagged: each is written by a single-key command.
+"""
 
 from __future__ import annotations
 
@@ -6,55 +13,57 @@ GROUP = "analyzers"
 
 
 class Keys:
-    """Key names under one deployment prefix."""
+    """Key names under one deployment prefix, for one shard (`shard=None`: unsharded names)."""
 
-    __slots__ = ("p",)
+    __slots__ = ("p", "shard", "t")
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, shard: int | None = None) -> None:
         self.p = prefix
+        self.shard = shard
+        self.t = "" if shard is None else f":{{{shard}}}"
 
     # streams
     @property
     def statements(self) -> str:
-        return f"{self.p}:statements"
+        return f"{self.p}:statements{self.t}"
 
     @property
     def events(self) -> str:
-        return f"{self.p}:events"
+        return f"{self.p}:events{self.t}"
 
     @property
     def alerts(self) -> str:
-        return f"{self.p}:alerts"
+        return f"{self.p}:alerts{self.t}"
 
     # performance summary
     def stats_fp(self, fp: str) -> str:
         """Hash: text, op, tables, first_seen of one fingerprint."""
-        return f"{self.p}:stats:fp:{fp}"
+        return f"{self.p}:stats:fp{self.t}:{fp}"
 
     def stats_q(self, member: str) -> str:
         """Hash: calls, total_us, rows, errors, err:<SQLSTATE>, max_us, last_ts of fp|db|app."""
-        return f"{self.p}:stats:q:{member}"
+        return f"{self.p}:stats:q{self.t}:{member}"
 
     def stats_top(self, by: str) -> str:
         """Sorted set of fp|db|app members by time (µs), calls or errors."""
-        return f"{self.p}:stats:top:{by}"
+        return f"{self.p}:stats:top{self.t}:{by}"
 
     @property
     def stats_totals(self) -> str:
-        return f"{self.p}:stats:totals"
+        return f"{self.p}:stats:totals{self.t}"
 
     # business aggregates
     def biz(self, rule: str, day: str) -> str:
-        return f"{self.p}:biz:{rule}:{day}"
+        return f"{self.p}:biz{self.t}:{rule}:{day}"
 
     def biz_set(self, rule: str, day: str, labels: str) -> str:
-        return f"{self.p}:biz:{rule}:{day}:set:{labels}"
+        return f"{self.p}:biz{self.t}:{rule}:{day}:set:{labels}"
 
     def biz_rows_only(self, rule: str, day: str) -> str:
-        return f"{self.p}:biz:{rule}:{day}:rows_only"
+        return f"{self.p}:biz{self.t}:{rule}:{day}:rows_only"
 
     def biz_days(self, rule: str) -> str:
-        return f"{self.p}:biz:{rule}:days"
+        return f"{self.p}:biz{self.t}:{rule}:days"
 
     @property
     def biz_rules(self) -> str:
@@ -63,39 +72,39 @@ class Keys:
 
     # open transactions
     def txn_outcome(self, sid: str, txid: str) -> str:
-        return f"{self.p}:txn:{sid}:{txid}:outcome"
+        return f"{self.p}:txn{self.t}:{sid}:{txid}:outcome"
 
     def txn_parked(self, sid: str, txid: str) -> str:
-        return f"{self.p}:txn:{sid}:{txid}:parked"
+        return f"{self.p}:txn{self.t}:{sid}:{txid}:parked"
 
     # security
     @property
     def alert_counts(self) -> str:
-        return f"{self.p}:alerts:counts"
+        return f"{self.p}:alerts:counts{self.t}"
 
     def alert_dedup(self, rule: str, fp: str, app: str) -> str:
-        return f"{self.p}:alerts:dedup:{rule}:{fp}:{app}"
+        return f"{self.p}:alerts:dedup{self.t}:{rule}:{fp}:{app}"
 
     def seen(self, app: str) -> str:
         """Set of fingerprints an application has sent."""
-        return f"{self.p}:seen:{app}"
+        return f"{self.p}:seen{self.t}:{app}"
 
     @property
     def seen_since(self) -> str:
         """Hash app → epoch seconds it was first seen."""
-        return f"{self.p}:seen:apps"
+        return f"{self.p}:seen:apps{self.t}"
 
     # anomalies
     def anomaly_window(self, window: int) -> str:
-        return f"{self.p}:anomaly:w:{window}"
+        return f"{self.p}:anomaly:w{self.t}:{window}"
 
     @property
     def anomaly_meta(self) -> str:
-        return f"{self.p}:anomaly:meta"
+        return f"{self.p}:anomaly:meta{self.t}"
 
     @property
     def anomaly_state(self) -> str:
-        return f"{self.p}:anomaly:state"
+        return f"{self.p}:anomaly:state{self.t}"
 
     @property
     def anomaly_lock(self) -> str:
@@ -106,3 +115,10 @@ class Keys:
     def workers(self) -> str:
         """Hash consumer → JSON heartbeat (processed, rate, lag)."""
         return f"{self.p}:workers"
+
+
+def shard_keys(prefix: str, shards: int) -> list[Keys]:
+    """Keys of every shard: one shard is the unsharded layout of a single stream."""
+    if shards <= 1:
+        return [Keys(prefix)]
+    return [Keys(prefix, i) for i in range(shards)]

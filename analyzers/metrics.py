@@ -32,6 +32,7 @@ class WorkerCounters:
         self.pending = 0
         self.lag_entries = 0
         self.lag_seconds = 0.0
+        self.shards: dict[int, tuple[int, int, float]] = {}  # sharded: shard → (pending, undelivered, age)
         self.anomaly_alerts = 0
         self.findings: dict[tuple[str, str], int] = {}
         self.rows_only: dict[str, int] = {}
@@ -49,6 +50,7 @@ class WorkerCollector(Collector):
         with c.lock:
             findings = dict(c.findings)
             rows_only = dict(c.rows_only)
+            shards = dict(c.shards)
         yield CounterMetricFamily("fasterdata_analyzer_entries", "Stream entries processed and acknowledged",
                                   value=c.entries)
         yield CounterMetricFamily("fasterdata_analyzer_batches", "Batches committed", value=c.batches)
@@ -71,6 +73,16 @@ class WorkerCollector(Collector):
         yield GaugeMetricFamily("fasterdata_analyzer_lag_seconds",
                                 "Age of the oldest unprocessed event (pending or undelivered)",
                                 value=c.lag_seconds)
+        if shards:
+            per = {name: GaugeMetricFamily(f"fasterdata_analyzer_shard_{name}", f"{help_} (one statement stream)",
+                                           labels=["shard"])
+                   for name, help_ in (("pending", "Entries delivered, not yet acked"),
+                                       ("lag_entries", "Entries not yet delivered"),
+                                       ("lag_seconds", "Age of the oldest unprocessed event"))}
+            for i, values in sorted(shards.items()):
+                for fam, value in zip(per.values(), values, strict=True):
+                    fam.add_metric([str(i)], value)
+            yield from per.values()
         yield GaugeMetricFamily("fasterdata_analyzer_shapes", "Statement shapes parsed and cached",
                                 value=c.shapes)
         yield CounterMetricFamily("fasterdata_anomaly_alerts", "Rate anomaly alerts raised by this worker",

@@ -2,6 +2,7 @@
 
 Everything comes from Redis (no worker needed to be reachable), so it works from any host with
 access to Redis, over ssh included. `snapshot()` reads, `render()` draws; `--once` prints one frame.
+With `stream_shards` ≥ 2 every number is merged over the shards (analyzers/merged.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .keys import GROUP, Keys
+from . import merged
+from .keys import GROUP, Keys, shard_keys
 
 
 def _age(seconds: float | None) -> str:
@@ -41,14 +43,14 @@ def _ms(us: float) -> str:
     return f"{us / 1000:.2f}" if us < 10_000_000 else f"{us / 1e6:.0f}s"
 
 
-def _top(r: redis.Redis, k: Keys, by: str, n: int) -> list[dict[str, Any]]:
+def _top(r: redis.Redis, ks: list[Keys], by: str, n: int) -> list[dict[str, Any]]:
     rows = []
-    for member, score in r.zrevrange(k.stats_top(by), 0, n - 1, withscores=True):
+    for member, score in merged.top_members(r, ks, by, n):
         if by == "errors" and score <= 0:
             continue
         fp, db, app = ([*member.split("|", 2), "", ""])[:3]
-        q = r.hgetall(k.stats_q(member))
-        info = r.hgetall(k.stats_fp(fp))
+        q = merged.stats_q(r, ks, member)
+        info = merged.stats_fp(r, ks, fp)
         calls = int(q.get("calls", 0))
         total = int(q.get("total_us", 0))
         errs = {f[4:]: int(v) for f, v in q.items() if f.startswith("err:")}
@@ -59,46 +61,54 @@ def _top(r: redis.Redis, k: Keys, by: str, n: int) -> list[dict[str, Any]]:
     return rows
 
 
-def snapshot(r: redis.Redis, prefix: str, n: int = 10, day: str | None = None) -> dict[str, Any]:
-    """Everything one frame shows, read from Redis."""
+def _lag(r: redis.Redis, ks: list[Keys], now: float) -> dict[str, Any]:
+    """The statement streams summed: length, pending and undelivered entries, age of the newest event."""
+    lag: dict[str, Any] = {"length": 0, "last_age": None, "pending": None, "undelivered": None}
+    for k in ks:
+        try:
+            info = r.xinfo_stream(k.statements)
+            groups = r.xinfo_groups(k.statements)
+        except redis.ResponseError:
+            continue  # no stream yet
+        lag["length"] += info.get("length", 0)
+        ms = int(str(info.get("last-generated-id") or "0-0").partition("-")[0])
+        if ms:
+            age = now - ms / 1000
+            lag["last_age"] = age if lag["last_age"] is None else min(lag["last_age"], age)
+        for g in groups:
+            if g["name"] == GROUP:
+                for field, source in (("pending", "pending"), ("undelivered", "lag")):
+                    if g.get(source) is not None:
+                        lag[field] = (lag[field] or 0) + int(g[source])
+    return lag
+
+
+def snapshot(r: redis.Redis, prefix: str, n: int = 10, day: str | None = None, shards: int = 1) -> dict[str, Any]:
+    """Everything one frame shows, read from Redis (merged over `shards` statement streams)."""
     k = Keys(prefix)
+    ks = shard_keys(prefix, shards)
     now = time.time()
     day = day or time.strftime("%Y-%m-%d", time.gmtime(now))
     snap: dict[str, Any] = {"prefix": prefix, "at": now, "day": day}
-    snap["by_time"] = _top(r, k, "time", n)
-    snap["by_calls"] = _top(r, k, "calls", n)
-    snap["by_errors"] = _top(r, k, "errors", n)
-    snap["totals"] = r.hgetall(k.stats_totals)
+    snap["by_time"] = _top(r, ks, "time", n)
+    snap["by_calls"] = _top(r, ks, "calls", n)
+    snap["by_errors"] = _top(r, ks, "errors", n)
+    snap["totals"] = merged.stats_totals(r, ks)
     business = []
     for name, raw in sorted(r.hgetall(k.biz_rules).items()):
         desc = json.loads(raw)
-        values = r.hgetall(k.biz(name, day))
-        scale = desc.get("scale", 0) if desc.get("aggregate") == "sum" else 0
+        aggregate = desc.get("aggregate", "sum")
+        values = merged.biz_values(r, ks, name, day, aggregate)
+        scale = desc.get("scale", 0) if aggregate == "sum" else 0
         parsed = sorted(((labels, Decimal(v).scaleb(-scale)) for labels, v in values.items()),
                         key=lambda x: x[1], reverse=True)
-        rows_only = r.hgetall(k.biz_rows_only(name, day))
+        rows_only = merged.biz_rows_only(r, ks, name, day)
         business.append({"rule": name, "aggregate": desc.get("aggregate"), "values": parsed,
-                         "rows_only": sum(int(v) for v in rows_only.values())})
+                         "rows_only": sum(rows_only.values())})
     snap["business"] = business
-    alerts = []
-    for entry_id, fields in r.xrevrange(k.alerts, count=n):
-        alerts.append({"id": entry_id, **fields})
-    snap["alerts"] = alerts
-    snap["alert_counts"] = {rule: int(v) for rule, v in r.hgetall(k.alert_counts).items()}
-    lag: dict[str, Any] = {"length": 0, "last_age": None, "pending": None, "undelivered": None}
-    try:
-        info = r.xinfo_stream(k.statements)
-        lag["length"] = info.get("length", 0)
-        last = info.get("last-generated-id") or "0-0"
-        ms = int(str(last).partition("-")[0])
-        lag["last_age"] = now - ms / 1000 if ms else None
-        for g in r.xinfo_groups(k.statements):
-            if g["name"] == GROUP:
-                lag["pending"] = g.get("pending")
-                lag["undelivered"] = g.get("lag")
-    except redis.ResponseError:
-        pass  # no stream yet
-    snap["lag"] = lag
+    snap["alerts"] = [{"id": entry_id, **fields} for entry_id, fields in merged.latest(r, [x.alerts for x in ks], n)]
+    snap["alert_counts"] = merged.alert_counts(r, ks)
+    snap["lag"] = _lag(r, ks, now)
     workers = []
     for name, raw in sorted(r.hgetall(k.workers).items()):
         try:
@@ -196,15 +206,16 @@ def render(snap: dict[str, Any]) -> Group:
 
 
 def run(client: redis.Redis, prefix: str, once: bool = False, interval: float = 2.0,
-        console: Console | None = None) -> int:
+        console: Console | None = None, shards: int = 1) -> int:
     console = console or Console()
     if once:
-        console.print(render(snapshot(client, prefix)))
+        console.print(render(snapshot(client, prefix, shards=shards)))
         return 0
     try:
-        with Live(render(snapshot(client, prefix)), console=console, screen=False, auto_refresh=False) as live:
+        with Live(render(snapshot(client, prefix, shards=shards)), console=console, screen=False,
+                  auto_refresh=False) as live:
             while True:
                 time.sleep(interval)
-                live.update(render(snapshot(client, prefix)), refresh=True)
+                live.update(render(snapshot(client, prefix, shards=shards)), refresh=True)
     except KeyboardInterrupt:
         return 0

@@ -1,9 +1,11 @@
-"""One analyzer worker: a consumer in the group `analyzers` on `<prefix>:statements`.
+"""One analyzer worker: a consumer in the group `analyzers` on `<prefix>:statements` (or on every shard
+`<prefix>:statements:{i}` when `stream_shards` ≥ 2).
 
 Loop: reclaim entries idle too long in dead consumers (XAUTOCLAIM), read a batch (XREADGROUP),
 analyse it in memory, then apply every Redis effect of the batch together with its XACK in one Lua
 script (`atomic`). Killed at any point, the worker leaves either nothing or everything of a batch.
-Many workers can run; Redis hands each entry to one of them.
+Many workers can run; Redis hands each entry to one of them. A batch holds one shard's entries and
+writes only that shard's keys (keys.py), so its commit touches one Redis Cluster slot.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ from .anomaly import Evaluator, describe_series
 from .atomic import Committer, Writes
 from .business import Business, BusinessCollector, Match
 from .fingerprint import Normalized, Normalizer
-from .keys import Keys
+from .keys import Keys, shard_keys
 from .metrics import WorkerCounters
+from .redisconn import clustered, connect, require_shards
 from .rules import RulesFile
 from .security import Finding, Security
 from .shape import Shape, ShapeCache
 from .stats import BatchStats, StatsCollector
+from .streams import StreamSet
 
 log = logging.getLogger("fasterdata.analyze")
 
@@ -46,14 +50,23 @@ def _raw(client: redis.Redis) -> redis.Redis:
     return client
 
 
-def _entries(reply: Any) -> list[tuple[str, list[str] | None]]:
-    if not reply:
-        return []
-    streams = list(reply.values()) if isinstance(reply, dict) else [s[1] for s in reply]
-    out = []
-    for entries in streams:
-        out.extend((e[0], e[1]) for e in entries)
-    return out
+Entry = tuple[str, "list[str] | dict[str, str] | None"]  # fields flat (one Redis) or parsed (cluster client)
+
+
+def _entries(entries: Any) -> list[Entry]:
+    return [(e[0], e[1]) for e in entries if e and e[0] is not None]
+
+
+class Shard:
+    """One statement stream: its keys and the committer of its batches."""
+
+    __slots__ = ("committer", "i", "keys", "stream")
+
+    def __init__(self, i: int, keys: Keys, committer: Committer) -> None:
+        self.i = i
+        self.keys = keys
+        self.stream = keys.statements
+        self.committer = committer
 
 
 def _id_ms(entry_id: str) -> int:
@@ -63,10 +76,11 @@ def _id_ms(entry_id: str) -> int:
 class Batch:
     """What one batch produced, kept apart until its commit succeeds."""
 
-    __slots__ = ("anomaly", "bad", "failed", "findings", "matches", "new_fps", "new_pairs", "rows_only",
+    __slots__ = ("anomaly", "bad", "failed", "findings", "keys", "matches", "new_fps", "new_pairs", "rows_only",
                  "stats", "unparsed", "writes")
 
-    def __init__(self) -> None:
+    def __init__(self, keys: Keys) -> None:
+        self.keys = keys  # the shard's: every key this batch writes
         self.writes = Writes()
         self.stats = BatchStats()
         self.anomaly: dict[tuple[int, str], int] = {}
@@ -86,20 +100,25 @@ class Worker:
     def __init__(self, settings: AnalyzerSettings, rules: RulesFile, client: redis.Redis | None = None) -> None:
         self.s = settings
         self.rules = rules
-        self.r = _raw(client or redis.Redis.from_url(settings.redis, decode_responses=True,
-                                                     health_check_interval=30))
-        self.keys = Keys(settings.prefix)
+        self.r = client or connect(settings.redis, decode_responses=True, health_check_interval=30)
+        require_shards(self.r, settings.stream_shards)
+        if not clustered(self.r):
+            _raw(self.r)
+        self.keys = Keys(settings.prefix)  # unsharded: heartbeats, rule descriptions, the anomaly lock
         self.consumer = settings.consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self.stream = self.keys.statements
         self.group = settings.group
-        self.committer = Committer(self.r, self.stream, self.group, self.consumer)
+        sharded = settings.stream_shards > 1
+        self.shards = [Shard(i, k, Committer(self.r, k.statements, self.group, self.consumer, declare=sharded))
+                       for i, k in enumerate(shard_keys(settings.prefix, settings.stream_shards))]
+        self.streams = StreamSet(self.r, [sh.stream for sh in self.shards], self.group, self.consumer)
         self.normalize = Normalizer(settings.cache_size)
         self.shapes = ShapeCache()
         self.business = Business(rules.rules, self.keys, settings.events_maxlen)
         self.security = Security(rules.security)
         self.anomaly = AnomalyCounter(self.keys, rules.anomaly)
-        self.evaluator = Evaluator(self.r, self.keys, rules.anomaly, self.consumer, settings.alerts_maxlen,
-                                   describe_series(self.r, self.keys))
+        all_keys = [sh.keys for sh in self.shards]
+        self.evaluator = Evaluator(self.r, all_keys, rules.anomaly, self.consumer, settings.alerts_maxlen,
+                                   describe_series(self.r, all_keys))
         self.counters = WorkerCounters()
         self.stats = StatsCollector(settings.top_k)
         self.biz_metrics = BusinessCollector(rules.rules)
@@ -118,22 +137,28 @@ class Worker:
         self._next_tidy = time.monotonic() + 60
         self._rate = (time.monotonic(), 0)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
-        self._inflight: tuple[list, Batch, Future] | None = None
+        self._inflight: tuple[Shard, list, Batch, Future] | None = None
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read")
         self._reading: Future | None = None
 
     # ── set-up ──────────────────────────────────────────────────────────────────────────────────
     def setup(self) -> None:
-        """Create the group (and stream) if absent; publish rule descriptions for readers."""
-        try:
-            self.r.xgroup_create(self.stream, self.group, id=self.s.start_id, mkstream=True)
-            log.info("created consumer group %s on %s", self.group, self.stream)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        """Create the group (and stream) on every shard if absent; publish rule descriptions for readers."""
+        for stream in self.streams.create_group(self.s.start_id):
+            log.info("created consumer group %s on %s", self.group, stream)
+        self._check_shards()
         described = self.business.describe()
         if described:
             self.r.hset(self.keys.biz_rules, mapping=described)
+
+    def _check_shards(self) -> None:
+        """Warn when the proxy seems to write streams this worker does not read (stream_shards differs)."""
+        n = self.s.stream_shards
+        p = self.s.prefix
+        for stray in ([f"{p}:statements:{{{n}}}", f"{p}:statements"] if n > 1 else [f"{p}:statements:{{0}}"]):
+            if self.r.exists(stray):
+                log.warning("%s exists but this worker reads %d stream(s): is stream_shards the same as the "
+                            "proxy's?", stray, n)
 
     # ── loop ────────────────────────────────────────────────────────────────────────────────────
     def run(self) -> None:
@@ -167,12 +192,13 @@ class Worker:
             done += self.claim()
             self._next_claim = now + max(0.5, self.s.claim_idle / 2)
         reading, self._reading = self._reading, None
-        entries = reading.result() if reading is not None else self._read()
-        if entries:
+        got = reading.result() if reading is not None else self._read()
+        if got:
             if not self.stop.is_set():  # read the next batch while this one is analysed
                 self._reading = self._reader.submit(self._read)
-            self.process(entries, wait=False)
-            done += len(entries)
+            for shard, entries in got:
+                self.process(shard, entries, wait=False)
+                done += len(entries)
         else:
             self.settle()
         if time.monotonic() >= self._next_periodic:
@@ -184,55 +210,61 @@ class Worker:
         """Finish the read-ahead (its entries are delivered to us already) and the commit in flight."""
         n = 0
         if self._reading is not None:
-            entries, self._reading = self._reading.result(), None
-            if entries:
-                self.process(entries)
-                n = len(entries)
+            got, self._reading = self._reading.result(), None
+            for shard, entries in got:
+                self.process(shard, entries)
+                n += len(entries)
         self.settle()
         return n
 
-    def _read(self) -> list[tuple[str, list[str] | None]]:
-        return _entries(self.r.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=self.s.batch,
-                                          block=int(self.s.block * 1000)))
+    def _read(self) -> list[tuple[Shard, list[Entry]]]:
+        got = self.streams.read(self.s.batch, int(self.s.block * 1000))
+        return [(self.shards[i], _entries(entries)) for i, entries in got]
 
     def _own_pending(self) -> None:
         """Entries this consumer name read before a restart and never acknowledged."""
-        while not self.stop.is_set():
-            entries = _entries(self.r.xreadgroup(self.group, self.consumer, {self.stream: "0"},
-                                                 count=self.s.batch))
-            if not entries:
-                return
-            self.process(entries)
+        for shard in self.shards:
+            while not self.stop.is_set():
+                got = self.streams.read(self.s.batch, None, start="0", only=shard.i)
+                entries = _entries(got[0][1]) if got else []
+                if not entries:
+                    break
+                self.process(shard, entries)
 
     def claim(self) -> int:
-        """XAUTOCLAIM entries idle longer than claim_idle (their consumer is presumed dead)."""
+        """XAUTOCLAIM, on every shard, entries idle longer than claim_idle (their consumer is presumed dead)."""
         total = 0
-        cursor = "0-0"
         idle_ms = int(self.s.claim_idle * 1000)
-        for _ in range(100):
-            reply = self.r.execute_command("XAUTOCLAIM", self.stream, self.group, self.consumer, idle_ms,
-                                           cursor, "COUNT", self.s.batch)
-            cursor = reply[0]
-            entries = [(e[0], e[1]) for e in reply[1] if e]
-            if entries:
-                log.info("reclaimed %d entries idle > %.0fs", len(entries), self.s.claim_idle)
-                with self.counters.lock:
-                    self.counters.claimed += len(entries)
-                self.process(entries)
-                total += len(entries)
-            if cursor == "0-0" or self.stop.is_set():
-                break
+        for shard in self.shards:
+            cursor = "0-0"
+            for _ in range(100):
+                reply = self.r.execute_command("XAUTOCLAIM", shard.stream, self.group, self.consumer, idle_ms,
+                                               cursor, "COUNT", self.s.batch)
+                cursor = reply[0]
+                entries = _entries(reply[1])
+                if entries:
+                    log.info("reclaimed %d entries idle > %.0fs from %s", len(entries), self.s.claim_idle,
+                             shard.stream)
+                    with self.counters.lock:
+                        self.counters.claimed += len(entries)
+                    self.process(shard, entries)
+                    total += len(entries)
+                if cursor == "0-0" or self.stop.is_set():
+                    break
         return total
 
     # ── a batch ─────────────────────────────────────────────────────────────────────────────────
-    def analyse(self, entries: list[tuple[str, list[str] | None]]) -> Batch:
-        """Everything a batch will write, computed in memory."""
-        batch = Batch()
+    def analyse(self, shard: Shard, entries: list[Entry]) -> Batch:
+        """Everything a batch of one shard will write, computed in memory."""
+        batch = Batch(shard.keys)
         for entry_id, flat in entries:
             if flat is None:
                 continue  # trimmed from the stream before we read it: nothing to analyse
-            it = iter(flat)
-            ev = dict(zip(it, it, strict=False))
+            if type(flat) is dict:
+                ev = flat
+            else:
+                it = iter(flat)
+                ev = dict(zip(it, it, strict=False))
             try:
                 self.handle(batch, ev)
             except (event.BadEvent, ValueError) as exc:  # ValueError: a number field that is not one
@@ -244,14 +276,14 @@ class Worker:
         self.stats_writes(batch)
         return batch
 
-    def process(self, entries: list[tuple[str, list[str] | None]], wait: bool = True) -> None:
+    def process(self, shard: Shard, entries: list[Entry], wait: bool = True) -> None:
         """Analyse a batch and commit it. With wait=False the commit runs on a helper thread while the
         caller reads and analyses the next batch (Redis time overlaps Python time); commits stay in
         order because a new one starts only after the previous one has settled."""
-        batch = self.analyse(entries)
+        batch = self.analyse(shard, entries)
         self.settle()
-        self._inflight = (entries, batch, self._pool.submit(self.committer.commit, [e[0] for e in entries],
-                                                            batch.writes))
+        self._inflight = (shard, entries, batch, self._pool.submit(shard.committer.commit, [e[0] for e in entries],
+                                                                   batch.writes))
         if wait:
             self.settle()
 
@@ -259,7 +291,7 @@ class Worker:
         """Wait for the commit in flight; on a reclaim race, recompute without the lost entries."""
         if self._inflight is None:
             return
-        entries, batch, future = self._inflight
+        shard, entries, batch, future = self._inflight
         self._inflight = None
         lost = future.result()
         while lost:
@@ -270,8 +302,8 @@ class Worker:
             entries = [e for e in entries if e[0] not in gone]
             if not entries:
                 return
-            batch = self.analyse(entries)
-            lost = self.committer.commit([e[0] for e in entries], batch.writes)
+            batch = self.analyse(shard, entries)
+            lost = shard.committer.commit([e[0] for e in entries], batch.writes)
         self.committed(batch, len(entries))
 
     def handle(self, batch: Batch, ev: dict[str, str]) -> None:
@@ -315,14 +347,14 @@ class Worker:
             w = batch.writes
         elif txn == "open":
             sid, txid = get("sid", ""), get("txid", "")
-            w = batch.writes.parked(self.keys.txn_outcome(sid, txid), self.keys.txn_parked(sid, txid),
+            w = batch.writes.parked(batch.keys.txn_outcome(sid, txid), batch.keys.txn_parked(sid, txid),
                                     self.s.txn_ttl)
         else:
             return  # rolled back or prepared: not (yet) committed work
         matches = self.business.evaluate(ev, norm, shape, rules)
         if not matches:
             return
-        self.business.write(w, matches, ev, norm, ts)
+        self.business.write(w, matches, ev, norm, ts, batch.keys)
         for m in matches:
             if m.rows_only:
                 batch.rows_only[m.rule.name] = batch.rows_only.get(m.rule.name, 0) + m.count
@@ -338,13 +370,13 @@ class Worker:
         sid, txid, outcome = ev.get("sid"), ev.get("txid"), ev.get("txn")
         if not sid or not txid or not outcome:
             raise event.BadEvent("txn_end needs sid, txid and txn")
-        batch.writes.txn_end(self.keys.txn_outcome(sid, txid), self.keys.txn_parked(sid, txid), outcome,
+        batch.writes.txn_end(batch.keys.txn_outcome(sid, txid), batch.keys.txn_parked(sid, txid), outcome,
                              self.s.txn_ttl)
 
     def describe_fp(self, batch: Batch, norm: Normalized, shape: Shape, ts: int) -> None:
         """First sight of a fingerprint in this process: store its text (HSETNX: first writer wins)."""
         batch.new_fps[norm.fp] = (norm, shape)
-        k = self.keys.stats_fp(norm.fp)
+        k = batch.keys.stats_fp(norm.fp)
         w = batch.writes
         w.setnx(k, "text", norm.text)
         w.setnx(k, "op", shape.op)
@@ -380,8 +412,8 @@ class Worker:
         if self.new_fp_on and (app, fp) not in self.seen_pairs and (app, fp) not in batch.new_pairs:
             policy = self.rules.security.new_fingerprint
             batch.new_pairs.add((app, fp))
-            child = batch.writes.if_new_member(self.keys.seen(app), fp)
-            child = child.if_older(self.keys.seen_since, app, ts // 1_000_000, int(policy.learn_seconds))
+            child = batch.writes.if_new_member(batch.keys.seen(app), fp)
+            child = child.if_older(batch.keys.seen_since, app, ts // 1_000_000, int(policy.learn_seconds))
             self.alert(child, batch, Finding("new_fingerprint", policy.severity,
                                              f"first {shape.op} of this shape from application {app!r}"),
                        ev, norm, ts, dedup=False)
@@ -394,7 +426,8 @@ class Worker:
               dedup: bool = True) -> None:
         """A finding: counted always; written to the alerts stream once per dedup window."""
         batch.findings.append((f.rule, f.severity))
-        writes.hincr(self.keys.alert_counts, f.rule, 1)
+        keys = batch.keys
+        writes.hincr(keys.alert_counts, f.rule, 1)
         app = ev.get("app", "")
         window = self.rules.security.dedup_seconds
         if dedup and window > 0:
@@ -405,7 +438,7 @@ class Worker:
             self.alerted[key] = now + window
             if len(self.alerted) > 50000:
                 self.alerted = {k: v for k, v in self.alerted.items() if v > now}
-            writes = writes.once(self.keys.alert_dedup(f.rule, norm.fp, app), int(window))
+            writes = writes.once(keys.alert_dedup(f.rule, norm.fp, app), int(window))
         fields = {"kind": "security", "rule": f.rule, "severity": f.severity, "ts": str(ts),
                   "at": str(int(time.time() * 1e6)), "sid": ev.get("sid", ""), "client": ev.get("client", ""),
                   "user": ev.get("user", ""), "db": ev.get("db", ""), "app": app, "fp": norm.fp,
@@ -415,15 +448,15 @@ class Worker:
             for key in ("traceparent", "route", "controller", "action"):
                 if key in norm.comment:
                     fields[key] = norm.comment[key]
-        writes.xadd(self.keys.alerts, self.s.alerts_maxlen, fields)
+        writes.xadd(keys.alerts, self.s.alerts_maxlen, fields)
 
     def stats_writes(self, batch: Batch) -> None:
-        batch.stats.write(batch.writes, self.keys)
-        self.anomaly.write(batch.writes, batch.anomaly)
+        batch.stats.write(batch.writes, batch.keys)
+        self.anomaly.write(batch.writes, batch.anomaly, batch.keys)
         if batch.unparsed:
-            batch.writes.hincr(self.keys.stats_totals, "unparsed", batch.unparsed)
+            batch.writes.hincr(batch.keys.stats_totals, "unparsed", batch.unparsed)
         if batch.bad:
-            batch.writes.hincr(self.keys.stats_totals, "bad", batch.bad)
+            batch.writes.hincr(batch.keys.stats_totals, "bad", batch.bad)
 
     def committed(self, batch: Batch, n: int) -> None:
         """The batch is in Redis: now (and only now) update this process's metrics and caches."""
@@ -467,35 +500,49 @@ class Worker:
                     self.counters.anomaly_alerts = self.evaluator.alerts
 
     def measure_lag(self) -> None:
-        """Pending entries and the age of the oldest event not yet processed (pending or undelivered)."""
-        groups = {g["name"]: g for g in self.r.xinfo_groups(self.stream)}
+        """Pending and undelivered entries (summed over shards, and per shard) and the age of the oldest
+        event not yet processed anywhere."""
+        per: dict[int, tuple[int, int, float]] = {}
+        for shard in self.shards:
+            got = self._shard_lag(shard.stream)
+            if got is not None:
+                per[shard.i] = got
+        if not per:
+            return
+        with self.counters.lock:
+            self.counters.pending = sum(p for p, _, _ in per.values())
+            self.counters.lag_entries = sum(lag for _, lag, _ in per.values())
+            self.counters.lag_seconds = max(age for _, _, age in per.values())
+            self.counters.shards = per if len(self.shards) > 1 else {}
+
+    def _shard_lag(self, stream: str) -> tuple[int, int, float] | None:
+        """(pending, undelivered, age of the oldest unprocessed event) of one stream."""
+        groups = {g["name"]: g for g in self.r.xinfo_groups(stream)}
         g = groups.get(self.group)
         if g is None:
-            return
+            return None
         pending = int(g.get("pending") or 0)
         lag = g.get("lag")
         oldest_ms = None
         if pending:
-            summary = self.r.xpending(self.stream, self.group)
+            summary = self.r.xpending(stream, self.group)
             if summary and summary.get("min"):
                 oldest_ms = _id_ms(summary["min"])
         last = g.get("last-delivered-id") or "0-0"
-        nxt = self.r.xrange(self.stream, min="(" + last, count=1)
+        nxt = self.r.xrange(stream, min="(" + last, count=1)
         if nxt:
             ms = _id_ms(nxt[0][0])
             oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
         age = max(0.0, time.time() - oldest_ms / 1000) if oldest_ms else 0.0
-        with self.counters.lock:
-            self.counters.pending = pending
-            self.counters.lag_entries = int(lag) if lag is not None else (1 if nxt else 0)
-            self.counters.lag_seconds = age
+        return pending, int(lag) if lag is not None else (1 if nxt else 0), age
 
     def tidy(self, max_idle: float = 3600) -> None:
         """Forget consumers (restarted workers get new names) idle for an hour with nothing pending."""
-        for c in self.r.xinfo_consumers(self.stream, self.group):
-            if c["name"] != self.consumer and not c["pending"] and c["idle"] > max_idle * 1000:
-                self.r.xgroup_delconsumer(self.stream, self.group, c["name"])
-                log.info("removed idle consumer %s", c["name"])
+        for shard in self.shards:
+            for c in self.r.xinfo_consumers(shard.stream, self.group):
+                if c["name"] != self.consumer and not c["pending"] and c["idle"] > max_idle * 1000:
+                    self.r.xgroup_delconsumer(shard.stream, self.group, c["name"])
+                    log.info("removed idle consumer %s from %s", c["name"], shard.stream)
         cutoff = time.time() - 86400
         for name, raw in self.r.hgetall(self.keys.workers).items():
             try:

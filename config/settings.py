@@ -50,6 +50,9 @@ class Common(BaseModel):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity")
     log_format: Literal["text", "json"] = Field("text", description="Human-readable lines or one JSON object a line")
+    stream_shards: int = Field(
+        1, ge=1, le=1024, description="Statement streams <prefix>:statements:{i} (1: one unsharded stream); the "
+        "proxy keeps a session on one, analyzers read all. Same value everywhere; at least 2 on Redis Cluster")
 
     @field_validator("redis")
     @classmethod
@@ -106,7 +109,6 @@ class ProxySettings(Common):
         "password|passwd|secret|token|ssn|card|cvv",
         description="Case-insensitive regex of column names whose values are hidden")
     stream_maxlen: int = Field(1_000_000, ge=0, description="Approximate length cap of <prefix>:statements (0: none)")
-    stream_shards: int = Field(1, ge=1, le=1024, description="Statement streams; a session always uses the same one")
     queue_max: int = Field(100_000, ge=100, description="Events queued in memory before they go to the spool")
     spool_dir: str | None = Field(
         None, description="Directory of the spool used while Redis is away (default: <tmp>/fasterdata-spool)")

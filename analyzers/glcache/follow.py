@@ -2,6 +2,8 @@
 
 It hands every event to GLCache.apply_event and acknowledges it afterwards, so an event whose patch could
 not be written (Redis away) is read again. The main analyzer worker can call apply_event itself instead.
+With ``stream_shards`` ≥ 2 it reads every shard ``<prefix>:statements:{i}`` (on a Redis Cluster through
+RedisCluster, one stream per command), acknowledging each entry on its own stream.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import time
 
 import redis
 
+from ..keys import shard_keys
+from ..redisconn import connect
+from ..streams import StreamSet
 from .cache import GLCache
 from .store import RedisDown
 
@@ -27,30 +32,34 @@ class Follower:
                  count: int = 500, start: str = "$"):
         s = cache.settings
         self.cache = cache
-        self.stream = f"{s.prefix}:statements"
+        self.streams_names = [k.statements for k in shard_keys(s.prefix, s.stream_shards)]
+        # for display (gl follow prints it): the stream, or the shards' pattern
+        self.stream = self.streams_names[0] if len(self.streams_names) == 1 else \
+            f"{s.prefix}:statements:{{0..{len(self.streams_names) - 1}}}"
         self.group = group or s.group
         self.consumer = consumer or s.consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.block_ms, self.count, self.start = block_ms, count, start
-        self.client = redis.Redis.from_url(s.redis, socket_timeout=max(5.0, block_ms / 1000 + 2))
+        self.client = connect(s.redis, socket_timeout=max(5.0, block_ms / 1000 + 2))
+        self.streams = StreamSet(self.client, self.streams_names, self.group, self.consumer)
         self._pending_done = False
         self.processed = 0
 
     def ensure_group(self) -> None:
-        try:
-            self.client.xgroup_create(self.stream, self.group, id=self.start, mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        self.streams.create_group(self.start)
 
     def step(self) -> int:
         """Read and apply one batch (first this consumer's unacknowledged events); events handled."""
-        cursor = "0" if not self._pending_done else ">"
-        reply = self.client.xreadgroup(self.group, self.consumer, {self.stream: cursor}, count=self.count,
-                                       block=None if cursor == "0" else self.block_ms)
-        entries = reply[0][1] if reply else []
-        if cursor == "0" and not entries:
-            self._pending_done = True
-            return 0
+        if not self._pending_done:
+            got = self.streams.read(self.count, None, start="0")
+            if not got:
+                self._pending_done = True
+                return 0
+        else:
+            got = self.streams.read(self.count, self.block_ms)
+        return sum(self._apply(self.streams_names[i], entries) for i, entries in got)
+
+    def _apply(self, stream: str, entries: list) -> int:
+        """Apply one stream's entries and acknowledge those handled; stops at a Redis outage."""
         done = []
         for entry_id, fields in entries:
             if fields is None:  # trimmed away while pending
@@ -70,7 +79,7 @@ class Follower:
                     break
             done.append(entry_id)
         if done:
-            self.client.xack(self.stream, self.group, *done)
+            self.client.xack(stream, self.group, *done)
             self.processed += len(done)
         return len(done)
 

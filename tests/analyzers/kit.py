@@ -3,6 +3,7 @@ contract, in-process workers that drain the stream, and workers run as real subp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -17,6 +18,8 @@ from typing import Any
 import pytest
 import redis
 
+from analyzers import merged
+from analyzers.keys import shard_keys
 from analyzers.rules import RulesFile, parse
 from analyzers.worker import Worker
 from config.analyzer_settings import AnalyzerSettings
@@ -43,11 +46,13 @@ def prefix(r: redis.Redis) -> Iterator[str]:
 
 
 class Events:
-    """Writes statement events (schema v1, flat string fields) the way the proxy does."""
+    """Writes statement events (schema v1, flat string fields) the way the proxy does: with `shards` ≥ 2
+    to `<prefix>:statements:{i}`, the session id picking the stream (stable, as the proxy keeps a session)."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, shards: int = 1) -> None:
         self.r = client
-        self.stream = f"{prefix}:statements"
+        self.streams = [k.statements for k in shard_keys(prefix, shards)]
+        self.stream = self.streams[0]
         self.ts = int(time.time() * 1e6)
         self.pipe = None
 
@@ -75,15 +80,16 @@ class Events:
             f["err"] = err
             f["errmsg"] = "failed"
             f.pop("tag", None)
-        self._add(f)
+        self._add(f, sid)
 
     def txn_end(self, sid: str, txid: int, outcome: str, stmts: int = 1) -> None:
         self.ts += 10
         self._add({"v": "1", "kind": "txn_end", "ts": str(self.ts), "sid": sid, "client": "127.0.0.1:50000",
-                   "user": "app", "db": "shop", "txid": str(txid), "txn": outcome, "stmts": str(stmts)})
+                   "user": "app", "db": "shop", "txid": str(txid), "txn": outcome, "stmts": str(stmts)}, sid)
 
-    def _add(self, fields: dict[str, str]) -> None:
-        (self.pipe or self.r).xadd(self.stream, fields)
+    def _add(self, fields: dict[str, str], sid: str) -> None:
+        stream = self.streams[int(hashlib.sha1(sid.encode()).hexdigest(), 16) % len(self.streams)]
+        (self.pipe or self.r).xadd(stream, fields)
 
     def __enter__(self) -> Events:
         self.pipe = self.r.pipeline(transaction=False)
@@ -139,23 +145,32 @@ def make_worker(prefix: str, rules: RulesFile | None = None, consumer: str = "w1
     return worker
 
 
+def group_done(client: redis.Redis, streams: list[str], group: str = "analyzers") -> bool:
+    """Nothing undelivered and nothing pending in `group` on any of `streams`."""
+    for stream in streams:
+        g = {x["name"]: x for x in client.xinfo_groups(stream)}.get(group)
+        if g is None or g.get("lag") or g.get("pending"):
+            return False
+    return True
+
+
 def drain(worker: Worker, limit: int = 1000) -> int:
     """Step until the group has nothing undelivered and nothing pending; returns entries processed."""
     total = 0
     for _ in range(limit):
         total += worker.step()
         total += worker.quiesce()  # no read-ahead left behind to swallow entries a later test step adds
-        g = {x["name"]: x for x in worker.r.xinfo_groups(worker.stream)}[worker.group]
-        if not g.get("lag") and not g.get("pending"):
+        if group_done(worker.r, worker.streams.names, worker.group):
             return total
     raise AssertionError("stream not drained")
 
 
-def biz(client: redis.Redis, prefix: str, rule: str) -> dict[str, str]:
-    """A rule's aggregate hashes summed over all days (labels → raw stored value)."""
+def biz(client: redis.Redis, prefix: str, rule: str, shards: int = 1, aggregate: str = "sum") -> dict[str, str]:
+    """A rule's aggregate hashes summed over all days (labels → raw stored value), merged over shards."""
+    ks = shard_keys(prefix, shards)
     out: dict[str, int | float] = {}
-    for day in client.smembers(f"{prefix}:biz:{rule}:days"):
-        for labels, value in client.hgetall(f"{prefix}:biz:{rule}:{day}").items():
+    for day in merged.biz_days(client, ks, rule):
+        for labels, value in merged.biz_values(client, ks, rule, day, aggregate).items():
             out[labels] = out.get(labels, 0) + (int(value) if value.lstrip("-").isdigit() else float(value))
     return out
 
@@ -163,30 +178,33 @@ def biz(client: redis.Redis, prefix: str, rule: str) -> dict[str, str]:
 class WorkerProcess(ChildProcess):
     """`python -m analyzers.cli analyze` as a subprocess, as operators run it."""
 
-    def __init__(self, tmp: Path, prefix: str, rules_path: Path, consumer: str, *args: str) -> None:
+    def __init__(self, tmp: Path, prefix: str, rules_path: Path, consumer: str, *args: str,
+                 env: dict[str, str] | None = None, redis_url: str = REDIS_URL) -> None:
         self.metrics_port = free_port()
         self.log_path = tmp / f"worker-{consumer}.log"
-        cmd = [sys.executable, "-m", "analyzers.cli", "analyze", "--redis", REDIS_URL, "--prefix", prefix,
+        cmd = [sys.executable, "-m", "analyzers.cli", "analyze", "--redis", redis_url, "--prefix", prefix,
                "--metrics", f"127.0.0.1:{self.metrics_port}", "--rules", str(rules_path),
                "--consumer", consumer, *args]
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
 
 @pytest.fixture
 def start_worker(tmp_path: Path, prefix: str) -> Iterator:
-    """Factory: start_worker(consumer, *args, rules=RulesFile data) → WorkerProcess; stopped at teardown."""
+    """Factory: start_worker(consumer, *args, rules=RulesFile data, env=…, redis_url=…) → WorkerProcess;
+    stopped at teardown."""
     started: list[WorkerProcess] = []
     rules_path = tmp_path / "rules.json"  # JSON is YAML
     rules_path.write_text(json.dumps(RULES))
 
-    def start(consumer: str, *args: str, rules: dict | None = None) -> WorkerProcess:
+    def start(consumer: str, *args: str, rules: dict | None = None, env: dict[str, str] | None = None,
+              redis_url: str = REDIS_URL) -> WorkerProcess:
         path = rules_path
         if rules is not None:
             path = tmp_path / f"rules-{consumer}.json"
             path.write_text(json.dumps(rules))
-        w = WorkerProcess(tmp_path, prefix, path, consumer, *args)
+        w = WorkerProcess(tmp_path, prefix, path, consumer, *args, env=env, redis_url=redis_url)
         started.append(w)
         return w
 

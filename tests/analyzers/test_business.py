@@ -124,12 +124,12 @@ def test_a_reclaimed_batch_is_applied_once(r: redis.Redis, prefix: str, events: 
     slow = make_worker(prefix, consumer="slow")
     fast = make_worker(prefix, consumer="fast", claim_idle=0.001)
     stream = f"{prefix}:statements"
-    taken = _entries(slow.r.xreadgroup("analyzers", "slow", {stream: ">"}, count=20))
+    taken = _entries(slow.streams.read(20, None)[0][1])
     assert len(taken) == 20
     # the slow worker stalls; the other reclaims and commits everything
     time.sleep(0.01)  # > claim_idle
     assert fast.claim() == 20
-    slow.process(taken)  # wakes up: the script refuses, nothing is applied twice
+    slow.process(slow.shards[0], taken)  # wakes up: the script refuses, nothing is applied twice
     assert slow.counters.conflicts == 20 and slow.counters.entries == 0
     assert biz(r, prefix, "sales") == {"region=eu": 2000}
     assert r.xpending(stream, "analyzers")["pending"] == 0

@@ -18,6 +18,8 @@ from typing import Any
 
 import psycopg
 
+from analyzers import merged
+from analyzers.keys import shard_keys
 from tests.analyzers.kit import Events
 
 SKUS = [f"SKU-{i}" for i in range(8)]
@@ -76,10 +78,11 @@ def param(value: Any) -> Any:
 class Workload:
     """Runs transactions on `conn` and emits their events through `events`."""
 
-    def __init__(self, conn: psycopg.Connection, events: Events, seed: int = 1) -> None:
+    def __init__(self, conn: psycopg.Connection, events: Events, seed: int = 1, sessions: int = 1) -> None:
         self.conn = conn
         self.events = events
         self.rng = random.Random(seed)
+        self.sessions = sessions  # > 1: transactions take turns among that many session ids (shards)
         self.next_order = 1
         self.sid = "w1"
         self.txid = 0
@@ -167,6 +170,8 @@ class Workload:
     def transaction(self) -> None:
         """One random unit of work: autocommit, committed, rolled back, with savepoints, or early."""
         self.txid += 1
+        if self.sessions > 1:
+            self.sid = f"w{self.txid % self.sessions + 1}"
         kind = self.rng.random()
         body = [lambda: self.order(self.rng.random() < 0.3), self.posting, self.restock, self.remove_cart]
         if kind < 0.25:  # autocommit statement
@@ -235,15 +240,16 @@ class Workload:
         return {k: {lab: Decimal(v) for lab, v in d.items()} for k, d in out.items()}
 
 
-def measured(client: Any, prefix: str) -> dict[str, dict[str, Decimal]]:
-    """Each rule's totals as the analyzers stored them in Redis (all days), as decimals."""
+def measured(client: Any, prefix: str, shards: int = 1) -> dict[str, dict[str, Decimal]]:
+    """Each rule's totals as the analyzers stored them in Redis (all days, merged over shards), as decimals."""
+    ks = shard_keys(prefix, shards)
     out: dict[str, dict[str, Decimal]] = {}
     for rule in RULES["rules"]:
         name = rule["name"]
         scale = rule.get("scale", 6) if rule["aggregate"] == "sum" else 0
         acc: dict[str, Decimal] = {}
-        for day in client.smembers(f"{prefix}:biz:{name}:days"):
-            for labels, value in client.hgetall(f"{prefix}:biz:{name}:{day}").items():
+        for day in merged.biz_days(client, ks, name):
+            for labels, value in merged.biz_values(client, ks, name, day, rule["aggregate"]).items():
                 acc[labels] = acc.get(labels, Decimal(0)) + Decimal(value).scaleb(-scale)
         out[name] = {k: v for k, v in acc.items() if v != 0 or name != "stock_moves"}
     return out
