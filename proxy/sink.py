@@ -12,9 +12,10 @@ key set, instead of being RESP-framed one by one.  Redis pays ~3.5 µs per event
 Exactly once, in order, across outages: every event of a sink instance has a sequence number
 (implicit: its position in put order).  A batch says "events seq0 … seq0+n-1 of instance X"; the
 script compares with the marker ``<prefix>:sink:{<tag>}:<X>`` (the next sequence number Redis
-already holds) and skips the prefix that is already there.  So a batch whose reply was lost
-(timeout, killed or paused Redis, a SIGSTOPped server that executes the stale request later)
-can simply be sent again, from memory or from the spool, even by the next process.
+already holds; `marker_base` names it otherwise for a prefix with braces) and skips the prefix
+that is already there.  So a batch whose reply was lost (timeout, killed or paused Redis, a
+SIGSTOPped server that executes the stale request later) can simply be sent again, from memory
+or from the spool, even by the next process.
 
 While Redis is unreachable or too slow, events go to an append-only spool file (see `Spool`);
 while the spool holds anything, new events go behind it, so order holds.  Only a full spool
@@ -24,11 +25,20 @@ Sharding (optional): ``shards=N`` gives N lanes, streams ``<prefix>:statements:{
 ``{N-1}`` (hash tags, so each stream and its marker share a Redis Cluster slot); ``route``
 (the session id) picks the lane, so one session always lands on one stream.  Each lane has its
 own connection, spool file (``<spool_path>.<i>``), sequence numbers and marker.
+
+Redis Cluster: the sink is given one node (the seed).  A lane follows ``MOVED`` to its slot's
+owner and remembers it; ``ASK`` (slot being migrated) sends that one batch to the importing node
+after ``ASKING`` without changing what it remembers.  When the owner cannot be reached, the lane
+asks the seed or any other node it has heard of (``CLUSTER SLOTS``) who serves its slot now, and
+spools meanwhile.  A stream's marker is always in the stream's slot (`marker_base`), so the
+script runs where both are, MIGRATE moves them together, and a replay stays exactly once.  All of
+this lives in the sender; ``put()`` does not change.
 """
 
 from __future__ import annotations
 
 import asyncio
+import binascii
 import contextlib
 import fcntl
 import hashlib
@@ -506,6 +516,56 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
         view = view[os.write(fd, view):]
 
 
+# -- Redis Cluster --------------------------------------------------------------------------------
+
+CLUSTER_SLOTS = 16384
+_ASKING = hiredis.pack_command(("ASKING",))
+_CLUSTER_SLOTS = hiredis.pack_command(("CLUSTER", "SLOTS"))
+
+
+def _hash_tag(key: bytes) -> bytes | None:
+    """The part of ``key`` Redis Cluster hashes when it is not the whole key: a non-empty first ``{…}``."""
+    start = key.find(b"{")
+    if start >= 0:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            return key[start + 1:end]
+    return None
+
+
+def key_slot(key: str) -> int:
+    """The Redis Cluster hash slot of ``key`` (CRC16/XMODEM of its hash tag or of the whole key)."""
+    raw = key.encode("utf-8", "surrogateescape")
+    tag = _hash_tag(raw)
+    return binascii.crc_hqx(raw if tag is None else tag, 0) % CLUSTER_SLOTS
+
+
+def marker_base(prefix: str, stream: str, tag: str) -> str:
+    """The marker keys' name for ``stream`` up to the instance id, chosen to be in the stream's slot.
+
+    The script touches the stream and the marker, so on a cluster both must share a slot (else
+    CROSSSLOT), and then MIGRATE moves them together.  The usual name ``<prefix>:sink:{<tag>}:``
+    does that whenever the prefix has no braces (``tag`` is the stream's hash tag, or the whole
+    stream name when it has none); else the name starts with a number in braces that hashes to the
+    stream's slot (every slot has one below 110,000).  The hash tag must lie inside the base, so
+    the instance id appended to it cannot move the key to another slot.
+    """
+    slot = key_slot(stream)
+    base = f"{prefix}:sink:{{{tag}}}:"
+    if _hash_tag(base.encode("utf-8", "surrogateescape")) is not None and key_slot(base) == slot:
+        return base
+    n = 0
+    while key_slot(f"{{{n}}}") != slot:
+        n += 1
+    return f"{{{n}}}:{prefix}:sink:"
+
+
+def _address(reply: str, default_host: str) -> tuple[str, int]:
+    """Host and port from a redirection ('MOVED <slot> <host>:<port>', same for ASK); an empty host is the seed's."""
+    host, _, port = reply.split()[2].rpartition(":")
+    return host.strip("[]") or default_host, int(port)
+
+
 # -- Redis connection -----------------------------------------------------------------------------
 
 class RedisReplyError(Exception):
@@ -571,6 +631,7 @@ class RedisConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.on_lost: Any = None  # called once when the peer goes away
+        self.node: RedisTarget | None = None  # where it goes, when the owner needs to know (cluster redirections)
         self._reader = hiredis.Reader()
         self._waiters: deque[asyncio.Future] = deque()
 
@@ -679,8 +740,9 @@ class _Lane:
     def __init__(self, sink: StreamSink, stream: str, tag: str, spool_path: str | os.PathLike | None) -> None:
         self.sink = sink
         self.stream = stream
-        self._marker_base = f"{sink.prefix}:sink:{{{tag}}}:"
+        self._marker_base = marker_base(sink.prefix, stream, tag)
         self.marker = self._marker_base + sink.instance
+        self.slot = key_slot(stream)
         self.spool = Spool(spool_path, sink.spool_max_bytes) if spool_path is not None else None
         self._max_queue = sink.max_queue
         self._queue: list[dict[str, str]] = []
@@ -692,7 +754,8 @@ class _Lane:
         self._pseq = 0  # sequence number of the next event put while spooling
         self._head: _Batch | None = None  # the batch being sent, kept until Redis confirms it
         self._conn: RedisConnection | None = None
-        self._node: RedisTarget | None = None  # Redis Cluster: the node a MOVED reply pointed this stream to
+        self._node: RedisTarget | None = None  # Redis Cluster: the node serving this stream's slot (None: the seed)
+        self._ask_conn: RedisConnection | None = None  # Redis Cluster: to the node an ASK pointed to
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
@@ -799,19 +862,24 @@ class _Lane:
         head = self._head
         return len(self._queue) + (len(head.events) if head is not None and head.spool is None else 0)
 
+    @property
+    def where(self) -> str:
+        """The Redis this lane writes to, for logs and readiness."""
+        return (self._node or self.sink.target).display
+
     def readiness(self) -> str | None:
         if self.up:
             return None
         sp = self.spool
         reason = self._down_reason or "connecting"
         if sp is None:
-            return f"redis {self.sink.target.display} unreachable ({reason}) and no spool configured"
+            return f"redis {self.where} unreachable ({reason}) and no spool configured"
         if sp.broken:
-            return f"redis {self.sink.target.display} unreachable ({reason}) and spool failed: {sp.broken}"
+            return f"redis {self.where} unreachable ({reason}) and spool failed: {sp.broken}"
         if sp.closed:
-            return f"redis {self.sink.target.display} unreachable ({reason}) and the sink is not running"
+            return f"redis {self.where} unreachable ({reason}) and the sink is not running"
         if self._spool_full_logged:
-            return f"redis {self.sink.target.display} unreachable ({reason}) and spool {sp.path} is full"
+            return f"redis {self.where} unreachable ({reason}) and spool {sp.path} is full"
         return None
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -844,9 +912,7 @@ class _Lane:
 
     def _finish(self) -> None:
         """Whatever Redis did not confirm goes to the spool (or is counted as dropped)."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._drop_conn()
         sp = self.spool
         head, self._head = self._head, None
         if head is not None and head.spool is not None and sp is not None:
@@ -894,9 +960,7 @@ class _Lane:
             except Exception:
                 log.exception("sink %s: sender failed; restarting it", self.stream)
                 self.send_errors += 1
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
+                self._drop_conn()
                 if self._closing:
                     return
                 await self._pause(1.0)
@@ -904,22 +968,23 @@ class _Lane:
     async def _send_loop(self) -> None:
         sink = self.sink
         delay = sink.backoff_min
-        moves = 0  # MOVED redirections in a row (a cluster in flux must not make this spin)
+        hops = 0  # MOVED/ASK redirections since the last confirmed batch or pause (a cluster in flux must not spin)
         while True:
             if self._conn is None or self._conn.closed:
                 if self._conn is not None:
-                    self._conn = None
+                    self._drop_conn()
                     await self._went_down("connection closed by redis")
+                node = self._node or sink.target
                 try:
-                    conn = await RedisConnection.open(self._node or sink.target, sink.connect_timeout,
-                                                      f"{sink.client_name}-{sink.instance}")
+                    conn = await RedisConnection.open(node, sink.connect_timeout, f"{sink.client_name}-{sink.instance}")
                 except (OSError, TimeoutError, RedisReplyError, ConnectionError, ssl.SSLError, EOFError) as exc:
-                    self._node = None  # a lost cluster node: ask the configured one again (it redirects)
                     await self._went_down(_describe(exc))
                     if self._closing:
                         return
+                    await self._relocate(node)
                     await self._pause(delay)
                     delay = min(delay * 2, sink.backoff_max)
+                    hops = 0
                     continue
                 conn.on_lost = self._wake
                 self._conn = conn
@@ -940,36 +1005,39 @@ class _Lane:
             try:
                 async with asyncio.timeout(sink.send_timeout):
                     reply = await self._conn.request(batch.data)
-            except (ConnectionError, OSError, TimeoutError) as exc:
+                    if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("ASK ") and hops < 5:
+                        hops += 1
+                        reply = await self._asked(str(reply), batch)
+            except (ConnectionError, OSError, TimeoutError, RedisReplyError, EOFError) as exc:
                 self.send_errors += 1
-                self._conn.close()
-                self._conn = None
+                self._drop_conn()
                 await self._went_down(_describe(exc, "no reply"))
                 if not self._closing:
                     await self._pause(delay)
                     delay = min(delay * 2, sink.backoff_max)
+                hops = 0
                 continue
             if isinstance(reply, hiredis.ReplyError):
                 self.send_errors += 1
-                if str(reply).startswith("NOSCRIPT"):  # SCRIPT FLUSH or a failover: load it again
-                    self._conn.close()
-                    self._conn = None
+                self._drop_conn()
+                text = str(reply)
+                if text.startswith("NOSCRIPT"):  # SCRIPT FLUSH or a failover: load it again
                     continue
-                if str(reply).startswith("MOVED ") and moves < 5:  # Redis Cluster: go to the slot's owner
-                    moves += 1
-                    self._node = self._moved(str(reply))
-                    self._conn.close()
-                    self._conn = None
-                    continue
-                self._conn.close()
-                self._conn = None
-                await self._went_down(f"redis error: {reply}")
+                if text.startswith("MOVED "):  # Redis Cluster: the slot's owner is another node from now on
+                    self._node = self._moved(text)
+                    if hops < 5:
+                        hops += 1
+                        continue
+                # TRYAGAIN (keys of the slot half migrated), CLUSTERDOWN, LOADING, endless redirections …:
+                # spool and retry later; the marker makes the retry safe.
+                await self._went_down(f"redis error: {text}")
                 if self._closing:
                     return
                 await self._pause(delay)
                 delay = min(delay * 2, sink.backoff_max)
+                hops = 0
                 continue
-            moves = 0
+            hops = 0
             elapsed = time.perf_counter() - started
             self.latency_counts[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
             self.latency_sum += elapsed
@@ -982,13 +1050,48 @@ class _Lane:
                 self.replayed += n
                 self.spool.consumed(batch.spool)  # type: ignore[union-attr]
 
+    def _drop_conn(self) -> None:
+        """Close the connections (a closed one is never reused, so replies cannot get out of step)."""
+        for conn in (self._conn, self._ask_conn):
+            if conn is not None:
+                conn.close()
+        self._conn = self._ask_conn = None
+
     def _moved(self, reply: str) -> RedisTarget:
         """'MOVED <slot> <host>:<port>': the configured target's credentials and TLS, at that node."""
-        host, _, port = reply.split()[2].rpartition(":")
-        host = host.strip("[]") or self.sink.target.host
-        log.info("sink %s: redis cluster slot %s is served by %s:%s", self.stream, reply.split()[1], host, port)
-        display = f"{self.sink.target.display} -> {host}:{port}"
-        return replace(self.sink.target, host=host, port=int(port), path=None, display=display)
+        node = self.sink.cluster_node(*_address(reply, self.sink.target.host))
+        if node != self._node:
+            log.info("sink %s: redis cluster slot %s is served by %s:%s", self.stream, reply.split()[1],
+                     node.host, node.port)
+        return node
+
+    async def _asked(self, reply: str, batch: _Batch) -> Any:
+        """'ASK <slot> <host>:<port>': the slot is migrating and our keys have left; this batch goes there.
+
+        Only this batch, after ASKING (good for one command): the slot's owner stays the one we
+        know until a MOVED says otherwise.  The connection is kept while ASKs point to the same node.
+        """
+        node = self.sink.cluster_node(*_address(reply, self.sink.target.host))
+        conn = self._ask_conn
+        if conn is None or conn.closed or conn.node != node:
+            if conn is not None:
+                conn.close()
+            log.info("sink %s: redis cluster slot %s is migrating; following ASK to %s:%s", self.stream,
+                     reply.split()[1], node.host, node.port)
+            conn = await RedisConnection.open(node, self.sink.connect_timeout,
+                                              f"{self.sink.client_name}-{self.sink.instance}")
+            conn.node = node
+            self._ask_conn = conn
+        asking, result = await conn.requests(_ASKING + batch.data, 2)
+        return asking if isinstance(asking, hiredis.ReplyError) else result
+
+    async def _relocate(self, failed: RedisTarget) -> None:
+        """A node did not answer.  On a cluster, ask the others which node serves this stream's slot now.
+
+        The answer may well be the same node (it restarts; there is no replica to take over): then the
+        lane keeps trying it, spooling meanwhile.  Nothing known (plain Redis): back to the seed.
+        """
+        self._node = await self.sink.slot_owner(self.slot, failed) if self.sink.cluster_nodes else None
 
     def _next_batch(self) -> _Batch | None:
         """The next batch to send, encoded; a batch too big for one command is split."""
@@ -1072,10 +1175,10 @@ class _Lane:
         sp = self.spool
         backlog = f"; {sp.pending} spooled events to replay" if sp is not None and sp.pending else ""
         if self._down_since is not None:
-            log.info("sink %s: redis %s is back after %.1fs%s", self.stream, self.sink.target.display,
+            log.info("sink %s: redis %s is back after %.1fs%s", self.stream, self.where,
                      time.monotonic() - self._down_since, backlog)
         elif self.connects == 1:
-            log.info("sink %s: writing to redis %s%s", self.stream, self.sink.target.display, backlog)
+            log.info("sink %s: writing to redis %s%s", self.stream, self.where, backlog)
         self._down_since = None
         self._down_reason = ""
 
@@ -1088,7 +1191,7 @@ class _Lane:
             sp = self.spool
             where = (f"spooling events to {sp.path}" if sp is not None and not sp.broken else
                      f"holding up to {self._max_queue} events in memory, then dropping")
-            log.warning("sink %s: redis %s unreachable (%s); %s", self.stream, self.sink.target.display,
+            log.warning("sink %s: redis %s unreachable (%s); %s", self.stream, self.where,
                         reason, where)
         await self._spill()
 
@@ -1167,7 +1270,8 @@ class StreamSink:
 
     - ``url``: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://…`` (TLS; redis-py query
       parameters ``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
-      ``ssl_check_hostname``) or ``unix:///path?db=N``.
+      ``ssl_check_hostname``) or ``unix:///path?db=N``.  For a Redis Cluster: any one node (the
+      others are found through MOVED, ASK and CLUSTER SLOTS).
     - ``prefix``: key prefix; the stream is ``<prefix>:statements``.
     - ``maxlen``: ``MAXLEN ~`` bound of the stream (0 = unbounded).  Default 1,000,000.
     - ``max_queue``: events held in memory before new ones go to the spool.  Default 100,000.
@@ -1222,6 +1326,47 @@ class StreamSink:
                           for i in range(shards)]
         self.streams = [lane.stream for lane in self.lanes]
         self._shards = shards
+        # Redis Cluster nodes heard of (MOVED, ASK, CLUSTER SLOTS), by address; empty on a plain Redis.
+        self.cluster_nodes: dict[tuple[str, int], RedisTarget] = {}
+
+    def cluster_node(self, host: str, port: int) -> RedisTarget:
+        """The cluster node at host:port, reached with the configured target's credentials and TLS."""
+        node = self.cluster_nodes.get((host, port))
+        if node is None:
+            display = f"{self.target.display} -> {host}:{port}"
+            node = replace(self.target, host=host, port=port, path=None, display=display)
+            self.cluster_nodes[(host, port)] = node
+        return node
+
+    async def slot_owner(self, slot: int, failed: RedisTarget) -> RedisTarget | None:
+        """Which node serves ``slot``, after CLUSTER SLOTS from the first other node that answers.
+
+        The seed first, then every node heard of; not ``failed``, which just did not answer.  None when
+        no node answers or Redis is not a cluster.
+        """
+        seen = {(self.target.host, self.target.port)}
+        others = [n for n in self.cluster_nodes.values() if (n.host, n.port) not in seen]
+        ask = [n for n in (self.target, *others) if (n.host, n.port) != (failed.host, failed.port)]
+        for node in ask:
+            try:
+                conn = await RedisConnection.open(node, self.connect_timeout)
+                try:
+                    async with asyncio.timeout(self.send_timeout):
+                        reply = await conn.request(_CLUSTER_SLOTS)
+                finally:
+                    conn.close()
+            except (OSError, TimeoutError, RedisReplyError, ConnectionError, EOFError):
+                continue
+            if isinstance(reply, hiredis.ReplyError) or not isinstance(reply, list):
+                return None
+            owner = None
+            for entry in reply:  # [first slot, last slot, [host, port, id, …] of the master, replicas …]
+                host = entry[2][0].decode() if isinstance(entry[2][0], bytes) else ""
+                master = self.cluster_node(host if host not in ("", "?") else node.host, int(entry[2][1]))
+                if entry[0] <= slot <= entry[1]:
+                    owner = master
+            return owner
+        return None
 
     def put(self, fields: dict[str, str], route: str = "") -> None:
         """Queue one event (flat str → str); ``route`` (session id) picks the stream when sharded."""

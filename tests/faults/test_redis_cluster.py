@@ -1,21 +1,31 @@
-"""Sharded statement streams (``stream_shards``) against a real three-node Redis Cluster on loopback.
+"""Statement streams on a real three-node Redis Cluster on loopback, steady and in flux.
 
 The proxy is given one node's URL; the hash-tagged streams ``<prefix>:statements:{i}`` live in slots
-owned by other nodes, so the sink must follow MOVED redirections to each stream's owner.
+owned by other nodes, so the sink must follow MOVED redirections to each stream's owner.  Then the
+cluster changes under a pgbench run: a node owning a stream is SIGKILLed and restarted (its AOF,
+fsynced on every write, keeps what it confirmed), or a stream's slot moves to another node
+(TRYAGAIN while its keys are split, ASK while the slot is migrating, MOVED afterwards).  pgbench
+must see no error, and once the proxy has settled every statement must be in the streams once.
+Finally ``stream_shards = 1``: the stream keeps its plain name, even with braces in the prefix.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import wait_until
+from proxy.events import COMMITTED
+from tests.conftest import PG_HOST, PG_PORT, PG_USER, ProxyProcess, wait_port, wait_until
+from tests.e2e.kit import TPCB_KINDS, Event, parse_pgbench, read_stream, scrape, settle, tpcb_kind, value
 from tests.proxy.pxkit import StartProxy
 from tests.rediscluster import Cluster
 
@@ -33,6 +43,25 @@ def redis_cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.destroy()
+
+
+@pytest.fixture
+def durable_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Nodes that survive a restart with their data; the others keep taking writes while one is down."""
+    cluster = Cluster(tmp_path / "cluster", persistent=True, args=("--cluster-require-full-coverage", "no"))
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def bench_db(scratch_db: str) -> str:
+    """A scratch database with pgbench's tables at scale 1, initialised directly (not through a proxy)."""
+    done = subprocess.run(["pgbench", "-i", "-s", "1", "-q", "-h", PG_HOST, "-p", str(PG_PORT), "-U", PG_USER,
+                           scratch_db], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return scratch_db
 
 
 def test_sharded_streams_on_redis_cluster(start_proxy: StartProxy, redis_cluster: Cluster, tmp_path: Path) -> None:
@@ -61,3 +90,182 @@ def test_sharded_streams_on_redis_cluster(start_proxy: StartProxy, redis_cluster
     for sid in {e["sid"] for e in events}:  # a session stays on one stream
         assert sum(1 for s in streams if any(f.get("sid") == sid for _id, f in rc.xrange(s))) == 1
     rc.close()
+
+
+# -- the cluster changes under pgbench ------------------------------------------------------------
+
+TXNS = 1500
+RATE = 100  # transactions per second: pgbench runs ~15 s however fast the machine, long enough to disturb it
+
+
+def _pgbench(proxy: ProxyProcess, dbname: str, app: str) -> subprocess.Popen:
+    """pgbench through the proxy, one connection (so one session, routed to one stream) per transaction."""
+    env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(proxy.port), "PGUSER": PG_USER,
+           "PGDATABASE": dbname, "PGAPPNAME": app}
+    env.pop("PGPASSWORD", None)
+    return subprocess.Popen(["pgbench", "-C", "-c", "4", "-j", "2", "-t", str(TXNS // 4), "-R", str(RATE)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(bench: subprocess.Popen) -> int:
+    """Wait for pgbench; it must report every transaction done and none failed.  Returns that count."""
+    out, _ = bench.communicate(timeout=300)
+    result = parse_pgbench(out)
+    assert bench.returncode == 0, out
+    assert (result.processed, result.failed) == (TXNS, 0), out
+    return result.processed
+
+
+def _assert_each_statement_once(events: list[Event], app: str, processed: int) -> None:
+    """The streams hold exactly one event per statement pgbench ran: none lost, none doubled."""
+    mine = [ev for ev in events if ev.get("app") == app and ev.get("kind") == "stmt"]
+    script = [ev for ev in mine if tpcb_kind(ev["sql"])]
+    setup = [ev for ev in mine if not tpcb_kind(ev["sql"])]
+    assert Counter(tpcb_kind(ev["sql"]) for ev in script) == {k: processed for k in TPCB_KINDS}
+    assert {ev["txn"] for ev in script} == {COMMITTED}
+    assert max(Counter((ev["sid"], ev["txid"], tpcb_kind(ev["sql"])) for ev in script).values()) == 1
+    for sid in {ev["sid"] for ev in script}:  # one transaction per session (-C), in the order it ran
+        assert [tpcb_kind(ev["sql"]) for ev in script if ev["sid"] == sid] == list(TPCB_KINDS), sid
+    assert Counter(ev["sql"].split()[0] for ev in setup) == {"select": 2, "vacuum": 2, "truncate": 1}
+
+
+def _all_events(cluster: Cluster, streams: list[str]) -> list[Event]:
+    rc = cluster.client()
+    try:
+        return [fields for s in streams for _id, fields in read_stream(rc, s)]
+    finally:
+        rc.close()
+
+
+def _xlen(cluster: Cluster, stream: str, node: int, asking: bool = False) -> int:
+    """XLEN on one node; ``asking`` for a node importing the slot (it would answer MOVED otherwise)."""
+    with cluster.node(node) as r:
+        if not asking:
+            return r.xlen(stream)
+        pipe = r.pipeline(transaction=False)
+        pipe.execute_command("ASKING")
+        pipe.xlen(stream)
+        return pipe.execute()[1]
+
+
+def _metric(proxy: ProxyProcess, name: str) -> float:
+    return value(scrape(proxy)[1], name)
+
+
+def _start(start_proxy: StartProxy, cluster: Cluster, seed: int, tmp_path: Path) -> tuple[ProxyProcess, list[str]]:
+    proxy = start_proxy("--redis", f"redis://127.0.0.1:{cluster.ports[seed]}/0",
+                        env={"FASTERDATA_STREAM_SHARDS": str(SHARDS), "FASTERDATA_SPOOL_DIR": str(tmp_path / "spool")})
+    wait_port(proxy.metrics_port)
+    wait_until(lambda: _metric(proxy, "fasterdata_sink_redis_up") == 1, "the sink to connect")
+    return proxy, [f"{proxy.prefix}:statements:{{{i}}}" for i in range(SHARDS)]
+
+
+def _grows(check: Callable[[], int], by: int) -> Callable[[], bool]:
+    start = check()
+    return lambda: check() >= start + by
+
+
+def test_node_restarted_during_pgbench(start_proxy: StartProxy, durable_cluster: Cluster, bench_db: str,
+                                       tmp_path: Path) -> None:
+    """A node owning a stream is SIGKILLed mid-run and started again on its port and directory."""
+    cluster = durable_cluster
+    app = f"fault-restart-{uuid.uuid4().hex[:8]}"
+    probe = f"probe:statements:{{{0}}}"  # stream 0's slot (the hash tag is all that counts)
+    victim = cluster.owner(cluster.slot(probe))
+    seed = next(i for i in range(3) if i != victim)  # the victim's lane goes seed → MOVED → victim, in vain
+    proxy, streams = _start(start_proxy, cluster, seed, tmp_path)
+    owner = {s: cluster.owner(cluster.slot(s)) for s in streams}
+    others = [s for s in streams if owner[s] != victim]
+    assert others, "every stream on the victim: nothing would show that the others keep flowing"
+    bench = _pgbench(proxy, bench_db, app)
+    try:
+        wait_until(lambda: all(_xlen(cluster, s, owner[s]) >= 50 for s in streams) or bench.poll() is not None,
+                   "statements on every stream")
+        assert bench.poll() is None, "pgbench finished before the node was killed"
+        cluster.stop(victim)  # SIGKILL, whatever it was doing
+        wait_until(lambda: _metric(proxy, "fasterdata_sink_redis_up") == 0, "the sink to notice")
+        wait_until(_grows(lambda: _metric(proxy, "fasterdata_sink_spooled_total"), 100), "events to be spooled")
+        for s in others:  # the other nodes keep taking this proxy's writes
+            wait_until(_grows(lambda s=s: _xlen(cluster, s, owner[s]), 100), f"{s} to keep growing")
+        time.sleep(3)  # a few seconds of outage (not a measurement)
+        assert bench.poll() is None, "pgbench finished during the outage: the restart was not under load"
+        cluster.start(victim)
+        cluster.wait_ok()
+        processed = _finish(bench)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+    samples = settle(proxy, timeout=120)
+    assert value(samples, "fasterdata_sink_replayed_total") > 0
+    assert value(samples, "fasterdata_sink_dropped_total") == 0
+    _assert_each_statement_once(_all_events(cluster, streams), app, processed)
+
+
+def test_slot_migrated_during_pgbench(start_proxy: StartProxy, durable_cluster: Cluster, bench_db: str,
+                                      tmp_path: Path) -> None:
+    """A stream's slot moves to another node mid-run: IMPORTING/MIGRATING, the stream key alone (its
+    marker still on the source: TRYAGAIN), the rest (ASK), SETSLOT NODE (MOVED)."""
+    cluster = durable_cluster
+    app = f"fault-migrate-{uuid.uuid4().hex[:8]}"
+    proxy, streams = _start(start_proxy, cluster, 0, tmp_path)
+    stream = streams[1]
+    slot = cluster.slot(stream)
+    source = cluster.owner(slot)
+    target = (source + 1) % 3
+    with cluster.node(target) as r:
+        r.config_resetstat()
+
+    def asking() -> int:
+        with cluster.node(target) as r:
+            return int(r.info("commandstats").get("cmdstat_asking", {}).get("calls", 0))
+
+    def on(node: int, asking: bool = False) -> Callable[[], int]:
+        return lambda: _xlen(cluster, stream, node, asking)
+
+    bench = _pgbench(proxy, bench_db, app)
+    try:
+        wait_until(lambda: on(source)() >= 50 or bench.poll() is not None, "statements on the stream that moves")
+        cluster.migrate_begin(slot, source, target)
+        wait_until(_grows(on(source), 20), "writes to the source while the slot is MIGRATING")
+        errors = _grows(lambda: _metric(proxy, "fasterdata_sink_send_errors_total"), 1)
+        assert cluster.migrate_keys(slot, source, target, [stream]) == 1
+        wait_until(errors, "the sink to meet the split keys (TRYAGAIN)")
+        assert cluster.migrate_keys(slot, source, target) >= 1  # the sink's marker
+        wait_until(lambda: asking() >= 20, "batches sent to the target after ASK")  # before the test's own ASKING
+        wait_until(_grows(on(target, asking=True), 20), "writes to the target while the slot is still migrating")
+        cluster.migrate_end(slot, target)
+        wait_until(_grows(on(target), 20), "writes to the target after the move")
+        assert bench.poll() is None, "pgbench finished during the move: it was not under load"
+        processed = _finish(bench)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+    samples = settle(proxy, timeout=120)
+    assert value(samples, "fasterdata_sink_dropped_total") == 0
+    with cluster.node(source) as r:
+        assert r.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+    _assert_each_statement_once(_all_events(cluster, streams), app, processed)
+
+
+def test_single_stream_on_redis_cluster(start_proxy: StartProxy, redis_cluster: Cluster, tmp_path: Path) -> None:
+    """``stream_shards = 1``: the stream is ``<prefix>:statements``; a prefix with a brace would have put the
+    marker in another slot (CROSSSLOT) before the marker's name was chosen by slot."""
+    app = f"fault-single-{uuid.uuid4().hex[:8]}"
+    prefix = f"fdtest}}{uuid.uuid4().hex[:8]}"
+    stream = f"{prefix}:statements"
+    assert redis_cluster.slot(stream) != redis_cluster.slot(f"{prefix}:sink:{{{stream}}}:x")  # the old name
+    seed = next(i for i in range(3) if redis_cluster.owner(redis_cluster.slot(stream)) != i)
+    proxy = start_proxy("--redis", f"redis://127.0.0.1:{redis_cluster.ports[seed]}/0", "--prefix", prefix,
+                        env={"FASTERDATA_STREAM_SHARDS": "1", "FASTERDATA_SPOOL_DIR": str(tmp_path / "spool")})
+    for n in range(10):
+        with psycopg.connect(proxy.dsn(application_name=app), autocommit=True, connect_timeout=10) as conn:
+            for i in range(PER_SESSION):
+                conn.execute(f"select {n} * 100 + {i} as fault_single")
+    settle(proxy)
+    events = [ev for ev in _all_events(redis_cluster, [stream]) if ev.get("app") == app and ev.get("kind") == "stmt"]
+    assert sorted(ev["sql"] for ev in events) == sorted(
+        f"select {n} * 100 + {i} as fault_single" for n in range(10) for i in range(PER_SESSION))
+    assert _metric(proxy, "fasterdata_sink_dropped_total") == 0
+
