@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-capture", dest="capture", action="store_const", const=False,
                    help="forward only; capture no statements")
     p.add_argument("--capture-mode", choices=["inline", "process"],
-                   help="where capture runs: in the forwarding process, or in a helper process per worker [process]")
+                   help="where capture runs: in the forwarding process, or in a helper process per worker [inline]")
     add_common_arguments(p)
 
     from analyzers import cli as analyzers_cli
@@ -160,7 +160,7 @@ def run_proxy(settings: ProxySettings) -> int:
 
 
 def _run_workers(settings: ProxySettings, serve: Any) -> int:
-    """Fork one process per worker; pass SIGTERM/SIGINT on and exit 0 only if every worker did."""
+    """Fork one process per worker; pass SIGTERM/SIGINT/SIGHUP on and exit 0 only if every worker did."""
     import os
 
     children: list[int] = []
@@ -182,6 +182,7 @@ def _run_workers(settings: ProxySettings, serve: Any) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, forward)  # TLS reload; left at its default, SIGHUP killed the parent only
     worst = 0
     for child in children:
         _, status = os.waitpid(child, 0)

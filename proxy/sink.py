@@ -749,6 +749,7 @@ class _Lane:
         self._spooling = False  # new events go to the spool (it holds older ones, or Redis is away)
         self._spilling = False  # the sender is moving the queue into the spool
         self._idle = False  # the sender waits for put() to wake it
+        self._sent_at = 0.0  # perf_counter() when the last batch went out
         self._wakeup: asyncio.Future | None = None
         self._qseq = 0  # sequence number of _queue[0]
         self._pseq = 0  # sequence number of the next event put while spooling
@@ -991,17 +992,20 @@ class _Lane:
                 self.connects += 1
                 delay = sink.backoff_min
                 self._came_up()
+            if (self._head is None and sink.linger and 0 < len(self._queue) < sink.batch_max
+                    and not self._spooling and not self._closing):
+                rest = self._sent_at + sink.linger - time.perf_counter()
+                if rest > 0:  # at most one round trip per linger: its fixed costs are shared by more events
+                    await asyncio.sleep(rest)
             batch = self._head or self._next_batch()
             if batch is None:
                 if self._closing:
                     return
                 self._idle = True
                 await self._wait(None)
-                if sink.linger and not self._closing and len(self._queue) < sink.batch_max:
-                    await asyncio.sleep(sink.linger)  # gather a batch: one round trip for many events
                 continue
             self._head = batch
-            started = time.perf_counter()
+            started = self._sent_at = time.perf_counter()
             try:
                 async with asyncio.timeout(sink.send_timeout):
                     reply = await self._conn.request(batch.data)
@@ -1275,8 +1279,9 @@ class StreamSink:
     - ``prefix``: key prefix; the stream is ``<prefix>:statements``.
     - ``maxlen``: ``MAXLEN ~`` bound of the stream (0 = unbounded).  Default 1,000,000.
     - ``max_queue``: events held in memory before new ones go to the spool.  Default 100,000.
-    - ``linger``: seconds an idle sender waits after the first new event so that a batch gathers
-      (fewer round trips and script calls; costs that much latency to the stream). 0 sends at once.
+    - ``linger``: shortest time between two batches of a lane unless a full batch waits, so that
+      events gather (fewer round trips and script calls: the proxy and Redis each spend ~5 µs less
+      per event under load); costs up to that much latency to the stream.  0 sends at once.
     - ``batch_max``: events per round trip.  Default 1000 (keeps Redis busy ~4 ms per batch).
     - ``spool_path``: spool file (one per process; None = no spool: overflow is dropped).
     - ``spool_max_bytes``: unreplayed spool data kept before dropping.  Default 1 GiB.
