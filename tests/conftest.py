@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import hypothesis
 import psycopg
 import pytest
 
@@ -160,3 +161,17 @@ def scratch_db() -> Iterator[str]:
     yield name
     with psycopg.connect(direct_dsn(), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# Hypothesis budgets. The fuzz targets (tests/test_wire.py test_fuzz_*, tests/capture/test_session_fuzz.py)
+# take max_examples from the loaded profile: "ci" (the default) keeps a modest budget; bench/fuzz/run.py
+# loads "fuzz" through FASTERDATA_HYPOTHESIS_PROFILE, with FASTERDATA_FUZZ_EXAMPLES examples per call.
+# Tests that set max_examples themselves keep theirs under any profile.
+HYPOTHESIS_PROFILE_ENV = "FASTERDATA_HYPOTHESIS_PROFILE"
+hypothesis.settings.register_profile(
+    "ci", max_examples=400, deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow])
+hypothesis.settings.register_profile(
+    "fuzz", max_examples=int(os.environ.get("FASTERDATA_FUZZ_EXAMPLES", "20000")), deadline=None,
+    database=None, print_blob=True,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow, hypothesis.HealthCheck.data_too_large])
+hypothesis.settings.load_profile(os.environ.get(HYPOTHESIS_PROFILE_ENV, "ci"))

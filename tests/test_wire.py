@@ -145,7 +145,7 @@ def test_error_response_round_trips() -> None:
 
 
 @given(st.binary(max_size=600), st.lists(st.integers(min_value=0, max_value=600), max_size=8))
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # budget: the profile (tests/conftest.py)
 def test_fuzz_frontend_only_messages_or_violation(data: bytes, cuts: list[int]) -> None:
     """Arbitrary bytes only ever yield well-formed messages or the decoder's own protocol error."""
     dec = wire.FrontendDecoder(FRONT, max_message=4096, keep=64)
@@ -159,7 +159,7 @@ def test_fuzz_frontend_only_messages_or_violation(data: bytes, cuts: list[int]) 
 
 
 @given(st.binary(max_size=600), st.lists(st.integers(min_value=0, max_value=600), max_size=8))
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # budget: the profile (tests/conftest.py)
 def test_fuzz_backend_and_body_parsers(data: bytes, cuts: list[int]) -> None:
     """Body parsers meet arbitrary bodies too: they may raise only ProtocolViolation or ValueError-kin."""
     dec = wire.BackendDecoder(BACK, max_message=4096, keep=64)

@@ -34,7 +34,7 @@ BACK = [
 ]
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # budget: the profile (tests/conftest.py)
 @given(st.lists(st.tuples(st.booleans(), st.integers(0, 1000)), min_size=1, max_size=60),
        st.sampled_from([CaptureOptions(), CaptureOptions(max_held=1), CaptureOptions(sample_rate=0.5),
                         CaptureOptions(redact="all")]))
@@ -55,3 +55,233 @@ def test_random_traffic_never_raises(steps: list[tuple[bool, int]], options: Cap
         assert (ALWAYS_STMT if ev["kind"] == "stmt" else ALWAYS_TXN_END) <= ev.keys()
         assert ev["txn"] in OUTCOMES
         assert all(isinstance(v, str) for v in ev.values())
+
+
+# -- conversations: every message valid, the order a server could really answer in -------------------
+
+Step = tuple[bool, bytes]  # (from the client, one whole message)
+SIMPLE = [("SELECT 1", "SELECT 1"), ("INSERT INTO t VALUES (1)", "INSERT 0 1"), ("UPDATE t SET a = 2", "UPDATE 3"),
+          ("DELETE FROM t", "DELETE 0"), ("SELECT $$a;b$$", "SELECT 1"), ("CREATE TABLE u (a int)", "CREATE TABLE")]
+NAMES = ["", "s1", "s2"]
+
+
+class Conversation:
+    """Builds exchanges in order, tracking the transaction state a server would report."""
+
+    def __init__(self) -> None:
+        self.steps: list[list[Step]] = []  # one list per exchange; see pipelined()
+        self.copy: list[bool] = []
+        self.sqls: list[str] = []  # statement texts in the order their events must come out
+        self.state = "I"  # I idle, T in a transaction block, E failed block
+        self.savepoint = False
+
+    def __repr__(self) -> str:
+        return f"Conversation(sqls={self.sqls!r}, steps={self.steps!r})"
+
+    def add(self, steps: list[Step], sqls: list[str], copy: bool = False) -> None:
+        self.steps.append(steps)
+        self.copy.append(copy)
+        self.sqls += sqls
+
+    def ready(self) -> bytes:
+        return pgmsg.ready(self.state)
+
+    def fail(self) -> None:
+        if self.state != "I":
+            self.state = "E"
+
+    def simple(self, sql: str, tag: str) -> None:
+        if self.state == "E":
+            self.add([(True, pgmsg.query(sql)), (False, pgmsg.error("25P02", "aborted")), (False, self.ready())],
+                     [sql])
+        else:
+            self.add([(True, pgmsg.query(sql)), (False, pgmsg.complete(tag)), (False, self.ready())], [sql])
+
+    def control(self, which: str) -> None:
+        """Transaction control as the server answers it in each state."""
+        sql, tag, after = {
+            "begin": ("BEGIN", "BEGIN", "T" if self.state == "I" else self.state),
+            "commit": ("COMMIT", "ROLLBACK" if self.state == "E" else "COMMIT", "I"),
+            "rollback": ("ROLLBACK", "ROLLBACK", "I"),
+            "savepoint": ("SAVEPOINT s", "SAVEPOINT", self.state),
+            "rollback_to": ("ROLLBACK TO s", "ROLLBACK", "T"),
+        }[which]
+        if which in ("savepoint", "rollback_to") and (self.state == "I" or (which == "rollback_to") != self.savepoint):
+            return  # outside a block, or ROLLBACK TO without its SAVEPOINT: the generator skips it
+        if which == "savepoint" and self.state == "E":
+            return
+        self.state = after
+        self.savepoint = which == "savepoint" or (which == "rollback_to" and self.savepoint)
+        if self.state == "I":
+            self.savepoint = False
+        self.add([(True, pgmsg.query(sql)), (False, pgmsg.complete(tag)), (False, self.ready())], [sql])
+
+    def error(self, sql: str) -> None:
+        self.fail()
+        self.add([(True, pgmsg.query(sql)), (False, pgmsg.error("22012", "division by zero")),
+                  (False, self.ready())], [sql])
+
+    def multi(self) -> None:
+        if self.state == "E":  # the first statement fails, the second never runs
+            return self.add([(True, pgmsg.query("SELECT 1; SELECT 2")), (False, pgmsg.error("25P02", "aborted")),
+                             (False, self.ready())], ["SELECT 1"])
+        self.add([(True, pgmsg.query("SELECT 1; SELECT 2")), (False, pgmsg.complete("SELECT 1")),
+                  (False, pgmsg.complete("SELECT 1")), (False, self.ready())], ["SELECT 1", "SELECT 2"])
+
+    def empty(self) -> None:
+        self.add([(True, pgmsg.query("")), (False, pgmsg.empty_query()), (False, self.ready())], [])
+
+    def extended(self, name: str, sql: str, tag: str, outcome: str, describe: bool, fetch: int) -> None:
+        """Parse/Bind/[Describe]/Execute…/Sync; outcome: ok, exec_error or parse_error."""
+        if self.state == "E":
+            outcome = "parse_error"
+        portal = "p" if fetch else ""
+        client = [pgmsg.parse(sql, name, (23,)), pgmsg.bind([b"7"], stmt=name, portal=portal)]
+        if describe:
+            client.append(pgmsg.describe("S", name))
+        client.append(pgmsg.execute(portal, fetch))
+        if fetch:
+            client.append(pgmsg.execute(portal, 0))
+        client.append(pgmsg.sync())
+        if outcome == "parse_error":
+            self.fail()
+            server = [pgmsg.error("42601", "syntax error"), self.ready()]
+        else:
+            server = [pgmsg.parse_complete(), pgmsg.bind_complete()]
+            if describe:
+                server += [pgmsg.param_description(23), pgmsg.no_data()]
+            if fetch:
+                server += [pgmsg.data_row(b"1")] * fetch + [pgmsg.suspended()]
+            if outcome == "exec_error":
+                self.fail()
+                server += [pgmsg.error("22012", "division by zero"), self.ready()]
+            else:
+                server += [pgmsg.complete(tag), self.ready()]
+        self.add([(True, m) for m in client] + [(False, m) for m in server], [sql])
+
+    def copy_in(self, rows: int) -> None:
+        steps = [(True, pgmsg.query("COPY t FROM STDIN")), (False, pgmsg.copy_in_response())]
+        steps += [(True, pgmsg.copy_data(b"%d\n" % i)) for i in range(rows)]
+        steps += [(True, pgmsg.copy_done()), (False, pgmsg.complete(f"COPY {rows}")), (False, self.ready())]
+        if self.state == "E":
+            steps = [(True, pgmsg.query("COPY t FROM STDIN")), (False, pgmsg.error("25P02", "aborted")),
+                     (False, self.ready())]
+        self.add(steps, ["COPY t FROM STDIN"], copy=True)
+
+    def function_call(self) -> None:
+        self.add([(True, wire.message("F", b"\0\0\0\1\0\0\0\0\0\1")), (False, wire.message("V", b"\xff\xff\xff\xff")),
+                  (False, self.ready())], [])
+
+    def pipelined(self, depth: int) -> list[Step]:
+        """All messages, the client running up to ``depth`` exchanges ahead of the answers (never
+        across a COPY, which needs the server's CopyInResponse before its data)."""
+        out: list[Step] = []
+        waiting: list[list[Step]] = []
+        for steps, copy in zip(self.steps, self.copy, strict=True):
+            if copy:
+                for answer in waiting:
+                    out += answer
+                waiting = []
+                out += steps
+                continue
+            out += [s for s in steps if s[0]]
+            waiting.append([s for s in steps if not s[0]])
+            while len(waiting) > depth:
+                out += waiting.pop(0)
+        for answer in waiting:
+            out += answer
+        return out
+
+
+ACTIONS = st.one_of(
+    st.tuples(st.just("simple"), st.sampled_from(SIMPLE)),
+    st.tuples(st.just("control"), st.sampled_from(["begin", "commit", "rollback", "savepoint", "rollback_to"])),
+    st.tuples(st.just("error"), st.just("SELECT 1/0")),
+    st.tuples(st.just("multi"), st.none()),
+    st.tuples(st.just("empty"), st.none()),
+    st.tuples(st.just("extended"), st.tuples(st.sampled_from(NAMES), st.sampled_from(SIMPLE),
+                                             st.sampled_from(["ok", "ok", "exec_error", "parse_error"]),
+                                             st.booleans(), st.integers(0, 2))),
+    st.tuples(st.just("copy"), st.integers(0, 3)),
+    st.tuples(st.just("function"), st.none()),
+)
+
+
+@st.composite
+def conversations(draw: st.DrawFn) -> Conversation:
+    c = Conversation()
+    for action, arg in draw(st.lists(ACTIONS, min_size=1, max_size=30)):
+        if action == "simple":
+            c.simple(*arg)
+        elif action == "control":
+            c.control(arg)
+        elif action == "error":
+            c.error(arg)
+        elif action == "multi":
+            c.multi()
+        elif action == "empty":
+            c.empty()
+        elif action == "extended":
+            name, (sql, tag), outcome, describe, fetch = arg
+            c.extended(name, sql, tag, outcome, describe, fetch)
+        elif action == "copy":
+            c.copy_in(arg)
+        else:
+            c.function_call()
+    return c
+
+
+def check_contract(h: pgmsg.Harness, options: CaptureOptions) -> None:
+    for ev in h.events:
+        assert ev.keys() <= FIELDS.keys()
+        assert (ALWAYS_STMT if ev["kind"] == "stmt" else ALWAYS_TXN_END) <= ev.keys()
+        assert ev["txn"] in OUTCOMES
+        assert all(isinstance(v, str) for v in ev.values())
+    assert len(h.session._held) <= options.max_held  # held statements stay bounded whatever arrives
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # budget: the profile (tests/conftest.py)
+@given(conversations(), st.integers(0, 3), st.sampled_from([CaptureOptions(), CaptureOptions(max_held=1)]))
+def test_valid_conversations_give_one_event_per_statement(c: Conversation, depth: int,
+                                                           options: CaptureOptions) -> None:
+    """In order (pipelined or not), every statement the server answered is one event, in execution order."""
+    h = pgmsg.Harness(options)
+    for from_client, message in c.pipelined(depth):
+        (h.client if from_client else h.server)(message)
+        h.tick(3)
+    assert h.session.outstanding == 0 and h.session.idle == (c.state == "I")
+    h.session.close(h.now)
+    check_contract(h, options)
+    assert [ev["sql"] for ev in h.stmts()] == c.sqls
+    assert all(ev["txn"] != "committed" for ev in h.stmts() if "err" in ev)
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # budget: the profile (tests/conftest.py)
+@given(conversations(), st.integers(0, 3),
+       st.lists(st.tuples(st.sampled_from(["drop", "repeat", "swap", "hoist"]), st.integers(0, 10_000),
+                          st.integers(1, 8)), min_size=1, max_size=6),
+       st.sampled_from([CaptureOptions(), CaptureOptions(max_held=1), CaptureOptions(redact="all")]))
+def test_valid_messages_out_of_order_never_raise(c: Conversation, depth: int,
+                                                 edits: list[tuple[str, int, int]], options: CaptureOptions) -> None:
+    """Each message valid alone, but dropped, repeated, swapped or answered early: never a raise, the contract holds."""
+    steps = c.pipelined(depth)
+    for op, at, span in edits:
+        if not steps:  # every drawn action was skipped
+            break
+        i = at % len(steps)
+        if op == "drop" and len(steps) > 1:
+            del steps[i]
+        elif op == "repeat":
+            steps.insert(i, steps[i])
+        elif op == "swap" and i + 1 < len(steps):
+            steps[i], steps[i + 1] = steps[i + 1], steps[i]
+        elif op == "hoist":  # a message arrives ``span`` places early (a server answer before its request)
+            steps.insert(max(0, i - span), steps.pop(i))
+    h = pgmsg.Harness(options)
+    for from_client, message in steps:
+        (h.client if from_client else h.server)(message)
+        h.tick(3)
+        assert h.session.outstanding == sum(1 for e in h.session._queue if e[0] <= 3)
+    h.session.close(h.now)
+    assert h.session.outstanding == 0
+    check_contract(h, options)
