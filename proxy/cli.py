@@ -9,6 +9,7 @@ import logging
 import signal
 import ssl
 import sys
+import time
 from typing import Any
 
 from config.settings import ConfigError, ProxySettings, add_common_arguments, load, split_hostport
@@ -159,34 +160,73 @@ def run_proxy(settings: ProxySettings) -> int:
     return _run_workers(settings, lambda index: uvloop.run(_serve_proxy(settings, index)))
 
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_QUICK_DEATH = 5.0  # seconds: a worker dying sooner after its start counts towards a crash loop
+_CRASH_LOOP = 3  # quick deaths in a row before the parent gives up
+
+
 def _run_workers(settings: ProxySettings, serve: Any) -> int:
-    """Fork one process per worker; pass SIGTERM/SIGINT/SIGHUP on and exit 0 only if every worker did."""
+    """Fork one process per worker and supervise them.
+
+    SIGTERM/SIGINT/SIGHUP are passed on. A worker that dies while nobody asked it to stop is
+    started again on the same index (same metrics port and spool); a worker that keeps dying right
+    after its start (a port taken, a bad certificate) makes the parent stop the others and exit 1
+    rather than spin. Signals are blocked around each fork, and stay blocked in the child until its
+    event loop has handlers, so a SIGTERM during start-up is never lost nor fatal.
+    """
     import os
 
-    children: list[int] = []
-    for index in range(settings.workers):
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            code = 1
-            try:
-                code = serve(index)
-            finally:
-                os._exit(code)
-        children.append(pid)
+    children: dict[int, tuple[int, float]] = {}  # pid -> (index, start time)
+    stopping: list[int] = []  # the signal that stops everything, once one came
+
+    def spawn(index: int) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                for sig in _STOP_SIGNALS:
+                    signal.signal(sig, signal.SIG_DFL)  # until the worker's loop installs its own
+                code = 1
+                try:
+                    code = serve(index)
+                finally:
+                    os._exit(code)
+            children[pid] = (index, time.monotonic())
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
     def forward(signum: int, _frame: Any) -> None:
-        for child in children:
+        if signum != signal.SIGHUP and not stopping:
+            stopping.append(signum)
+        for child in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGHUP, forward)  # TLS reload; left at its default, SIGHUP killed the parent only
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, forward)
+    for index in range(settings.workers):
+        spawn(index)
     worst = 0
-    for child in children:
-        _, status = os.waitpid(child, 0)
-        worst = max(worst, os.waitstatus_to_exitcode(status) & 0xFF)
+    quick = 0
+    while children:
+        pid, status = os.wait()
+        if pid not in children:
+            continue
+        index, started = children.pop(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            worst = max(worst, code & 0xFF)
+            continue
+        quick = quick + 1 if time.monotonic() - started < _QUICK_DEATH else 0
+        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        if quick >= _CRASH_LOOP:
+            log.error("worker %d (pid %d) ended with %s right after starting, %d times in a row: stopping",
+                      index, pid, how, quick)
+            forward(signal.SIGTERM, None)
+            worst = 1
+            continue
+        log.error("worker %d (pid %d) ended with %s; starting it again", index, pid, how)
+        spawn(index)
     return worst
 
 
@@ -259,6 +299,7 @@ async def _serve_proxy(settings: ProxySettings, index: int) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # a worker is born with them blocked
     await stop.wait()
     log.info("signal received: stopping")
     await server.shutdown()

@@ -88,7 +88,8 @@ class ChildProcess:
 class ProxyProcess(ChildProcess):
     """`fasterdata proxy` as a subprocess, the way users run it."""
 
-    def __init__(self, tmp: Path, *args: str, upstream: str | None = None, env: dict[str, str] | None = None):
+    def __init__(self, tmp: Path, *args: str, upstream: str | None = None, env: dict[str, str] | None = None,
+                 wait: bool = True):
         self.port = free_port()
         self.metrics_port = free_port()
         self.prefix = f"fdtest{RUN_ID}{uuid.uuid4().hex[:6]}"
@@ -106,6 +107,8 @@ class ProxyProcess(ChildProcess):
         full_env = {**os.environ, **(env or {})}
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
                                      cwd=Path(__file__).resolve().parent.parent)
+        if not wait:  # the caller watches the start itself
+            return
         try:
             wait_port(self.port)
         except TimeoutError:
@@ -134,8 +137,9 @@ def start_proxy(tmp_path: Path) -> Iterator:
     """Factory: start_proxy('--flag', 'value', upstream=...) → ProxyProcess; all stopped (exit 0) at teardown."""
     started: list[ProxyProcess] = []
 
-    def start(*args: str, upstream: str | None = None, env: dict[str, str] | None = None) -> ProxyProcess:
-        p = ProxyProcess(tmp_path, *args, upstream=upstream, env=env)
+    def start(*args: str, upstream: str | None = None, env: dict[str, str] | None = None,
+              wait: bool = True) -> ProxyProcess:
+        p = ProxyProcess(tmp_path, *args, upstream=upstream, env=env, wait=wait)
         started.append(p)
         return p
 

@@ -261,35 +261,44 @@ def test_sighup_reaches_every_worker_and_the_parent_stays(workers: Callable[...,
         conn.close()
 
 
-def test_a_sigkilled_worker_is_not_replaced(workers: Callable[..., Workers]) -> None:
-    """What happens today when one worker dies (SIGKILL): pinned here so that a change is deliberate.
-
-    The parent does not restart it and does not exit: it waits for all its children, so the dead one
-    stays a zombie until the parent ends. The survivor keeps the listen port and takes every new
-    session; the dead worker's metrics port is gone. SIGTERM then stops the survivor, and the parent
-    exits 247 (the worker's -9 as an exit byte) to say a worker did not end cleanly. Connections the
-    kernel had already queued on the dying worker's socket are reset (SO_REUSEPORT does not move them).
-    """
+def test_a_dead_worker_is_started_again(workers: Callable[..., Workers]) -> None:
+    """A worker killed with SIGKILL is replaced on the same index: its metrics port answers again, both
+    workers take sessions, the parent logs what happened, and a later SIGTERM still ends in exit 0."""
     w = workers()
     children = w.children()
     assert len(children) == WORKERS
     victim = children[1]
     os.kill(victim, signal.SIGKILL)
-    wait_until(lambda: dead(victim), "the worker to die", timeout=BOUND)
+    wait_until(lambda: state(victim) == "", "the dead worker to be reaped", timeout=BOUND)
+    wait_until(lambda: len(w.children()) == WORKERS and victim not in w.children(), "a new worker", timeout=BOUND)
+    for i in range(WORKERS):
+        wait_until(lambda i=i: healthy(w.ports[i]), f"worker {i}'s metrics to answer again", timeout=BOUND)
+    assert w.proxy.proc.poll() is None
+    assert f"(pid {victim}) ended with signal 9; starting it again" in w.proxy.log()
+    for conn, _i in open_on_both(w, 2):  # the replacement shares the port again
+        assert conn.execute("select 1").fetchone() == (1,)
+        conn.close()
+    assert w.proxy.stop() == 0, w.proxy.log()
 
-    up = [healthy(port) for port in w.ports]
-    assert sorted(up) == [False, True], f"metrics answering per worker: {up}"
-    survivor = up.index(True)
-    assert w.proxy.proc.poll() is None, "the parent exited when a worker died"
-    assert state(victim) == "Z", "the dead worker was reaped: the parent did something about it"
 
-    # No replacement shares the port: the next sessions all land on the survivor.
-    before = w.samples(survivor, "fasterdata_proxy_connections_total")
-    for _ in range(12):
-        with psycopg.connect(w.proxy.dsn(), autocommit=True, connect_timeout=10) as conn:
-            assert conn.execute("select 1").fetchone() == (1,)
-    assert w.samples(survivor, "fasterdata_proxy_connections_total") == before + 12
-    assert [c for c in w.children() if state(c) not in ("Z", "")] == [c for c in children if c != victim]
+def test_a_worker_that_cannot_start_stops_the_parent(start_proxy: StartProxy) -> None:
+    """A worker that dies right after every start (its metrics port is taken) is not restarted for ever:
+    after a few tries the parent stops the others and exits 1, with a line saying why."""
+    base = adjacent_free_ports(WORKERS)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", base + 1))
+        taken.listen()
+        proxy = start_proxy("--workers", str(WORKERS), "--metrics", f"127.0.0.1:{base}", wait=False)
+        rc = proxy.proc.wait(BOUND * 2)
+    assert rc == 1, proxy.log()
+    assert "right after starting, 3 times in a row: stopping" in proxy.log()
 
-    rc = w.proxy.stop()
-    assert rc == 256 - signal.SIGKILL, w.proxy.log()
+
+def test_sigterm_while_workers_start(start_proxy: StartProxy) -> None:
+    """SIGTERM as soon as the parent exists (workers still starting) is held until each worker can
+    handle it: every worker stops cleanly and the parent exits 0."""
+    proxy = start_proxy("--workers", str(WORKERS), wait=False)
+    wait_until(lambda: len(Path(f"/proc/{proxy.proc.pid}/task/{proxy.proc.pid}/children").read_text().split())
+               == WORKERS, "the workers to be forked", timeout=BOUND, interval=0.005)
+    proxy.proc.send_signal(signal.SIGTERM)
+    assert proxy.proc.wait(BOUND * 2) == 0, proxy.log()
