@@ -12,12 +12,12 @@ Two kinds of entry:
 
 ``kind=stmt`` — one executed statement.
     Always present: v, kind, ts, dur_us, sid, client, user, db, proto, sql, txid, txn.
-    Present when known or applicable: pid, app, stmt, part, params, ptypes, tag, rows, err, errmsg.
+    Present when known or applicable: pid, app, stmt, part, params, ptypes, tag, rows, err, errmsg, n.
 
 ``kind=txn_end`` — closes a transaction whose statements went out early with ``txn=open`` (the
 transaction held more statements than ``CaptureOptions.max_held``). Only then is it sent.
     Always present: v, kind, ts, sid, client, user, db, txid, txn, stmts.
-    Present when known: pid, app.
+    Present when known or applicable: pid, app, undone.
 
 Field by field (``FIELDS`` below holds the same text for tools):
 
@@ -68,7 +68,12 @@ Field by field (``FIELDS`` below holds the same text for tools):
   closing inside a transaction), ``autocommit`` (no explicit transaction and no error),
   ``prepared`` (PREPARE TRANSACTION), or ``open`` (sent before the transaction ended: see
   ``txn_end``). A failed statement is never ``committed`` or ``autocommit``.
-* ``stmts`` — (``txn_end`` only) how many statements of the transaction were sent with ``txn=open``.
+* ``stmts`` — (``txn_end`` only) how many statements of the transaction were sent early (numbered
+  ``n`` = 1 … ``stmts``).
+* ``n`` — (sent early only) this statement's number in its transaction, 1, 2, 3 …
+* ``undone`` — (``txn_end`` only) ranges ``a-b[,c-d…]`` of those numbers whose work a ROLLBACK TO
+  SAVEPOINT undid after they were sent: with ``txn=committed`` they still did not commit. Absent
+  when nothing sent early was undone.
 
 Not turned into events: EmptyQueryResponse (empty query text), FunctionCall, statements still
 running when the connection closes, and extended-protocol requests the server skipped after an
@@ -115,6 +120,8 @@ FIELDS: dict[str, str] = {
     "txid": "per-session transaction number",
     "txn": "committed | rolled_back | autocommit | prepared | open",
     "stmts": "txn_end: statements sent with txn=open",
+    "n": "number of a statement sent with txn=open within its transaction",
+    "undone": "txn_end: ranges a-b of those numbers undone by ROLLBACK TO SAVEPOINT",
 }
 
 ALWAYS_STMT = frozenset(

@@ -154,7 +154,7 @@ class Session:
         "_base", "_copy_wait", "_emit", "_explicit", "_ext", "_held", "_in_txn", "_last_done",
         "_max_held", "_max_param", "_max_sql", "_open", "_portals", "_queue", "_rate", "_redactor",
         "_sampled", "_savepoints", "_seq", "_skip", "_status", "_stmts", "_suspended", "_txid",
-        "_txid_s", "_txn_err", "_want_params", "app", "backend_pid", "capture", "client", "closed",
+        "_txid_s", "_txn_err", "_undone", "_want_params", "app", "backend_pid", "capture", "client", "closed",
         "database", "outstanding", "sid", "startup_options", "user",
     )
 
@@ -205,7 +205,8 @@ class Session:
         self._explicit = False
         self._ext = False  # holds extended-protocol statements (committed only at Sync)
         self._open = 0  # statements already sent with txn=open
-        self._savepoints: list[tuple[str, int]] = []
+        self._savepoints: list[tuple[str, int]] = []  # (name, statements of the transaction before it)
+        self._undone: list[str] = []  # "a-b": open-sent statements a…b undone by ROLLBACK TO SAVEPOINT
         self._base: dict[str, str] = {}
         self._rebase()
 
@@ -627,6 +628,7 @@ class Session:
             if self._open:
                 ev["txn"] = OPEN
                 self._open += 1
+                ev["n"] = str(self._open)
                 self._emit(ev)  # type: ignore[misc]
             else:
                 held = self._held
@@ -660,12 +662,16 @@ class Session:
         self._open = 0
         if self._savepoints:
             self._savepoints = []
+        if self._undone:
+            self._undone = []
 
     def _spill(self) -> None:
         """Too many statements held: send them now with txn=open; a txn_end marker follows."""
         emit = self._emit
-        for ev in self._held:
-            ev.setdefault("txn", OPEN)
+        for n, ev in enumerate(self._held, 1):
+            if "txn" not in ev:
+                ev["txn"] = OPEN
+            ev["n"] = str(n)
             emit(ev)  # type: ignore[misc]
         self._open = len(self._held)
         self._held = []
@@ -680,6 +686,8 @@ class Session:
                 marker["txid"] = self._txid_s
                 marker["txn"] = outcome
                 marker["stmts"] = str(self._open)
+                if self._undone:
+                    marker["undone"] = ",".join(self._undone)
                 emit(marker)  # type: ignore[misc]
             else:
                 held = self._held
@@ -707,7 +715,7 @@ class Session:
         elif tag == "SAVEPOINT":
             words = _idents(sql)
             if words:
-                self._savepoints.append((words[-1], len(self._held)))
+                self._savepoints.append((words[-1], self._open + len(self._held)))
         elif tag == "RELEASE":
             words = _idents(sql)
             if words:
@@ -732,13 +740,18 @@ class Session:
         sp = self._savepoints
         for i in range(len(sp) - 1, -1, -1):
             if sp[i][0] == name:
-                mark = sp[i][1]
+                mark = sp[i][1]  # statements of the transaction before the savepoint
                 del sp[i + 1 :]
                 # Work after the savepoint is undone. The ROLLBACK TO statements themselves (this one
-                # is the last held event) undo nothing and share the transaction's outcome.
-                for ev in self._held[mark:-1]:
-                    if ev.get("tag") != "ROLLBACK":
-                        ev["txn"] = ROLLED_BACK
+                # is the last event) undo nothing and share the transaction's outcome. Statements
+                # already sent with txn=open cannot be re-marked: their numbers go to txn_end's undone.
+                if self._open:
+                    if mark + 1 < self._open:
+                        self._undone.append(f"{mark + 1}-{self._open - 1}")
+                else:
+                    for ev in self._held[mark:-1]:
+                        if ev.get("tag") != "ROLLBACK":
+                            ev["txn"] = ROLLED_BACK
                 break
         self._txn_err = False  # the transaction is usable again
 

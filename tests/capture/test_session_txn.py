@@ -164,6 +164,42 @@ def test_bound_on_held_events_sends_open_then_txn_end() -> None:
     assert [e["txn"] for e in h.take()] == ["autocommit"]
 
 
+def test_rollback_to_savepoint_after_statements_went_out_open() -> None:
+    """Statements already sent with txn=open cannot be re-marked: txn_end names them in ``undone``."""
+    h = Harness(CaptureOptions(max_held=2))
+    run(h, "BEGIN", complete("BEGIN"))  # 1
+    run(h, "SAVEPOINT a", complete("SAVEPOINT"))  # 2
+    run(h, "INSERT INTO t VALUES (1)", complete("INSERT 0 1"))  # 3: the bound is passed, 1-3 go out
+    run(h, "SAVEPOINT b", complete("SAVEPOINT"))  # 4
+    run(h, "INSERT INTO t VALUES (2)", complete("INSERT 0 1"))  # 5
+    run(h, "ROLLBACK TO SAVEPOINT b", complete("ROLLBACK"))  # 6: undoes 5
+    run(h, "INSERT INTO t VALUES (3)", complete("INSERT 0 1"))  # 7
+    run(h, "ROLLBACK TO a", complete("ROLLBACK"))  # 8: undoes 3-7
+    run(h, "INSERT INTO t VALUES (4)", complete("INSERT 0 1"))  # 9
+    run(h, "COMMIT", complete("COMMIT"), status="I")  # 10
+    evs = h.take()
+    stmts = [e for e in evs if e["kind"] == "stmt"]
+    assert [e["n"] for e in stmts] == [str(i) for i in range(1, 11)]
+    assert {e["txn"] for e in stmts} == {"open"}
+    marker = evs[-1]
+    assert (marker["kind"], marker["txn"], marker["stmts"], marker["undone"]) == ("txn_end", "committed", "10",
+                                                                                 "5-5,3-7")
+    run(h, "BEGIN", complete("BEGIN"))
+    run(h, "COMMIT", complete("COMMIT"), status="I")
+    assert all("n" not in e and "undone" not in e for e in h.take())  # held again, nothing undone
+
+
+def test_savepoint_taken_before_the_bound_rolls_back_what_went_out() -> None:
+    h = Harness(CaptureOptions(max_held=3))
+    run(h, "BEGIN", complete("BEGIN"))  # 1
+    run(h, "SAVEPOINT s", complete("SAVEPOINT"))  # 2, held
+    run(h, "DELETE FROM t", complete("DELETE 4"))  # 3
+    run(h, "UPDATE t SET a = 1", complete("UPDATE 0"))  # 4: spill, 1-4 out
+    run(h, "ROLLBACK TO s", complete("ROLLBACK"))  # 5: undoes 3-4
+    run(h, "COMMIT", complete("COMMIT"), status="I")
+    assert h.take()[-1]["undone"] == "3-4"
+
+
 def test_close_inside_a_transaction_rolls_it_back() -> None:
     h = Harness()
     run(h, "BEGIN", complete("BEGIN"))
