@@ -37,6 +37,9 @@ class GLSettings(Common):
         "auto", description="String columns to dictionary-encode: auto (low cardinality), all, none, a list")
     dictionary_max_ratio: float = Field(0.5, gt=0, le=1,
                                         description="auto: dictionary-encode when distinct/rows <= this")
+    copy_connections: int = Field(
+        2, ge=1, le=16, description="Connections a cold load reads one day over, in one snapshot (the server "
+        "formats rows on as many cores; 1: a single COPY)")
     lock_timeout: float = Field(120.0, gt=0, description="Seconds a load lock lives without renewal")
     load_wait: float = Field(600.0, gt=0, description="Seconds a reader waits for another process's load")
     patch_mode: Literal["values", "reread"] = Field(

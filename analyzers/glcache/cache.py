@@ -192,7 +192,8 @@ class GLCache:
         return Entry(table, None, 0, time.time())
 
     def _load_pg(self, day: str, progress: Progress | None = None) -> tuple[pa.Table, float]:
-        table, seconds = load_day(self.settings.dsn, self.info(), day, self.policy, progress)
+        table, seconds = load_day(self.settings.dsn, self.info(), day, self.policy, progress,
+                                  self.settings.copy_connections)
         self.stats["loads"] += 1
         metrics.LOAD_SECONDS.labels(**self._labels).observe(seconds)
         metrics.LOADED_ROWS.labels(**self._labels).inc(table.num_rows)

@@ -59,6 +59,10 @@ class TableInfo:
     dbname: str = ""
     key_unique: bool = False
     """The key column has a unique index of its own, so patches may replace rows by key."""
+    kind: str = "r"
+    """pg_class.relkind: only a plain table ('r') has the physical row addresses a split load divides by."""
+    date_indexed: bool = False
+    """A valid btree index leads with the date column: a day's first and last row are found in it cheaply."""
 
     @property
     def names(self) -> list[str]:
@@ -97,12 +101,12 @@ def _column(name: str, typname: str, typmod: int, has_default: bool = False) -> 
 def describe(conn: psycopg.Connection, table: str, date_column: str, key_column: str = "") -> TableInfo:
     """Read the table's columns (in attnum order) from the catalog; raise CatalogError if missing."""
     row = conn.execute(
-        """SELECT c.oid, c.oid::regclass::text, n.nspname, c.relname, current_database()
+        """SELECT c.oid, c.oid::regclass::text, n.nspname, c.relname, current_database(), c.relkind
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE c.oid = to_regclass(%s)""", (table,)).fetchone()
     if row is None:
         raise CatalogError(f"table {table!r} does not exist")
-    oid, qualified, schema, name, dbname = row
+    oid, qualified, schema, name, dbname, kind = row
     rows = conn.execute(
         """SELECT a.attname, t.typname, a.atttypmod,
                   a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
@@ -134,8 +138,15 @@ def describe(conn: psycopg.Connection, table: str, date_column: str, key_column:
                                WHERE i.indrelid = %s AND i.indisunique AND i.indnkeyatts = 1
                                  AND i.indpred IS NULL AND a.attname = %s)""", (oid, key_column)).fetchone()
         unique = bool(found and found[0])
+    indexed = conn.execute(
+        """SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+                            JOIN pg_am am ON am.oid = ic.relam
+                            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                           WHERE i.indrelid = %s AND i.indisvalid AND i.indpred IS NULL
+                             AND am.amname = 'btree' AND a.attname = %s)""", (oid, date_column)).fetchone()
     return TableInfo(qualified, columns, date_column, key_column, schema, name,
-                     frozenset((s, n) for s, n in relations), bool(triggers and triggers[0]), dbname, unique)
+                     frozenset((s, n) for s, n in relations), bool(triggers and triggers[0]), dbname, unique,
+                     str(kind), bool(indexed and indexed[0]))
 
 
 def day_predicate(info: TableInfo, day: str) -> sql.Composable:

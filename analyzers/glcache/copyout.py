@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -29,6 +30,11 @@ _NL = 10
 _LOWAT = 256 << 10
 _LOWAT_WAIT = 0.002
 _D = ord("d")
+_BACKSLASH = ord("\\")
+_SPARE = 4
+"""Receive buffers kept for the next load: fresh ones are page-faulted (and zeroed) again each time."""
+_spare: list[tuple[np.ndarray, np.ndarray]] = []
+_spare_lock = threading.Lock()
 
 
 class CopyError(Exception):
@@ -41,11 +47,13 @@ class CopyError(Exception):
 
 @dataclass
 class Block:
-    """Complete COPY rows: ``data`` is delimited text; ``rows`` rows; ``newlines`` true if a value holds one."""
+    """Complete COPY rows: ``data`` is delimited text; ``rows`` rows; ``newlines`` true if a value holds one;
+    ``backslashes`` how many backslash bytes ``data`` holds (-1: not counted)."""
 
     data: memoryview | bytes
     rows: int
     newlines: bool
+    backslashes: int = -1
 
 
 def _error(body: bytes) -> CopyError:
@@ -68,10 +76,11 @@ def _walk_sequential(buf: np.ndarray, pos: int, end: int) -> tuple[list[int], in
     return starts, pos
 
 
-def _walk(arr: np.ndarray, pos: int, end: int) -> tuple[np.ndarray, int, bool]:
-    """Vectorised: complete CopyData frames in buf[pos:end] → (starts, end of last, values hold newlines)."""
+def _walk(arr: np.ndarray, pos: int, end: int, scratch: np.ndarray) -> tuple[np.ndarray, int, bool]:
+    """Vectorised: complete CopyData frames in buf[pos:end] → (starts, end of last, values hold newlines).
+    ``scratch`` (bool, at least as long as the buffer) takes the byte comparison instead of a new array."""
     view = arr[pos:end]
-    newlines = np.flatnonzero(view == _NL)
+    newlines = np.flatnonzero(np.equal(view, _NL, out=scratch[:len(view)]))
     cand = np.concatenate(([0], newlines + 1))
     cand = cand[cand + 5 <= len(view)]
     cand = cand[view[cand] == _D]
@@ -102,7 +111,8 @@ class _Raw:
     """Protocol reader over the connection's socket (a dup, so libpq's descriptor stays valid).
 
     One receive buffer is reused: each block's complete rows are copied out (a memcpy, cheaper than a
-    fresh zeroed buffer per block) and the partial tail moves to the front.
+    fresh zeroed buffer per block) and the partial tail moves to the front. The buffer and its scratch
+    array come from, and go back to, a small process-wide spare list.
     """
 
     def __init__(self, conn: psycopg.Connection, block_bytes: int):
@@ -112,13 +122,16 @@ class _Raw:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, _LOWAT)
         self.sock.settimeout(_LOWAT_WAIT)
         self.block = block_bytes
-        self.buf = np.empty(block_bytes * 2, dtype=np.uint8)
+        self.buf, self.scratch = _take(block_bytes * 2)
         self.filled = 0
         self.done = False
         self.error: CopyError | None = None
 
     def close(self) -> None:
         self.sock.close()
+        with _spare_lock:
+            if len(_spare) < _SPARE and len(self.buf) == self.block * 2:  # not one grown for a huge row
+                _spare.append((self.buf, self.scratch))
 
     def _fill(self) -> None:
         """Receive until a block's worth is buffered or the response ended (ReadyForQuery at the tail)."""
@@ -164,12 +177,16 @@ class _Raw:
             self._fill()
             buf = self.buf
             pos = self._other(0)
-            starts, stop, newlines = _walk(buf, pos, self.filled)
+            starts, stop, newlines = _walk(buf, pos, self.filled, self.scratch)
             block = None
             if len(starts):
                 for k in range(5):
                     buf[starts + k] = PAD[k]
-                block = Block(buf[starts[0]:stop].tobytes(), len(starts), newlines)
+                rows = buf[starts[0]:stop]
+                # Counted here, where the bytes are hot and a scratch array is at hand: the parser compares
+                # the count with the NULLs it found to know whether any value holds an escape.
+                slashes = int(np.count_nonzero(np.equal(rows, _BACKSLASH, out=self.scratch[:len(rows)])))
+                block = Block(rows.tobytes(), len(starts), newlines, slashes)
                 pos = self._other(stop)
             keep = self.filled - pos
             if pos:
@@ -178,13 +195,23 @@ class _Raw:
             elif self.filled == len(buf):
                 grown = np.empty(len(buf) * 2, dtype=np.uint8)
                 grown[:self.filled] = buf[:self.filled]
-                self.buf = grown
+                self.buf, self.scratch = grown, np.empty(len(grown), dtype=np.bool_)
             if block is not None:
                 yield block
             if self.done and self.filled:
                 raise CopyError("08P01", "unexpected bytes after ReadyForQuery")
         if self.error:
             raise self.error
+
+
+def _take(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A receive buffer of ``size`` bytes and its scratch array, a spare one if there is one."""
+    with _spare_lock:
+        for i, (buf, scratch) in enumerate(_spare):
+            if len(buf) == size:
+                del _spare[i]
+                return buf, scratch
+    return np.empty(size, dtype=np.uint8), np.empty(size, dtype=np.bool_)
 
 
 def _libpq_blocks(conn: psycopg.Connection, query: bytes, block_bytes: int) -> Iterator[Block]:
@@ -208,8 +235,9 @@ def copy_csv_blocks(conn: psycopg.Connection, query: bytes, block_bytes: int = 4
                     keep_open: bool = False) -> Iterator[Block]:
     """Run ``query`` (a text or CSV COPY … TO STDOUT whose first column is empty) and yield row blocks.
 
-    The connection must be idle and in autocommit. Read raw (fast) it is closed when the iterator ends;
-    with ``keep_open`` (small re-reads on a long-lived connection) libpq reads it and it stays usable.
+    The connection must be idle (in autocommit, or in a transaction, e.g. one that imported a snapshot).
+    Read raw (fast) it is closed when the iterator ends; with ``keep_open`` (small re-reads on a
+    long-lived connection) libpq reads it and it stays usable.
     """
     try:
         pgconn = conn.pgconn

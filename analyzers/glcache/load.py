@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import logging
 import os
 import re
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -27,6 +29,9 @@ from psycopg import sql
 
 from .catalog import DICT, STRING, TableInfo, copy_query, day_predicate, table_ident
 from .copyout import Block, copy_csv_blocks
+from .split import MIN_PAGES, open_split, splittable
+
+log = logging.getLogger("fasterdata.glcache")
 
 Progress = Callable[[int, int], None]
 """Called as progress(rows_so_far, bytes_so_far) after each block."""
@@ -83,7 +88,7 @@ def _options(info: TableInfo, policy: DictPolicy, newlines: bool, omit: tuple[st
     return read, parse, convert
 
 
-_BACKSLASH, _TAB, _N = ord("\\"), ord("\t"), ord("N")
+_BACKSLASH = ord("\\")
 _ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 _ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
 
@@ -133,28 +138,26 @@ def parse_block(block: Block, info: TableInfo, policy: DictPolicy, omit: tuple[s
         convert.column_types = {name: STRING if kind == DICT else kind for name, kind in types.items()}
     table = pacsv.read_csv(pa.py_buffer(block.data), read_options=read, parse_options=parse,
                            convert_options=convert)
+    escaped = _has_escapes(block, table)
     for name in encode:
         i = table.schema.get_field_index(name)
         table = table.set_column(i, name, pc.dictionary_encode(table.column(i)))
-    if _has_escapes(block.data):
+    if escaped:
         table = _unescape(table)
     return _narrow_block(table)
 
 
-def _has_escapes(data: memoryview | bytes) -> bool:
-    """True if a value holds an escape: every backslash not starting a NULL (a field ``\\N``) is one.
+def _has_escapes(block: Block, parsed: pa.Table) -> bool:
+    """True if a value holds an escape: the block has more backslashes than NULLs.
 
-    Fields follow a tab (the first is the header pad), and an escaped backslash is ``\\\\``, so a backslash
-    right after a tab and before ``N`` can only be a NULL. One vectorised byte scan instead of scanning every
-    column (``bytes.count`` of the 3-byte pattern measured 10× slower).
+    Each NULL is the field ``\\N``, one backslash; a value holds a backslash only as part of an escape
+    (``\\\\``, ``\\n`` …); the header pad and the types other than text never do. So one byte count (the
+    raw reader's, else one here) and the parsed NULL counts decide, with no scan for where the backslashes are.
     """
-    arr = np.frombuffer(data, dtype=np.uint8)
-    slashes = np.flatnonzero(arr == _BACKSLASH)
-    if not len(slashes):
-        return False
-    if slashes[0] == 0 or slashes[-1] + 1 >= len(arr):
-        return True
-    return not bool(np.all((arr[slashes - 1] == _TAB) & (arr[slashes + 1] == _N)))
+    slashes = block.backslashes
+    if slashes < 0:
+        slashes = int(np.count_nonzero(np.frombuffer(block.data, dtype=np.uint8) == _BACKSLASH))
+    return slashes > sum(col.null_count for col in parsed.columns)
 
 
 def _narrow_block(table: pa.Table) -> pa.Table:
@@ -214,6 +217,16 @@ def _narrow(col: pa.ChunkedArray) -> pa.ChunkedArray:
     return col.cast(pa.dictionary(index, col.type.value_type))
 
 
+def _many_distinct(col: pa.ChunkedArray, limit: float) -> bool:
+    """More than ``limit`` distinct values in a dictionary column, whatever its chunking: blocks end where
+    the socket's data happened to end, so the per-block dictionaries' sum (an upper bound, exact for one
+    chunk) alone would make the type depend on timing. The exact count is taken only when the bound is over."""
+    bound = sum(len(chunk.dictionary) for chunk in col.chunks)
+    if bound <= limit or col.num_chunks < 2:
+        return bound > limit
+    return len(pc.unique(pa.chunked_array([c.dictionary for c in col.chunks], col.type.value_type))) > limit
+
+
 def finish(table: pa.Table, info: TableInfo, policy: DictPolicy,
            constants: dict[str, object] | None = None) -> pa.Table:
     """Final column types: exact decimals for unconstrained NUMERIC, UTC timestamps, dictionaries by policy;
@@ -229,10 +242,9 @@ def finish(table: pa.Table, info: TableInfo, policy: DictPolicy,
                 col = col.cast(_decimal_for(col))
         elif c.arrow != col.type and not pa.types.is_dictionary(col.type):
             col = col.cast(c.arrow)
-        elif pa.types.is_dictionary(col.type) and policy.mode == "auto" and table.num_rows:
-            distinct = sum(len(chunk.dictionary) for chunk in col.chunks)
-            if distinct > policy.max_ratio * table.num_rows:
-                col = col.cast(STRING)
+        elif (pa.types.is_dictionary(col.type) and policy.mode == "auto" and table.num_rows
+              and _many_distinct(col, policy.max_ratio * table.num_rows)):
+            col = col.cast(STRING)
         if pa.types.is_dictionary(col.type):
             col = _narrow(col)
         columns.append(col)
@@ -252,19 +264,72 @@ def estimate_rows(conn: psycopg.Connection, info: TableInfo, where: sql.Composab
     return int(data[0]["Plan"]["Plan Rows"])
 
 
-def parse_stream(blocks: Iterable[Block], info: TableInfo, policy: DictPolicy,
-                 progress: Progress | None = None, omit: tuple[str, ...] = (),
-                 constants: dict[str, object] | None = None, utf8_valid: bool = False) -> pa.Table:
-    """Parse blocks on the pool while the next ones arrive; the table in arrival order."""
+class _Tally:
+    """Rows and bytes over every stream, reported one caller at a time (progress callbacks expect that)."""
+
+    def __init__(self, progress: Progress | None):
+        self.progress = progress
+        self.rows = self.size = 0
+        self.lock = threading.Lock()
+
+    def add(self, block: Block) -> None:
+        if self.progress is None:
+            return
+        with self.lock:
+            self.rows += block.rows
+            self.size += len(block.data)
+            self.progress(self.rows, self.size)
+
+
+def _submit_stream(blocks: Iterable[Block], info: TableInfo, policy: DictPolicy, omit: tuple[str, ...],
+                   utf8_valid: bool, tally: _Tally, stop: threading.Event) -> list[Future[pa.Table]]:
+    """Hand a stream's blocks to the parse pool as they arrive; stop early (closing the stream, and so its
+    connection) once another stream has failed."""
     futures: list[Future[pa.Table]] = []
-    rows = size = 0
     try:
         for block in blocks:
             futures.append(_POOL.submit(parse_block, block, info, policy, omit, utf8_valid))
-            rows += block.rows
-            size += len(block.data)
-            if progress:
-                progress(rows, size)
+            tally.add(block)
+            if stop.is_set():
+                break
+    except BaseException:
+        stop.set()
+        for f in futures:
+            f.cancel()
+        raise
+    finally:
+        close = getattr(blocks, "close", None)
+        if close is not None:
+            close()
+    return futures
+
+
+def parse_streams(streams: Sequence[Iterable[Block]], info: TableInfo, policy: DictPolicy,
+                  progress: Progress | None = None, omit: tuple[str, ...] = (),
+                  constants: dict[str, object] | None = None, utf8_valid: bool = False,
+                  readers: ThreadPoolExecutor | None = None) -> pa.Table:
+    """Parse blocks on the pool while the next ones arrive; the table holds the streams in order, each in
+    arrival order. The first stream is read on this thread, the others on ``readers`` (one thread each)."""
+    stop = threading.Event()
+    tally = _Tally(progress)
+    with contextlib.ExitStack() as stack:
+        if len(streams) > 1 and readers is None:
+            readers = stack.enter_context(ThreadPoolExecutor(len(streams) - 1, "glcache-copy"))
+        others = [readers.submit(_submit_stream, s, info, policy, omit, utf8_valid, tally, stop)
+                  for s in streams[1:]] if readers is not None else []
+        submitted: list[list[Future[pa.Table]]] = []
+        error: BaseException | None = None
+        for k, stream in enumerate(streams):
+            try:
+                submitted.append(others[k - 1].result() if k else
+                                 _submit_stream(stream, info, policy, omit, utf8_valid, tally, stop))
+            except BaseException as exc:
+                stop.set()
+                error = error or exc
+    futures = [f for part in submitted for f in part]
+    try:
+        if error is not None:
+            raise error
         parts = [f.result() for f in futures]
     except BaseException:
         for f in futures:
@@ -272,6 +337,13 @@ def parse_stream(blocks: Iterable[Block], info: TableInfo, policy: DictPolicy,
         raise
     table = pa.concat_tables(_unify(parts)) if parts else empty_parsed(info, policy, omit)
     return finish(table, info, policy, constants)
+
+
+def parse_stream(blocks: Iterable[Block], info: TableInfo, policy: DictPolicy,
+                 progress: Progress | None = None, omit: tuple[str, ...] = (),
+                 constants: dict[str, object] | None = None, utf8_valid: bool = False) -> pa.Table:
+    """Parse blocks on the pool while the next ones arrive; the table in arrival order."""
+    return parse_streams([blocks], info, policy, progress, omit, constants, utf8_valid)
 
 
 def load_where(dsn: str, info: TableInfo, where: sql.Composable, policy: DictPolicy,
@@ -286,18 +358,43 @@ def load_where(dsn: str, info: TableInfo, where: sql.Composable, policy: DictPol
                         utf8)
 
 
-def load_day(dsn: str, info: TableInfo, day: str, policy: DictPolicy,
-             progress: Progress | None = None) -> tuple[pa.Table, float]:
+def _load_split(dsn: str, info: TableInfo, day: str, policy: DictPolicy, progress: Progress | None,
+                connections: int, constants: dict[str, object], block_bytes: int, min_pages: int) -> pa.Table:
+    """The day as ctid ranges on ``connections`` connections in one snapshot (see split), parsed as they
+    stream and concatenated in range order."""
+    omit = tuple(constants)
+    with ThreadPoolExecutor(connections - 1, "glcache-copy") as pool:
+        try:
+            planned = open_split(lambda: connect(dsn), info, day, connections, omit, pool, min_pages)
+        except psycopg.Error as exc:  # e.g. no snapshot export where the server does not allow it
+            log.info("glcache: split load of %s not possible (%s); one COPY instead", day, exc)
+            return load_where(dsn, info, day_predicate(info, day), policy, progress, block_bytes, constants)
+        try:
+            utf8 = all(utf8_guaranteed(conn) for conn, _ in planned)
+            streams = [copy_csv_blocks(conn, query, block_bytes) for conn, query in planned]
+            return parse_streams(streams, info, policy, progress, omit, constants, utf8, pool)
+        finally:  # streams close their connection when they end; this covers those never started
+            for conn, _ in planned:
+                conn.close()
+
+
+def load_day(dsn: str, info: TableInfo, day: str, policy: DictPolicy, progress: Progress | None = None,
+             connections: int = 1, block_bytes: int = 4 << 20,
+             min_pages: int = MIN_PAGES) -> tuple[pa.Table, float]:
     """One day of the ledger and the seconds it took.
 
     A ``date`` column equals the day on every row, so it is not sent: the server formats less, the wire
-    carries less, and the column is filled in here.
+    carries less, and the column is filled in here. With ``connections`` > 1 a plain table's day is read
+    over that many connections in one snapshot, so the server formats it on as many cores (see split).
     """
     start = time.perf_counter()
     constants: dict[str, object] = {}
     if info.column(info.date_column).pg_type == "date":
         constants[info.date_column] = datetime.date.fromisoformat(day)
-    table = load_where(dsn, info, day_predicate(info, day), policy, progress, constants=constants)
+    if connections > 1 and splittable(info):
+        table = _load_split(dsn, info, day, policy, progress, connections, constants, block_bytes, min_pages)
+    else:
+        table = load_where(dsn, info, day_predicate(info, day), policy, progress, block_bytes, constants)
     return table, time.perf_counter() - start
 
 
