@@ -114,10 +114,13 @@ class GLCache:
             return self._direct(day)
         with self._lock:
             loading = self._inflight.get(day)
-        if loading is not None and loading.done() and loading.exception() is None:
-            self._count("memory", True)  # loaded here, still being stored in Redis
-            return loading.result()
         try:
+            if loading is not None and loading.done() and loading.exception() is None:
+                entry = loading.result()  # loaded here, still being stored in Redis
+                if self._unchanged_since(day, entry):
+                    self._count("memory", True)
+                    return entry
+                return self._direct(day)  # written to since it was read: PostgreSQL has the truth
             entry = self.memory.get(day)
             if entry is not None:
                 fresh = self._refresh(day, entry)
@@ -133,6 +136,11 @@ class GLCache:
             return self._shared_load(day, force=False)
         except RedisDown:
             return self._direct(day)
+
+    def _unchanged_since(self, day: str, entry: Entry) -> bool:
+        """No invalidation and no patch since ``entry`` was loaded (it is not in Redis yet to be patched)."""
+        return (entry.gen is not None and self.store.generation() == entry.gen
+                and self.store.head(day)[1] <= entry.applied)
 
     def _refresh(self, day: str, entry: Entry) -> Entry | None:
         """The memory entry brought up to date with Redis (patches applied), or None if it is stale."""
@@ -319,7 +327,7 @@ class GLCache:
             finally:
                 release()
 
-        return Entry(table, None, applied, time.time()), finish
+        return Entry(table, None, applied, time.time(), gen=gen), finish
 
     def _store_base(self, day: str, table: pa.Table, seconds: float, gen: int, applied: int,
                     source: str) -> Entry:

@@ -19,6 +19,7 @@ class Entry:
     applied: int
     expires: float
     nbytes: int = field(default=0)
+    gen: int | None = None  # invalidation generation it was loaded at (set while it is being stored)
 
     def __post_init__(self) -> None:
         self.nbytes = self.table.get_total_buffer_size()

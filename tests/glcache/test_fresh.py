@@ -7,6 +7,7 @@ that get_day equals PostgreSQL again — without a full reload where the event s
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -235,3 +236,34 @@ def test_patch_log_compacts_itself(fresh_ledger: str, make_cache: Make) -> None:
     other = make_other_cache(cache)
     assert arrow_rows(other.get_day(DAY)) == pg_rows(fresh_ledger, DAY)  # base + the 4th patch
     other.close()
+
+
+@pytest.mark.parametrize("write", ["truncate", "insert"])
+def test_a_write_while_the_day_is_being_stored_is_seen(fresh_ledger: str, make_cache: Make,
+                                                       write: str) -> None:
+    """Between a load and the end of its background store to Redis, readers in the process get the loaded
+    table; a write that lands in that window (invalidation or patch) must not be hidden by it."""
+    cache = make_cache(fresh_ledger)
+    store_base = cache._store_base
+    release = threading.Event()
+
+    def held_store(*args: Any, **kwargs: Any) -> Any:
+        release.wait(30)  # keeps the window open, whatever the machine's speed
+        return store_base(*args, **kwargs)
+
+    cache._store_base = held_store  # type: ignore[method-assign]
+    try:
+        assert same(fresh_ledger, cache)  # loaded; the store waits
+        if write == "truncate":
+            execute(fresh_ledger, "TRUNCATE gl_entries")
+            assert cache.apply_event(event("TRUNCATE gl_entries", "TRUNCATE TABLE")) == "invalidated"
+        else:
+            sql = ("INSERT INTO gl_entries (id, trx_date, acc_debit, acc_credit, amount, t_1, t_2, t_3, t_4, t_5)"
+                   " VALUES (93001, '2024-03-15', '1', '2', 5, NULL, NULL, NULL, NULL, NULL)")
+            execute(fresh_ledger, sql)
+            assert cache.apply_event(event(sql, "INSERT 0 1")) == "patched"  # the locked day takes patches
+        assert same(fresh_ledger, cache)
+    finally:
+        release.set()
+        cache.flush()
+    assert same(fresh_ledger, cache)  # and after the store: the patch applied, or the stale base refused
