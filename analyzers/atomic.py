@@ -8,6 +8,11 @@ whether a worker is killed (its entries stay pending, unapplied, and are reclaim
 Writes are a small op language (flat string arguments) so Python can aggregate a batch before
 sending it: one HINCRBY per (key, field) instead of one per statement. Ops that must keep their
 order (transaction groups and their end markers) and conditional ops nest their children.
+Business events of one statement travel as one `B` op (the field names live in the script, the
+statement's fields once, five strings a match) and a distinct rule's members as one `DS` op per set:
+the events are most of a batch's arguments and of the script's calls. Parked writes keep the older
+`X`/`D` forms (`portable`), which every version of the script replays, so a worker of the previous
+release can still apply a transaction parked by this one.
 
 Transactions whose statements arrive with txn=open are parked: their writes are appended
 (msgpack) to `<prefix>:txn:<sid>:<txid>` unless the outcome is already known; the txn_end marker
@@ -53,12 +58,38 @@ run = function(a, i, stop)
       redis.call('SADD', a[i+1], a[i+4])
       redis.call('HSET', a[i+2], a[i+3], redis.call('SCARD', a[i+1]))
       i = i + 5
+    elseif op == 'DS' then
+      local n = tonumber(a[i+4])
+      for k = i + 5, i + 4 + n, 1000 do
+        redis.call('SADD', a[i+1], unpack(a, k, math.min(k + 999, i + 4 + n)))
+      end
+      redis.call('HSET', a[i+2], a[i+3], redis.call('SCARD', a[i+1]))
+      i = i + 5 + n
     elseif op == 'E' then
       redis.call('EXPIRE', a[i+1], a[i+2]); i = i + 3
     elseif op == 'X' then
       local n = tonumber(a[i+3])
       redis.call('XADD', a[i+1], 'MAXLEN', '~', a[i+2], '*', unpack(a, i + 4, i + 3 + n))
       i = i + 4 + n
+    elseif op == 'B' then
+      local key, maxlen, ts, sid, txid, app, fp, comment = a[i+1], a[i+2], a[i+3], a[i+4], a[i+5], a[i+6],
+        a[i+7], a[i+8]
+      local j = i + 10
+      for _ = 1, tonumber(a[i+9]) do
+        if comment == '' and a[j+3] == '' and a[j+4] == '' then
+          redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'rule', a[j], 'value', a[j+1], 'labels', a[j+2],
+            'ts', ts, 'sid', sid, 'txid', txid, 'app', app, 'fp', fp)
+        else
+          local f = {'rule', a[j], 'value', a[j+1], 'labels', a[j+2], 'ts', ts, 'sid', sid, 'txid', txid, 'app', app,
+            'fp', fp}
+          if comment ~= '' then f[#f + 1] = 'comment'; f[#f + 1] = comment end
+          if a[j+3] ~= '' then f[#f + 1] = 'count'; f[#f + 1] = a[j+3] end
+          if a[j+4] ~= '' then f[#f + 1] = 'rows_only'; f[#f + 1] = a[j+4] end
+          redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(f))
+        end
+        j = j + 5
+      end
+      i = j
     elseif op == 'IFNX' then
       local n = tonumber(a[i+3])
       if redis.call('SET', a[i+1], '1', 'NX', 'EX', a[i+2]) then run(a, i + 4, i + 3 + n) end
@@ -133,19 +164,21 @@ def _num(value: Any) -> str:
 class Writes:
     """Redis writes of one batch, in the op language of `LUA`; aggregated where order does not matter."""
 
-    __slots__ = ("declared", "distincts", "expires", "extremes", "incr", "nested", "nx", "ordered", "sadd", "zincr")
+    __slots__ = ("declared", "distincts", "expires", "extremes", "incr", "nested", "nx", "ordered", "portable", "sadd",
+                 "zincr")
 
-    def __init__(self) -> None:
+    def __init__(self, portable: bool = False) -> None:
         self.incr: dict[tuple[str, str], int] = {}
         self.zincr: dict[tuple[str, str], float] = {}
         self.extremes: dict[tuple[str, str, str], Any] = {}  # (op, key, field) → value
         self.nx: dict[tuple[str, str], str] = {}
         self.sadd: set[tuple[str, str]] = set()
-        self.distincts: set[tuple[str, str, str, str]] = set()
+        self.distincts: dict[tuple[str, str, str], set[str]] = {}  # (set, hash, field) → members
         self.expires: dict[str, int] = {}
         self.ordered: list[Any] = []  # str args, or (header list, child Writes)
         self.nested = False  # any child in `ordered`: without one, args() copies it in one step
         self.declared: set[str] = set()  # keys named by the flat ops in `ordered` (the rest: in the dicts)
+        self.portable = portable  # parked for later: only ops every release of the script knows (X, D)
 
     def hincr(self, key: str, field: str, n: int) -> None:
         k = (key, field)
@@ -178,7 +211,12 @@ class Writes:
         self.sadd.add((key, member))
 
     def distinct(self, set_key: str, hash_key: str, field: str, member: str) -> None:
-        self.distincts.add((set_key, hash_key, field, member))
+        k = (set_key, hash_key, field)
+        members = self.distincts.get(k)
+        if members is None:
+            self.distincts[k] = {member}
+        else:
+            members.add(member)
 
     def expire(self, key: str, seconds: int) -> None:
         self.expires[key] = seconds
@@ -191,16 +229,16 @@ class Writes:
             args.append(v)
         self.ordered.extend(args)
 
-    def _child(self, header: list[str], *keys: str) -> Writes:
+    def _child(self, header: list[str], *keys: str, portable: bool = False) -> Writes:
         self.declared.update(keys)
-        child = Writes()
+        child = Writes(portable or self.portable)
         self.ordered.append((header, child))
         self.nested = True
         return child
 
     def parked(self, outcome_key: str, pending_key: str, ttl: int) -> Writes:
         """Writes of a statement whose transaction is still open: applied when it commits."""
-        return self._child(["G", outcome_key, pending_key, str(ttl)], outcome_key, pending_key)
+        return self._child(["G", outcome_key, pending_key, str(ttl)], outcome_key, pending_key, portable=True)
 
     def txn_end(self, outcome_key: str, pending_key: str, outcome: str, ttl: int) -> None:
         self.declared.update((outcome_key, pending_key))
@@ -229,7 +267,7 @@ class Writes:
         names.update(k for _, k, _ in self.extremes)
         names.update(k for k, _ in self.nx)
         names.update(k for k, _ in self.sadd)
-        for set_key, hash_key, _, _ in self.distincts:
+        for set_key, hash_key, _ in self.distincts:
             names.add(set_key)
             names.add(hash_key)
         names.update(self.expires)
@@ -265,8 +303,14 @@ class Writes:
             out.extend(("NX", key, field, v))
         for key, member in self.sadd:
             out.extend(("S", key, member))
-        for set_key, hash_key, field, member in self.distincts:
-            out.extend(("D", set_key, hash_key, field, member))
+        if self.portable:
+            for (set_key, hash_key, field), members in self.distincts.items():
+                for member in members:
+                    out.extend(("D", set_key, hash_key, field, member))
+        else:
+            for (set_key, hash_key, field), members in self.distincts.items():
+                out.extend(("DS", set_key, hash_key, field, str(len(members))))
+                out.extend(members)
         for key, seconds in self.expires.items():
             out.extend(("E", key, str(seconds)))
         return out

@@ -81,6 +81,7 @@ class Business:
                     specs.append((name, "col", name.lower()))
             match = tuple((c.lower(), str(v)) for c, v in rule.match.items())
             self.facts[rule.name] = (rule.value_kind, rule.value_column, tuple(specs), match)
+        self._keys_cache: dict[tuple[str, str, str], dict[str, tuple[str, str, str]]] = {}
 
     def describe(self) -> dict[str, str]:
         """rule → JSON description, stored in Redis for readers (top)."""
@@ -203,21 +204,24 @@ class Business:
         (keys: the shard's, when sharded)."""
         day = event.day(ts)
         k = keys or self.keys
-        head = ["X", k.events, str(self.events_maxlen)]
         writes.declared.add(k.events)
-        # few fields: one event per match is the biggest share of a worker's Redis writes
-        common = ["ts", str(ts), "sid", ev.get("sid", ""), "txid", ev.get("txid", ""), "app", ev.get("app", ""),
-                  "fp", norm.fp]
-        if norm.comment:
-            common += ["comment", json.dumps(norm.comment, sort_keys=True)]
-        ordered = writes.ordered
+        # one event per match is the biggest share of a worker's Redis writes: one `B` op per statement
+        # carries the shared fields once and five strings a match (atomic.py); parked writes use `X`
+        comment = json.dumps(norm.comment, sort_keys=True) if norm.comment else ""
+        if writes.portable:
+            out: list[str] = []
+        else:
+            out = writes.ordered
+            out += ("B", k.events, str(self.events_maxlen), str(ts), ev.get("sid", ""), ev.get("txid", ""),
+                    ev.get("app", ""), norm.fp, comment, str(len(matches)))
+        day_keys = self._day_keys(k, day)
         for m in matches:
             rule = m.rule
             name = rule.name
-            key = k.biz(name, day)
+            key, rows_only_key, days_key = day_keys[name]
             agg = rule.aggregate
             if m.rows_only:
-                writes.hincr(k.biz_rows_only(name, day), m.labels, m.count)
+                writes.hincr(rows_only_key, m.labels, m.count)
             elif agg == "sum":
                 writes.hincr(key, m.labels, int(m.value.scaleb(rule.scale).to_integral_value(ROUND_HALF_EVEN)))
             elif agg == "count":
@@ -228,17 +232,39 @@ class Business:
                 writes.hmin(key, m.labels, m.value)
             else:
                 writes.distinct(k.biz_set(name, day, m.labels), key, m.labels, m.value)
-            writes.add(k.biz_days(name), day)
+            writes.sadd.add((days_key, day))
             v = m.value
-            fields = ["rule", name, "value", "" if v is None else (v if type(v) is str else str(v)), "labels",
-                      m.labels, *common]
-            if m.count != 1:
-                fields += ["count", str(m.count)]
-            if m.rows_only:
-                fields += ["rows_only", "true"]
-            ordered += head
-            ordered.append(str(len(fields)))
-            ordered += fields
+            out += (name, "" if v is None else (v if type(v) is str else str(v)), m.labels,
+                    "" if m.count == 1 else str(m.count), "true" if m.rows_only else "")
+        if writes.portable:
+            self._portable_events(writes, out, k.events, ts, ev, norm, comment)
+
+    def _portable_events(self, writes: Any, flat: list[str], stream: str, ts: int, ev: dict[str, str],
+                         norm: Normalized, comment: str) -> None:
+        """The same events as `X` ops (one per match, every field named): what parked writes carry."""
+        common = ["ts", str(ts), "sid", ev.get("sid", ""), "txid", ev.get("txid", ""), "app", ev.get("app", ""),
+                  "fp", norm.fp]
+        if comment:
+            common += ["comment", comment]
+        for j in range(0, len(flat), 5):
+            name, value, labels, count, rows_only = flat[j:j + 5]
+            fields = ["rule", name, "value", value, "labels", labels, *common]
+            if count:
+                fields += ["count", count]
+            if rows_only:
+                fields += ["rows_only", rows_only]
+            writes.ordered += ["X", stream, str(self.events_maxlen), str(len(fields)), *fields]
+
+    def _day_keys(self, k: Keys, day: str) -> dict[str, tuple[str, str, str]]:
+        """rule → (aggregate hash, rows_only hash, days set) of one shard and day, built once."""
+        cache_key = (k.p, k.t, day)
+        got = self._keys_cache.get(cache_key)
+        if got is None:
+            if len(self._keys_cache) > 1000:
+                self._keys_cache.clear()
+            got = self._keys_cache[cache_key] = {r.name: (k.biz(r.name, day), k.biz_rows_only(r.name, day),
+                                                          k.biz_days(r.name)) for r in self.rules}
+        return got
 
 
 def _unescape(value: str) -> str:

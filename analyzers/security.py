@@ -94,6 +94,15 @@ class Security:
             return None
         return Finding("sqli_stacked", self.p.injection.severity, f"{previous[-80:]}; {norm.text[:100]}")
 
+    def fires_for(self, norm: Normalized, shape: Shape, app: str) -> bool:
+        """Whether any finding of `check` but large_read can fire for this statement from `app`: they depend
+        on nothing else, so the worker asks once per fingerprint and application (rows=0: no large_read)."""
+        return bool(self.check({"app": app}, norm, shape, 0))
+
+    def row_limited(self, shape: Shape) -> int:
+        """Rows above which `check` reports a large read of this statement; -1 when it never does."""
+        return self.p.max_rows if shape.op in _READS and self.p.max_rows else -1
+
     def check(self, ev: dict[str, str], norm: Normalized, shape: Shape, rows: int) -> list[Finding]:
         """Findings that depend on what the statement does (injection signatures: see `injection`)."""
         out: list[Finding] = []

@@ -32,7 +32,7 @@ from .fingerprint import Normalized, Normalizer
 from .keys import Keys, shard_keys
 from .metrics import WorkerCounters
 from .redisconn import clustered, connect, require_shards
-from .rules import RulesFile
+from .rules import Rule, RulesFile
 from .security import Finding, Security
 from .shape import Shape, ShapeCache
 from .stats import BatchStats, StatsCollector
@@ -67,6 +67,20 @@ class Shard:
         self.keys = keys
         self.stream = keys.statements
         self.committer = committer
+
+
+class Plan:
+    """Per fingerprint: its shape, anomaly series, candidate business rules and which security checks apply."""
+
+    __slots__ = ("apps", "checked", "max_rows", "rules", "series", "shape")
+
+    def __init__(self, shape: Shape, series: str, rules: list[Rule] | None, checked: bool, max_rows: int) -> None:
+        self.shape = shape
+        self.series = series
+        self.rules = rules  # None: not a business statement
+        self.checked = checked  # Security.check applies to this operation
+        self.max_rows = max_rows  # large_read above this many rows; -1: cannot fire
+        self.apps: dict[str, bool] = {}  # application → whether any other check fires
 
 
 def _id_ms(entry_id: str) -> int:
@@ -123,6 +137,7 @@ class Worker:
         self.stats = StatsCollector(settings.top_k)
         self.biz_metrics = BusinessCollector(rules.rules)
         self.known_fps: set[str] = set()
+        self.plans: dict[str, Plan] = {}
         self.seen_pairs: set[tuple[str, str]] = set()
         self.alerted: dict[tuple[str, str, str], float] = {}
         self.last_simple: dict[str, tuple[int, str | None, str]] = {}  # sid → (end ts, txid, text)
@@ -320,27 +335,26 @@ class Worker:
             raise event.BadEvent("no sql")
         norm = self.normalize.cache.get(sql) or self.normalize(sql)
         fp = norm.fp
+        plan = self.plans.get(fp) or self._plan(norm)
         ts = int(get("ts") or 0)
         rows = int(get("rows") or 0)
         err = get("err", "")
         app = get("app", "")
         batch.stats.add(fp, get("db", ""), app, int(get("dur_us") or 0), rows, err, ts)
-        shape = self.shapes.shapes.get(fp) or self.shapes.get(fp, norm.text)
+        shape = plan.shape
         if fp not in self.known_fps and fp not in batch.new_fps:
             self.describe_fp(batch, norm, shape, ts)
         window = ts // self.window_us
         anomaly = batch.anomaly
         if ts:
-            key = (window, "fp:" + fp)
+            key = (window, plan.series)
             anomaly[key] = anomaly.get(key, 0) + 1
-        self.security_checks(batch, ev, sql, norm, shape, rows, ts, app)
+        self.security_checks(batch, ev, sql, norm, plan, rows, ts, app)
         if not shape.parsed:
             batch.unparsed += 1
             return
-        if err or shape.table not in self.business.tables:
-            return
-        rules = self.business.candidates(shape)
-        if not rules:
+        rules = plan.rules
+        if err or not rules:
             return
         txn = get("txn", "autocommit")
         if txn in event.COUNTED:
@@ -385,9 +399,20 @@ class Worker:
         if not shape.parsed:
             w.setnx(k, "parse_error", shape.error)
 
-    def security_checks(self, batch: Batch, ev: dict[str, str], sql: str, norm: Normalized, shape: Shape,
+    def _plan(self, norm: Normalized) -> Plan:
+        """What a fingerprint needs on every later statement, worked out on its first one."""
+        shape = self.shapes.get(norm.fp, norm.text)
+        rules = self.business.candidates(shape) if shape.parsed and shape.table in self.business.tables else None
+        plan = Plan(shape, "fp:" + norm.fp, rules, shape.op in _CHECKED_OPS, self.security.row_limited(shape))
+        if len(self.plans) >= self.s.cache_size:
+            self.plans.clear()
+        self.plans[norm.fp] = plan
+        return plan
+
+    def security_checks(self, batch: Batch, ev: dict[str, str], sql: str, norm: Normalized, plan: Plan,
                         rows: int, ts: int, app: str) -> None:
         findings: list[Finding] | None = None
+        shape = plan.shape
         if self.injection_on and ev.get("proto") == "simple":
             # a later statement of one multi-statement Query (the proxy's `part` says i/n)
             sid = ev.get("sid", "")
@@ -404,10 +429,18 @@ class Worker:
             if norm.stacked or " or " in low or "union" in low or "--" in sql or "pg_sleep" in low \
                     or "'or " in low or "or\n" in low or "||" in low:
                 findings = (findings or []) + self.security.injection(sql, norm)
-        if shape.op in _CHECKED_OPS:
-            more = self.security.check(ev, norm, shape, rows)
-            if more:
-                findings = (findings or []) + more
+        if plan.checked:
+            # every finding but large_read depends on the statement and the application only: asked once
+            static = plan.apps.get(app)
+            if static is None:
+                static = self.security.fires_for(norm, shape, app)
+                if len(plan.apps) >= 1000:
+                    plan.apps.clear()
+                plan.apps[app] = static
+            if static or rows > plan.max_rows >= 0:
+                more = self.security.check(ev, norm, shape, rows)
+                if more:
+                    findings = (findings or []) + more
         fp = norm.fp
         if self.new_fp_on and (app, fp) not in self.seen_pairs and (app, fp) not in batch.new_pairs:
             policy = self.rules.security.new_fingerprint

@@ -170,3 +170,33 @@ def test_rules_are_published_for_readers(r: redis.Redis, prefix: str) -> None:
     make_worker(prefix)
     desc = json.loads(r.hget(f"{prefix}:biz:rules", "sales"))
     assert desc["aggregate"] == "sum" and desc["scale"] == 2 and desc["labels"] == ["region"]
+
+
+def test_parked_and_direct_events_are_identical(r: redis.Redis, prefix: str, events: Events) -> None:
+    """Direct writes send a statement's events as one compact op, parked writes as one op per event (which
+    the previous release replays too): Redis must end up with the same fields, in the same order."""
+    tagged = ("INSERT INTO orders (id, customer_id, region, total) VALUES ($1, $2, $3, $4), ($5, $6, $7, $8) "
+              "/*route='/checkout',traceparent='00-ab-cd-01'*/")
+    bulk = "INSERT INTO orders (id, customer_id, region, total) SELECT id, 1, 'eu', 1 FROM staging"
+    with events:
+        for sid, txn in (("direct", "autocommit"), ("parked", "open")):
+            events.stmt(tagged, [1, 10, "eu", "1.50", 2, 11, "us", "2.25"], tag="INSERT", rows=2, txn=txn, sid=sid)
+            events.stmt(bulk, tag="INSERT", rows=40, txn=txn, sid=sid)
+            for customer in range(20, 26):  # several members of one distinct set in one batch
+                events.stmt(INSERT_EXT, [customer, customer, "ap", "1"], tag="INSERT", rows=1, txn=txn, sid=sid)
+        events.txn_end("parked", 1, "committed", stmts=8)
+    drain(make_worker(prefix))
+
+    def fields(sid: str) -> list[list[tuple[str, str]]]:
+        return [[(k, v) for k, v in f.items() if k not in ("ts", "sid")] for _, f in r.xrange(f"{prefix}:events")
+                if f["sid"] == sid]
+
+    direct = fields("direct")
+    assert direct == fields("parked")
+    assert len(direct) == 6 * 2 + 6 + 6 * 6  # six rules on orders, one event each a row; six for the bulk insert
+    assert [k for k, _ in direct[0]] == ["rule", "value", "labels", "txid", "app", "fp", "comment"]
+    assert json.loads(dict(direct[0])["comment"])["route"] == "/checkout"
+    counted = [f for f in direct if ("count", "40") in f]
+    assert sorted(dict(f).get("rows_only", "-") for f in counted) == ["-", "true", "true", "true", "true"]
+    assert [k for k, _ in counted[-1]][-2:] == ["count", "rows_only"]
+    assert biz(r, prefix, "customers") == {"-": 8}  # 10, 11, 20…25: both sessions add the same members

@@ -131,3 +131,18 @@ def test_new_fingerprint_per_application_after_learning(r: redis.Redis, prefix: 
     found = alerts(r, prefix)
     assert [(a["rule"], a["app"]) for a in found] == [("new_fingerprint", "billing")]
     assert "customers" in found[0]["text"]
+
+
+def test_checks_decided_once_per_fingerprint_still_follow_app_and_rows(r: redis.Redis, prefix: str,
+                                                                       events: Events) -> None:
+    """The worker asks once per fingerprint and application whether a check can fire: a later application
+    of the same fingerprint, or a later statement with more rows, must still be judged on its own."""
+    with events:
+        events.stmt("DROP TABLE orders", app="migrations")
+        events.stmt("DROP TABLE orders", app="web")
+        events.stmt("DROP TABLE orders", app="migrations")
+        for rows in (5, 10, 5000, 7):
+            events.stmt("SELECT total FROM orders WHERE region = $1", ["eu"], tag="SELECT", rows=rows, app="web")
+    drain(make_worker(prefix, rules_file(security=SECURITY)))
+    found = sorted((a["rule"], a["app"], a["evidence"]) for a in alerts(r, prefix))
+    assert found == [("ddl", "web", "DROP TABLE orders"), ("large_read", "web", "5000 rows > 1000")]

@@ -1,0 +1,119 @@
+"""Where one analyzer worker's time goes: an in-process worker drains the bench stream (run.py's mix).
+
+Reports CPU µs per statement of the analysing thread, the read-ahead thread and the commit thread
+(thread CPU, so other load on the machine barely moves them), Redis `INFO commandstats` per statement,
+and optionally the cProfile of the analysing thread. Not a test; run it from the tree to measure:
+
+    .venv/bin/python bench/analyzers/where.py [--events 100000] [--batch N] [--profile 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench" / "analyzers"))
+
+from run import RULES, cleanup, fill  # noqa: E402
+
+from analyzers.rules import load as load_rules  # noqa: E402
+from analyzers.worker import Worker  # noqa: E402
+from config.analyzer_settings import AnalyzerSettings  # noqa: E402
+
+
+def commandstats(r: redis.Redis) -> dict[str, tuple[int, int]]:
+    """command → (calls, µs) from INFO commandstats."""
+    out = {}
+    for name, v in r.info("commandstats").items():
+        out[name.removeprefix("cmdstat_")] = (int(v["calls"]), int(v["usec"]))
+    return out
+
+
+class ThreadClock:
+    """Thread CPU seconds spent inside a wrapped callable (summed over calls, any thread)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def wrap(self, fn: Any) -> Any:
+        def timed(*args: Any, **kw: Any) -> Any:
+            t0 = time.thread_time()
+            try:
+                return fn(*args, **kw)
+            finally:
+                self.seconds += time.thread_time() - t0
+        return timed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--redis", default=os.environ.get("FASTERDATA_REDIS", "redis://127.0.0.1:6379/0"))
+    ap.add_argument("--events", type=int, default=100000)
+    ap.add_argument("--batch", type=int, default=0, help="entries per batch (0: the worker's default)")
+    ap.add_argument("--profile", type=int, default=0, help="print the top N functions of the analysing thread")
+    args = ap.parse_args()
+    r = redis.Redis.from_url(args.redis, decode_responses=True)
+    prefix = f"fdprof{uuid.uuid4().hex[:6]}"
+    extra = {"batch": args.batch} if args.batch else {}
+    try:
+        fill(r, f"{prefix}:statements", args.events)
+        settings = AnalyzerSettings(redis=args.redis, prefix=prefix, metrics="", consumer="prof", block=0.05, **extra)
+        worker = Worker(settings, load_rules(RULES))
+        worker.setup()
+        reading, committing = ThreadClock(), ThreadClock()
+        worker._read = reading.wrap(worker._read)
+        for shard in worker.shards:
+            shard.committer.commit = committing.wrap(shard.committer.commit)
+        worker._next_periodic = worker._next_claim = float("inf")  # the drain only
+        prof = cProfile.Profile(time.thread_time) if args.profile else None  # CPU, not wall: the box is shared
+        before = commandstats(r)
+        wall0, cpu0 = time.perf_counter(), time.thread_time()
+        if prof:
+            prof.enable()
+        done = 0
+        while done < args.events:
+            done += worker.step()
+        done += worker.quiesce()
+        if prof:
+            prof.disable()
+        cpu = time.thread_time() - cpu0
+        wall = time.perf_counter() - wall0
+        after = commandstats(r)
+        worker._pool.shutdown()
+        worker._reader.shutdown()
+        per = 1e6 / done
+        print(f"{done:,} statements in {wall:.2f}s ({done / wall:,.0f}/s), batch {settings.batch}, "
+              f"load {os.getloadavg()[0]:.2f}")
+        print(f"thread CPU µs/stmt: analyse {cpu * per:.2f}  read {reading.seconds * per:.2f}  "
+              f"commit {committing.seconds * per:.2f}  total {(cpu + reading.seconds + committing.seconds) * per:.2f}")
+        top = inner = 0.0  # EVALSHA's own time includes the commands its script runs
+        for name, (calls, usec) in sorted(after.items()):
+            c0, u0 = before.get(name, (0, 0))
+            if calls - c0 > 0 and usec - u0 > 0:
+                if name in ("evalsha", "xreadgroup", "xautoclaim"):
+                    top += (usec - u0) / done
+                else:
+                    inner += (usec - u0) / done
+                print(f"  redis {name:<12} calls/batch {(calls - c0) / max(1, worker.counters.batches):6.1f}  "
+                      f"µs/stmt {(usec - u0) / done:.2f}")
+        print(f"redis commandstats µs/stmt: {top:.2f} (of it commands run by the script {inner:.2f})")
+        if prof:
+            pstats.Stats(prof).sort_stats("tottime").print_stats(args.profile)
+    finally:
+        cleanup(r, prefix)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
