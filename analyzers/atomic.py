@@ -33,6 +33,20 @@ from typing import Any
 import redis
 
 LUA = r"""
+-- outcome values: 'committed', 'committed;a-b,c-d' (statements a…b sent early, then undone by
+-- ROLLBACK TO SAVEPOINT), 'rolled_back' …
+local function split_outcome(v)
+  if not v then return nil, '' end
+  local base, undone = string.match(v, '^([^;]*);?(.*)$')
+  return base, undone
+end
+local function is_undone(undone, seq)
+  if undone == '' or not seq then return false end
+  for lo, hi in string.gmatch(undone, '(%d+)-(%d+)') do
+    if seq >= tonumber(lo) and seq <= tonumber(hi) then return true end
+  end
+  return false
+end
 local run
 run = function(a, i, stop)
   while i <= stop do
@@ -104,24 +118,29 @@ run = function(a, i, stop)
       local since = tonumber(redis.call('HGET', a[i+1], a[i+2]))
       if tonumber(a[i+3]) - since >= tonumber(a[i+4]) then run(a, i + 6, i + 5 + n) end
       i = i + 6 + n
-    elseif op == 'G' then
-      local n = tonumber(a[i+4])
-      local outcome = redis.call('GET', a[i+1])
+    elseif op == 'G' or op == 'GN' then
+      -- GN carries the statement's number in its transaction (after ttl), kept with what is parked
+      local outcome_key, parked_key, ttl, seq, c = a[i+1], a[i+2], a[i+3], nil, i + 4
+      if op == 'GN' then seq = tonumber(a[c]); c = c + 1 end
+      local n = tonumber(a[c])
+      local outcome, undone = split_outcome(redis.call('GET', outcome_key))
       if outcome == 'committed' then
-        run(a, i + 5, i + 4 + n)
+        if not is_undone(undone, seq) then run(a, c + 1, c + n) end
       elseif not outcome then
         local sub = {}
-        for k = i + 5, i + 4 + n do sub[#sub + 1] = a[k] end
-        redis.call('RPUSH', a[i+2], cmsgpack.pack(sub))
-        redis.call('EXPIRE', a[i+2], a[i+3])
+        for k = c + 1, c + n do sub[#sub + 1] = a[k] end
+        -- the number travels as a second msgpack object: a script that knows only one still replays it
+        redis.call('RPUSH', parked_key, seq and cmsgpack.pack(sub, seq) or cmsgpack.pack(sub))
+        redis.call('EXPIRE', parked_key, ttl)
       end
-      i = i + 5 + n
+      i = c + 1 + n
     elseif op == 'C' then
       redis.call('SET', a[i+1], a[i+3], 'EX', a[i+4])
-      if a[i+3] == 'committed' then
+      local outcome, undone = split_outcome(a[i+3])
+      if outcome == 'committed' then
         for _, blob in ipairs(redis.call('LRANGE', a[i+2], 0, -1)) do
-          local sub = cmsgpack.unpack(blob)
-          run(sub, 1, #sub)
+          local sub, seq = cmsgpack.unpack(blob)
+          if not is_undone(undone, seq) then run(sub, 1, #sub) end
         end
       end
       redis.call('DEL', a[i+2])
@@ -236,12 +255,17 @@ class Writes:
         self.nested = True
         return child
 
-    def parked(self, outcome_key: str, pending_key: str, ttl: int) -> Writes:
-        """Writes of a statement whose transaction is still open: applied when it commits."""
-        return self._child(["G", outcome_key, pending_key, str(ttl)], outcome_key, pending_key, portable=True)
+    def parked(self, outcome_key: str, pending_key: str, ttl: int, seq: str = "") -> Writes:
+        """Writes of a statement whose transaction is still open: applied when it commits, unless its
+        number ``seq`` (the event's ``n``) is among those the commit says a ROLLBACK TO SAVEPOINT undid."""
+        header = ["GN", outcome_key, pending_key, str(ttl), seq] if seq else ["G", outcome_key, pending_key, str(ttl)]
+        return self._child(header, outcome_key, pending_key, portable=True)
 
-    def txn_end(self, outcome_key: str, pending_key: str, outcome: str, ttl: int) -> None:
+    def txn_end(self, outcome_key: str, pending_key: str, outcome: str, ttl: int, undone: str = "") -> None:
+        """The transaction's outcome; ``undone`` (ranges ``a-b,…``) names parked statements not to apply."""
         self.declared.update((outcome_key, pending_key))
+        if undone and outcome == "committed":
+            outcome = f"{outcome};{undone}"
         self.ordered.extend(("C", outcome_key, pending_key, outcome, str(ttl)))
 
     def once(self, key: str, ttl: int) -> Writes:

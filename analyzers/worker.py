@@ -362,7 +362,7 @@ class Worker:
         elif txn == "open":
             sid, txid = get("sid", ""), get("txid", "")
             w = batch.writes.parked(batch.keys.txn_outcome(sid, txid), batch.keys.txn_parked(sid, txid),
-                                    self.s.txn_ttl)
+                                    self.s.txn_ttl, get("n", ""))
         else:
             return  # rolled back or prepared: not (yet) committed work
         matches = self.business.evaluate(ev, norm, shape, rules)
@@ -385,7 +385,7 @@ class Worker:
         if not sid or not txid or not outcome:
             raise event.BadEvent("txn_end needs sid, txid and txn")
         batch.writes.txn_end(batch.keys.txn_outcome(sid, txid), batch.keys.txn_parked(sid, txid), outcome,
-                             self.s.txn_ttl)
+                             self.s.txn_ttl, ev.get("undone", ""))
 
     def describe_fp(self, batch: Batch, norm: Normalized, shape: Shape, ts: int) -> None:
         """First sight of a fingerprint in this process: store its text (HSETNX: first writer wins)."""

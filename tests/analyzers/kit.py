@@ -59,7 +59,7 @@ class Events:
     def stmt(self, sql: str, params: list[Any] | None = None, *, proto: str | None = None, tag: str = "",
              rows: int | None = None, txn: str = "autocommit", sid: str = "s1", txid: int = 1,
              app: str = "shop", db: str = "shop", user: str = "app", err: str = "", dur_us: int = 150,
-             ts: int | None = None, part: str = "") -> None:
+             ts: int | None = None, part: str = "", n: int | None = None) -> None:
         if proto is None:
             proto = "extended" if params is not None else "simple"
         if ts is None:
@@ -74,6 +74,8 @@ class Events:
             f["tag"] = tag
         if part:
             f["part"] = part
+        if n is not None:
+            f["n"] = str(n)
         if rows is not None:
             f["rows"] = str(rows)
         if err:
@@ -82,10 +84,13 @@ class Events:
             f.pop("tag", None)
         self._add(f, sid)
 
-    def txn_end(self, sid: str, txid: int, outcome: str, stmts: int = 1) -> None:
+    def txn_end(self, sid: str, txid: int, outcome: str, stmts: int = 1, undone: str = "") -> None:
         self.ts += 10
-        self._add({"v": "1", "kind": "txn_end", "ts": str(self.ts), "sid": sid, "client": "127.0.0.1:50000",
-                   "user": "app", "db": "shop", "txid": str(txid), "txn": outcome, "stmts": str(stmts)}, sid)
+        f = {"v": "1", "kind": "txn_end", "ts": str(self.ts), "sid": sid, "client": "127.0.0.1:50000",
+             "user": "app", "db": "shop", "txid": str(txid), "txn": outcome, "stmts": str(stmts)}
+        if undone:
+            f["undone"] = undone
+        self._add(f, sid)
 
     def _add(self, fields: dict[str, str], sid: str) -> None:
         stream = self.streams[int(hashlib.sha1(sid.encode()).hexdigest(), 16) % len(self.streams)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 import redis
 
 from analyzers.worker import _entries
@@ -74,6 +75,36 @@ def test_marker_seen_before_the_statements_still_counts_once(r: redis.Redis, pre
     events.stmt(ins, [1, "A", 50], tag="INSERT", rows=1, txn="open", sid="s5", txid=2)
     drain(make_worker(prefix))
     assert biz(r, prefix, "items_sold") == {"sku=A": 3 * 10**6}
+
+
+@pytest.mark.parametrize("marker_first", [False, True])
+def test_statements_undone_by_a_savepoint_rollback_do_not_count(r: redis.Redis, prefix: str, events: Events,
+                                                                 marker_first: bool) -> None:
+    """Sent early (txn=open, numbered n), then undone by ROLLBACK TO SAVEPOINT: the committed
+    transaction's marker lists them in `undone`, whichever of marker and statements a worker sees first."""
+    ins = "INSERT INTO order_items (order_id, sku, quantity) VALUES ($1, $2, $3)"
+    if marker_first:
+        events.txn_end("s7", 1, "committed", stmts=4, undone="2-3")
+    for n, qty in enumerate((1, 10, 100, 1000), 1):  # 2 and 3 were undone
+        events.stmt(ins, [1, "A", qty], tag="INSERT", rows=1, txn="open", sid="s7", txid=1, n=n)
+    if not marker_first:
+        w = make_worker(prefix)
+        drain(w)
+        assert biz(r, prefix, "items_sold") == {}
+        events.txn_end("s7", 1, "committed", stmts=4, undone="2-3")
+    drain(make_worker(prefix))
+    assert biz(r, prefix, "items_sold") == {"sku=A": 1001 * 10**6}
+
+
+def test_parked_writes_of_an_earlier_release_still_replay(r: redis.Redis, prefix: str, events: Events) -> None:
+    """Blobs parked without a statement number (before `n` existed) are applied at commit as before."""
+    ins = "INSERT INTO order_items (order_id, sku, quantity) VALUES ($1, $2, $3)"
+    events.stmt(ins, [1, "A", 5], tag="INSERT", rows=1, txn="open", sid="s8", txid=1)  # no n: old format
+    events.stmt(ins, [1, "A", 7], tag="INSERT", rows=1, txn="open", sid="s8", txid=1, n=2)
+    drain(make_worker(prefix))
+    events.txn_end("s8", 1, "committed", stmts=2, undone="2-2")
+    drain(make_worker(prefix))
+    assert biz(r, prefix, "items_sold") == {"sku=A": 5 * 10**6}
 
 
 def test_insert_select_and_copy_count_rows_only_and_say_so(r: redis.Redis, prefix: str, events: Events) -> None:

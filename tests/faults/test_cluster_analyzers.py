@@ -46,13 +46,17 @@ class NoEvents:
 
 
 def long_transactions(w: Workload, conn: psycopg.Connection, n: int) -> None:
-    """Three transactions of nine inserts each (no savepoints: work sent early cannot be unsent), one of
-    them rolled back."""
+    """Three long transactions, one of them rolled back; in each, an order placed after a savepoint is
+    undone by ROLLBACK TO SAVEPOINT after it went out early (the marker's `undone` must keep it out)."""
     w.conn = conn
     for k in range(3):
         conn.execute("BEGIN")
-        for _ in range(3):
+        for _ in range(2):
             w.order(multi=False)
+        conn.execute("SAVEPOINT sp")
+        w.order(multi=False)
+        conn.execute("ROLLBACK TO SAVEPOINT sp")
+        w.order(multi=False)
         conn.execute("ROLLBACK" if (n + k) % 3 == 0 else "COMMIT")
     w.buffer.clear()
 
@@ -114,6 +118,7 @@ def test_two_workers_on_a_cluster_match_sql(start_proxy: StartProxy, redis_clust
         assert got == truth, f"\nredis: {dump(got)}\nsql:   {dump(truth)}"
         kinds = {f.get("txn") for s in streams for _, f in rc.xrange(s)}
         assert {"committed", "rolled_back", "open"} <= kinds
+        assert any(f.get("undone") for s in streams for _, f in rc.xrange(s) if f.get("kind") == "txn_end")
 
         def beats() -> dict[str, int]:
             return {n: json.loads(v)["entries"] for n, v in rc.hgetall(f"{prefix}:workers").items()}
