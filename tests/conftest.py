@@ -179,3 +179,12 @@ hypothesis.settings.register_profile(
     database=None, print_blob=True,
     suppress_health_check=[hypothesis.HealthCheck.too_slow, hypothesis.HealthCheck.data_too_large])
 hypothesis.settings.load_profile(os.environ.get(HYPOTHESIS_PROFILE_ENV, "ci"))
+
+
+@pytest.fixture
+def bench_db(scratch_db: str) -> str:
+    """A scratch database with pgbench's tables at scale 1, initialised directly (not through a proxy)."""
+    done = subprocess.run(["pgbench", "-i", "-s", "1", "-q", "-h", PG_HOST, "-p", str(PG_PORT), "-U", PG_USER,
+                           scratch_db], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return scratch_db

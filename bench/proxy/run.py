@@ -40,6 +40,9 @@ import redis
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))  # bench/: procfs
+from procfs import proc_tree  # noqa: E402
+
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -117,19 +120,6 @@ class Cell:
 
 
 # -- /proc ---------------------------------------------------------------------------------------
-
-
-def proc_tree(pid: int) -> list[int]:
-    """The process and its live descendants: if capture ever moves to a helper process, it is counted."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        with contextlib.suppress(OSError):
-            for task in os.listdir(f"/proc/{p}/task"):
-                with contextlib.suppress(OSError):
-                    todo.extend(int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split())
-    return out
 
 
 def cpu_seconds(pid: int) -> float:

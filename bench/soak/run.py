@@ -45,6 +45,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))  # bench/: procfs
+from procfs import proc_tree  # noqa: E402
+
 HOST = "127.0.0.1"
 SQL_PREFIX = "SELECT abalance FROM pgbench_accounts"  # the one statement of pgbench -S (simple protocol)
 
@@ -160,19 +163,6 @@ class Proxy:
 
 
 # -- /proc sampling --------------------------------------------------------------------------------
-
-
-def proc_tree(pid: int) -> list[int]:
-    """The process and its live descendants (with --capture-mode process: the capture helper)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        with contextlib.suppress(OSError):
-            for task in os.listdir(f"/proc/{p}/task"):
-                with contextlib.suppress(OSError):
-                    todo.extend(int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split())
-    return out
 
 
 def rss_kb(pids: Sequence[int]) -> int:

@@ -11,20 +11,8 @@ import redis
 
 from analyzers.rules import parse
 from tests.analyzers.kit import drain, make_worker, wait_for
-from tests.analyzers.workload import RULES, Workload, dump, measured
+from tests.analyzers.workload import RULES, NoEvents, Workload, dump, measured
 from tests.conftest import ProxyProcess
-
-
-class NoEvents:
-    """The proxy writes the events: the workload only runs its SQL."""
-
-    ts = 0
-
-    def stmt(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    def txn_end(self, *args: object, **kwargs: object) -> None:
-        pass
 
 
 def captures(r: redis.Redis, proxy: ProxyProcess) -> bool:

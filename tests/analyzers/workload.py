@@ -62,6 +62,18 @@ RULES: dict[str, Any] = {
 }
 
 
+class NoEvents:
+    """The proxy writes the events: the workload only runs its SQL."""
+
+    ts = 0
+
+    def stmt(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def txn_end(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
 def literal(value: Any) -> str:
     if value is None:
         return "NULL"

@@ -6,14 +6,13 @@ shared Redis keeps nothing from a run.
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 import redis
 
-from tests.conftest import PG_HOST, PG_PORT, PG_USER, REDIS_URL, RUN_ID, ProxyProcess
+from tests.conftest import REDIS_URL, RUN_ID, ProxyProcess
 
 from .kit import delete_prefix
 
@@ -57,11 +56,4 @@ def app_name() -> str:
     return f"e2e-{RUN_ID}-{uuid.uuid4().hex[:6]}"
 
 
-@pytest.fixture
-def bench_db(scratch_db: str) -> str:
-    """A scratch database with pgbench's tables at scale 1, initialised directly (not through a proxy)."""
-    done = subprocess.run(["pgbench", "-i", "-s", "1", "-q", "-h", PG_HOST, "-p", str(PG_PORT), "-U", PG_USER,
-                           scratch_db], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return scratch_db
 

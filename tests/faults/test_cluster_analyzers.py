@@ -24,25 +24,13 @@ from analyzers.worker import Worker
 from config.analyzer_settings import AnalyzerSettings
 from tests.analyzers.kit import ROOT, WorkerProcess, group_done
 from tests.analyzers.test_anomaly import check_spikes_and_drops
-from tests.analyzers.workload import RULES, Workload, dump, measured
+from tests.analyzers.workload import RULES, NoEvents, Workload, dump, measured
 from tests.conftest import direct_dsn, wait_until
 from tests.proxy.pxkit import StartProxy
 from tests.rediscluster import Cluster
 
 SHARDS = 3
 pytestmark = pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli is not installed")
-
-
-class NoEvents:
-    """The proxy writes the events: the workload only runs its SQL."""
-
-    ts = 0
-
-    def stmt(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    def txn_end(self, *args: object, **kwargs: object) -> None:
-        pass
 
 
 def long_transactions(w: Workload, conn: psycopg.Connection, n: int) -> None:

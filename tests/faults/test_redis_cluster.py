@@ -24,7 +24,7 @@ import psycopg
 import pytest
 
 from proxy.events import COMMITTED
-from tests.conftest import PG_HOST, PG_PORT, PG_USER, ProxyProcess, wait_port, wait_until
+from tests.conftest import PG_USER, ProxyProcess, wait_port, wait_until
 from tests.e2e.kit import TPCB_KINDS, Event, parse_pgbench, read_stream, scrape, settle, tpcb_kind, value
 from tests.proxy.pxkit import StartProxy
 from tests.rediscluster import Cluster
@@ -53,15 +53,6 @@ def durable_cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.destroy()
-
-
-@pytest.fixture
-def bench_db(scratch_db: str) -> str:
-    """A scratch database with pgbench's tables at scale 1, initialised directly (not through a proxy)."""
-    done = subprocess.run(["pgbench", "-i", "-s", "1", "-q", "-h", PG_HOST, "-p", str(PG_PORT), "-U", PG_USER,
-                           scratch_db], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return scratch_db
 
 
 def test_sharded_streams_on_redis_cluster(start_proxy: StartProxy, redis_cluster: Cluster, tmp_path: Path) -> None:
