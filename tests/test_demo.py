@@ -56,6 +56,13 @@ def test_demo_shows_business_metrics_and_cleans_up() -> None:
             time.sleep(1)
         assert metrics.get("fasterdata_business_sales_amount", 0) > 0, (metrics, "".join(output))
         assert metrics.get("fasterdata_business_orders_placed", 0) > 0, metrics
+        # A second demo on the same Redis would share the key prefix (and delete it on exit): refused.
+        second = subprocess.run([sys.executable, "-m", "proxy.cli", "demo", "--duration", "5"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert f"another fasterdata demo (pid {proc.pid}) is using this Redis" in second.stdout + second.stderr
+        assert redis.Redis.from_url(REDIS_URL).exists(f"{PREFIX}:statements"), "the refused demo deleted keys"
+        assert proc.poll() is None
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(90)

@@ -28,6 +28,8 @@ from .services import Services, find_or_start
 log = logging.getLogger("fasterdata.demo")
 
 PREFIX = "fasterdata-demo"
+OWNER = f"{PREFIX}:owner"  # one demo per Redis: its clean-up deletes every {PREFIX}:* key
+OWNER_TTL = 30  # seconds; renewed every 5 s while the demo runs
 
 
 def _port(preferred: int) -> int:
@@ -80,6 +82,7 @@ class Demo:
         self.children: list[tuple[str, subprocess.Popen]] = []
         self.services: Services | None = None
         self.database = f"fasterdata_demo_{os.getpid()}"
+        self.owner: redis.Redis | None = None  # set once this demo holds OWNER
 
     def start_child(self, what: str, args: list[str]) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", *args],
@@ -90,6 +93,13 @@ class Demo:
     async def run(self) -> int:
         s = self.services = find_or_start(embedded=self.embedded)
         log.info("using %s and %s", s.pg_origin, s.redis_origin)
+        r = redis.Redis.from_url(s.redis_url)
+        if not r.set(OWNER, os.getpid(), nx=True, ex=OWNER_TTL):
+            holder = r.get(OWNER)
+            log.error("another fasterdata demo (pid %s) is using this Redis (key %s); stop it first",
+                      holder.decode() if holder else "?", OWNER)
+            return 2
+        self.owner = r
         with psycopg.connect(s.pg_admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.database}"')
             conn.execute(f'CREATE DATABASE "{self.database}"')
@@ -143,6 +153,8 @@ Press Ctrl-C to stop; everything the demo created is removed.
                     stop.set()
             if self.duration and time.monotonic() - started >= self.duration:
                 stop.set()
+            with contextlib.suppress(redis.RedisError):
+                r.expire(OWNER, OWNER_TTL)
         await workload
         return 0
 
@@ -163,11 +175,11 @@ Press Ctrl-C to stop; everything the demo created is removed.
             return
         with contextlib.suppress(psycopg.Error), psycopg.connect(s.pg_admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
-        with contextlib.suppress(redis.RedisError, OSError):
-            r = redis.Redis.from_url(s.redis_url)
-            keys = list(r.scan_iter(match=f"{PREFIX}:*", count=1000))
-            if keys:
-                r.delete(*keys)
+        if self.owner is not None:  # another demo's keys are not ours to delete
+            with contextlib.suppress(redis.RedisError, OSError):
+                keys = list(self.owner.scan_iter(match=f"{PREFIX}:*", count=1000))
+                if keys:
+                    self.owner.delete(*keys)
         s.close()
 
 
@@ -181,4 +193,5 @@ def main(duration: float | None = None, shoppers: int = 4, rate: float = 5.0, em
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up
         demo.cleanup()
-        print("demo stopped; its database, Redis keys and processes are gone.", flush=True)
+        if demo.owner is not None:
+            print("demo stopped; its database, Redis keys and processes are gone.", flush=True)
