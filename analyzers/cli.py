@@ -90,7 +90,7 @@ def run_analyze(settings: AnalyzerSettings) -> int:
 
     from .metrics import MetricsHTTP, WorkerCollector
     from .redisconn import ShardingError
-    from .worker import Worker
+    from .worker import Worker, tune_gc
 
     try:
         rules = load_rules(settings.rules)
@@ -122,9 +122,10 @@ def run_analyze(settings: AnalyzerSettings) -> int:
         log.info("signal %d: finishing the current batch", signum)
         worker.stop.set()
 
-    if threading.current_thread() is threading.main_thread():
+    if threading.current_thread() is threading.main_thread():  # a process of its own, not a test's thread
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        tune_gc()
     log.info("analyzer %s on %s (group %s, %d rules%s)", worker.consumer, ", ".join(worker.streams.names),
              worker.group, len(rules.rules), ", Redis Cluster" if worker.streams.cluster else "")
     try:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 import redis
@@ -136,3 +139,12 @@ def test_idle_consumers_without_pending_entries_are_forgotten(r: redis.Redis, pr
     w.tidy(max_idle=0.001)
     names = {c["name"] for c in r.xinfo_consumers(stream, "analyzers")}
     assert "gone-idle" not in names and "gone-with-work" in names  # its entry still needs reclaiming
+
+
+def test_a_worker_process_keeps_its_start_up_objects_out_of_collections() -> None:
+    # tune_gc is process-wide, so it is checked in a process of its own
+    code = ("import gc; from analyzers.worker import tune_gc; tune_gc(); "
+            "print(gc.get_freeze_count() > 1000, gc.get_threshold()[0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.split() == ["True", "50000"]
