@@ -199,6 +199,8 @@ class Worker:
             except redis.RedisError as exc:
                 self._inflight = self._reading = None  # their entries stay pending: reclaimed after claim_idle
                 self.last_error = f"redis: {exc}"
+                if "NOGROUP" in str(exc) and self._recreate_group(exc):
+                    continue
                 log.warning("redis error, retrying in %.1fs: %s", backoff, exc)
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 10)
@@ -210,6 +212,17 @@ class Worker:
         self._pool.shutdown()
         self._reader.shutdown()
 
+    def _recreate_group(self, exc: redis.RedisError) -> bool:
+        """The stream or its group is gone (deleted, or Redis restarted without persistence); the proxy's
+        next XADD makes a bare stream again, and without the group every read would fail alike."""
+        log.warning("%s: creating it again", exc)
+        try:
+            self.setup()
+        except redis.RedisError as again:
+            log.warning("creating the consumer group failed: %s", again)
+            return False
+        return True
+
     def step(self) -> int:
         """One iteration: maybe reclaim, read one batch, commit it, maybe do periodic work."""
         now = time.monotonic()
@@ -218,6 +231,8 @@ class Worker:
             done += self.claim()
             self._next_claim = now + max(0.5, self.s.claim_idle / 2)
         reading, self._reading = self._reading, None
+        if reading is not None and not reading.done():
+            self.settle()  # the read may block for `block` seconds: publish the last commit's counts first
         got = reading.result() if reading is not None else self._read()
         if got:
             if not self.stop.is_set():  # read the next batch while this one is analysed

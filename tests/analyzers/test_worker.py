@@ -148,3 +148,22 @@ def test_a_worker_process_keeps_its_start_up_objects_out_of_collections() -> Non
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.split() == ["True", "50000"]
+
+
+def test_prometheus_counts_do_not_wait_for_the_next_read(r: redis.Redis, prefix: str, events: Events,
+                                                          start_worker) -> None:
+    """With sparse traffic the worker blocks in its next read; the last commit's counts are published before
+    that, not when the read returns (`--block 60`: the bound below is far shorter than the read)."""
+    w = start_worker("p1", "--block", "60")
+    wait_for(lambda: r.exists(f"{prefix}:statements"), what="the group to be created")
+    events.stmt("INSERT INTO orders (id, customer_id, region, total) VALUES ($1, $2, $3, $4)",
+                [1, 1, "eu", "2.50"], tag="INSERT", rows=1)
+
+    def counted() -> float | None:
+        try:
+            return samples(scrape(w.metrics_port)[1]).get(("fasterdata_business_sales", (("region", "eu"),)))
+        except OSError:
+            return None
+
+    assert wait_for(counted, timeout=20, what=f"the sale in /metrics\n{w.log()}") == 2.5
+    assert w.stop(signal.SIGTERM) == 0, w.log()
