@@ -3,6 +3,8 @@ sessions succeed once the server is back (tests/e2e/test_outage.py does the same
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -24,12 +26,16 @@ def _clean(exc: psycopg.OperationalError) -> bool:
     return exc.sqlstate is None or exc.sqlstate.startswith(("57P0", "08"))
 
 
+@pytest.mark.parametrize("how", ["restart", "crash"])
 def test_postgres_restarted_mid_run(start_proxy: StartProxy, cluster: PrivateCluster,
-                                    private_redis: RedisServer) -> None:
+                                    private_redis: RedisServer, how: str) -> None:
+    """restart: a fast shutdown and start. crash: one backend SIGKILLed, so the postmaster ends every
+    session (57P02) and runs crash recovery (57P03 meanwhile) before it takes connections again."""
     proxy = start_proxy("--redis", private_redis.url, "--connect-timeout", "5", upstream=cluster.address)
     stop = threading.Event()
     seen: Counter[str] = Counter()
     ok_after: Counter[int] = Counter()
+    hit: set[int] = set()  # clients that saw an error
     restarted = threading.Event()
     lock = threading.Lock()
 
@@ -48,6 +54,7 @@ def test_postgres_restarted_mid_run(start_proxy: StartProxy, cluster: PrivateClu
                 assert _clean(exc), f"unexpected error {exc.sqlstate}: {exc}"
                 with lock:
                     seen[exc.sqlstate or "closed"] += 1
+                    hit.add(n)
                 stop.wait(0.05)
 
     with ThreadPoolExecutor(CLIENTS) as pool:
@@ -56,7 +63,13 @@ def test_postgres_restarted_mid_run(start_proxy: StartProxy, cluster: PrivateClu
             wait_until(lambda: len(cluster.execute(
                 "select 1 from pg_stat_activity where application_name like 'fault-restart-%'")) == CLIENTS,
                 "the clients to be connected")
-            cluster.restart("fast")
+            if how == "restart":
+                cluster.restart("fast")
+            else:
+                [(victim,)] = cluster.execute(
+                    "select pid from pg_stat_activity where application_name = 'fault-restart-0'")
+                os.kill(victim, signal.SIGKILL)
+                wait_until(lambda: len(hit) == CLIENTS, "every session to be ended by the crash", timeout=60)
             restarted.set()
             wait_until(lambda: len(ok_after) == CLIENTS and min(ok_after.values()) >= 10,
                        "every client to work again after the restart", timeout=60)
