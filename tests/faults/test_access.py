@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import shutil
 import signal
+import socket
 import ssl
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import psycopg
 import pytest
 
 from proxy import wire
-from tests.conftest import wait_until
+from tests.conftest import PG_USER, wait_port, wait_until
 from tests.proxy.pxkit import RawClient, StartProxy, errors
 from tests.sink.kit import make_certs
 
@@ -114,3 +115,26 @@ def test_tls_certificate_reloaded_on_sighup(start_proxy: StartProxy, tmp_path: P
         assert proxy_peer_cert(proxy.port) == der(b_cert)
     finally:
         held.close()
+
+
+def _free_port_v6() -> int:
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_allow_list_with_ipv6_clients(start_proxy: StartProxy, allowed: bool) -> None:
+    """A proxy listening on [::1]: an IPv6 client is matched against IPv6 networks of the list."""
+    port = _free_port_v6()
+    networks = ["--allow-client", "10.0.0.0/8"] + (["--allow-client", "::1/128"] if allowed else [])
+    proxy = start_proxy("--no-capture", "--listen", f"[::1]:{port}", *networks, wait=False)
+    wait_port(port, host="::1")
+    dsn = f"host=::1 port={port} user={PG_USER} dbname=postgres"
+    if allowed:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+            assert conn.execute("select 'in'").fetchone() == ("in",)
+    else:
+        with pytest.raises(psycopg.OperationalError, match=r"connections from ::1 are not allowed"):
+            psycopg.connect(dsn, connect_timeout=10)
+    assert proxy.proc.poll() is None
