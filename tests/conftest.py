@@ -16,6 +16,7 @@ from typing import TypeVar
 import hypothesis
 import psycopg
 import pytest
+import redis
 
 PG_HOST = os.environ.get("FASTERDATA_TEST_PGHOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("FASTERDATA_TEST_PGPORT", "5432"))
@@ -123,13 +124,35 @@ class ProxyProcess(ChildProcess):
         return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
 
 
+def delete_prefix(r: redis.Redis, prefix: str) -> None:
+    """Remove every key a proxy with this prefix created (stream, idempotency markers)."""
+    keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        r.delete(*keys)
+
+
+def forget(proxies: list[ProxyProcess]) -> None:
+    """The shared Redis keeps nothing of stopped test proxies (private servers go with their directory)."""
+    r = redis.Redis.from_url(REDIS_URL)
+    try:
+        for p in proxies:
+            delete_prefix(r, p.prefix)
+    except redis.RedisError:
+        pass  # a test that broke Redis on purpose: nothing to clean there
+    finally:
+        r.close()
+
+
 def stop_all(started: list[ProxyProcess]) -> None:
     """Teardown: SIGTERM every proxy still running; each must exit 0 (a graceful stop is part of the contract)."""
-    for p in started:
-        running = p.proc.poll() is None
-        rc = p.stop()
-        if running:
-            assert rc == 0, f"proxy exited {rc} on SIGTERM:\n{p.log()}"
+    try:
+        for p in started:
+            running = p.proc.poll() is None
+            rc = p.stop()
+            if running:
+                assert rc == 0, f"proxy exited {rc} on SIGTERM:\n{p.log()}"
+    finally:
+        forget(started)
 
 
 @pytest.fixture
@@ -152,8 +175,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
     """One proxy in front of the machine's PostgreSQL, shared by a test module."""
     p = ProxyProcess(tmp_path_factory.mktemp("proxy"))
     yield p
-    rc = p.stop()
-    assert rc == 0, f"proxy exited {rc} on SIGTERM:\n{p.log()}"
+    stop_all([p])
 
 
 @pytest.fixture

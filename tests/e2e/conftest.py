@@ -12,9 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from tests.conftest import REDIS_URL, RUN_ID, ProxyProcess
-
-from .kit import delete_prefix
+from tests.conftest import REDIS_URL, RUN_ID, ProxyProcess, delete_prefix
 
 StartProxy = Callable[..., ProxyProcess]
 

@@ -59,13 +59,6 @@ def statements(r: redis.Redis, prefix: str, **match: str) -> list[Event]:
             if f.get("kind") == "stmt" and all(f.get(k) == v for k, v in match.items())]
 
 
-def delete_prefix(r: redis.Redis, prefix: str) -> None:
-    """Remove every key a proxy with this prefix created (stream, idempotency markers)."""
-    keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        r.delete(*keys)
-
-
 def dump_prefix(r: redis.Redis, prefix: str) -> str:
     """Every key under the prefix with all its content, whatever its type, as one text to search."""
     parts: list[str] = []

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import redis
 
-from tests.conftest import PG_USER, ProxyProcess
+from tests.conftest import PG_USER, ProxyProcess, delete_prefix
 
 from .conftest import StartProxy
 from .kit import (
     TPCB_KINDS,
-    delete_prefix,
     http_get,
     parse_pgbench,
     pgbench,

@@ -22,8 +22,8 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import REDIS_URL, ProxyProcess, direct_dsn, wait_until
-from tests.e2e.kit import delete_prefix, statements
+from tests.conftest import REDIS_URL, ProxyProcess, delete_prefix, direct_dsn, wait_until
+from tests.e2e.kit import statements
 from tests.proxy.pxkit import StartProxy
 
 from .kit import http
