@@ -1160,13 +1160,13 @@ class _Lane:
     def _spool_drained(self) -> None:
         sp = self.spool
         assert sp is not None
-        if sp.broken:
-            return
-        try:
-            sp.reset()
-        except OSError as exc:
-            self._spool_failed(exc)
-            return
+        if not sp.broken:
+            try:
+                sp.reset()
+            except OSError as exc:
+                self._spool_failed(exc)
+        # Even a broken spool (a full disk) ends here once what it holds is replayed: new events go to
+        # memory again. Staying in spooling mode would drop every event for good, Redis back or not.
         self._spooling = False
         self._qseq = self._pseq
         self._spool_full_logged = False

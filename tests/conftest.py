@@ -90,7 +90,7 @@ class ProxyProcess(ChildProcess):
     """`fasterdata proxy` as a subprocess, the way users run it."""
 
     def __init__(self, tmp: Path, *args: str, upstream: str | None = None, env: dict[str, str] | None = None,
-                 wait: bool = True):
+                 wait: bool = True, preexec: Callable[[], None] | None = None):
         self.port = free_port()
         self.metrics_port = free_port()
         self.prefix = f"fdtest{RUN_ID}{uuid.uuid4().hex[:6]}"
@@ -107,7 +107,7 @@ class ProxyProcess(ChildProcess):
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         full_env = {**os.environ, **(env or {})}
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
-                                     cwd=Path(__file__).resolve().parent.parent)
+                                     cwd=Path(__file__).resolve().parent.parent, preexec_fn=preexec)
         if not wait:  # the caller watches the start itself
             return
         try:
@@ -161,8 +161,8 @@ def start_proxy(tmp_path: Path) -> Iterator:
     started: list[ProxyProcess] = []
 
     def start(*args: str, upstream: str | None = None, env: dict[str, str] | None = None,
-              wait: bool = True) -> ProxyProcess:
-        p = ProxyProcess(tmp_path, *args, upstream=upstream, env=env, wait=wait)
+              wait: bool = True, preexec: Callable[[], None] | None = None) -> ProxyProcess:
+        p = ProxyProcess(tmp_path, *args, upstream=upstream, env=env, wait=wait, preexec=preexec)
         started.append(p)
         return p
 
