@@ -1160,12 +1160,16 @@ class _Lane:
     def _spool_drained(self) -> None:
         sp = self.spool
         assert sp is not None
-        if not sp.broken:
-            try:
-                sp.reset()
-            except OSError as exc:
-                self._spool_failed(exc)
-        # Even a broken spool (a full disk) ends here once what it holds is replayed: new events go to
+        try:
+            sp.reset()
+        except OSError as exc:
+            self._spool_failed(exc)
+        else:
+            if sp.broken:  # emptied after a failure (a full disk): worth trying again at the next outage
+                log.warning("sink %s: spool %s replayed and emptied after it failed (%s); using it again",
+                            self.stream, sp.path, sp.broken)
+                sp.broken = None
+        # Even a spool that stays broken ends here once what it holds is replayed: new events go to
         # memory again. Staying in spooling mode would drop every event for good, Redis back or not.
         self._spooling = False
         self._qseq = self._pseq

@@ -17,6 +17,7 @@ from tests.sink.kit import RedisServer
 
 LIMIT = 256 << 10  # bytes any one file of the proxy may reach
 STATEMENTS = 3000  # a few hundred bytes each in the spool: well past LIMIT
+SECOND = 400  # past the memory queue (FASTERDATA_QUEUE_MAX=100), within LIMIT once the spool is empty
 
 
 def _limit_file_size() -> None:
@@ -54,4 +55,15 @@ def test_spool_full_while_redis_is_away(start_proxy: StartProxy, private_redis: 
     wait_until(captured_again, "capture to resume once Redis is back", timeout=60, interval=0.5)
     samples = scrape(proxy)[1]
     assert value(samples, "fasterdata_sink_replayed_total") > 0  # what the spool held before it filled
+    assert "using it again" in proxy.log()
+
+    # The emptied spool serves the next outage again: more than the memory queue holds, less than the limit.
+    private_redis.kill()
+    with psycopg.connect(proxy.dsn(application_name="second-outage"), autocommit=True, connect_timeout=10) as conn:
+        for i in range(SECOND):
+            conn.execute("select %s::int", (i,), prepare=False)
+    private_redis.restart()
+    r = private_redis.client()
+    wait_until(lambda: len(statements(r, proxy.prefix, app="second-outage")) == SECOND,
+               "every statement of the second outage to be replayed", timeout=60)
     assert proxy.proc.poll() is None
