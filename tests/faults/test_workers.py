@@ -297,7 +297,8 @@ def test_a_worker_that_cannot_start_stops_the_parent(start_proxy: StartProxy) ->
 def test_sigterm_while_workers_start(start_proxy: StartProxy) -> None:
     """SIGTERM as soon as the parent exists (workers still starting) is held until each worker can
     handle it: every worker stops cleanly and the parent exits 0."""
-    proxy = start_proxy("--workers", str(WORKERS), wait=False)
+    base = adjacent_free_ports(WORKERS)  # worker i binds metrics port + i: all of them must be free
+    proxy = start_proxy("--workers", str(WORKERS), "--metrics", f"127.0.0.1:{base}", wait=False)
     wait_until(lambda: len(Path(f"/proc/{proxy.proc.pid}/task/{proxy.proc.pid}/children").read_text().split())
                == WORKERS, "the workers to be forked", timeout=BOUND, interval=0.005)
     proxy.proc.send_signal(signal.SIGTERM)
