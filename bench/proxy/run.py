@@ -40,8 +40,8 @@ import redis
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE.parent))  # bench/: procfs
-from procfs import proc_tree  # noqa: E402
+sys.path.insert(0, str(HERE.parent))  # bench/: benchkit
+from benchkit import ensure_database, proc_tree  # noqa: E402
 
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -278,25 +278,6 @@ def start_proxy(name: str, workdir: Path, upstream_port: int, prefix: str, captu
 def connect(port: int, dbname: str, user: str, **kw: object) -> psycopg.Connection:
     return psycopg.connect(host=HOST, port=port, dbname=dbname, user=user, sslmode="disable",
                            connect_timeout=10, **kw)  # type: ignore[arg-type]
-
-
-def ensure_database(dbname: str, user: str, scale: int) -> str:
-    """Create and pgbench-initialise the bench database once; reuse it while its scale is right."""
-    with connect(5432, "postgres", user, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
-        if not exists:
-            conn.execute(f'CREATE DATABASE "{dbname}"')
-    with connect(5432, dbname, user) as conn:
-        try:
-            have = conn.execute("SELECT count(*) FROM pgbench_branches").fetchone()[0]  # type: ignore[index]
-        except psycopg.errors.UndefinedTable:
-            have = None
-    if have == scale:
-        return f"reused (scale {scale})"
-    print(f"initialising {dbname}: pgbench -i -s {scale} (found scale {have}) …", flush=True)
-    subprocess.run(["pgbench", "-i", "-q", "-s", str(scale), "-h", HOST, "-p", "5432", "-U", user, dbname],
-                   check=True, env=pg_env(), stdout=subprocess.DEVNULL)
-    return f"initialised now (scale {scale})"
 
 
 def prepare_tables(dbname: str, user: str) -> None:

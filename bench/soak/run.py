@@ -45,8 +45,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE.parent))  # bench/: procfs
-from procfs import proc_tree  # noqa: E402
+sys.path.insert(0, str(HERE.parent))  # bench/: benchkit
+from benchkit import ensure_database, proc_tree  # noqa: E402
 
 HOST = "127.0.0.1"
 SQL_PREFIX = "SELECT abalance FROM pgbench_accounts"  # the one statement of pgbench -S (simple protocol)
@@ -335,24 +335,6 @@ def parse_bench(rc: int, out: str) -> Bench:
     return Bench(rc, int(num(_TXNS)), int(num(_FAILED)), num(_TPS), num(_LAT),
                  float(lag.group(1)) if lag else None, float(lag.group(2)) if lag else None,
                  [(float(a), float(b), float(c)) for a, b, c in _PROGRESS.findall(out)], out)
-
-
-def ensure_database(dbname: str, user: str, scale: int) -> str:
-    """Create and pgbench-initialise the database once (directly, not through the proxy); reuse it after."""
-    with psycopg.connect(host=HOST, port=5432, dbname="postgres", user=user, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{dbname}"')
-    with psycopg.connect(host=HOST, port=5432, dbname=dbname, user=user) as conn:
-        try:
-            have = conn.execute("SELECT count(*) FROM pgbench_branches").fetchone()[0]  # type: ignore[index]
-        except psycopg.errors.UndefinedTable:
-            have = None
-    if have == scale:
-        return f"reused (scale {scale})"
-    print(f"initialising {dbname}: pgbench -i -s {scale} …", flush=True)
-    subprocess.run(["pgbench", "-i", "-q", "-s", str(scale), "-h", HOST, "-p", "5432", "-U", user, dbname],
-                   check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PGSSLMODE": "disable"})
-    return f"initialised now (scale {scale})"
 
 
 # -- the run ---------------------------------------------------------------------------------------

@@ -52,8 +52,8 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_one_event_per_statement(e2e_proxy: StartProxy, rds: redis.Redis, bench_db: str, app_name: str) -> None:
-    proxy = e2e_proxy(*PROCESS)
+def test_one_event_per_statement(start_proxy: StartProxy, rds: redis.Redis, bench_db: str, app_name: str) -> None:
+    proxy = start_proxy(*PROCESS)
     assert http_get(proxy.metrics_port, "/readyz") == (200, "ready\n")
     assert len(capture_pids(proxy)) == 1
     per_client, clients = 30, 2
@@ -80,9 +80,9 @@ def test_one_event_per_statement(e2e_proxy: StartProxy, rds: redis.Redis, bench_
     assert value(samples, "fasterdata_proxy_tap_errors_total") == 0
 
 
-def test_capture_process_killed_mid_run(e2e_proxy: StartProxy, rds: redis.Redis, bench_db: str,
+def test_capture_process_killed_mid_run(start_proxy: StartProxy, rds: redis.Redis, bench_db: str,
                                         app_name: str) -> None:
-    proxy = e2e_proxy(*PROCESS)
+    proxy = start_proxy(*PROCESS)
     (worker,) = capture_pids(proxy)
     env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(proxy.port), "PGUSER": PG_USER,
            "PGDATABASE": bench_db, "PGAPPNAME": app_name}

@@ -27,9 +27,9 @@ def histogram(samples: Samples, db: str, app: str) -> tuple[list[tuple[float, fl
             value(samples, f"{base}_sum", db=db, app=app))
 
 
-def test_metrics_after_a_known_workload(e2e_proxy: StartProxy, rds: redis.Redis, scratch_db: str,
+def test_metrics_after_a_known_workload(start_proxy: StartProxy, rds: redis.Redis, scratch_db: str,
                                         app_name: str) -> None:
-    proxy = e2e_proxy()
+    proxy = start_proxy()
     assert http_get(proxy.metrics_port, "/healthz") == (200, "ok\n")
     assert http_get(proxy.metrics_port, "/readyz") == (200, "ready\n")
     # The start-up probe of the test harness opened a connection already: count from here.
@@ -100,7 +100,7 @@ def redis_up(proxy: ProxyProcess) -> float:
     return value(scrape(proxy)[1], "fasterdata_sink_redis_up")
 
 
-def test_readiness_follows_the_sink(e2e_proxy: StartProxy, tmp_path, scratch_db: str, app_name: str) -> None:
+def test_readiness_follows_the_sink(start_proxy: StartProxy, tmp_path, scratch_db: str, app_name: str) -> None:
     """/readyz is 200 while events have somewhere to go: Redis, or (Redis away) a spool with room.
 
     That is what StreamSink.readiness documents; a full spool makes it 503 with the reason, and
@@ -108,7 +108,7 @@ def test_readiness_follows_the_sink(e2e_proxy: StartProxy, tmp_path, scratch_db:
     """
     server = RedisServer(tmp_path)
     try:
-        proxy = e2e_proxy("--redis", server.url,
+        proxy = start_proxy("--redis", server.url,
                           env={"FASTERDATA_SPOOL_DIR": str(tmp_path / "spool"),
                                "FASTERDATA_SPOOL_MAX_BYTES": str(1 << 20)})
         wait_until(lambda: redis_up(proxy) == 1, "the sink to connect")

@@ -33,12 +33,12 @@ def sink_value(proxy: ProxyProcess, name: str) -> float:
     return value(scrape(proxy)[1], name)
 
 
-def test_redis_killed_and_restarted_during_pgbench(e2e_proxy: StartProxy, tmp_path: Path, bench_db: str,
+def test_redis_killed_and_restarted_during_pgbench(start_proxy: StartProxy, tmp_path: Path, bench_db: str,
                                                    app_name: str) -> None:
     server = RedisServer(tmp_path, "--appendonly", "yes", "--appendfsync", "always")
     bench: subprocess.Popen | None = None
     try:
-        proxy = e2e_proxy("--redis", server.url, env={"FASTERDATA_SPOOL_DIR": str(tmp_path / "spool")})
+        proxy = start_proxy("--redis", server.url, env={"FASTERDATA_SPOOL_DIR": str(tmp_path / "spool")})
         r: redis.Redis = server.client()
         stream = f"{proxy.prefix}:statements"
         wait_until(lambda: sink_value(proxy, "fasterdata_sink_redis_up") == 1, "the sink to connect")

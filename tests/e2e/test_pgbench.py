@@ -25,9 +25,9 @@ TPCB_PARAMS = {"BEGIN": 0, "UPDATE pgbench_accounts": 2, "SELECT abalance": 1, "
 
 
 @pytest.mark.parametrize("mode", ["simple", "prepared"])
-def test_pgbench_one_event_per_statement(e2e_proxy: StartProxy, rds: redis.Redis, bench_db: str, app_name: str,
+def test_pgbench_one_event_per_statement(start_proxy: StartProxy, rds: redis.Redis, bench_db: str, app_name: str,
                                          mode: str) -> None:
-    proxy = e2e_proxy()
+    proxy = start_proxy()
     per_client, clients = 30, 2
     result = pgbench(proxy.port, bench_db, app_name, "-M", mode, "-t", str(per_client), "-c", str(clients))
     assert (result.processed, result.failed) == (per_client * clients, 0), result.output

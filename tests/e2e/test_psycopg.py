@@ -32,8 +32,8 @@ def db(scratch_db: str) -> str:
 
 
 @pytest.fixture
-def proxy(e2e_proxy: StartProxy) -> ProxyProcess:
-    return e2e_proxy()
+def proxy(start_proxy: StartProxy) -> ProxyProcess:
+    return start_proxy()
 
 
 def run(proxy: ProxyProcess, rds: redis.Redis, db: str, app: str, script: Callable[[psycopg.Connection], None],

@@ -17,9 +17,9 @@ from .kit import settle, statements, value
 
 
 @pytest.mark.parametrize(("rate", "expected"), [("0", 0), ("1.0", 7)])
-def test_sample_rate_none_or_all(e2e_proxy: StartProxy, rds: redis.Redis, scratch_db: str, app_name: str,
+def test_sample_rate_none_or_all(start_proxy: StartProxy, rds: redis.Redis, scratch_db: str, app_name: str,
                                  rate: str, expected: int) -> None:
-    proxy = e2e_proxy(env={"FASTERDATA_SAMPLE_RATE": rate})
+    proxy = start_proxy(env={"FASTERDATA_SAMPLE_RATE": rate})
     with psycopg.connect(proxy.dsn(scratch_db), autocommit=True, application_name=app_name) as conn:
         conn.execute("CREATE TABLE s (id int)")
         conn.execute("INSERT INTO s VALUES (%s)", (1,))
@@ -40,9 +40,9 @@ def test_sample_rate_none_or_all(e2e_proxy: StartProxy, rds: redis.Redis, scratc
     assert value(samples, "fasterdata_sink_sent_total") == expected
 
 
-def test_partial_sampling_keeps_transactions_whole(e2e_proxy: StartProxy, rds: redis.Redis, scratch_db: str,
+def test_partial_sampling_keeps_transactions_whole(start_proxy: StartProxy, rds: redis.Redis, scratch_db: str,
                                                    app_name: str) -> None:
-    proxy = e2e_proxy(env={"FASTERDATA_SAMPLE_RATE": "0.5"})
+    proxy = start_proxy(env={"FASTERDATA_SAMPLE_RATE": "0.5"})
     runs = 60
     with psycopg.connect(proxy.dsn(scratch_db), autocommit=True, application_name=app_name) as conn:
         conn.execute("CREATE TABLE s (id int)")

@@ -51,9 +51,9 @@ def assert_absent(places: dict[str, str], needles: dict[str, str]) -> None:
     assert not leaks, "secrets leaked: " + "; ".join(leaks)
 
 
-def test_no_secret_leaves_the_proxy(e2e_proxy: StartProxy, rds: redis.Redis, cluster: PrivateCluster,
+def test_no_secret_leaves_the_proxy(start_proxy: StartProxy, rds: redis.Redis, cluster: PrivateCluster,
                                     app_name: str) -> None:
-    proxy = e2e_proxy("--log-level", "debug", upstream=cluster.address)
+    proxy = start_proxy("--log-level", "debug", upstream=cluster.address)
     tag = secrets.token_hex(4)
     md5_pw, scram_pw = cluster.password("md5user"), cluster.password("scramuser")
     new_pw, r2_pw = f"NewSecret-xyz-{tag}", f"AnotherSecret-abc-{tag}"
@@ -126,9 +126,9 @@ def test_no_secret_leaves_the_proxy(e2e_proxy: StartProxy, rds: redis.Redis, clu
     })
 
 
-def test_redact_all_hides_every_literal(e2e_proxy: StartProxy, rds: redis.Redis, scratch_db: str,
+def test_redact_all_hides_every_literal(start_proxy: StartProxy, rds: redis.Redis, scratch_db: str,
                                         app_name: str) -> None:
-    proxy = e2e_proxy("--log-level", "debug", env={"FASTERDATA_REDACT": "all"})
+    proxy = start_proxy("--log-level", "debug", env={"FASTERDATA_REDACT": "all"})
     tag = secrets.token_hex(4)
     word, number, param = f"plain-word-{tag}", "918273645", f"plain-param-{tag}"
     with psycopg.connect(direct_dsn(scratch_db), autocommit=True) as conn:
@@ -157,10 +157,10 @@ def test_redact_all_hides_every_literal(e2e_proxy: StartProxy, rds: redis.Redis,
 
 
 @pytest.mark.parametrize("form", ["insert without column list", "multi-column SET", "SQL-level EXECUTE"])
-def test_sensitive_values_in_forms_redaction_does_not_follow(e2e_proxy: StartProxy, rds: redis.Redis,
+def test_sensitive_values_in_forms_redaction_does_not_follow(start_proxy: StartProxy, rds: redis.Redis,
                                                               cluster: PrivateCluster, app_name: str,
                                                               form: str) -> None:
-    proxy = e2e_proxy(upstream=cluster.address)
+    proxy = start_proxy(upstream=cluster.address)
     secret = f"FormSecret-{secrets.token_hex(4)}"
     with psycopg.connect(proxy.dsn("vault"), autocommit=True, application_name=app_name) as conn, \
             conn.transaction(force_rollback=True):

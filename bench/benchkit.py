@@ -1,0 +1,46 @@
+"""Pieces the bench scripts share: the pgbench database, and what /proc says about a benchmarked process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+
+import psycopg
+
+HOST = "127.0.0.1"
+
+
+def proc_tree(pid: int) -> list[int]:
+    """The process and its live descendants (with --capture-mode process: the capture helper too)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(OSError):
+                    todo.extend(int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split())
+    return out
+
+
+def ensure_database(dbname: str, user: str, scale: int) -> str:
+    """Create and pgbench-initialise the bench database once (directly, not through a proxy); reuse it
+    while its scale is right."""
+    with psycopg.connect(host=HOST, port=5432, dbname="postgres", user=user, autocommit=True,
+                         connect_timeout=10) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{dbname}"')
+    with psycopg.connect(host=HOST, port=5432, dbname=dbname, user=user, connect_timeout=10) as conn:
+        try:
+            have = conn.execute("SELECT count(*) FROM pgbench_branches").fetchone()[0]  # type: ignore[index]
+        except psycopg.errors.UndefinedTable:
+            have = None
+    if have == scale:
+        return f"reused (scale {scale})"
+    print(f"initialising {dbname}: pgbench -i -s {scale} (found scale {have}) …", flush=True)
+    subprocess.run(["pgbench", "-i", "-q", "-s", str(scale), "-h", HOST, "-p", "5432", "-U", user, dbname],
+                   check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "PGSSLMODE": "disable", "PGCONNECT_TIMEOUT": "10"})
+    return f"initialised now (scale {scale})"
