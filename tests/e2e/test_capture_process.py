@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from tests.conftest import PG_USER, ProxyProcess, delete_prefix
+from tests.conftest import PG_USER, ProxyProcess
 
 from .conftest import StartProxy
 from .kit import (
@@ -121,14 +121,11 @@ def test_capture_process_killed_mid_run(start_proxy: StartProxy, rds: redis.Redi
 def test_sigterm_flushes_and_exits_zero(start_proxy: StartProxy, rds: redis.Redis, bench_db: str,
                                         app_name: str) -> None:
     proxy = start_proxy(*PROCESS)
-    try:
-        (worker,) = capture_pids(proxy)
-        result = pgbench(proxy.port, bench_db, app_name, "-M", "prepared", "-t", "50", "-c", "3")
-        assert (result.processed, result.failed) == (150, 0), result.output
-        assert proxy.stop() == 0, proxy.log()  # at once: what is in flight must still reach Redis
-        assert not alive(worker)
-        events = statements(rds, proxy.prefix, app=app_name)
-        script = [ev for ev in events if tpcb_kind(ev["sql"])]
-        assert Counter(tpcb_kind(ev["sql"]) for ev in script) == {k: 150 for k in TPCB_KINDS}
-    finally:
-        delete_prefix(rds, proxy.prefix)
+    (worker,) = capture_pids(proxy)
+    result = pgbench(proxy.port, bench_db, app_name, "-M", "prepared", "-t", "50", "-c", "3")
+    assert (result.processed, result.failed) == (150, 0), result.output
+    assert proxy.stop() == 0, proxy.log()  # at once: what is in flight must still reach Redis
+    assert not alive(worker)
+    events = statements(rds, proxy.prefix, app=app_name)
+    script = [ev for ev in events if tpcb_kind(ev["sql"])]
+    assert Counter(tpcb_kind(ev["sql"]) for ev in script) == {k: 150 for k in TPCB_KINDS}

@@ -22,7 +22,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import REDIS_URL, ProxyProcess, delete_prefix, direct_dsn, wait_until
+from tests.conftest import REDIS_URL, ProxyProcess, direct_dsn, wait_until
 from tests.e2e.kit import statements
 from tests.proxy.pxkit import StartProxy
 
@@ -118,7 +118,7 @@ def dead(pid: int) -> bool:
 
 @pytest.fixture
 def workers(start_proxy: StartProxy) -> Iterator[Callable[..., Workers]]:
-    """Factory: a `--workers 2` proxy whose workers all answer /metrics; its Redis keys are deleted after."""
+    """Factory: a `--workers 2` proxy whose workers all answer /metrics."""
     started: list[Workers] = []
 
     def start(*args: str) -> Workers:
@@ -131,13 +131,7 @@ def workers(start_proxy: StartProxy) -> Iterator[Callable[..., Workers]]:
                        f"worker {i}'s metrics to answer", timeout=BOUND, interval=0.1)
         return w
 
-    yield start
-    r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    for w in started:  # stopped first, so that nothing writes a key after they are deleted
-        running = w.proxy.proc.poll() is None
-        rc = w.proxy.stop()
-        assert rc == 0 or not running, f"proxy exited {rc} on SIGTERM:\n{w.proxy.log()}"
-        delete_prefix(r, w.proxy.prefix)
+    yield start  # start_proxy's teardown stops each (exit 0) and deletes its keys
 
 
 def open_on_both(w: Workers, total: int, **extra: str) -> list[tuple[psycopg.Connection, int]]:
