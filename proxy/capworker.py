@@ -31,7 +31,7 @@ from .captap import HDR, K_CLIENT, K_CLOSE, K_CONFIG, K_OPEN, K_RESUME, K_SERVER
 from .capture import Capture
 from .server import capture_options
 from .session import Session
-from .sink import SpoolLocked, StreamSink
+from .sink import StreamSink, spool_unusable
 
 log = logging.getLogger("fasterdata.capworker")
 
@@ -183,8 +183,8 @@ async def serve(fd: int) -> int:
                       shards=settings.stream_shards)
     try:
         await sink.start()
-    except (SpoolLocked, OSError) as exc:
-        worker.send({"error": f"cannot use the spool {config['spool']}: {exc}"})
+    except OSError as exc:
+        worker.send({"error": spool_unusable(config["spool"], exc)})
         return 1
     worker.sink = sink
     worker.capture = Capture(sink.put)

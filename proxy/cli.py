@@ -236,7 +236,7 @@ async def _serve_proxy(settings: ProxySettings, index: int) -> int:
     from .capture import Capture, CaptureCollector
     from .httpd import MetricsServer
     from .server import ProxyServer
-    from .sink import SinkCollector, SpoolLocked, StreamSink
+    from .sink import SinkCollector, StreamSink, spool_unusable
     from .stats import ProxyCollector, ProxyStats
 
     registry = CollectorRegistry()
@@ -263,8 +263,8 @@ async def _serve_proxy(settings: ProxySettings, index: int) -> int:
                           spool_max_bytes=settings.spool_max_bytes, shards=settings.stream_shards)
         try:
             await sink.start()
-        except (SpoolLocked, OSError) as exc:
-            log.error("cannot use the spool %s: %s", spool_path(settings, index), exc)
+        except OSError as exc:
+            log.error("%s", spool_unusable(spool_path(settings, index), exc))
             return 1
         capture = Capture(sink.put)
         registry.register(SinkCollector(sink))
@@ -319,7 +319,6 @@ def spool_path(settings: ProxySettings, index: int) -> str:
     import tempfile
 
     directory = settings.spool_dir or os.path.join(tempfile.gettempdir(), "fasterdata-spool")
-    os.makedirs(directory, exist_ok=True)
     listen = settings.listen.replace(":", "_").replace("/", "_")
     return os.path.join(directory, f"{settings.prefix}-{listen}-w{index}.spool")
 

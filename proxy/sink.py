@@ -246,6 +246,24 @@ class SpoolLocked(OSError):
     """Another process holds the spool file; each proxy process needs its own spool path."""
 
 
+def spool_unusable(path: str, exc: OSError) -> str:
+    """The start-up error line for a spool that cannot be opened."""
+    if isinstance(exc, SpoolLocked):
+        return f"cannot use the spool {path}: {exc}"
+    return f"cannot use the spool {path}: {exc.strerror or exc} (spool_dir must be a writable directory of this host)"
+
+
+class SpoolWriteError(OSError):
+    """Writing the spool failed part-way through a list of events.
+
+    The first ``taken`` events belong to the spool from now on: stored by an earlier write, or lost
+    with the failed one (``Spool.lost`` counts those); the rest are still the caller's."""
+
+    def __init__(self, exc: OSError, taken: int) -> None:
+        super().__init__(exc.errno, exc.strerror)
+        self.taken = taken
+
+
 @dataclass
 class SpoolRead:
     """A batch read from the spool: enough to replay it, or to put the reader back if it fails."""
@@ -276,6 +294,7 @@ class Spool:
         self.max_bytes = max_bytes
         self.pending = 0  # events written and not yet acknowledged by Redis
         self.broken: str | None = None  # the I/O error that stopped the spool
+        self.lost = 0  # events discarded by a failed write, for the owner to count as dropped
         self.closed = True  # until open()
         self._fd = -1
         self._size = 0  # logical size: file + write buffer
@@ -284,6 +303,7 @@ class Spool:
         self._winst = ""  # segment of the last record written, to know when a new one must start
         self._wseq = -1
         self._wbuf = bytearray()
+        self._wcount = 0  # events in _wbuf
         self._bad_at = -1
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -362,6 +382,7 @@ class Spool:
         if not self.has_room(len(rec)):
             return False
         self._wbuf += rec
+        self._wcount += 1
         self._size += len(rec)
         self._winst = instance
         self._wseq = seq + 1
@@ -373,8 +394,11 @@ class Spool:
     def append_many(self, instance: str, seq0: int, events: list[dict[str, str]]) -> int:
         """Events seq0, seq0+1 …; returns how many fit (the rest are the caller's drops)."""
         for i, fields in enumerate(events):
-            if not self.append(instance, seq0 + i, fields):
-                return i
+            try:
+                if not self.append(instance, seq0 + i, fields):
+                    return i
+            except OSError as exc:
+                raise SpoolWriteError(exc, i + 1) from exc
         return len(events)
 
     def prepend(self, instance: str, seq0: int, events: list[dict[str, str]]) -> int:
@@ -423,9 +447,25 @@ class Spool:
         return written
 
     def flush(self) -> None:
-        if self._wbuf:
-            buf, self._wbuf = self._wbuf, bytearray()
+        """Write the buffer; if that fails (disk full), none of its events stay and all count as lost.
+
+        A partial write would leave a torn record that the next read cuts off anyway, together with
+        whole records before it that were already counted: cutting back to the last flush keeps the
+        count exact."""
+        if not self._wbuf:
+            return
+        buf, count = self._wbuf, self._wcount
+        self._wbuf, self._wcount = bytearray(), 0
+        try:
             _write_all(self._fd, buf)
+        except OSError:
+            self._size -= len(buf)
+            self.pending -= count
+            self.lost += count
+            self._winst, self._wseq = "", -1
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            raise
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -821,9 +861,10 @@ class _Lane:
             return
         try:
             ok = sp.append(self.sink.instance, self._pseq, fields)
-        except OSError as exc:
+        except OSError as exc:  # raised by the flush after the event was buffered: it is among sp.lost
+            self._pseq += 1
+            self.spooled += 1
             self._spool_failed(exc)
-            self.dropped += 1
             return
         except Exception:  # not a dict: put() must not raise into a protocol callback
             self.dropped += 1
@@ -851,10 +892,19 @@ class _Lane:
                 self._spool_failed(exc)
 
     def _spool_failed(self, exc: OSError) -> None:
+        self._count_spool_losses()
         if self.spool is not None and not self.spool.broken:
             self.spool.broken = f"{exc.strerror or exc}"
             log.error("sink %s: spool %s failed (%s); events that cannot reach Redis are now dropped",
                       self.stream, self.spool.path, self.spool.broken)
+
+    def _count_spool_losses(self) -> None:
+        """Events a failed spool write discarded were counted as spooled; they are dropped too."""
+        sp = self.spool
+        if sp is not None and sp.lost:
+            log.error("sink %s: %d spooled events were lost when writing %s failed", self.stream, sp.lost, sp.path)
+            self.dropped += sp.lost
+            sp.lost = 0
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -931,6 +981,7 @@ class _Lane:
                     else:
                         written = sp.append_many(self.sink.instance, seq0, events)
                 except OSError as exc:
+                    written = exc.taken if isinstance(exc, SpoolWriteError) else 0
                     self._spool_failed(exc)
             self.spooled += written
             self.dropped += len(events) - written
@@ -946,6 +997,7 @@ class _Lane:
                 sp.close()
             except OSError as exc:
                 log.error("sink %s: closing spool %s: %s", self.stream, sp.path, exc.strerror or exc)
+                self._count_spool_losses()
             if sp.pending > 0:
                 log.info("sink %s: %d events remain in spool %s for the next start",
                          self.stream, sp.pending, sp.path)
@@ -1218,32 +1270,33 @@ class _Lane:
             self._head = head = None
         if (head is not None or self._queue) and sp.unread:
             return
+        if head is not None:
+            self._untake(head)
+            self._head = None
         self._spilling = True
+        pos = spooled = 0  # pos: queue events handled, spooled or (the spool full) dropped
         try:
-            while True:
-                if self._head is not None:
-                    events, seq0 = self._head.events, self._head.seq0
-                elif self._queue:
-                    events, seq0 = self._queue[:4096], self._qseq
-                else:
-                    break
-                written = sp.append_many(self.sink.instance, seq0, events)
+            while pos < len(self._queue):
+                chunk = self._queue[pos:pos + 4096]
+                spooled += sp.append_many(self.sink.instance, self._qseq + pos, chunk)
                 sp.flush()
-                if self._head is not None:
-                    self._head = None
-                else:
-                    del self._queue[:len(events)]
-                    self._qseq += len(events)
-                self.spooled += written
-                self.dropped += len(events) - written
+                pos += len(chunk)
                 await asyncio.sleep(0)
-            if not self._spooling:
-                self._spooling = True
-                self._pseq = self._qseq
         except OSError as exc:
+            # Nothing leaves memory: what reached the file carries the same sequence numbers, so a later
+            # replay is recognised as already sent, and what the failed write lost is still here.
+            sp.lost = 0
             self._spool_failed(exc)
+            return
         finally:
             self._spilling = False
+        del self._queue[:pos]
+        self._qseq += pos
+        self.spooled += spooled
+        self.dropped += pos - spooled
+        if not self._spooling:
+            self._spooling = True
+            self._pseq = self._qseq
 
     async def _pause(self, delay: float) -> None:
         """Back off before reconnecting; close() cuts it short, put() does not."""

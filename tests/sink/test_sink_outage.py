@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import subprocess
 import sys
 from collections.abc import Callable
@@ -187,6 +188,38 @@ async def test_spool_full_drops_are_counted_exactly(prefix: str, shared_url: str
     assert read_stream(client, f"{prefix}:statements") == events(kept)  # equal sizes: the drops are the tail
     assert second.sent == kept and second.dropped == 0
     assert not spool.exists()
+
+
+async def test_spool_write_failure_counts_what_it_lost(prefix: str, shared_url: str, tmp_path: Path) -> None:
+    """A write the disk refuses (here a file-size limit: EFBIG, as a full disk gives ENOSPC) loses the
+    events buffered for it; they must be counted as dropped, and none of them may half-survive."""
+    spool = tmp_path / "spool"
+    sink = StreamSink(f"redis://127.0.0.1:{free_port()}/0", prefix, spool_path=spool, max_queue=10, **FAST)
+    await sink.start()
+    await until(lambda: sink.lanes[0]._spooling or sink.spooled, "the first connect to fail")
+    first, total = 200, 5000  # the first flush fits under the limit, the next one does not
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, hard))
+    try:
+        for fields in events(first):
+            sink.put(fields)
+        await until(lambda: spool.stat().st_size > 8 << 10, "the first events to reach the file")
+        for fields in events(total - first, first):  # no await: one buffer, flushed when it is full
+            sink.put(fields)
+        await asyncio.sleep(0.05)
+        assert sink.readiness() is not None and "spool failed" in sink.readiness()
+        assert spool.stat().st_size <= 64 << 10
+        await sink.close(1)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    kept = total - sink.dropped
+    second = StreamSink(shared_url, prefix, spool_path=spool)
+    await second.start()
+    await until(lambda: second.replayed >= kept, "the spool replayed")
+    await second.close(5)
+    client = redis.Redis.from_url(shared_url, decode_responses=True)
+    assert read_stream(client, f"{prefix}:statements") == events(kept)
+    assert kept == first  # the refused buffer is cut back whole: no torn record, no event counted twice
 
 
 CRASHER = """
