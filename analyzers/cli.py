@@ -14,6 +14,7 @@ import threading
 from typing import Any
 
 from config.analyzer_settings import AnalyzerSettings
+from config.redisurl import redacted
 from config.settings import ConfigError, add_common_arguments, load, split_hostport
 
 from .rules import RulesError
@@ -80,7 +81,7 @@ def run_top(settings: AnalyzerSettings, once: bool, interval: float) -> int:
         client = connect(settings.redis, decode_responses=True)
         return top.run(client, settings.prefix, once=once, interval=interval, shards=settings.stream_shards)
     except redis.ConnectionError as exc:
-        print(f"fasterdata top: cannot reach Redis at {settings.redis}: {exc}", file=sys.stderr)
+        print(f"fasterdata top: cannot reach Redis at {redacted(settings.redis)}: {exc}", file=sys.stderr)
         return 1
 
 
@@ -103,7 +104,7 @@ def run_analyze(settings: AnalyzerSettings) -> int:
         print(f"fasterdata analyze: {exc}", file=sys.stderr)
         return 2
     except redis.ConnectionError as exc:
-        print(f"fasterdata analyze: cannot reach Redis at {settings.redis}: {exc}", file=sys.stderr)
+        print(f"fasterdata analyze: cannot reach Redis at {redacted(settings.redis)}: {exc}", file=sys.stderr)
         return 1
     http = None
     if settings.metrics:

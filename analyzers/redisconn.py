@@ -10,7 +10,10 @@ import logging
 from typing import Any
 
 import redis
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import parse_url
+
+from config.redisurl import one_url_per_host, redacted
 
 log = logging.getLogger("fasterdata.analyze")
 
@@ -35,10 +38,34 @@ def is_cluster(url: str) -> bool:
 
 
 def connect(url: str, **options: Any) -> Client:
-    """A client for `url`: RedisCluster when the server is a cluster node, else redis.Redis."""
-    if is_cluster(url):
-        return RedisCluster.from_url(url, **options)
-    return redis.Redis.from_url(url, **options)
+    """A client for `url`: RedisCluster when the server is a cluster node, else redis.Redis.
+
+    A URL naming several hosts (cluster seed nodes) is probed host by host until one answers; all of
+    them become the cluster client's start-up nodes.
+    """
+    urls = one_url_per_host(url)
+    failure: redis.ConnectionError | redis.TimeoutError | None = None
+    for one in urls:
+        try:
+            cluster = is_cluster(one)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("Redis at %s does not answer (%s)%s", redacted(one), exc,
+                        "; trying the next host" if one != urls[-1] else "")
+            failure = exc
+            continue
+        if not cluster:
+            return redis.Redis.from_url(one, **options)
+        if len(urls) > 1:
+            seeds = [_node(u) for u in urls if u != one]
+            return RedisCluster.from_url(one, startup_nodes=seeds, **options)
+        return RedisCluster.from_url(one, **options)
+    assert failure is not None
+    raise failure
+
+
+def _node(url: str) -> ClusterNode:
+    kw = parse_url(url)
+    return ClusterNode(kw.get("host", "127.0.0.1"), int(kw.get("port", 6379)))
 
 
 def clustered(client: Any) -> bool:

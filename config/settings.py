@@ -16,6 +16,9 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from redis.connection import parse_url
+
+from config.redisurl import one_url_per_host
 
 ENV_PREFIX = "FASTERDATA_"
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
@@ -43,7 +46,8 @@ class Common(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     redis: str = Field(
-        "redis://127.0.0.1:6379/0", description="Redis URL (redis:// or rediss://, may carry user:password)"
+        "redis://127.0.0.1:6379/0", description="Redis URL (redis:// or rediss://, may carry user:password); "
+        "for a Redis Cluster several seed nodes as redis://host1:port1,host2:port2"
     )
     prefix: str = Field(
         "fasterdata", description="Key prefix for every stream and key, so deployments can share a Redis"
@@ -59,6 +63,8 @@ class Common(BaseModel):
     def _redis_url(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"redis must be a redis://, rediss:// or unix:// URL, not {value!r}")
+        for url in one_url_per_host(value):
+            parse_url(url)  # a bad port or database fails here, at start-up, with the setting's name
         return value
 
 

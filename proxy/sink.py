@@ -62,6 +62,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from redis.connection import parse_url
 
+from config.redisurl import one_url_per_host
+
 log = logging.getLogger("fasterdata.sink")
 
 # KEYS: stream, marker.  ARGV: seq0, maxlen, marker ttl, value mode ('z' = all values of the batch
@@ -1331,8 +1333,9 @@ class StreamSink:
 
     - ``url``: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://…`` (TLS; redis-py query
       parameters ``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
-      ``ssl_check_hostname``) or ``unix:///path?db=N``.  For a Redis Cluster: any one node (the
-      others are found through MOVED, ASK and CLUSTER SLOTS).
+      ``ssl_check_hostname``) or ``unix:///path?db=N``.  For a Redis Cluster: one node or several
+      (``redis://h1:p1,h2:p2``, tried in turn while the first does not answer); the others are found
+      through MOVED, ASK and CLUSTER SLOTS.
     - ``prefix``: key prefix; the stream is ``<prefix>:statements``.
     - ``maxlen``: ``MAXLEN ~`` bound of the stream (0 = unbounded).  Default 1,000,000.
     - ``max_queue``: events held in memory before new ones go to the spool.  Default 100,000.
@@ -1364,7 +1367,8 @@ class StreamSink:
                  marker_ttl: int = 7 * 86400) -> None:
         if shards < 1 or max_queue < 1 or batch_max < 1 or maxlen < 0 or spool_max_bytes < 1:
             raise ValueError("shards, max_queue, batch_max and spool_max_bytes must be positive, maxlen >= 0")
-        self.target = RedisTarget.from_url(url, ssl_context)
+        urls = one_url_per_host(url)
+        self.target = RedisTarget.from_url(urls[0], ssl_context)
         self.prefix = prefix
         self.maxlen = maxlen
         self.max_queue = max_queue
@@ -1388,8 +1392,12 @@ class StreamSink:
                           for i in range(shards)]
         self.streams = [lane.stream for lane in self.lanes]
         self._shards = shards
-        # Redis Cluster nodes heard of (MOVED, ASK, CLUSTER SLOTS), by address; empty on a plain Redis.
+        # Redis Cluster nodes heard of (seed nodes in the URL, MOVED, ASK, CLUSTER SLOTS), by address; empty on
+        # a plain Redis.
         self.cluster_nodes: dict[tuple[str, int], RedisTarget] = {}
+        for seed in urls[1:]:
+            node = RedisTarget.from_url(seed, ssl_context)
+            self.cluster_node(node.host, node.port)
 
     def cluster_node(self, host: str, port: int) -> RedisTarget:
         """The cluster node at host:port, reached with the configured target's credentials and TLS."""

@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from config.settings import ConfigError, ProxySettings, load
+from config.redisurl import one_url_per_host, redacted
+from config.settings import Common, ConfigError, ProxySettings, load
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -104,3 +106,23 @@ def test_readme_reference_is_generated_from_the_model() -> None:
     start = readme.index("<!-- config-reference:start -->") + len("<!-- config-reference:start -->")
     end = readme.index("<!-- config-reference:end -->")
     assert readme[start:end].strip() == reference_markdown().strip()
+
+
+def test_redis_url_with_several_hosts() -> None:
+    """Cluster seed nodes, libpq style: each host keeps the URL's credentials, database and parameters."""
+    assert one_url_per_host("redis://:pw@a:7000,[::1]:7001/2?ssl_cert_reqs=none") == [
+        "redis://:pw@a:7000/2?ssl_cert_reqs=none", "redis://:pw@[::1]:7001/2?ssl_cert_reqs=none"]
+    assert one_url_per_host("rediss://u:p,w@h1,h2") == ["rediss://u:p,w@h1", "rediss://u:p,w@h2"]
+    assert one_url_per_host("redis://127.0.0.1:6379/0") == ["redis://127.0.0.1:6379/0"]
+    assert one_url_per_host("unix:///run/redis.sock?db=1") == ["unix:///run/redis.sock?db=1"]
+    assert Common(redis="redis://a:1,b:2/0").redis == "redis://a:1,b:2/0"
+    for bad in ("redis://a,,b/0", "redis://a:1,b:x/0"):
+        with pytest.raises(ValidationError):
+            Common(redis=bad)
+
+
+def test_redis_url_redacted() -> None:
+    assert redacted("redis://user:secret@a:1,b:2/0") == "redis://user:***@a:1,b:2/0"
+    assert redacted("rediss://:secret@h/0?x=1") == "rediss://:***@h/0?x=1"
+    assert redacted("redis://user@h/0") == "redis://user@h/0"
+    assert redacted("redis://h:6379/0") == "redis://h:6379/0"

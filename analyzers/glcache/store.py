@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 
 import redis
 
+from config.redisurl import one_url_per_host
+
 log = logging.getLogger("fasterdata.glcache")
 T = TypeVar("T")
 
@@ -67,8 +69,9 @@ class Store:
 
     def __init__(self, url: str, prefix: str, table: str, ttl: float, timeout: float = 2.0,
                  retry: float = 5.0):
-        self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                           retry_on_timeout=False)
+        # One server: a cluster's seed list (redis://h1,h2) gives its first node.
+        self.client = redis.Redis.from_url(one_url_per_host(url)[0], socket_timeout=timeout,
+                                           socket_connect_timeout=timeout, retry_on_timeout=False)
         self.prefix, self.table, self.ttl_ms, self.retry = prefix, table, int(ttl * 1000), retry
         self._down_until = 0.0
         self._warned = 0.0

@@ -23,6 +23,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from analyzers.redisconn import clustered, connect
 from proxy.events import COMMITTED
 from tests.conftest import PG_USER, ProxyProcess, wait_port, wait_until
 from tests.e2e.kit import TPCB_KINDS, Event, parse_pgbench, read_stream, scrape, settle, tpcb_kind, value
@@ -260,3 +261,33 @@ def test_single_stream_on_redis_cluster(start_proxy: StartProxy, redis_cluster: 
         f"select {n} * 100 + {i} as fault_single" for n in range(10) for i in range(PER_SESSION))
     assert _metric(proxy, "fasterdata_sink_dropped_total") == 0
 
+
+
+def test_seed_node_down_at_start(start_proxy: StartProxy, durable_cluster: Cluster, tmp_path: Path) -> None:
+    """The first node of a seed list is down when the proxy and an analyzer client start: the others are
+    asked who serves each stream (it used to take one URL, and its lanes spooled until that node returned)."""
+    owners = {durable_cluster.owner(durable_cluster.slot(f"x:{{{i}}}")) for i in range(SHARDS)}
+    down = next(i for i in range(3) if i not in owners)  # serves no stream: nothing has to wait for it
+    durable_cluster.stop(down)
+    others = [p for i, p in enumerate(durable_cluster.ports) if i != down]
+    url = "redis://" + ",".join(f"127.0.0.1:{p}" for p in [durable_cluster.ports[down], *others]) + "/0"
+    app = f"fault-seeds-{uuid.uuid4().hex[:8]}"
+    proxy = start_proxy("--redis", url, env={"FASTERDATA_STREAM_SHARDS": str(SHARDS),
+                                              "FASTERDATA_SPOOL_DIR": str(tmp_path / "spool")})
+    streams = [f"{proxy.prefix}:statements:{{{i}}}" for i in range(SHARDS)]
+    for n in range(10):
+        with psycopg.connect(proxy.dsn(application_name=app), autocommit=True, connect_timeout=10) as conn:
+            for i in range(PER_SESSION):
+                conn.execute(f"select {n} * 100 + {i} as fault_seeds")
+    settle(proxy)
+    events = [ev for ev in _all_events(durable_cluster, streams) if ev.get("app") == app and ev.get("kind") == "stmt"]
+    assert sorted(ev["sql"] for ev in events) == sorted(
+        f"select {n} * 100 + {i} as fault_seeds" for n in range(10) for i in range(PER_SESSION))
+    assert _metric(proxy, "fasterdata_sink_dropped_total") == 0
+
+    client = connect(url, decode_responses=True)  # what `analyze`, `top` and `gl follow` use
+    try:
+        assert clustered(client)
+        assert sum(client.xlen(s) for s in streams) >= len(events)
+    finally:
+        client.close()
