@@ -229,6 +229,17 @@ class ClientProtocol(asyncio.Protocol):
         self.server.stats.bytes_in += sum(map(len, self._early))
         self.upstream.transport.writelines(self._early)  # type: ignore[union-attr]
         self._early = []
+        # A server answers the startup packet at once. A stopped postmaster never does, although the
+        # kernel completes the TCP handshake for it, so without this the client would wait forever.
+        self.upstream.answer_timer = asyncio.get_running_loop().call_later(
+            self.settings.connect_timeout, self._upstream_silent)
+
+    def _upstream_silent(self) -> None:
+        """connect_timeout passed with no byte from the upstream since the startup packet went out."""
+        if self.upstream is not None:
+            self.upstream.answer_timer = None
+        self.fail(f"could not connect to upstream {self.server.upstream_where}: no answer to the startup "
+                  f"packet within {self.settings.connect_timeout:g}s", "08001")
 
     # -- ending ---------------------------------------------------------------------------------
 
@@ -286,6 +297,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.tls = False  # this leg is encrypted
         self.drop_scram_plus = False  # until the server's first message has been seen
         self._first = b""
+        self.answer_timer: asyncio.TimerHandle | None = None  # until the server's first byte arrives
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -295,6 +307,9 @@ class UpstreamProtocol(asyncio.Protocol):
             if not self.negotiation.done():
                 self.negotiation.set_result(data)
             return
+        if self.answer_timer is not None:
+            self.answer_timer.cancel()
+            self.answer_timer = None
         if self.drop_scram_plus:
             data = self._drop_scram_plus(data)
             if not data:
@@ -349,6 +364,9 @@ class UpstreamProtocol(asyncio.Protocol):
             self.negotiation.set_exception(ConnectionError("upstream closed the connection"))
         if not self.closed.done():
             self.closed.set_result(None)
+        if self.answer_timer is not None:
+            self.answer_timer.cancel()
+            self.answer_timer = None
         client = self.client
         # While CONNECTING, open_upstream reports the failure (a failed TLS handshake closes this
         # transport before start_tls raises) and the client must still get that error message.
@@ -408,6 +426,7 @@ class ProxyServer:
         self.upstream_path = unix_socket_path(settings.upstream)
         self.upstream_host, self.upstream_port = (
             ("", 0) if self.upstream_path else split_hostport(settings.upstream))
+        self.upstream_where = self.upstream_path or f"{self.upstream_host}:{self.upstream_port}"
         self.tls_context = (
             tls.server_context(settings.tls_cert, settings.tls_key)
             if settings.tls_cert and settings.tls_key else None
@@ -465,7 +484,7 @@ class ProxyServer:
     async def open_upstream(self, factory: Callable[[], UpstreamProtocol]) -> UpstreamProtocol:
         """Connect to the upstream and negotiate TLS as sslmode asks."""
         loop = asyncio.get_running_loop()
-        where = self.upstream_path or f"{self.upstream_host}:{self.upstream_port}"
+        where = self.upstream_where
         connect = (loop.create_unix_connection(factory, self.upstream_path) if self.upstream_path
                    else loop.create_connection(factory, self.upstream_host, self.upstream_port))
         try:
@@ -487,7 +506,11 @@ class ProxyServer:
         proto.transport.write(wire.ssl_request())  # type: ignore[union-attr]
         try:
             answer = await asyncio.wait_for(proto.negotiation, self.settings.connect_timeout)
-        except (TimeoutError, ConnectionError) as exc:
+        except TimeoutError:  # a stopped postmaster: the same error as a connect that times out
+            proto.close()
+            raise UpstreamError(f"could not connect to upstream {where}: no answer to the SSL request within "
+                                f"{self.settings.connect_timeout:g}s", "08001") from None
+        except ConnectionError as exc:
             proto.close()
             raise UpstreamError(f"upstream {where} did not answer the SSL request: {exc}") from None
         proto.negotiation = None
