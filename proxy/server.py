@@ -522,7 +522,9 @@ class ProxyServer:
                     self.settings.connect_timeout)
             except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
                 proto.close()
-                raise UpstreamError(f"TLS to upstream {where} failed: {exc}") from None
+                reason = (f"no handshake within {self.settings.connect_timeout:g}s" if isinstance(exc, TimeoutError)
+                          else str(exc) or type(exc).__name__)
+                raise UpstreamError(f"TLS to upstream {where} failed: {reason}") from None
             proto.transport = transport
             proto.tls = True
         elif self.settings.upstream_sslmode != "prefer":

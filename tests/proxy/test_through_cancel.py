@@ -24,7 +24,7 @@ def test_psycopg_cancel(proxy: Proxy, method: str) -> None:
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn, ThreadPoolExecutor(1) as pool:
         pid = conn.info.backend_pid
         running = pool.submit(conn.execute, "select pg_sleep(30) -- fd cancel test")
-        wait_until(lambda: backend_running(pid, "fd cancel test"), BOUND)
+        wait_until(lambda: backend_running(pid, "fd cancel test"), "the statement to run", BOUND)
         getattr(conn, method)()
         with pytest.raises(psycopg.errors.QueryCanceled) as info:
             running.result(timeout=BOUND)
@@ -53,7 +53,8 @@ async def test_asyncpg_task_cancellation(proxy: Proxy) -> None:
     try:
         pid = conn.get_server_pid()
         task = asyncio.ensure_future(conn.execute("select pg_sleep(30) -- fd task cancel"))
-        await asyncio.to_thread(wait_until, lambda: backend_running(pid, "fd task cancel"), BOUND)
+        await asyncio.to_thread(wait_until, lambda: backend_running(pid, "fd task cancel"), "the statement to run",
+                                BOUND)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -67,7 +68,7 @@ def test_cancel_request_with_unknown_key_is_harmless(proxy: Proxy) -> None:
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn, ThreadPoolExecutor(1) as pool:
         pid = conn.info.backend_pid
         running = pool.submit(conn.execute, "select 1 from pg_sleep(1) -- fd wrong key")
-        wait_until(lambda: backend_running(pid, "fd wrong key"), BOUND)
+        wait_until(lambda: backend_running(pid, "fd wrong key"), "the statement to run", BOUND)
         with RawClient(proxy.port) as raw:
             raw.send(struct.pack("!iiii", 16, wire.CANCEL_REQUEST_CODE, pid, 12345))
             assert raw.rest() == []  # no reply; the proxy closes the connection
