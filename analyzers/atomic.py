@@ -14,6 +14,11 @@ the events are most of a batch's arguments and of the script's calls. Parked wri
 `X`/`D` forms (`portable`), which every version of the script replays, so a worker of the previous
 release can still apply a transaction parked by this one.
 
+Two ops serve bounded growth (retention.py): `EA` (EXPIREAT, absolute) for business day keys, sent
+once per key and process; `L`, per fingerprint of a batch, records when it was last seen and its
+members, and reports fingerprints whose description an eviction removed (the script returns them, the
+worker describes them again). Parked writes never carry either: they use the relative `E`.
+
 Transactions whose statements arrive with txn=open are parked: their writes are appended
 (msgpack) to `<prefix>:txn:<sid>:<txid>` unless the outcome is already known; the txn_end marker
 records the outcome and applies (committed) or drops (anything else) what was parked. Both run
@@ -28,6 +33,7 @@ named with the same shard's tag, and a session (its statements and its marker) n
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import redis
@@ -47,6 +53,7 @@ local function is_undone(undone, seq)
   end
   return false
 end
+local undescribed = {}  -- fingerprints whose description (stats:fp) is gone: evicted while a worker knew them
 local run
 run = function(a, i, stop)
   while i <= stop do
@@ -81,6 +88,18 @@ run = function(a, i, stop)
       i = i + 5 + n
     elseif op == 'E' then
       redis.call('EXPIRE', a[i+1], a[i+2]); i = i + 3
+    elseif op == 'EA' then
+      redis.call('EXPIREAT', a[i+1], a[i+2]); i = i + 3
+    elseif op == 'L' then
+      -- a fingerprint's statements in this batch: last seen (for the cap) and its fp|db|app members; a
+      -- member new to the set while the description is missing means the fingerprint was evicted and is back
+      local n, added = tonumber(a[i+6]), 0
+      redis.call('ZADD', a[i+1], 'GT', a[i+3], a[i+2])
+      for k = i + 7, i + 6 + n, 1000 do
+        added = added + redis.call('SADD', a[i+5], unpack(a, k, math.min(k + 999, i + 6 + n)))
+      end
+      if added > 0 and redis.call('EXISTS', a[i+4]) == 0 then undescribed[#undescribed + 1] = a[i+2] end
+      i = i + 7 + n
     elseif op == 'X' then
       local n = tonumber(a[i+3])
       redis.call('XADD', a[i+1], 'MAXLEN', '~', a[i+2], '*', unpack(a, i + 4, i + 3 + n))
@@ -172,7 +191,7 @@ if nids > 0 then
 end
 local ops = cjson.decode(ARGV[6])
 run(ops, 1, #ops)
-return {1, nids}
+return {1, nids, undescribed}
 """
 
 
@@ -183,8 +202,8 @@ def _num(value: Any) -> str:
 class Writes:
     """Redis writes of one batch, in the op language of `LUA`; aggregated where order does not matter."""
 
-    __slots__ = ("declared", "distincts", "expires", "extremes", "incr", "nested", "nx", "ordered", "portable", "sadd",
-                 "zincr")
+    __slots__ = ("declared", "distincts", "expire_ats", "expires", "extremes", "incr", "nested", "nx", "ordered",
+                 "portable", "sadd", "touches", "undescribed", "zincr")
 
     def __init__(self, portable: bool = False) -> None:
         self.incr: dict[tuple[str, str], int] = {}
@@ -194,6 +213,9 @@ class Writes:
         self.sadd: set[tuple[str, str]] = set()
         self.distincts: dict[tuple[str, str, str], set[str]] = {}  # (set, hash, field) → members
         self.expires: dict[str, int] = {}
+        self.expire_ats: dict[str, int] = {}  # key → epoch seconds (EXPIREAT)
+        self.touches: list[str] = []  # `L` ops, flat: run last, after the descriptions (NX) they check
+        self.undescribed: list[str] = []  # after the commit: fingerprints the script found without stats:fp
         self.ordered: list[Any] = []  # str args, or (header list, child Writes)
         self.nested = False  # any child in `ordered`: without one, args() copies it in one step
         self.declared: set[str] = set()  # keys named by the flat ops in `ordered` (the rest: in the dicts)
@@ -240,6 +262,20 @@ class Writes:
     def expire(self, key: str, seconds: int) -> None:
         self.expires[key] = seconds
 
+    def expire_at(self, key: str, at: int) -> None:
+        """Expire `key` at epoch second `at`. Parked writes may be replayed by a previous release's script,
+        which knows only relative expiry: there it becomes EXPIRE of the seconds left now (the key then
+        lives as much longer as the transaction stayed open)."""
+        if self.portable:
+            self.expires[key] = max(1, at - int(time.time()))
+        else:
+            self.expire_ats[key] = at
+
+    def touch(self, last_key: str, fp: str, ts: int, fp_key: str, members_key: str, members: list[str]) -> None:
+        """A fingerprint seen in this batch: its newest event (epoch seconds) and its `<db>|<app>` members."""
+        self.touches.extend(("L", last_key, fp, str(ts), fp_key, members_key, str(len(members))))
+        self.touches.extend(members)
+
     def xadd(self, key: str, maxlen: int, fields: dict[str, str]) -> None:
         self.declared.add(key)
         args = ["X", key, str(maxlen), str(2 * len(fields))]
@@ -281,7 +317,7 @@ class Writes:
 
     def __bool__(self) -> bool:
         return bool(self.incr or self.zincr or self.extremes or self.nx or self.sadd or self.distincts
-                    or self.expires or self.ordered)
+                    or self.expires or self.expire_ats or self.touches or self.ordered)
 
     def key_names(self) -> set[str]:
         """Every key the ops (children included) name: the script's KEYS when sharded."""
@@ -295,6 +331,14 @@ class Writes:
             names.add(set_key)
             names.add(hash_key)
         names.update(self.expires)
+        names.update(self.expire_ats)
+        t = self.touches
+        i = 0
+        while i < len(t):  # L, last, fp, ts, fp_key, members_key, n, n members
+            names.add(t[i + 1])
+            names.add(t[i + 4])
+            names.add(t[i + 5])
+            i += 7 + int(t[i + 6])
         if self.nested:
             for item in self.ordered:
                 if isinstance(item, tuple):
@@ -337,6 +381,9 @@ class Writes:
                 out.extend(members)
         for key, seconds in self.expires.items():
             out.extend(("E", key, str(seconds)))
+        for key, at in self.expire_ats.items():
+            out.extend(("EA", key, str(at)))
+        out.extend(self.touches)
         return out
 
 
@@ -372,5 +419,6 @@ class Committer:
             names += sorted(writes.key_names() - {self.stream})
         result = self.script(keys=names, args=[self.group, self.consumer, lo, hi, json.dumps(ids), ops])
         if int(result[0]) == 1:
+            writes.undescribed = list(result[2]) if len(result) > 2 else []
             return []
         return [str(x) for x in result[1:]]

@@ -27,6 +27,7 @@ from .shape import Ref, Shape
 OTHER = "other"
 NO_LABELS = "-"
 _ONE = Decimal(1)
+_NOTHING: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -60,10 +61,14 @@ def _escape(value: str) -> str:
 class Business:
     """All rules, indexed by (table, operation)."""
 
-    def __init__(self, rules: list[Rule], keys: Keys, events_maxlen: int = 100000) -> None:
+    def __init__(self, rules: list[Rule], keys: Keys, events_maxlen: int = 100000, retention_days: int = 0) -> None:
         self.rules = rules
         self.keys = keys
         self.events_maxlen = events_maxlen
+        self.retention_days = retention_days  # 0: per-day keys never expire
+        # per-day keys whose expiry this process has committed (key → epoch second): their expiry is sent
+        # once, not with every statement; forgetting one only sends it again, which changes nothing
+        self.expiring: dict[str, int] = {}
         self.index: dict[tuple[str, str], list[Rule]] = {}
         for rule in rules:
             self.index.setdefault((rule.table, rule.operation), []).append(rule)
@@ -215,6 +220,8 @@ class Business:
             out += ("B", k.events, str(self.events_maxlen), str(ts), ev.get("sid", ""), ev.get("txid", ""),
                     ev.get("app", ""), norm.fp, comment, str(len(matches)))
         day_keys = self._day_keys(k, day)
+        retention = self.retention_days
+        fresh = _NOTHING if writes.portable else self.expiring  # parked: every statement carries its expiries
         for m in matches:
             rule = m.rule
             name = rule.name
@@ -222,6 +229,8 @@ class Business:
             agg = rule.aggregate
             if m.rows_only:
                 writes.hincr(rows_only_key, m.labels, m.count)
+                if retention and rows_only_key not in fresh:
+                    writes.expire_at(rows_only_key, self.expires_at(ts))
             elif agg == "sum":
                 writes.hincr(key, m.labels, int(m.value.scaleb(rule.scale).to_integral_value(ROUND_HALF_EVEN)))
             elif agg == "count":
@@ -231,7 +240,12 @@ class Business:
             elif agg == "min":
                 writes.hmin(key, m.labels, m.value)
             else:
-                writes.distinct(k.biz_set(name, day, m.labels), key, m.labels, m.value)
+                set_key = k.biz_set(name, day, m.labels)
+                writes.distinct(set_key, key, m.labels, m.value)
+                if retention and set_key not in fresh:
+                    writes.expire_at(set_key, self.expires_at(ts))
+            if retention and not m.rows_only and key not in fresh:
+                writes.expire_at(key, self.expires_at(ts))
             writes.sadd.add((days_key, day))
             v = m.value
             out += (name, "" if v is None else (v if type(v) is str else str(v)), m.labels,
@@ -254,6 +268,24 @@ class Business:
             if rows_only:
                 fields += ["rows_only", rows_only]
             writes.ordered += ["X", stream, str(self.events_maxlen), str(len(fields)), *fields]
+
+    def expires_at(self, ts_us: int) -> int:
+        """When the per-day keys of an event's (UTC) day expire: the end of that day plus the retention,
+        in epoch seconds — a function of the day alone, so every worker and every repetition agree."""
+        return (ts_us // 86_400_000_000 + 1 + self.retention_days) * 86400
+
+    def remember(self, expire_ats: dict[str, int], now: float) -> None:
+        """A commit set these expiries: later statements need not send them. A key whose time has come is not
+        remembered (written again, it is created anew and needs its expiry again); bounded memory."""
+        if len(self.expiring) > 100_000:
+            self.expiring.clear()
+        for key, at in expire_ats.items():
+            if at > now:
+                self.expiring[key] = at
+
+    def forget_expired(self, now: float) -> None:
+        """Drop remembered keys that Redis has expired by now (a late write would create them again)."""
+        self.expiring = {key: at for key, at in self.expiring.items() if at > now}
 
     def _day_keys(self, k: Keys, day: str) -> dict[str, tuple[str, str, str]]:
         """rule → (aggregate hash, rows_only hash, days set) of one shard and day, built once."""

@@ -52,6 +52,15 @@ class Keys:
     def stats_totals(self) -> str:
         return f"{self.p}:stats:totals{self.t}"
 
+    @property
+    def stats_last(self) -> str:
+        """Sorted set fp → epoch seconds of its newest statement: who the cap evicts first (retention.py)."""
+        return f"{self.p}:stats:last{self.t}"
+
+    def stats_members(self, fp: str) -> str:
+        """Set of `<db>|<app>`: the stats:q members of one fingerprint, so an eviction finds them all."""
+        return f"{self.p}:stats:members{self.t}:{fp}"
+
     # business aggregates
     def biz(self, rule: str, day: str) -> str:
         return f"{self.p}:biz{self.t}:{rule}:{day}"

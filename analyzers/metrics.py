@@ -37,6 +37,8 @@ class WorkerCounters:
         self.findings: dict[tuple[str, str], int] = {}
         self.rows_only: dict[str, int] = {}
         self.shapes = 0
+        self.evicted_fingerprints = 0  # by this worker's sweeps (retention.py)
+        self.expired_days = 0
         self.lock = threading.Lock()
 
 
@@ -85,6 +87,12 @@ class WorkerCollector(Collector):
             yield from per.values()
         yield GaugeMetricFamily("fasterdata_analyzer_shapes", "Statement shapes parsed and cached",
                                 value=c.shapes)
+        yield CounterMetricFamily("fasterdata_analyzer_evicted_fingerprints",
+                                  "Fingerprints this worker's sweeps evicted from the Redis performance summary "
+                                  "(stats_max_fingerprints, stats_retention_days)", value=c.evicted_fingerprints)
+        yield CounterMetricFamily("fasterdata_analyzer_expired_days",
+                                  "Business days this worker's sweeps removed from the days index "
+                                  "(business_retention_days)", value=c.expired_days)
         yield CounterMetricFamily("fasterdata_anomaly_alerts", "Rate anomaly alerts raised by this worker",
                                   value=c.anomaly_alerts)
         fam = CounterMetricFamily("fasterdata_security_findings", "Security findings (every occurrence)",

@@ -57,9 +57,18 @@ class BatchStats:
         s[HIST][bisect.bisect_left(_BUCKETS_US, dur_us)] += 1
 
     def write(self, writes, keys: Keys) -> None:
-        """Redis effects: counters per fp|db|app and the top sorted sets."""
+        """Redis effects: counters per fp|db|app, the top sorted sets, and per fingerprint its last-seen
+        time and members (what the cap's eviction needs: retention.py)."""
         calls = errors = 0
+        per_fp: dict[str, list] = {}  # fp → [newest ts, "<db>|<app>", …]
         for (fp, db, app), s in self.data.items():
+            seen = per_fp.get(fp)
+            if seen is None:
+                per_fp[fp] = [s[LAST], f"{db}|{app}"]
+            else:
+                seen.append(f"{db}|{app}")
+                if s[LAST] > seen[0]:
+                    seen[0] = s[LAST]
             member = f"{fp}|{db}|{app}"
             q = keys.stats_q(member)
             writes.hincr(q, "calls", s[CALLS])
@@ -77,6 +86,9 @@ class BatchStats:
             writes.zincr_(keys.stats_top("calls"), member, s[CALLS])
             calls += s[CALLS]
             errors += s[ERRORS]
+        last = keys.stats_last
+        for fp, seen in per_fp.items():
+            writes.touch(last, fp, seen[0] // 1_000_000, keys.stats_fp(fp), keys.stats_members(fp), seen[1:])
         if calls:
             writes.hincr(keys.stats_totals, "calls", calls)
         if errors:

@@ -50,6 +50,8 @@ def _top(r: redis.Redis, ks: list[Keys], by: str, n: int) -> list[dict[str, Any]
             continue
         fp, db, app = ([*member.split("|", 2), "", ""])[:3]
         q = merged.stats_q(r, ks, member)
+        if not q:
+            continue  # evicted between the two reads (retention.py): nothing left to show
         info = merged.stats_fp(r, ks, fp)
         calls = int(q.get("calls", 0))
         total = int(q.get("total_us", 0))

@@ -33,6 +33,7 @@ from .fingerprint import Normalized, Normalizer
 from .keys import Keys, shard_keys
 from .metrics import WorkerCounters
 from .redisconn import clustered, connect, require_shards
+from .retention import Sweeper
 from .rules import Rule, RulesFile
 from .security import Finding, Security
 from .shape import Shape, ShapeCache
@@ -138,12 +139,14 @@ class Worker:
         self.streams = StreamSet(self.r, [sh.stream for sh in self.shards], self.group, self.consumer)
         self.normalize = Normalizer(settings.cache_size)
         self.shapes = ShapeCache()
-        self.business = Business(rules.rules, self.keys, settings.events_maxlen)
+        self.business = Business(rules.rules, self.keys, settings.events_maxlen, settings.business_retention_days)
         self.security = Security(rules.security)
         self.anomaly = AnomalyCounter(self.keys, rules.anomaly)
         all_keys = [sh.keys for sh in self.shards]
         self.evaluator = Evaluator(self.r, all_keys, rules.anomaly, self.consumer, settings.alerts_maxlen,
                                    describe_series(self.r, all_keys))
+        self.sweeper = Sweeper(self.r, all_keys, [rule.name for rule in rules.rules], settings.stats_max_fingerprints,
+                               settings.stats_retention_days, settings.business_retention_days)
         self.counters = WorkerCounters()
         self.stats = StatsCollector(settings.top_k)
         self.biz_metrics = BusinessCollector(rules.rules)
@@ -161,6 +164,7 @@ class Worker:
         self._next_claim = 0.0
         self._next_periodic = 0.0
         self._next_tidy = time.monotonic() + 60
+        self._next_sweep = time.monotonic() + settings.sweep_seconds
         self._rate = (time.monotonic(), 0)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
         self._inflight: tuple[Shard, list, Batch, Future] | None = None
@@ -524,6 +528,10 @@ class Worker:
             self.known_fps.add(fp)
             self.stats.describe_fp(fp, shape.op, norm.text)
         self.seen_pairs.update(batch.new_pairs)
+        if batch.writes.undescribed:
+            self.undescribed(batch, batch.writes.undescribed)
+        if batch.writes.expire_ats:
+            self.business.remember(batch.writes.expire_ats, time.time())
         if len(self.known_fps) > 200000:
             self.known_fps.clear()
         if len(self.seen_pairs) > 200000:
@@ -542,7 +550,17 @@ class Worker:
             for rule, rows in batch.rows_only.items():
                 c.rows_only[rule] = c.rows_only.get(rule, 0) + rows
 
-    # ── periodic: lag, heartbeat, anomalies ─────────────────────────────────────────────────────
+    def undescribed(self, batch: Batch, fps: list[str]) -> None:
+        """Fingerprints a sweep evicted while this process knew them (the commit found their description
+        gone): describe them again in their next batch, and ask again whether the shape is new to each
+        application (its `seen` entry went with them)."""
+        gone = set(fps)
+        self.known_fps -= gone
+        for fp, _db, app in batch.stats.data:
+            if fp in gone:
+                self.seen_pairs.discard((app, fp))
+
+    # ── periodic: lag, heartbeat, anomalies, sweeps ─────────────────────────────────────────────
     def periodic(self) -> None:
         self.measure_lag()
         self.heartbeat()
@@ -550,6 +568,9 @@ class Worker:
         if now >= self._next_tidy:
             self._next_tidy = now + 300
             self.tidy()
+        if now >= self._next_sweep:
+            self.sweep()
+            self._next_sweep = time.monotonic() + (1.0 if self.sweeper.more else self.s.sweep_seconds)
         if self.rules.anomaly.enabled:
             c = self.counters
             caught_up = c.pending == 0 and c.lag_entries == 0
@@ -557,6 +578,20 @@ class Worker:
             if n:
                 with self.counters.lock:
                     self.counters.anomaly_alerts = self.evaluator.alerts
+
+    def sweep(self) -> tuple[list[str], int]:
+        """Apply the performance summary's cap and the business days' retention (retention.py); what this
+        worker evicted leaves its own memos too, so a fingerprint that comes back is described again."""
+        evicted, days = self.sweeper.run()
+        self.business.forget_expired(time.time())
+        if evicted:
+            gone = set(evicted)
+            self.known_fps -= gone
+            self.seen_pairs = {pair for pair in self.seen_pairs if pair[1] not in gone}
+        with self.counters.lock:
+            self.counters.evicted_fingerprints += len(evicted)
+            self.counters.expired_days += days
+        return evicted, days
 
     def measure_lag(self) -> None:
         """Pending and undelivered entries (summed over shards, and per shard) and the age of the oldest

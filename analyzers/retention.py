@@ -1,0 +1,193 @@
+"""Bounded Redis growth: the performance summary's cap and the business days' index, swept now and then.
+
+Business aggregates expire by themselves: each per-day key gets an EXPIREAT (end of its day plus
+`business_retention_days`) in the commit that first writes it in a worker process (business.py). What
+is left for a sweep is the per-rule `days` index, whose expired days are removed here.
+
+The performance summary (`stats:q`, the `stats:top` sets, `stats:fp`, `seen:<app>`) has one entry per
+statement shape, and an application that keeps inventing shapes (per-tenant table names, generated
+temporary tables, ORMs with varying column lists) would grow it without end. As pg_stat_statements.max
+does, a cap (`stats_max_fingerprints`, per shard) bounds it, and optionally an age
+(`stats_retention_days`). The victims are the least recently *seen* fingerprints, not the least *used*:
+a shape that arrives now has one call and would be the first victim of a least-used policy (a new
+statement could never establish itself), while a heavy statement whose code path was removed weeks ago
+would keep its large count for ever. pg_stat_statements needs a decaying usage figure to get around
+this; the time a fingerprint was last seen keeps what the applications run now without a knob.
+
+Every commit records, per fingerprint in its batch, the newest event second (`stats:last`, ZADD GT) and
+the `<db>|<app>` members it wrote (`stats:members:<fp>`), in the same script as the counters, so
+whatever exists is indexed. A sweep, per shard: read the oldest entries beyond the cap (and those past
+the age), their member sets, then run `EVICT` over a few of them at a time. The script declares every
+key it touches (all of one shard: its hash tag), so a cluster runs it on one slot, and it re-checks
+each fingerprint before removing anything: still over the cap (or past the age), not seen since it
+was chosen, and no member added that was not declared. So several workers may sweep at once: a
+fingerprint is evicted once, counted once, and never while a commit refreshes it.
+
+Evicting a fingerprint removes its `stats:q` hashes and `stats:top` members, its `stats:fp`
+description, its member set and index entry, and the fingerprint from the `seen:<app>` sets of its
+applications. If it comes back it starts from zero and, its `seen` entry gone, may raise the
+new-fingerprint alert again. A worker that knew its description writes it again after the commit that
+finds it missing (atomic.py, op `L`).
+
+Entries written before this version that never recur again are in no index and are not evicted.
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import time
+from typing import Any
+
+from .keys import Keys
+
+log = logging.getLogger("fasterdata.analyze")
+
+EVICT = r"""
+-- KEYS[1] stats:last, KEYS[2..4] stats:top:time|calls|errors, then every key the victims name (declared)
+-- ARGV: cap (0: none), age cutoff (epoch s, 0: none), q prefix, seen prefix, fp prefix, members prefix, then per
+-- victim: fp, the score it was chosen with, n, n members (<db>|<app>)
+local last, cap, cutoff = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+local qp, sp, fpp, mp = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local evicted = {}
+local i = 7
+while i <= #ARGV do
+  local fp, chosen, n = ARGV[i], tonumber(ARGV[i+1]), tonumber(ARGV[i+2])
+  local declared = {}
+  for k = i + 3, i + 2 + n do declared[ARGV[k]] = true end
+  i = i + 3 + n
+  local score = tonumber(redis.call('ZSCORE', last, fp))
+  local due = score and score <= chosen
+    and ((cap > 0 and redis.call('ZCARD', last) > cap) or (cutoff > 0 and score <= cutoff))
+  local members = due and redis.call('SMEMBERS', mp .. fp) or {}
+  for _, m in ipairs(members) do
+    if not declared[m] then due = false end  -- a member written since: next sweep
+  end
+  if due then
+    for _, m in ipairs(members) do
+      local member = fp .. '|' .. m
+      redis.call('DEL', qp .. member)
+      redis.call('ZREM', KEYS[2], member)
+      redis.call('ZREM', KEYS[3], member)
+      redis.call('ZREM', KEYS[4], member)
+      local app = string.match(m, '^[^|]*|(.*)$')
+      if app then redis.call('SREM', sp .. app, fp) end
+    end
+    redis.call('DEL', mp .. fp, fpp .. fp)
+    redis.call('ZREM', last, fp)
+    evicted[#evicted + 1] = fp
+  end
+end
+return evicted
+"""
+
+MAX_PER_SWEEP = 2000  # fingerprints considered per shard and sweep: bounded work
+KEYS_PER_CALL = 400  # keys one EVICT call names at most (a short script: commits wait while it runs)
+
+
+def _app(member: str) -> str | None:
+    """The application of a `<db>|<app>` member (as the script reads it: after the first bar)."""
+    _, bar, app = member.partition("|")
+    return app if bar else None
+
+
+def _day_end(day: str) -> int | None:
+    """Epoch second at which a `yyyy-mm-dd` (UTC) day ends; None for a name that is not a day."""
+    try:
+        return calendar.timegm(time.strptime(day, "%Y-%m-%d")) + 86400
+    except (ValueError, OverflowError):
+        return None
+
+
+class Sweeper:
+    """One worker's sweeps over every shard (single-key commands and one-slot scripts: cluster-safe)."""
+
+    def __init__(self, client: Any, shards: list[Keys], rules: list[str], max_fingerprints: int,
+                 stats_retention_days: int, business_retention_days: int) -> None:
+        self.r = client
+        self.shards = shards
+        self.rules = rules
+        self.cap = max_fingerprints
+        self.stats_age = stats_retention_days * 86400
+        self.biz_days = business_retention_days
+        self.script = client.register_script(EVICT)
+        self.more = False  # the last sweep stopped at its bound: sweep again soon
+
+    def run(self, now: float | None = None) -> tuple[list[str], int]:
+        """One sweep: (fingerprints evicted, business days removed from the index)."""
+        now = time.time() if now is None else now
+        self.more = False
+        evicted: list[str] = []
+        days = 0
+        for keys in self.shards:
+            if self.cap or self.stats_age:
+                evicted += self.evict(keys, now)
+            if self.biz_days:
+                days += self.expire_days(keys, now)
+        if evicted or days:
+            log.info("sweep: evicted %d fingerprint(s) from the performance summary, removed %d expired "
+                     "business day(s) from the index%s", len(evicted), days,
+                     " (more to do: sweeping again soon)" if self.more else "")
+        return evicted, days
+
+    def victims(self, keys: Keys, now: float) -> list[tuple[str, float]]:
+        """The shard's least recently seen fingerprints beyond the cap, and those past the age."""
+        last = keys.stats_last
+        chosen: dict[str, float] = {}
+        if self.cap:
+            excess = self.r.zcard(last) - self.cap
+            if excess > 0:
+                self.more = self.more or excess > MAX_PER_SWEEP
+                chosen.update(self.r.zrange(last, 0, min(excess, MAX_PER_SWEEP) - 1, withscores=True))
+        if self.stats_age:
+            old = self.r.zrangebyscore(last, "-inf", int(now) - self.stats_age, start=0, num=MAX_PER_SWEEP,
+                                       withscores=True)
+            self.more = self.more or len(old) == MAX_PER_SWEEP
+            chosen.update(old)
+        return sorted(chosen.items(), key=lambda x: (x[1], x[0]))[:MAX_PER_SWEEP]
+
+    def evict(self, keys: Keys, now: float) -> list[str]:
+        """Evict the shard's victims, a few per script call; returns those this call removed."""
+        victims = self.victims(keys, now)
+        if not victims:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for fp, _ in victims:
+            pipe.smembers(keys.stats_members(fp))
+        members = pipe.execute()
+        cutoff = int(now) - self.stats_age if self.stats_age else 0
+        head = [str(self.cap), str(cutoff), keys.stats_q(""), keys.seen(""), keys.stats_fp(""),
+                keys.stats_members("")]
+        fixed = [keys.stats_last, keys.stats_top("time"), keys.stats_top("calls"), keys.stats_top("errors")]
+        out: list[str] = []
+        names: set[str] = set()
+        args: list[str] = []
+        for (fp, score), mset in zip(victims, members, strict=True):
+            ms = sorted(mset)
+            args += [fp, repr(score), str(len(ms)), *ms]
+            names.update((keys.stats_fp(fp), keys.stats_members(fp)))
+            for m in ms:
+                names.add(keys.stats_q(f"{fp}|{m}"))
+                app = _app(m)
+                if app is not None:
+                    names.add(keys.seen(app))
+            if len(names) >= KEYS_PER_CALL:
+                out += self._call(fixed, names, head, args)
+                names, args = set(), []
+        if args:
+            out += self._call(fixed, names, head, args)
+        return out
+
+    def _call(self, fixed: list[str], names: set[str], head: list[str], args: list[str]) -> list[str]:
+        return [str(fp) for fp in self.script(keys=fixed + sorted(names - set(fixed)), args=head + args)]
+
+    def expire_days(self, keys: Keys, now: float) -> int:
+        """Remove from each rule's `days` index the days whose keys have expired (end + retention ≤ now)."""
+        removed = 0
+        horizon = self.biz_days * 86400
+        for rule in self.rules:
+            name = keys.biz_days(rule)
+            gone = [d for d in self.r.smembers(name) if (end := _day_end(d)) is not None and end + horizon <= now]
+            if gone:
+                removed += self.r.srem(name, *gone)
+        return removed
