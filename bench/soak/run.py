@@ -70,6 +70,17 @@ def wait_for(check: Callable[[], object], what: str, timeout: float, interval: f
         time.sleep(interval)
 
 
+def scrape(port: int) -> dict[str, float]:
+    """Samples of a /metrics endpoint on loopback, by name (labelled ones summed)."""
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[s.name] = out.get(s.name, 0.0) + s.value
+    return out
+
+
 class PrivateRedis:
     """A redis-server of our own on a free port, so killing it disturbs nobody (AOF, fsync always)."""
 
@@ -116,7 +127,7 @@ class PrivateRedis:
 class Proxy:
     """`fasterdata proxy` as operators run it, in front of the machine's PostgreSQL, writing to our Redis."""
 
-    def __init__(self, workdir: Path, redis_url: str, prefix: str, capture_mode: str) -> None:
+    def __init__(self, workdir: Path, redis_url: str, prefix: str, capture_mode: str, stream_maxlen: int = 0) -> None:
         self.port = free_port()
         self.metrics_port = free_port()
         self.log = workdir / "proxy.log"
@@ -125,8 +136,10 @@ class Proxy:
                "--upstream", f"{HOST}:5432", "--upstream-sslmode", "disable",
                "--metrics", f"{HOST}:{self.metrics_port}", "--redis", redis_url, "--prefix", prefix,
                "--capture-mode", capture_mode, "--log-level", "warning", "--shutdown-grace", "5"]
-        # No MAXLEN: the count at the end must not depend on the reader keeping up (it trims instead).
-        env = {**os.environ, "FASTERDATA_SPOOL_DIR": str(workdir / "spool"), "FASTERDATA_STREAM_MAXLEN": "0"}
+        # run.py: no MAXLEN (0), so the count at the end does not depend on the reader keeping up (it trims
+        # instead); pipeline.py keeps the proxy's default cap, as analyzers do not trim.
+        env = {**os.environ, "FASTERDATA_SPOOL_DIR": str(workdir / "spool"),
+               "FASTERDATA_STREAM_MAXLEN": str(stream_maxlen)}
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          cwd=ROOT, env=env)
@@ -141,14 +154,7 @@ class Proxy:
         wait_for(listening, "the proxy to listen", 30, 0.05)
 
     def metrics(self) -> dict[str, float]:
-        """Unlabelled samples of /metrics (labelled ones summed by name)."""
-        with urllib.request.urlopen(f"http://{HOST}:{self.metrics_port}/metrics", timeout=10) as resp:
-            text = resp.read().decode()
-        out: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                out[s.name] = out.get(s.name, 0.0) + s.value
-        return out
+        return scrape(self.metrics_port)
 
     def stop(self) -> int:
         """SIGTERM and the exit code (SIGKILL after a bounded wait: never leave a proxy behind)."""
@@ -234,7 +240,10 @@ class Tally:
 
 
 class Reader(threading.Thread):
-    """Reads the stream as an analyzer would, tallies it, then XTRIMs what it read (bounded Redis memory)."""
+    """Reads the stream as an analyzer would, tallies it, then XTRIMs what it read (bounded Redis memory).
+    A subclass with ``trim = False`` only reads (pipeline.py: the analyzers' group still needs the entries)."""
+
+    trim = True
 
     def __init__(self, url: str, key: str, app: str) -> None:
         super().__init__(daemon=True)
@@ -264,8 +273,9 @@ class Reader(threading.Thread):
             for _id, ev in entries:
                 self.count(ev)
             self.last_id = entries[-1][0]
-            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
-                r.xtrim(self.key, minid=self.last_id, approximate=False)
+            if self.trim:
+                with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                    r.xtrim(self.key, minid=self.last_id, approximate=False)
 
     def count(self, ev: dict[str, str]) -> None:
         t = self.tally
