@@ -79,9 +79,13 @@ def _lag(r: redis.Redis, ks: list[Keys], now: float) -> dict[str, Any]:
             lag["last_age"] = age if lag["last_age"] is None else min(lag["last_age"], age)
         for g in groups:
             if g["name"] == GROUP:
-                for field, source in (("pending", "pending"), ("undelivered", "lag")):
-                    if g.get(source) is not None:
-                        lag[field] = (lag[field] or 0) + int(g[source])
+                if g.get("pending") is not None:
+                    lag["pending"] = (lag["pending"] or 0) + int(g["pending"])
+                # Delivered up to the last entry: nothing is undelivered, whatever XINFO's lag says (Redis 7.0
+                # can leave it too high for good after a restart from its append-only file).
+                caught_up = g.get("last-delivered-id") == info.get("last-generated-id")
+                if caught_up or g.get("lag") is not None:
+                    lag["undelivered"] = (lag["undelivered"] or 0) + (0 if caught_up else int(g["lag"]))
     return lag
 
 

@@ -170,6 +170,7 @@ class Worker:
         self._inflight: tuple[Shard, list, Batch, Future] | None = None
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read")
         self._reading: Future | None = None
+        self._recover = False  # a Redis error interrupted batches: read this consumer's pending entries again
 
     # ── set-up ──────────────────────────────────────────────────────────────────────────────────
     def setup(self) -> None:
@@ -197,11 +198,17 @@ class Worker:
         backoff = 0.5
         while not self.stop.is_set():
             try:
+                if self._recover:  # before anything is in flight again: the batches the error interrupted
+                    self._own_pending()
+                    self._recover = False
                 self.step()
                 self.last_error = None
                 backoff = 0.5
             except redis.RedisError as exc:
-                self._inflight = self._reading = None  # their entries stay pending: reclaimed after claim_idle
+                # The batches read or being committed stay pending for this consumer: taken up again as
+                # soon as Redis answers, rather than by another worker after claim_idle.
+                self._inflight = self._reading = None
+                self._recover = True
                 self.last_error = f"redis: {exc}"
                 if "NOGROUP" in str(exc) and self._recreate_group(exc):
                     continue
@@ -628,7 +635,11 @@ class Worker:
             ms = _id_ms(nxt[0][0])
             oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
         age = max(0.0, time.time() - oldest_ms / 1000) if oldest_ms else 0.0
-        return pending, int(lag) if lag is not None else (1 if nxt else 0), age
+        # Nothing after the last delivered id is nothing undelivered, whatever XINFO says: Redis 7.0 replays
+        # reads from its append-only file without advancing the group's entries-read, so after a restart
+        # its lag can stay too high for good.
+        undelivered = (int(lag) if lag is not None else 1) if nxt else 0
+        return pending, undelivered, age
 
     def tidy(self, max_idle: float = 3600) -> None:
         """Forget consumers (restarted workers get new names) idle for an hour with nothing pending."""
