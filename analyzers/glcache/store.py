@@ -27,9 +27,12 @@ from typing import Any, TypeVar
 
 import redis
 
-from config.redisurl import one_url_per_host
+from config.redisurl import one_url_per_host, redacted
 
 log = logging.getLogger("fasterdata.glcache")
+# What a Redis Cluster node answers for keys it does not serve (MovedError is an AskError).
+_CLUSTER_REPLIES = (redis.exceptions.AskError, redis.exceptions.ClusterCrossSlotError,
+                    redis.exceptions.ClusterDownError)
 T = TypeVar("T")
 
 _APPEND = """
@@ -73,6 +76,7 @@ class Store:
         self.client = redis.Redis.from_url(one_url_per_host(url)[0], socket_timeout=timeout,
                                            socket_connect_timeout=timeout, retry_on_timeout=False)
         self.prefix, self.table, self.ttl_ms, self.retry = prefix, table, int(ttl * 1000), retry
+        self.where = redacted(one_url_per_host(url)[0])
         self._down_until = 0.0
         self._warned = 0.0
         self._append = self.client.register_script(_APPEND)
@@ -110,6 +114,17 @@ class Store:
             if now - self._warned > 30:
                 self._warned = now
                 log.warning("glcache: Redis unreachable (%s); reading from PostgreSQL", exc)
+            raise RedisDown(str(exc)) from exc
+        except _CLUSTER_REPLIES as exc:
+            # A cluster node answers for its own slots only; this store speaks to one server. Say so
+            # plainly instead of failing on some days and not others.
+            self._down_until = time.monotonic() + max(self.retry, 60.0)
+            now = time.monotonic()
+            if now - self._warned > 30:
+                self._warned = now
+                log.error("glcache: Redis at %s is a Redis Cluster node (%s %s); the ledger cache needs a "
+                          "standalone Redis, so it stays off and days are read from PostgreSQL", self.where,
+                          type(exc).__name__, exc)
             raise RedisDown(str(exc)) from exc
 
     # -- reads --------------------------------------------------------------------------------------

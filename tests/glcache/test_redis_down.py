@@ -13,6 +13,7 @@ import redis
 from analyzers.glcache.cache import GLCache
 from tests.conftest import free_port, wait_port
 from tests.glcache.conftest import DAY, OTHER_DAY, arrow_rows, pg_rows
+from tests.rediscluster import Cluster
 
 Make = Callable[..., GLCache]
 
@@ -46,3 +47,22 @@ def test_redis_killed_mid_life(ledger_db: str, make_cache: Make, tmp_path) -> No
     table = cache.get_day(DAY)  # memory cannot be validated without Redis: straight from PostgreSQL
     assert arrow_rows(table) == arrow_rows(warm) == pg_rows(ledger_db, DAY)
     assert cache.stats["hits_postgres"] >= 1
+
+
+def test_a_redis_cluster_node_is_refused_plainly(ledger_db: str, make_cache: Make, tmp_path,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Pointed at a Redis Cluster node that does not serve the day's key, the cache does not fail on some
+    days and not others: it says the cache needs a standalone Redis and reads from PostgreSQL."""
+    cluster = Cluster(tmp_path / "cluster")
+    try:
+        prefix = f"fdtest-glc-{free_port()}"
+        day_slot = cluster.slot(f"{prefix}:gl:gl_entries:{OTHER_DAY}")
+        node = next(i for i in range(3) if cluster.owner(day_slot) != i)
+        cache = make_cache(ledger_db, redis=f"redis://127.0.0.1:{cluster.ports[node]}/0", prefix=prefix)
+        with caplog.at_level(logging.WARNING, logger="fasterdata.glcache"):
+            table = cache.get_day(OTHER_DAY)
+        assert arrow_rows(table) == pg_rows(ledger_db, OTHER_DAY)
+        assert "is a Redis Cluster node" in caplog.text and "needs a standalone Redis" in caplog.text
+        assert cache.stats["hits_postgres"] == 1
+    finally:
+        cluster.destroy()
