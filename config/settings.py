@@ -119,6 +119,10 @@ class ProxySettings(Common):
     spool_dir: str | None = Field(
         None, description="Directory of the spool used while Redis is away (default: <tmp>/fasterdata-spool)")
     spool_max_bytes: int = Field(1 << 30, ge=1 << 20, description="Spool size at which new events are dropped")
+    redis_wait_replicas: int = Field(
+        0, ge=0, le=16, description="Replicas that must hold each batch (Redis WAIT) before it counts as sent; "
+        "fewer: the batch is spooled and retried. 1 on a replicated Redis: a failover loses no confirmed event")
+    redis_wait_timeout: float = Field(1.0, gt=0, le=60, description="Seconds WAIT gives the replicas")
     workers: int = Field(1, ge=1, le=64, description="Processes sharing the listen port (SO_REUSEPORT); "
                          "worker i serves metrics on the metrics port + i")
     allow_clients: list[str] = Field(

@@ -31,7 +31,7 @@ from .captap import HDR, K_CLIENT, K_CLOSE, K_CONFIG, K_OPEN, K_RESUME, K_SERVER
 from .capture import Capture
 from .server import capture_options
 from .session import Session
-from .sink import StreamSink, spool_unusable
+from .sink import StreamSink, sink_for, spool_unusable
 
 log = logging.getLogger("fasterdata.capworker")
 
@@ -178,9 +178,7 @@ async def serve(fd: int) -> int:
         os.nice(settings.capture_nice)
     except OSError as exc:
         log.warning("cannot renice the capture process: %s", exc)
-    sink = StreamSink(settings.redis, settings.prefix, maxlen=settings.stream_maxlen, max_queue=settings.queue_max,
-                      spool_path=config["spool"], spool_max_bytes=settings.spool_max_bytes,
-                      shards=settings.stream_shards)
+    sink = sink_for(settings, config["spool"])
     try:
         await sink.start()
     except OSError as exc:

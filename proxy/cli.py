@@ -236,7 +236,7 @@ async def _serve_proxy(settings: ProxySettings, index: int) -> int:
     from .capture import Capture, CaptureCollector
     from .httpd import MetricsServer
     from .server import ProxyServer
-    from .sink import SinkCollector, StreamSink, spool_unusable
+    from .sink import SinkCollector, sink_for, spool_unusable
     from .stats import ProxyCollector, ProxyStats
 
     registry = CollectorRegistry()
@@ -258,9 +258,7 @@ async def _serve_proxy(settings: ProxySettings, index: int) -> int:
         registry.register(LinkCollector(link))
         ready = link.readiness
     elif settings.capture:
-        sink = StreamSink(settings.redis, settings.prefix, maxlen=settings.stream_maxlen,
-                          max_queue=settings.queue_max, spool_path=spool_path(settings, index),
-                          spool_max_bytes=settings.spool_max_bytes, shards=settings.stream_shards)
+        sink = sink_for(settings, spool_path(settings, index))
         try:
             await sink.start()
         except OSError as exc:

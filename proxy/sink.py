@@ -55,7 +55,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from itertools import chain, islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hiredis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -63,6 +63,9 @@ from prometheus_client.registry import Collector
 from redis.connection import parse_url
 
 from config.redisurl import one_url_per_host
+
+if TYPE_CHECKING:
+    from config.settings import ProxySettings
 
 log = logging.getLogger("fasterdata.sink")
 
@@ -1062,7 +1065,13 @@ class _Lane:
             started = self._sent_at = time.perf_counter()
             try:
                 async with asyncio.timeout(sink.send_timeout):
-                    reply = await self._conn.request(batch.data)
+                    if sink.wait_replicas:
+                        reply, copies = await self._conn.requests(batch.data + sink._wait, 2)
+                        if not isinstance(reply, hiredis.ReplyError) and not (
+                                isinstance(copies, int) and copies >= sink.wait_replicas):
+                            raise RedisReplyError(f"{copies} of {sink.wait_replicas} replicas acknowledged a batch")
+                    else:
+                        reply = await self._conn.request(batch.data)
                     if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("ASK ") and hops < 5:
                         hops += 1
                         reply = await self._asked(str(reply), batch)
@@ -1353,6 +1362,10 @@ class StreamSink:
     - ``client_name``: CLIENT SETNAME prefix (the instance id is appended).
     - ``marker_ttl``: seconds an idempotency marker lives after its last batch; a spool replayed later
       than that may duplicate its one in-doubt batch.  Default 7 days.
+    - ``wait_replicas``: replicas that must hold a batch (Redis WAIT, ``wait_timeout`` seconds) before it
+      counts as sent; fewer is handled like an unreachable Redis (spool, retry; the marker makes the
+      resend safe).  With 1, a failover to a replica loses no confirmed event; without a replica
+      attached, events wait in the spool.  Default 0: the primary's reply is enough.
 
     Use: ``await sink.start()``; ``sink.put(fields, route)`` from anywhere on the loop's thread;
     ``await sink.close(timeout)`` at shutdown.  ``readiness()`` suits MetricsServer's ``ready``.
@@ -1364,7 +1377,7 @@ class StreamSink:
                  shards: int = 1, connect_timeout: float = 5.0, send_timeout: float = 5.0,
                  backoff_min: float = 0.1, backoff_max: float = 5.0,
                  ssl_context: ssl.SSLContext | None = None, client_name: str = "fasterdata-sink",
-                 marker_ttl: int = 7 * 86400) -> None:
+                 marker_ttl: int = 7 * 86400, wait_replicas: int = 0, wait_timeout: float = 1.0) -> None:
         if shards < 1 or max_queue < 1 or batch_max < 1 or maxlen < 0 or spool_max_bytes < 1:
             raise ValueError("shards, max_queue, batch_max and spool_max_bytes must be positive, maxlen >= 0")
         urls = one_url_per_host(url)
@@ -1381,6 +1394,8 @@ class StreamSink:
         self.backoff_max = max(backoff_max, backoff_min)
         self.client_name = client_name
         self.marker_ttl = marker_ttl
+        self.wait_replicas = wait_replicas
+        self._wait = hiredis.pack_command(("WAIT", wait_replicas, max(1, int(wait_timeout * 1000))))
         self.instance = uuid.uuid4().hex[:16]
         if shards == 1:
             stream = f"{prefix}:statements"
@@ -1524,3 +1539,10 @@ class SinkCollector(Collector):
             buckets.append((bound, cumulative))
         yield HistogramMetricFamily("fasterdata_sink_send_seconds", "Batch round trip to Redis",
                                     buckets=buckets, sum_value=total)
+
+
+def sink_for(settings: ProxySettings, spool_path: str | None) -> StreamSink:
+    """The sink a proxy process (or its capture helper) runs with these settings."""
+    return StreamSink(settings.redis, settings.prefix, maxlen=settings.stream_maxlen, max_queue=settings.queue_max,
+                      spool_path=spool_path, spool_max_bytes=settings.spool_max_bytes, shards=settings.stream_shards,
+                      wait_replicas=settings.redis_wait_replicas, wait_timeout=settings.redis_wait_timeout)

@@ -34,15 +34,16 @@ def _cluster_port() -> int:
 
 
 class Cluster:
-    """Three cluster-enabled redis-servers (no replicas) in a temporary directory.
+    """Three cluster-enabled redis-server masters in a temporary directory, each with ``replicas`` replicas
+    (nodes 3, 4, 5 … after the masters 0, 1, 2; ``redis-cli --cluster create`` pairs them).
 
     ``persistent``: appendonly with appendfsync always (what a restart test needs); otherwise no
     persistence.  ``args``: more redis-server options for every node.
     """
 
-    def __init__(self, root: Path, *, persistent: bool = False, args: Sequence[str] = ()) -> None:
+    def __init__(self, root: Path, *, persistent: bool = False, args: Sequence[str] = (), replicas: int = 0) -> None:
         self.root = root
-        self.ports = [_cluster_port() for _ in range(3)]
+        self.ports = [_cluster_port() for _ in range(3 * (1 + replicas))]
         self.procs: list[subprocess.Popen] = []
         self.commands: list[list[str]] = []
         aof = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else ["--appendonly", "no"]
@@ -58,7 +59,7 @@ class Cluster:
         for port in self.ports:
             wait_until(lambda p=port: self._pong(p), f"redis cluster node {port}")
         done = subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
-                               "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True,
+                               "--cluster-replicas", str(replicas), "--cluster-yes"], capture_output=True, text=True,
                               timeout=60)
         assert done.returncode == 0, done.stdout + done.stderr
         self.wait_ok()
@@ -91,6 +92,15 @@ class Cluster:
     def node_id(self, i: int) -> str:
         with self.node(i) as r:
             return r.execute_command("CLUSTER", "MYID")
+
+    def replica_of(self, master: int) -> int:
+        """Index of a node replicating node ``master``."""
+        for i in range(len(self.ports)):
+            with self.node(i) as r:
+                info = r.info("replication")
+            if info.get("role") == "slave" and int(info.get("master_port", 0)) == self.ports[master]:
+                return i
+        raise AssertionError(f"node {master} has no replica")
 
     def slot(self, key: str) -> int:
         with self.node(0) as r:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -291,3 +292,65 @@ def test_seed_node_down_at_start(start_proxy: StartProxy, durable_cluster: Clust
         assert sum(client.xlen(s) for s in streams) >= len(events)
     finally:
         client.close()
+
+
+@pytest.fixture
+def replicated_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Three masters with one replica each, append-only; the other shards keep taking writes while one is down."""
+    cluster = Cluster(tmp_path / "cluster", persistent=True, replicas=1,
+                      args=("--cluster-require-full-coverage", "no"))
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def test_failover_to_a_replica_loses_no_confirmed_statement(start_proxy: StartProxy, replicated_cluster: Cluster,
+                                                             tmp_path: Path) -> None:
+    """`redis_wait_replicas: 1`: the stream's master takes writes its replica never gets (the replica is
+    stopped), then dies and the replica takes over. A batch only the old master held was never confirmed, so
+    it waits in the spool and reaches the new master; with the primary's reply alone those statements are
+    gone (redis-server's asynchronous replication)."""
+    c = replicated_cluster
+    app = f"fault-wait-{uuid.uuid4().hex[:8]}"
+    url = "redis://" + ",".join(f"127.0.0.1:{p}" for p in c.ports) + "/0"
+    proxy = start_proxy("--redis", url, env={
+        "FASTERDATA_STREAM_SHARDS": "1", "FASTERDATA_REDIS_WAIT_REPLICAS": "1", "FASTERDATA_REDIS_WAIT_TIMEOUT": "0.5",
+        "FASTERDATA_SPOOL_DIR": str(tmp_path / "spool")})
+    stream = f"{proxy.prefix}:statements"
+    master = c.owner(c.slot(stream))
+    replica = c.replica_of(master)
+
+    def run(label: str, n: int) -> list[str]:
+        sqls = [f"select {i} as {label}" for i in range(n)]
+        with psycopg.connect(proxy.dsn(application_name=app), autocommit=True, connect_timeout=10) as conn:
+            for sql in sqls:
+                conn.execute(sql)
+        return sqls
+
+    expected = run("before_pause", 20)
+    settle(proxy)
+    c.procs[replica].send_signal(signal.SIGSTOP)  # replication stops; the master still answers
+    try:
+        expected += run("during_pause", 50)
+        wait_until(lambda: _metric(proxy, "fasterdata_sink_redis_up") == 0 or _on_master_only(c, master, stream),
+                   "the sink to try the paused replica")
+        c.stop(master)
+    finally:
+        c.procs[replica].send_signal(signal.SIGCONT)
+    with c.node(replica) as r:
+        r.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
+    wait_until(lambda: c.node(replica).info("replication")["role"] == "master", "the replica to take over")
+    c.start(master)  # comes back as the new master's replica: WAIT can be satisfied again
+    wait_until(lambda: c.replica_of(replica) == master, "the old master to rejoin as a replica", timeout=60)
+    settle(proxy, timeout=90)
+    with c.node(replica) as r:
+        got = [fields["sql"] for _id, fields in r.xrange(stream) if fields.get("app") == app]
+    assert sorted(got) == sorted(expected)  # each once: none lost with the old master, none doubled by the resend
+    assert _metric(proxy, "fasterdata_sink_dropped_total") == 0
+
+
+def _on_master_only(c: Cluster, master: int, stream: str) -> bool:
+    """Statements of the paused phase reached the master (what a sink that does not wait confirms)."""
+    with c.node(master) as r:
+        return any("during_pause" in f.get("sql", "") for _i, f in r.xrange(stream))

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import redis
 
 from proxy.sink import StreamSink
@@ -220,6 +221,27 @@ async def test_spool_write_failure_counts_what_it_lost(prefix: str, shared_url: 
     client = redis.Redis.from_url(shared_url, decode_responses=True)
     assert read_stream(client, f"{prefix}:statements") == events(kept)
     assert kept == first  # the refused buffer is cut back whole: no torn record, no event counted twice
+
+
+async def test_wait_for_a_replica(redis_server, prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """wait_replicas=1 on a Redis with no replica: nothing counts as sent, events wait in the spool and the
+    log says why; once a replica attaches, every event arrives once, in order."""
+    primary: RedisServer = redis_server()
+    spool = tmp_path / "spool"
+    sink = StreamSink(primary.url, prefix, spool_path=spool, wait_replicas=1, wait_timeout=0.2, **FAST)
+    await sink.start()
+    producer = Producer(sink)
+    await producer.run(300)
+    await until(lambda: sink.spooled > 0, "unconfirmed events to go to the spool")
+    assert sink.sent == 0
+    assert "0 of 1 replicas acknowledged a batch" in caplog.text
+    replica: RedisServer = redis_server("--replicaof", "127.0.0.1", str(primary.port))
+    await producer.run(200)
+    await until(lambda: sink.sent + sink.deduplicated >= 500 and sink.queued == 0 and not sink.spool_events,
+                "everything confirmed by the replica")
+    await sink.close(5)
+    assert_exactly_once_in_order(primary.client(), f"{prefix}:statements", 500)
+    await until(lambda: len(read_stream(replica.client(), f"{prefix}:statements")) == 500, "the replica's copy")
 
 
 CRASHER = """
