@@ -44,3 +44,15 @@ def ensure_database(dbname: str, user: str, scale: int) -> str:
                    check=True, stdout=subprocess.DEVNULL,
                    env={**os.environ, "PGSSLMODE": "disable", "PGCONNECT_TIMEOUT": "10"})
     return f"initialised now (scale {scale})"
+
+
+def terminate(proc: subprocess.Popen, grace: float) -> int | None:
+    """SIGTERM, then SIGKILL after `grace` seconds: a benchmark never leaves a server behind. The exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode

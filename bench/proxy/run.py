@@ -41,7 +41,7 @@ import redis
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))  # bench/: benchkit
-from benchkit import ensure_database, proc_tree  # noqa: E402
+from benchkit import ensure_database, proc_tree, terminate  # noqa: E402
 
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -197,14 +197,8 @@ def tail(path: Path | None, lines: int = 15) -> str:
 
 def stop(target: Target) -> None:
     """SIGTERM, then SIGKILL after a bounded wait: never leave a proxy or PgBouncer behind."""
-    if target.proc is None or target.proc.poll() is not None:
-        return
-    target.proc.terminate()
-    try:
-        target.proc.wait(10)
-    except subprocess.TimeoutExpired:
-        target.proc.kill()
-        target.proc.wait(5)
+    if target.proc is not None:
+        terminate(target.proc, 10)
 
 
 def start_pgbouncer(workdir: Path, dbname: str, user: str) -> Target:

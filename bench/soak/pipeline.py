@@ -67,7 +67,7 @@ MB = 1048576
 sys.path.insert(0, str(HERE.parent))  # bench/: benchkit
 sys.path.insert(0, str(HERE))  # bench/soak/: run, shopload
 import shopload  # noqa: E402
-from benchkit import ensure_database, proc_tree  # noqa: E402
+from benchkit import ensure_database, proc_tree, terminate  # noqa: E402
 from run import (  # noqa: E402
     HOST,
     Bench,
@@ -154,16 +154,7 @@ class Analyzer:
 
     def stop(self) -> int | None:
         """SIGTERM (the worker finishes its batch) and the exit code; SIGKILL after a bounded wait."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+        return None if self.proc is None else terminate(self.proc, 60)
 
 
 # -- the stream, counted per application -----------------------------------------------------------
