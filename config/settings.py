@@ -183,7 +183,8 @@ def add_common_arguments(parser: Any) -> None:
     """Flags for the settings every command shares (argparse; values left None mean "not given")."""
     parser.add_argument("--config", metavar="FILE", help="YAML settings file (flags win over FASTERDATA_* "
                         "environment variables, which win over the file)")
-    parser.add_argument("--redis", metavar="URL", help="Redis URL [redis://127.0.0.1:6379/0]")
+    parser.add_argument("--redis", metavar="URL", help="Redis URL; a Redis Cluster may be given several seed nodes, "
+                        "redis://h1:p1,h2:p2 [redis://127.0.0.1:6379/0]")
     parser.add_argument("--prefix", help="key prefix for streams and keys [fasterdata]")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="[info]")
     parser.add_argument("--log-format", choices=["text", "json"], help="[text]")
