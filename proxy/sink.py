@@ -1067,9 +1067,7 @@ class _Lane:
                 async with asyncio.timeout(sink.send_timeout):
                     if sink.wait_replicas:
                         reply, copies = await self._conn.requests(batch.data + sink._wait, 2)
-                        if not isinstance(reply, hiredis.ReplyError) and not (
-                                isinstance(copies, int) and copies >= sink.wait_replicas):
-                            raise RedisReplyError(f"{copies} of {sink.wait_replicas} replicas acknowledged a batch")
+                        self._check_replicated(reply, copies)
                     else:
                         reply = await self._conn.request(batch.data)
                     if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("ASK ") and hops < 5:
@@ -1149,8 +1147,20 @@ class _Lane:
                                               f"{self.sink.client_name}-{self.sink.instance}")
             conn.node = node
             self._ask_conn = conn
-        asking, result = await conn.requests(_ASKING + batch.data, 2)
-        return asking if isinstance(asking, hiredis.ReplyError) else result
+        if not self.sink.wait_replicas:
+            asking, result = await conn.requests(_ASKING + batch.data, 2)
+            return asking if isinstance(asking, hiredis.ReplyError) else result
+        asking, result, copies = await conn.requests(_ASKING + batch.data + self.sink._wait, 3)
+        if isinstance(asking, hiredis.ReplyError):
+            return asking
+        self._check_replicated(result, copies)
+        return result
+
+    def _check_replicated(self, reply: Any, copies: Any) -> None:
+        """With wait_replicas: a batch the script applied but too few replicas hold is not sent yet."""
+        wanted = self.sink.wait_replicas
+        if not isinstance(reply, hiredis.ReplyError) and not (isinstance(copies, int) and copies >= wanted):
+            raise RedisReplyError(f"{copies} of {wanted} replicas acknowledged a batch")
 
     async def _relocate(self, failed: RedisTarget) -> None:
         """A node did not answer.  On a cluster, ask the others which node serves this stream's slot now.
