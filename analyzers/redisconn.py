@@ -55,10 +55,8 @@ def connect(url: str, **options: Any) -> Client:
             continue
         if not cluster:
             return redis.Redis.from_url(one, **options)
-        if len(urls) > 1:
-            seeds = [_node(u) for u in urls if u != one]
-            return RedisCluster.from_url(one, startup_nodes=seeds, **options)
-        return RedisCluster.from_url(one, **options)
+        seeds = [_node(u) for u in urls if u != one]
+        return RedisCluster.from_url(one, **({"startup_nodes": seeds} if seeds else {}), **options)
     assert failure is not None
     raise failure
 

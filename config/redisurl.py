@@ -8,33 +8,35 @@ host shares the URL's credentials, database and TLS parameters.
 from __future__ import annotations
 
 
+def _parts(url: str) -> tuple[str, str, str, str] | None:
+    """(scheme, "userinfo@" or "", hosts, the rest from the path on); None without a scheme."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    userinfo, at, hosts = rest[:end].rpartition("@")
+    return scheme, userinfo + at, hosts, rest[end:]
+
+
 def one_url_per_host(url: str) -> list[str]:
     """The URL once per host it names, in order; an ordinary URL (or ``unix://``) comes back alone.
 
     Raises ValueError for an empty host in the list (``h1,,h2``).
     """
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme == "unix":
+    parts = _parts(url)
+    if parts is None or parts[0] == "unix" or "," not in parts[2]:
         return [url]
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    netloc, tail = rest[:end], rest[end:]
-    userinfo, at, hosts = netloc.rpartition("@")
-    if "," not in hosts:
-        return [url]
-    parts = hosts.split(",")
-    if not all(p.strip() for p in parts):
+    scheme, auth, hosts, tail = parts
+    names = [h.strip() for h in hosts.split(",")]
+    if not all(names):
         raise ValueError(f"empty host in the Redis URL's host list {hosts!r}")
-    return [f"{scheme}://{userinfo}{at}{p.strip()}{tail}" for p in parts]
+    return [f"{scheme}://{auth}{h}{tail}" for h in names]
 
 
 def redacted(url: str) -> str:
     """The URL with its password replaced by ``***``, for logs and error messages."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
+    parts = _parts(url)
+    if parts is None or ":" not in parts[1]:
         return url
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    userinfo, at, hosts = rest[:end].rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.partition(":")[0]
-    return f"{scheme}://{user}:***@{hosts}{rest[end:]}"
+    scheme, auth, hosts, tail = parts
+    return f"{scheme}://{auth.partition(':')[0]}:***@{hosts}{tail}"
