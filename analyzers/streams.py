@@ -18,6 +18,17 @@ from .redisconn import clustered
 CLUSTER_BLOCK_MS = 100
 
 
+def undelivered(group: dict[str, Any], more: bool) -> int:
+    """Entries of a stream not yet delivered to `group` (an XINFO GROUPS entry); `more`: whether any entry
+    follows its last-delivered-id. Nothing following is nothing undelivered, whatever XINFO's lag says:
+    Redis 7.0 replays reads from its append-only file without advancing the group's entries-read, so
+    after a restart its lag can stay too high for good."""
+    if not more:
+        return 0
+    lag = group.get("lag")
+    return int(lag) if lag is not None else 1
+
+
 def _name(stream: Any) -> str:
     return stream.decode() if isinstance(stream, bytes) else stream
 

@@ -21,6 +21,7 @@ from rich.text import Text
 
 from . import merged
 from .keys import GROUP, Keys, shard_keys
+from .streams import undelivered
 
 
 def _age(seconds: float | None) -> str:
@@ -81,11 +82,9 @@ def _lag(r: redis.Redis, ks: list[Keys], now: float) -> dict[str, Any]:
             if g["name"] == GROUP:
                 if g.get("pending") is not None:
                     lag["pending"] = (lag["pending"] or 0) + int(g["pending"])
-                # Delivered up to the last entry: nothing is undelivered, whatever XINFO's lag says (Redis 7.0
-                # can leave it too high for good after a restart from its append-only file).
-                caught_up = g.get("last-delivered-id") == info.get("last-generated-id")
-                if caught_up or g.get("lag") is not None:
-                    lag["undelivered"] = (lag["undelivered"] or 0) + (0 if caught_up else int(g["lag"]))
+                more = g.get("last-delivered-id") != info.get("last-generated-id")
+                if not more or g.get("lag") is not None:
+                    lag["undelivered"] = (lag["undelivered"] or 0) + undelivered(g, more)
     return lag
 
 

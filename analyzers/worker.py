@@ -38,7 +38,7 @@ from .rules import Rule, RulesFile
 from .security import Finding, Security
 from .shape import Shape, ShapeCache
 from .stats import BatchStats, StatsCollector
-from .streams import StreamSet
+from .streams import StreamSet, undelivered
 
 log = logging.getLogger("fasterdata.analyze")
 
@@ -623,7 +623,6 @@ class Worker:
         if g is None:
             return None
         pending = int(g.get("pending") or 0)
-        lag = g.get("lag")
         oldest_ms = None
         if pending:
             summary = self.r.xpending(stream, self.group)
@@ -635,11 +634,7 @@ class Worker:
             ms = _id_ms(nxt[0][0])
             oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
         age = max(0.0, time.time() - oldest_ms / 1000) if oldest_ms else 0.0
-        # Nothing after the last delivered id is nothing undelivered, whatever XINFO says: Redis 7.0 replays
-        # reads from its append-only file without advancing the group's entries-read, so after a restart
-        # its lag can stay too high for good.
-        undelivered = (int(lag) if lag is not None else 1) if nxt else 0
-        return pending, undelivered, age
+        return pending, undelivered(g, bool(nxt)), age
 
     def tidy(self, max_idle: float = 3600) -> None:
         """Forget consumers (restarted workers get new names) idle for an hour with nothing pending."""

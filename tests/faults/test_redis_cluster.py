@@ -252,16 +252,23 @@ def test_single_stream_on_redis_cluster(start_proxy: StartProxy, redis_cluster: 
     seed = next(i for i in range(3) if redis_cluster.owner(redis_cluster.slot(stream)) != i)
     proxy = start_proxy("--redis", f"redis://127.0.0.1:{redis_cluster.ports[seed]}/0", "--prefix", prefix,
                         env={"FASTERDATA_STREAM_SHARDS": "1", "FASTERDATA_SPOOL_DIR": str(tmp_path / "spool")})
+    _ten_sessions_captured_once(proxy, redis_cluster, [stream], app, "fault_single")
+
+
+def _ten_sessions_captured_once(proxy: ProxyProcess, cluster: Cluster, streams: list[str], app: str,
+                                label: str) -> list[Event]:
+    """Ten sessions of PER_SESSION statements through `proxy`: once it has settled, each statement is in
+    `streams` exactly once and nothing was dropped. The events."""
     for n in range(10):
         with psycopg.connect(proxy.dsn(application_name=app), autocommit=True, connect_timeout=10) as conn:
             for i in range(PER_SESSION):
-                conn.execute(f"select {n} * 100 + {i} as fault_single")
+                conn.execute(f"select {n} * 100 + {i} as {label}")
     settle(proxy)
-    events = [ev for ev in _all_events(redis_cluster, [stream]) if ev.get("app") == app and ev.get("kind") == "stmt"]
+    events = [ev for ev in _all_events(cluster, streams) if ev.get("app") == app and ev.get("kind") == "stmt"]
     assert sorted(ev["sql"] for ev in events) == sorted(
-        f"select {n} * 100 + {i} as fault_single" for n in range(10) for i in range(PER_SESSION))
+        f"select {n} * 100 + {i} as {label}" for n in range(10) for i in range(PER_SESSION))
     assert _metric(proxy, "fasterdata_sink_dropped_total") == 0
-
+    return events
 
 
 def test_seed_node_down_at_start(start_proxy: StartProxy, durable_cluster: Cluster, tmp_path: Path) -> None:
@@ -276,15 +283,7 @@ def test_seed_node_down_at_start(start_proxy: StartProxy, durable_cluster: Clust
     proxy = start_proxy("--redis", url, env={"FASTERDATA_STREAM_SHARDS": str(SHARDS),
                                               "FASTERDATA_SPOOL_DIR": str(tmp_path / "spool")})
     streams = [f"{proxy.prefix}:statements:{{{i}}}" for i in range(SHARDS)]
-    for n in range(10):
-        with psycopg.connect(proxy.dsn(application_name=app), autocommit=True, connect_timeout=10) as conn:
-            for i in range(PER_SESSION):
-                conn.execute(f"select {n} * 100 + {i} as fault_seeds")
-    settle(proxy)
-    events = [ev for ev in _all_events(durable_cluster, streams) if ev.get("app") == app and ev.get("kind") == "stmt"]
-    assert sorted(ev["sql"] for ev in events) == sorted(
-        f"select {n} * 100 + {i} as fault_seeds" for n in range(10) for i in range(PER_SESSION))
-    assert _metric(proxy, "fasterdata_sink_dropped_total") == 0
+    events = _ten_sessions_captured_once(proxy, durable_cluster, streams, app, "fault_seeds")
 
     client = connect(url, decode_responses=True)  # what `analyze`, `top` and `gl follow` use
     try:
