@@ -15,8 +15,8 @@ the events are most of a batch's arguments and of the script's calls. Parked wri
 release can still apply a transaction parked by this one.
 
 Two ops serve bounded growth (retention.py): `EA` (EXPIREAT, absolute) for business day keys, sent
-once per key and process; `L`, per fingerprint of a batch, records when it was last seen and its
-members, and reports fingerprints whose description an eviction removed (the script returns them, the
+once per key and process; `L`, per fingerprint of a batch, records when it and each of its fp|db|app
+entries were last seen and its members, and reports fingerprints whose description an eviction removed (the script returns them, the
 worker describes them again). Parked writes never carry either: they use the relative `E`.
 
 Transactions whose statements arrive with txn=open are parked: their writes are appended
@@ -92,14 +92,16 @@ run = function(a, i, stop)
       redis.call('EXPIREAT', a[i+1], a[i+2]); i = i + 3
     elseif op == 'L' then
       -- a fingerprint's statements in this batch: last seen (for the cap) and its fp|db|app members; a
-      -- member new to the set while the description is missing means the fingerprint was evicted and is back
-      local n, added = tonumber(a[i+6]), 0
+      -- member new to the set while the description is missing means the fingerprint was evicted and is back;
+      -- each fp|db|app entry's last-seen second goes to the entries index (the entry cap)
+      local n, added = tonumber(a[i+7]), 0
       redis.call('ZADD', a[i+1], 'GT', a[i+3], a[i+2])
-      for k = i + 7, i + 6 + n, 1000 do
-        added = added + redis.call('SADD', a[i+5], unpack(a, k, math.min(k + 999, i + 6 + n)))
+      for k = i + 8, i + 7 + n, 1000 do
+        added = added + redis.call('SADD', a[i+5], unpack(a, k, math.min(k + 999, i + 7 + n)))
       end
+      for k = i + 8, i + 7 + n do redis.call('ZADD', a[i+6], 'GT', a[k + n], a[i+2] .. '|' .. a[k]) end
       if added > 0 and redis.call('EXISTS', a[i+4]) == 0 then undescribed[#undescribed + 1] = a[i+2] end
-      i = i + 7 + n
+      i = i + 8 + 2 * n
     elseif op == 'X' then
       local n = tonumber(a[i+3])
       redis.call('XADD', a[i+1], 'MAXLEN', '~', a[i+2], '*', unpack(a, i + 4, i + 3 + n))
@@ -271,10 +273,13 @@ class Writes:
         else:
             self.expire_ats[key] = at
 
-    def touch(self, last_key: str, fp: str, ts: int, fp_key: str, members_key: str, members: list[str]) -> None:
-        """A fingerprint seen in this batch: its newest event (epoch seconds) and its `<db>|<app>` members."""
-        self.touches.extend(("L", last_key, fp, str(ts), fp_key, members_key, str(len(members))))
+    def touch(self, last_key: str, fp: str, fp_key: str, members_key: str, entries_key: str, members: list[str],
+              seconds: list[int]) -> None:
+        """A fingerprint seen in this batch: its `<db>|<app>` members and the newest event (epoch seconds) of each."""
+        self.touches.extend(("L", last_key, fp, str(max(seconds)), fp_key, members_key, entries_key,
+                             str(len(members))))
         self.touches.extend(members)
+        self.touches.extend(map(str, seconds))
 
     def xadd(self, key: str, maxlen: int, fields: dict[str, str]) -> None:
         self.declared.add(key)
@@ -334,11 +339,12 @@ class Writes:
         names.update(self.expire_ats)
         t = self.touches
         i = 0
-        while i < len(t):  # L, last, fp, ts, fp_key, members_key, n, n members
+        while i < len(t):  # L, last, fp, ts, fp_key, members_key, entries_key, n, n members, their n seconds
             names.add(t[i + 1])
             names.add(t[i + 4])
             names.add(t[i + 5])
-            i += 7 + int(t[i + 6])
+            names.add(t[i + 6])
+            i += 8 + 2 * int(t[i + 7])
         if self.nested:
             for item in self.ordered:
                 if isinstance(item, tuple):

@@ -57,6 +57,11 @@ class Keys:
         """Sorted set fp → epoch seconds of its newest statement: who the cap evicts first (retention.py)."""
         return f"{self.p}:stats:last{self.t}"
 
+    @property
+    def stats_entries(self) -> str:
+        """Sorted set fp|db|app → epoch seconds of its newest statement: who the entry cap evicts first."""
+        return f"{self.p}:stats:entries{self.t}"
+
     def stats_members(self, fp: str) -> str:
         """Set of `<db>|<app>`: the stats:q members of one fingerprint, so an eviction finds them all."""
         return f"{self.p}:stats:members{self.t}:{fp}"

@@ -38,6 +38,7 @@ class WorkerCounters:
         self.rows_only: dict[str, int] = {}
         self.shapes = 0
         self.evicted_fingerprints = 0  # by this worker's sweeps (retention.py)
+        self.evicted_entries = 0  # fp|db|app entries beyond stats_max_entries
         self.expired_days = 0
         self.lock = threading.Lock()
 
@@ -90,6 +91,9 @@ class WorkerCollector(Collector):
         yield CounterMetricFamily("fasterdata_analyzer_evicted_fingerprints",
                                   "Fingerprints this worker's sweeps evicted from the Redis performance summary "
                                   "(stats_max_fingerprints, stats_retention_days)", value=c.evicted_fingerprints)
+        yield CounterMetricFamily("fasterdata_analyzer_evicted_entries",
+                                  "Fingerprint × database × application entries this worker's sweeps evicted from "
+                                  "the Redis performance summary (stats_max_entries)", value=c.evicted_entries)
         yield CounterMetricFamily("fasterdata_analyzer_expired_days",
                                   "Business days this worker's sweeps removed from the days index "
                                   "(business_retention_days)", value=c.expired_days)

@@ -29,6 +29,17 @@ applications. If it comes back it starts from zero and, its `seen` entry gone, m
 new-fingerprint alert again. A worker that knew its description writes it again after the commit that
 finds it missing (atomic.py, op `L`).
 
+The cap above counts fingerprints; each one has an entry per `<db>|<app>` it came from, and an
+application that changes its application_name per process or per connection (`worker-4711`, admin
+tools that add a connection number) would grow those without end under a fingerprint that stays. So
+the entries have a cap of their own (`stats_max_entries`, per shard; pg_stat_statements.max counts
+the same kind of entry, query × user × database), kept by the same rule: least recently seen first.
+Every commit records each entry's newest second in `stats:entries` (atomic.py, op `L`).
+`EVICT_ENTRIES` removes an entry's counters and top members; the fingerprint leaves the application's
+`seen` set when no other database of that application still has it, the application's first-seen mark
+goes with its last `seen` member (so a name that returns is learnt anew, not alerted on shape by
+shape), and a fingerprint left without entries goes whole, as if the fingerprint cap had evicted it.
+
 Entries written before this version that never recur again are in no index and are not evicted.
 """
 
@@ -44,7 +55,8 @@ from .keys import Keys
 log = logging.getLogger("fasterdata.analyze")
 
 EVICT = r"""
--- KEYS[1] stats:last, KEYS[2..4] stats:top:time|calls|errors, then every key the victims name (declared)
+-- KEYS[1] stats:last, KEYS[2..4] stats:top:time|calls|errors, KEYS[5] stats:entries, then every key the victims
+-- name (declared)
 -- ARGV: cap (0: none), age cutoff (epoch s, 0: none), q prefix, seen prefix, fp prefix, members prefix, then per
 -- victim: fp, the score it was chosen with, n, n members (<db>|<app>)
 local last, cap, cutoff = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -70,12 +82,49 @@ while i <= #ARGV do
       redis.call('ZREM', KEYS[2], member)
       redis.call('ZREM', KEYS[3], member)
       redis.call('ZREM', KEYS[4], member)
+      redis.call('ZREM', KEYS[5], member)
       local app = string.match(m, '^[^|]*|(.*)$')
       if app then redis.call('SREM', sp .. app, fp) end
     end
     redis.call('DEL', mp .. fp, fpp .. fp)
     redis.call('ZREM', last, fp)
     evicted[#evicted + 1] = fp
+  end
+end
+return evicted
+"""
+
+EVICT_ENTRIES = r"""
+-- KEYS[1] stats:entries, KEYS[2..4] stats:top:time|calls|errors, KEYS[5] stats:last, KEYS[6] seen:apps, then the
+-- q, members, fp and seen keys the victims name (declared)
+-- ARGV: cap, q prefix, seen prefix, members prefix, fp prefix, then per victim: fp|db|app, the score it was chosen with
+local entries, cap = KEYS[1], tonumber(ARGV[1])
+local qp, sp, mp, fpp = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local evicted = {}
+for i = 6, #ARGV, 2 do
+  local entry, chosen = ARGV[i], tonumber(ARGV[i+1])
+  local score = tonumber(redis.call('ZSCORE', entries, entry))
+  if score and score <= chosen and redis.call('ZCARD', entries) > cap then
+    local fp, member = string.match(entry, '^([^|]*)|(.*)$')
+    local app = string.match(member, '^[^|]*|(.*)$')
+    redis.call('DEL', qp .. entry)
+    for k = 2, 4 do redis.call('ZREM', KEYS[k], entry) end
+    redis.call('ZREM', entries, entry)
+    redis.call('SREM', mp .. fp, member)
+    local others = redis.call('SMEMBERS', mp .. fp)
+    local still = false
+    for _, m in ipairs(others) do
+      if string.match(m, '^[^|]*|(.*)$') == app then still = true end
+    end
+    if app and not still then
+      redis.call('SREM', sp .. app, fp)
+      if redis.call('EXISTS', sp .. app) == 0 then redis.call('HDEL', KEYS[6], app) end
+    end
+    if #others == 0 then
+      redis.call('DEL', fpp .. fp)
+      redis.call('ZREM', KEYS[5], fp)
+    end
+    evicted[#evicted + 1] = entry
   end
 end
 return evicted
@@ -103,30 +152,37 @@ class Sweeper:
     """One worker's sweeps over every shard (single-key commands and one-slot scripts: cluster-safe)."""
 
     def __init__(self, client: Any, shards: list[Keys], rules: list[str], max_fingerprints: int,
-                 stats_retention_days: int, business_retention_days: int) -> None:
+                 stats_retention_days: int, business_retention_days: int, max_entries: int = 0) -> None:
         self.r = client
         self.shards = shards
         self.rules = rules
         self.cap = max_fingerprints
+        self.entry_cap = max_entries
         self.stats_age = stats_retention_days * 86400
         self.biz_days = business_retention_days
         self.script = client.register_script(EVICT)
+        self.entry_script = client.register_script(EVICT_ENTRIES)
         self.more = False  # the last sweep stopped at its bound: sweep again soon
+        self.entries: list[str] = []  # fp|db|app entries the last run evicted (beyond whole fingerprints)
 
     def run(self, now: float | None = None) -> tuple[list[str], int]:
         """One sweep: (fingerprints evicted, business days removed from the index)."""
         now = time.time() if now is None else now
         self.more = False
+        self.entries = []
         evicted: list[str] = []
         days = 0
         for keys in self.shards:
             if self.cap or self.stats_age:
                 evicted += self.evict(keys, now)
+            if self.entry_cap:
+                self.entries += self.evict_entries(keys)
             if self.biz_days:
                 days += self.expire_days(keys, now)
-        if evicted or days:
-            log.info("sweep: evicted %d fingerprint(s) from the performance summary, removed %d expired "
-                     "business day(s) from the index%s", len(evicted), days,
+        if evicted or self.entries or days:
+            log.info("sweep: evicted %d fingerprint(s) and %d more fingerprint × database × application "
+                     "entries from the performance summary, removed %d expired business day(s) from the "
+                     "index%s", len(evicted), len(self.entries), days,
                      " (more to do: sweeping again soon)" if self.more else "")
         return evicted, days
 
@@ -158,7 +214,8 @@ class Sweeper:
         cutoff = int(now) - self.stats_age if self.stats_age else 0
         head = [str(self.cap), str(cutoff), keys.stats_q(""), keys.seen(""), keys.stats_fp(""),
                 keys.stats_members("")]
-        fixed = [keys.stats_last, keys.stats_top("time"), keys.stats_top("calls"), keys.stats_top("errors")]
+        fixed = [keys.stats_last, keys.stats_top("time"), keys.stats_top("calls"), keys.stats_top("errors"),
+                 keys.stats_entries]
         out: list[str] = []
         names: set[str] = set()
         args: list[str] = []
@@ -178,8 +235,37 @@ class Sweeper:
             out += self._call(fixed, names, head, args)
         return out
 
-    def _call(self, fixed: list[str], names: set[str], head: list[str], args: list[str]) -> list[str]:
-        return [str(fp) for fp in self.script(keys=fixed + sorted(names - set(fixed)), args=head + args)]
+    def _call(self, fixed: list[str], names: set[str], head: list[str], args: list[str],
+              script: Any = None) -> list[str]:
+        run = script or self.script
+        return [str(x) for x in run(keys=fixed + sorted(names - set(fixed)), args=head + args)]
+
+    def evict_entries(self, keys: Keys) -> list[str]:
+        """The shard's least recently seen fp|db|app entries beyond the entry cap, a few per script call."""
+        excess = self.r.zcard(keys.stats_entries) - self.entry_cap
+        if excess <= 0:
+            return []
+        self.more = self.more or excess > MAX_PER_SWEEP
+        victims = self.r.zrange(keys.stats_entries, 0, min(excess, MAX_PER_SWEEP) - 1, withscores=True)
+        head = [str(self.entry_cap), keys.stats_q(""), keys.seen(""), keys.stats_members(""), keys.stats_fp("")]
+        fixed = [keys.stats_entries, keys.stats_top("time"), keys.stats_top("calls"), keys.stats_top("errors"),
+                 keys.stats_last, keys.seen_since]
+        out: list[str] = []
+        names: set[str] = set()
+        args: list[str] = []
+        for entry, score in victims:
+            fp, _, member = entry.partition("|")
+            args += [entry, repr(score)]
+            names.update((keys.stats_q(entry), keys.stats_members(fp), keys.stats_fp(fp)))
+            app = _app(member)
+            if app is not None:
+                names.add(keys.seen(app))
+            if len(names) >= KEYS_PER_CALL:
+                out += self._call(fixed, names, head, args, self.entry_script)
+                names, args = set(), []
+        if args:
+            out += self._call(fixed, names, head, args, self.entry_script)
+        return out
 
     def expire_days(self, keys: Keys, now: float) -> int:
         """Remove from each rule's `days` index the days whose keys have expired (end + retention ≤ now)."""

@@ -3,7 +3,9 @@
 Two outputs. Redis (`<prefix>:stats:*`, exactly once, shared by all workers): counters per
 fp|db|app, the normalised text per fingerprint, and sorted sets for "top by time / calls / errors".
 Prometheus (per worker): counters and a latency histogram, with the label cardinality capped: the
-top-K fingerprints by total time keep their own series, the rest are summed into `other`.
+top-K fingerprints and the top applications by total time keep their own series, the rest are summed
+into `other`. Applications are capped too because some set application_name per process or per host
+(`worker-4711`); without a cap a week of restarts becomes thousands of series per fingerprint.
 Hot path: plain lists and ints per key; Prometheus objects are only built at scrape time.
 """
 
@@ -60,15 +62,14 @@ class BatchStats:
         """Redis effects: counters per fp|db|app, the top sorted sets, and per fingerprint its last-seen
         time and members (what the cap's eviction needs: retention.py)."""
         calls = errors = 0
-        per_fp: dict[str, list] = {}  # fp → [newest ts, "<db>|<app>", …]
+        per_fp: dict[str, tuple[list[str], list[int]]] = {}  # fp → (["<db>|<app>", …], [its newest ts, …])
         for (fp, db, app), s in self.data.items():
             seen = per_fp.get(fp)
             if seen is None:
-                per_fp[fp] = [s[LAST], f"{db}|{app}"]
+                per_fp[fp] = ([f"{db}|{app}"], [s[LAST]])
             else:
-                seen.append(f"{db}|{app}")
-                if s[LAST] > seen[0]:
-                    seen[0] = s[LAST]
+                seen[0].append(f"{db}|{app}")
+                seen[1].append(s[LAST])
             member = f"{fp}|{db}|{app}"
             q = keys.stats_q(member)
             writes.hincr(q, "calls", s[CALLS])
@@ -87,8 +88,9 @@ class BatchStats:
             calls += s[CALLS]
             errors += s[ERRORS]
         last = keys.stats_last
-        for fp, seen in per_fp.items():
-            writes.touch(last, fp, seen[0] // 1_000_000, keys.stats_fp(fp), keys.stats_members(fp), seen[1:])
+        for fp, (members, times) in per_fp.items():
+            writes.touch(last, fp, keys.stats_fp(fp), keys.stats_members(fp), keys.stats_entries, members,
+                         [ts // 1_000_000 for ts in times])
         if calls:
             writes.hincr(keys.stats_totals, "calls", calls)
         if errors:
@@ -98,8 +100,9 @@ class BatchStats:
 class StatsCollector(Collector):
     """Process-wide statement stats for Prometheus, merged from committed batches."""
 
-    def __init__(self, top_k: int = 50, max_keys: int = 20000) -> None:
+    def __init__(self, top_k: int = 50, top_apps: int = 20, max_keys: int = 20000) -> None:
         self.top_k = top_k
+        self.top_apps = top_apps
         self.max_keys = max_keys
         self.data: dict[tuple[str, str, str], list] = {}
         self.info: dict[str, tuple[str, str]] = {}  # fp → (op, text)
@@ -111,9 +114,12 @@ class StatsCollector(Collector):
             for key, s in batch.data.items():
                 cur = data.get(key)
                 if cur is None:
-                    if len(data) >= self.max_keys:
+                    if len(data) >= self.max_keys:  # full: fold the fingerprint, then the application
                         key = (OTHER, key[1], key[2])
                         cur = data.get(key)
+                        if cur is None:
+                            key = (OTHER, key[1], OTHER)
+                            cur = data.get(key)
                     if cur is None:
                         cur = data[key] = _new()
                 cur[CALLS] += s[CALLS]
@@ -132,20 +138,25 @@ class StatsCollector(Collector):
             if len(self.info) < self.max_keys:
                 self.info[fp] = (op, text)
 
-    def top(self) -> set[str]:
-        """Fingerprints that keep their own series: the top-K by total time."""
+    def top(self) -> tuple[set[str], set[str]]:
+        """Fingerprints and applications that keep their own series: the top ones by total time."""
         per_fp: dict[str, int] = {}
-        for (fp, _db, _app), s in self.data.items():
+        per_app: dict[str, int] = {}
+        for (fp, _db, app), s in self.data.items():
             per_fp[fp] = per_fp.get(fp, 0) + s[TOTAL]
-        return set(sorted(per_fp, key=per_fp.__getitem__, reverse=True)[:self.top_k])
+            per_app[app] = per_app.get(app, 0) + s[TOTAL]
+        per_fp.pop(OTHER, None)  # what is already folded takes no place among the top ones
+        per_app.pop(OTHER, None)
+        return (set(sorted(per_fp, key=per_fp.__getitem__, reverse=True)[:self.top_k]),
+                set(sorted(per_app, key=per_app.__getitem__, reverse=True)[:self.top_apps]))
 
     def folded(self) -> dict[tuple[str, str, str], list]:
-        """The data with fingerprints outside the top-K summed into `other`."""
+        """The data with fingerprints and applications outside the top ones summed into `other`."""
         with self.lock:
-            keep = self.top()
+            keep, apps = self.top()
             out: dict[tuple[str, str, str], list] = {}
             for (fp, db, app), s in self.data.items():
-                key = (fp if fp in keep else OTHER, db, app)
+                key = (fp if fp in keep else OTHER, db, app if app in apps else OTHER)
                 cur = out.get(key)
                 if cur is None:
                     cur = out[key] = _new()
@@ -162,7 +173,7 @@ class StatsCollector(Collector):
         data, info = self.folded()
         labels = ["fingerprint", "db", "app"]
         calls = CounterMetricFamily("fasterdata_statements", "Statements seen, per fingerprint (top-K by "
-                                    "total time; the rest as fingerprint=\"other\")", labels=labels)
+                                    "total time, top applications; the rest as \"other\")", labels=labels)
         rows = CounterMetricFamily("fasterdata_statement_rows", "Rows returned or affected", labels=labels)
         errors = CounterMetricFamily("fasterdata_statement_errors", "Failed statements by SQLSTATE",
                                      labels=[*labels, "sqlstate"])

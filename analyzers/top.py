@@ -44,6 +44,11 @@ def _ms(us: float) -> str:
     return f"{us / 1000:.2f}" if us < 10_000_000 else f"{us / 1e6:.0f}s"
 
 
+def _labelled(row: dict[str, Any]) -> Text:
+    """One statement from two applications is two rows: name the application, or they look doubled."""
+    return Text(f"[{row['app'] or '—'}] {row['text']}")
+
+
 def _top(r: redis.Redis, ks: list[Keys], by: str, n: int) -> list[dict[str, Any]]:
     rows = []
     for member, score in merged.top_members(r, ks, by, n):
@@ -145,9 +150,9 @@ def render(snap: dict[str, Any]) -> Group:
                     ("err", {"justify": "right"}), ("statement", {"ratio": 1, "no_wrap": True})):
         t.add_column(col, **kw)
     for row in snap["by_time"]:
-        t.add_row(row["fp"][:8], row["app"] or "—", f"{row['calls']:,}", f"{row['total_us'] / 1e6:,.2f}",
+        t.add_row(row["fp"][:8], Text(row["app"] or "—"), f"{row['calls']:,}", f"{row['total_us'] / 1e6:,.2f}",
                   _ms(row["mean_us"]), _ms(row["max_us"]), f"{row['rows']:,}",
-                  Text(str(row["errors"]), style="red" if row["errors"] else ""), row["text"])
+                  Text(str(row["errors"]), style="red" if row["errors"] else ""), Text(row["text"]))
     parts.append(t)
 
     t = Table(title="Top by calls / by errors", box=box.SIMPLE_HEAD, expand=True, title_justify="left")
@@ -160,9 +165,9 @@ def render(snap: dict[str, Any]) -> Group:
     for i in range(max(len(calls), len(errors))):
         c = calls[i] if i < len(calls) else None
         e = errors[i] if i < len(errors) else None
-        t.add_row(f"{c['calls']:,}" if c else "", c["text"] if c else "",
+        t.add_row(f"{c['calls']:,}" if c else "", _labelled(c) if c else "",
                   Text(f"{e['errors']:,}", style="red") if e else "",
-                  ",".join(sorted(e["by_state"])) if e else "", e["text"] if e else "")
+                  ",".join(sorted(e["by_state"])) if e else "", _labelled(e) if e else "")
     parts.append(t)
 
     t = Table(title=f"Business metrics ({snap['day']}, UTC)", box=box.SIMPLE_HEAD, expand=True,
@@ -175,7 +180,7 @@ def render(snap: dict[str, Any]) -> Group:
         shown = b["values"][:3] or [("", None)]
         for i, (labels, value) in enumerate(shown):
             t.add_row(b["rule"] if i == 0 else "", b["aggregate"] if i == 0 else "",
-                      "" if labels == "-" else labels.replace("|", " "),
+                      Text("" if labels == "-" else labels.replace("|", " ")),
                       "—" if value is None else _num(value))
         if b["rows_only"]:
             t.add_row("", "", Text("rows without values (INSERT … SELECT / COPY)", style="dim"),
@@ -190,7 +195,7 @@ def render(snap: dict[str, Any]) -> Group:
         ms = int(a["id"].partition("-")[0])
         t.add_row(time.strftime("%H:%M:%S", time.localtime(ms / 1000)),
                   Text(a.get("severity", ""), style=styles.get(a.get("severity", ""), "")),
-                  a.get("rule", ""), a.get("app", a.get("metric", "")), a.get("evidence", ""))
+                  a.get("rule", ""), Text(a.get("app", a.get("metric", ""))), Text(a.get("evidence", "")))
     parts.append(t)
 
     lag = snap["lag"]

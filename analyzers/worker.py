@@ -146,9 +146,10 @@ class Worker:
         self.evaluator = Evaluator(self.r, all_keys, rules.anomaly, self.consumer, settings.alerts_maxlen,
                                    describe_series(self.r, all_keys))
         self.sweeper = Sweeper(self.r, all_keys, [rule.name for rule in rules.rules], settings.stats_max_fingerprints,
-                               settings.stats_retention_days, settings.business_retention_days)
+                               settings.stats_retention_days, settings.business_retention_days,
+                               settings.stats_max_entries)
         self.counters = WorkerCounters()
-        self.stats = StatsCollector(settings.top_k)
+        self.stats = StatsCollector(settings.top_k, settings.top_apps)
         self.biz_metrics = BusinessCollector(rules.rules)
         self.known_fps: set[str] = set()
         self.plans: dict[str, Plan] = {}
@@ -595,8 +596,12 @@ class Worker:
             gone = set(evicted)
             self.known_fps -= gone
             self.seen_pairs = {pair for pair in self.seen_pairs if pair[1] not in gone}
+        for entry in self.sweeper.entries:  # fp|db|app: the application may have lost the shape from `seen`
+            fp, _, member = entry.partition("|")
+            self.seen_pairs.discard((member.partition("|")[2], fp))
         with self.counters.lock:
             self.counters.evicted_fingerprints += len(evicted)
+            self.counters.evicted_entries += len(self.sweeper.entries)
             self.counters.expired_days += days
         return evicted, days
 

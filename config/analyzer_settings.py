@@ -35,6 +35,8 @@ class AnalyzerSettings(Common):
                          "for its txn_end marker")
     top_k: int = Field(50, ge=1, le=10000, description="Fingerprints with their own Prometheus series; "
                        "the rest are summed as fingerprint=\"other\"")
+    top_apps: int = Field(20, ge=1, le=10000, description="Applications with their own Prometheus series; "
+                          "the rest are summed as app=\"other\" (some set application_name per process)")
     cache_size: int = Field(20000, ge=100, description="Distinct statement texts kept normalised in memory")
     business_retention_days: int = Field(400, ge=0, description="Days a business aggregate is kept after its "
                                          "day ends (per-day keys expire then, the day leaves the index; 0: "
@@ -42,6 +44,9 @@ class AnalyzerSettings(Common):
     stats_max_fingerprints: int = Field(5000, ge=0, description="Fingerprints kept in each shard's performance "
                                         "summary; the least recently seen beyond it are evicted with their "
                                         "stats (as pg_stat_statements.max; 0: no cap)")
+    stats_max_entries: int = Field(20000, ge=0, description="Fingerprint × database × application entries kept "
+                                   "in each shard's performance summary, least recently seen evicted first "
+                                   "(application names that change per process would grow it; 0: no cap)")
     stats_retention_days: int = Field(0, ge=0, description="Days a fingerprint unseen stays in the performance "
                                       "summary (0: until the cap evicts it)")
     sweep_seconds: float = Field(60.0, gt=0, le=86400, description="Seconds between a worker's sweeps that "

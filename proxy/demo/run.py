@@ -142,7 +142,7 @@ Press Ctrl-C to stop; everything the demo created is removed.
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 5)
-            shown = ", ".join(f"{k.removeprefix('fasterdata_business_')}={v:,.2f}"
+            shown = ", ".join(f"{k.removeprefix('fasterdata_business_')}={v:,.{0 if v.is_integer() else 2}f}"
                               for k, v in sorted(business_metrics(analyzer_metrics).items()))
             print(f"[{time.monotonic() - started:5.0f}s] orders committed={stats.committed} "
                   f"rolled back={stats.rolled_back} | business: {shown or '(waiting for the analyzer)'}",

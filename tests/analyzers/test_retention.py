@@ -281,6 +281,49 @@ def test_two_workers_sweeping_at_once(r: redis.Redis, prefix: str, events: Event
     assert merged.stats_totals(r, [k])["calls"] == n
 
 
+def test_application_names_that_change_per_process_are_capped(r: redis.Redis, prefix: str,
+                                                               events: Events) -> None:
+    """A steady fingerprint from applications named per process (`worker-<n>`): the fingerprint cap never bites,
+    the entry cap keeps the newest fp|db|app entries, and an application gone whole leaves `seen` and its
+    first-seen mark; a fingerprint left with no entry goes whole."""
+    cap = 6
+    base = events.ts - 3600 * 1_000_000
+    with events:
+        events.stmt(shape(99), [1], tag="SELECT", rows=1, app="batch", ts=base - 10_000_000)  # only ever from batch
+        for i in range(20):
+            ts = base + i * 1_000_000
+            events.stmt(shape(0), [i], tag="SELECT", rows=1, app=f"worker-{i}", ts=ts, sid=f"s{i}")
+            events.stmt(shape(1), [i], tag="SELECT", rows=1, app=f"worker-{i}", ts=ts, sid=f"s{i}")
+        events.stmt(shape(0), [0], tag="SELECT", rows=1, app="shop", ts=base + 30_000_000)
+    rules = rules_file(security=NEW_FP)
+    w = make_worker(prefix, rules, stats_max_entries=cap)
+    drain(w)
+    k = Keys(prefix)
+    assert r.zcard(k.stats_entries) == 2 * 20 + 2
+    evicted, _ = w.sweep()
+    assert evicted == []  # three fingerprints: far below the fingerprint cap
+    kept = {f"{fp_of(0)}|shop|shop"} | {f"{fp_of(j)}|shop|worker-{i}" for i in (17, 18, 19) for j in (0, 1)}
+    kept = set(sorted(kept, key=lambda e: (e.endswith("|shop"), e))[-cap:])  # the newest six
+    assert set(r.zrange(k.stats_entries, 0, -1)) == kept
+    assert {name[len(k.stats_q("")):] for name in r.scan_iter(k.stats_q("*"))} == kept
+    for by in ("time", "calls"):
+        assert set(r.zrange(k.stats_top(by), 0, -1)) == kept
+    assert len(w.sweeper.entries) == 2 * 20 + 2 - cap and w.counters.evicted_entries == len(w.sweeper.entries)
+    apps = {e.rsplit("|", 1)[1] for e in kept}
+    assert {name[len(k.seen("")):] for name in r.scan_iter(k.seen("*")) if name != k.seen_since} == apps
+    assert set(r.hkeys(k.seen_since)) == apps
+    assert not r.exists(k.stats_fp(fp_of(99))) and r.zscore(k.stats_last, fp_of(99)) is None  # no entry left
+    consistent(r, k)
+    assert w.sweep() == ([], 0) and w.sweeper.entries == []  # at the cap: nothing more to do
+
+    # an evicted application that comes back is learnt anew, its shape counted from zero
+    events.stmt(shape(0), [5], tag="SELECT", rows=1, app="worker-3")
+    drain(w)
+    assert r.hget(k.stats_q(f"{fp_of(0)}|shop|worker-3"), "calls") == "1"
+    assert r.sismember(k.seen("worker-3"), fp_of(0)) and r.hexists(k.seen_since, "worker-3")
+    consistent(r, k)
+
+
 # ── shards: one slot per eviction ───────────────────────────────────────────────────────────────────
 
 SHARDS = 3
@@ -344,14 +387,16 @@ def test_sweeps_on_a_redis_cluster(redis_cluster, tmp_path: Path) -> None:
         assert len({rc.get_node_from_key(k.statements).port for k in ks}) > 1, "one node holds every shard"
         settings = AnalyzerSettings(redis=f"redis://127.0.0.1:{redis_cluster.ports[0]}/0", prefix=prefix, metrics="",
                                     consumer="c1", block=0.05, stream_shards=SHARDS, stats_max_fingerprints=5,
-                                    business_retention_days=3)
+                                    stats_max_entries=4, business_retention_days=3)
         w = Worker(settings, rules_file(security=NEW_FP))
         w.setup()
         drain(w)
         before = [len(summary(rc, k)["q"]) for k in ks]
         assert all(n > 5 for n in before)
         evicted, days = w.sweep()
-        assert [len(summary(rc, k)["q"]) for k in ks] == [5] * SHARDS
+        # five fingerprints kept per shard (one entry each), then the entry cap takes the oldest of them too
+        assert [len(summary(rc, k)["q"]) for k in ks] == [4] * SHARDS
+        assert len(w.sweeper.entries) == SHARDS
         assert days == len(ORDER_RULES) * SHARDS  # the old day, from every shard's index
         for k in ks:
             consistent(rc, k)

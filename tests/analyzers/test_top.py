@@ -53,3 +53,31 @@ def test_top_command_once(prefix: str, r: redis.Redis, events: Events) -> None:
                           env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     assert "Business metrics" in proc.stdout and "sqli_tautology" in proc.stdout
+
+
+def test_calls_and_errors_name_the_application(r: redis.Redis, prefix: str, events: Events) -> None:
+    """One statement from two applications is two rows; without the application they read as a duplicate."""
+    with events:
+        for app, n in (("shop-web", 5), ("shop-api", 3)):
+            for i in range(n):
+                events.stmt("UPDATE inventory SET qty = qty - $1 WHERE sku = $2", [1, f"S{i}"], tag="UPDATE",
+                            rows=1, app=app)
+            events.stmt("SELECT * FROM missing_table", err="42P01", app=app)
+    drain(make_worker(prefix))
+    out = io.StringIO()
+    top.run(r, prefix, once=True, console=Console(file=out, width=220, color_system=None))
+    calls = out.getvalue().split("Top by calls / by errors")[1].split("Business metrics")[0]
+    assert "[shop-web] UPDATE inventory" in calls and "[shop-api] UPDATE inventory" in calls
+    assert "[shop-web] SELECT * FROM missing_table" in calls and "[shop-api] SELECT * FROM missing_table" in calls
+
+
+def test_statement_text_is_shown_as_sent_not_as_markup(r: redis.Redis, prefix: str, events: Events) -> None:
+    """rich reads `[i]` as a style tag: array subscripts and bracketed labels must reach the screen as they are."""
+    with events:
+        events.stmt("SELECT tags[i] FROM items WHERE id = $1", [1], tag="SELECT", rows=1, app="[bold]app")
+    drain(make_worker(prefix))
+    out = io.StringIO()
+    top.run(r, prefix, once=True, console=Console(file=out, width=220, color_system=None))
+    frame = out.getvalue().split("Business metrics")[0]
+    assert frame.count("SELECT tags[i] FROM items WHERE id = $1") == 2
+    assert "[bold]app" in frame

@@ -115,6 +115,25 @@ def test_prometheus_fingerprints_are_capped_to_top_k() -> None:
     assert sorted(text.split("\n")) == ["d=4", "e=5", "other=6"]
 
 
+def test_prometheus_applications_are_capped() -> None:
+    """application_name set per process (`worker-<pid>`) must not multiply the series without end."""
+    coll = StatsCollector(top_k=5, top_apps=2, max_keys=50)
+    for round_ in range(3):
+        batch = BatchStats()
+        batch.add("a", "db", "billing", dur_us=10**6, rows=1, err="", ts=1)
+        batch.add("b", "db", "shop", dur_us=10**5, rows=1, err="", ts=1)
+        for pid in range(40):
+            for fp in ("a", "b"):
+                batch.add(fp, "db", f"worker-{round_}-{pid}", dur_us=10, rows=1, err="", ts=1)
+        coll.merge(batch)
+    calls = {(s.labels["fingerprint"], s.labels["app"]): int(s.value) for fam in coll.collect()
+             for s in fam.samples if s.name == "fasterdata_statements_total"}
+    assert {app for _fp, app in calls} == {"billing", "shop", "other"}
+    assert calls[("a", "billing")] == 3 and calls[("b", "shop")] == 3
+    assert sum(calls.values()) == 3 * 82  # nothing lost in the folding
+    assert len(coll.data) <= 50 + 1  # once full, a new application folds into (other, db, other)
+
+
 def test_cli_reports_bad_rules_and_settings(tmp_path, capsys: pytest.CaptureFixture) -> None:
     bad = tmp_path / "rules.yaml"
     bad.write_text("rules:\n  - name: x\n    table: t\n    operation: upsert\n")
