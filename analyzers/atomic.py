@@ -16,8 +16,9 @@ release can still apply a transaction parked by this one.
 
 Two ops serve bounded growth (retention.py): `EA` (EXPIREAT, absolute) for business day keys, sent
 once per key and process; `L`, per fingerprint of a batch, records when it and each of its fp|db|app
-entries were last seen and its members, and reports fingerprints whose description an eviction removed (the script returns them, the
-worker describes them again). Parked writes never carry either: they use the relative `E`.
+entries were last seen and its members, and reports fingerprints whose description an eviction
+removed (the script returns them, the worker describes them again). Parked writes never carry
+either: they use the relative `E`.
 
 Transactions whose statements arrive with txn=open are parked: their writes are appended
 (msgpack) to `<prefix>:txn:<sid>:<txid>` unless the outcome is already known; the txn_end marker
