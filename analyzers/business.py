@@ -315,6 +315,13 @@ class BusinessCollector(Collector):
         self.values: dict[str, dict[str, Decimal]] = {r.name: {} for r in rules}
         self.lock = threading.Lock()
 
+    def replace(self, rules: list[Rule]) -> None:
+        """Rules reloaded: a rule kept as it was keeps its values; a new or changed one starts from zero."""
+        with self.lock:
+            before = {r.name: r for r in self.rules}
+            self.values = {r.name: self.values[r.name] if before.get(r.name) == r else {} for r in rules}
+            self.rules = rules
+
     def merge(self, matches: list[Match]) -> None:
         with self.lock:
             for m in matches:
@@ -336,7 +343,8 @@ class BusinessCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         with self.lock:
             snapshot = {name: dict(v) for name, v in self.values.items()}
-        for rule in self.rules:
+            rules = self.rules
+        for rule in rules:
             names = [label.lstrip("@") for label in rule.labels]
             fam = GaugeMetricFamily(f"fasterdata_business_{rule.name}",
                                     (rule.description or f"{rule.aggregate} of {rule.table} {rule.operation}")

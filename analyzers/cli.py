@@ -30,7 +30,8 @@ def add_parser(subparsers: Any) -> None:
         "analyze", help="run an analyzer worker",
         description="Consume <prefix>:statements in the consumer group 'analyzers': statement stats, "
         "business metrics from rules, security findings and anomaly alerts, applied exactly once. "
-        "Run as many as you like.")
+        "Run as many as you like. SIGTERM/SIGINT finish the current batch and stop; SIGHUP reads the "
+        "rules file again (a file that does not load is reported and the rules in force stay).")
     p.add_argument("--metrics", metavar="HOST:PORT", help="Prometheus /metrics and /healthz; '' disables "
                    "[127.0.0.1:9931]")
     p.add_argument("--rules", metavar="FILE", help="rules file [the shipped config/rules.yaml]")
@@ -123,9 +124,13 @@ def run_analyze(settings: AnalyzerSettings) -> int:
         log.info("signal %d: finishing the current batch", signum)
         worker.stop.set()
 
+    def reload(_signum: int, _frame: Any) -> None:
+        worker.reload.set()
+
     if threading.current_thread() is threading.main_thread():  # a process of its own, not a test's thread
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
         tune_gc()
     log.info("analyzer %s on %s (group %s, %d rules%s)", worker.consumer, ", ".join(worker.streams.names),
              worker.group, len(rules.rules), ", Redis Cluster" if worker.streams.cluster else "")

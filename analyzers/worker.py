@@ -34,7 +34,8 @@ from .keys import Keys, shard_keys
 from .metrics import WorkerCounters
 from .redisconn import clustered, connect, require_shards
 from .retention import Sweeper
-from .rules import Rule, RulesFile
+from .rules import Rule, RulesError, RulesFile
+from .rules import load as load_rules
 from .security import Finding, Security
 from .shape import Shape, ShapeCache
 from .stats import BatchStats, StatsCollector
@@ -172,6 +173,7 @@ class Worker:
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read")
         self._reading: Future | None = None
         self._recover = False  # a Redis error interrupted batches: read this consumer's pending entries again
+        self.reload = threading.Event()  # SIGHUP: read the rules file again between two batches
 
     # ── set-up ──────────────────────────────────────────────────────────────────────────────────
     def setup(self) -> None:
@@ -202,6 +204,9 @@ class Worker:
                 if self._recover:  # before anything is in flight again: the batches the error interrupted
                     self._own_pending()
                     self._recover = False
+                if self.reload.is_set():
+                    self.reload.clear()
+                    self.reload_rules()
                 self.step()
                 self.last_error = None
                 backoff = 0.5
@@ -223,6 +228,38 @@ class Worker:
             log.warning("last batch failed (its entries stay pending for another worker): %s", exc)
         self._pool.shutdown()
         self._reader.shutdown()
+
+    def reload_rules(self) -> bool:
+        """Use the rules file as it is now from the next batch on (SIGHUP). What was already read is
+        analysed and committed under the old rules first; a file that does not load keeps them."""
+        try:
+            rules = load_rules(self.s.rules)
+        except (RulesError, OSError) as exc:
+            log.error("SIGHUP: rules file %s not loaded, the %d rules in force stay:\n%s", self.s.rules,
+                      len(self.rules.rules), exc)
+            return False
+        self.quiesce()
+        before = {r.name: r for r in self.rules.rules}
+        after = {r.name: r for r in rules.rules}
+        self.rules = rules
+        self.business = Business(rules.rules, self.keys, self.s.events_maxlen, self.s.business_retention_days)
+        self.security = Security(rules.security)
+        self.anomaly = AnomalyCounter(self.keys, rules.anomaly)
+        self.evaluator.policy = rules.anomaly
+        self.sweeper.rules = list(after)
+        self.biz_metrics.replace(rules.rules)
+        self.plans.clear()  # a plan holds its fingerprint's candidate rules and security checks
+        self.window_us = rules.anomaly.window_seconds * 1_000_000
+        self.injection_on = rules.security.injection.enabled
+        self.new_fp_on = rules.security.new_fingerprint.enabled
+        described = self.business.describe()
+        if described:
+            self.r.hset(self.keys.biz_rules, mapping=described)
+        changed = sorted(n for n in after if n in before and before[n] != after[n])
+        log.info("SIGHUP: rules reloaded from %s: %d rules (added: %s; removed: %s; changed: %s)", self.s.rules,
+                 len(after), ", ".join(sorted(set(after) - set(before))) or "none",
+                 ", ".join(sorted(set(before) - set(after))) or "none", ", ".join(changed) or "none")
+        return True
 
     def _recreate_group(self, exc: redis.RedisError) -> bool:
         """The stream or its group is gone (deleted, or Redis restarted without persistence); the proxy's

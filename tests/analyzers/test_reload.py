@@ -1,0 +1,59 @@
+"""SIGHUP makes a running worker read its rules file again: new rules count from then on, kept rules keep
+their totals, removed rules stop, and a file that does not load leaves the rules in force and the worker up."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import redis
+
+from tests.analyzers.kit import RULES, Events, biz, group_done, wait_for
+from tests.analyzers.test_worker import samples, scrape
+
+INSERT = "INSERT INTO orders (id, customer_id, region, total) VALUES ($1, $2, $3, $4)"
+BIG = {"name": "big_orders", "table": "orders", "operation": "insert", "value": "total", "aggregate": "count"}
+
+
+def orders(events: Events, ids: range) -> None:
+    with events:
+        for i in ids:
+            events.stmt(INSERT, [i, i, "eu", "10.00"], tag="INSERT", rows=1)
+
+
+def test_sighup_reloads_the_rules(r: redis.Redis, prefix: str, events: Events, start_worker,
+                                  tmp_path: Path) -> None:
+    rules = json.loads(json.dumps(RULES))
+    w = start_worker("h1", rules=rules)
+    path = tmp_path / "rules-h1.json"
+    stream = f"{prefix}:statements"
+    orders(events, range(3))
+    wait_for(lambda: r.exists(stream) and group_done(r, [stream]), what=f"first batch\n{w.log()}")
+    unit = biz(r, prefix, "orders_placed")["-"] // 3  # sums are stored in units of 10^-scale
+
+    rules["rules"] = [rule for rule in rules["rules"] if rule["name"] != "order_count"] + [BIG]
+    path.write_text(json.dumps(rules))
+    w.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "rules reloaded" in w.log(), what=f"the reload\n{w.log()}")
+    assert "added: big_orders; removed: order_count; changed: none" in w.log()
+    orders(events, range(3, 5))
+    wait_for(lambda: group_done(r, [stream]) and biz(r, prefix, "orders_placed") == {"-": 5 * unit},
+             what=f"second batch\n{w.log()}")
+    assert biz(r, prefix, "big_orders", aggregate="count") == {"-": 2}  # from the reload on
+    assert biz(r, prefix, "order_count", aggregate="count") == {"-": 3}  # removed: counts no more
+    metrics = samples(scrape(w.metrics_port)[1])
+    assert metrics[("fasterdata_business_orders_placed", ())] == 5  # kept rule: its total went on
+    assert metrics[("fasterdata_business_big_orders", ())] == 2
+    assert not any(name == "fasterdata_business_order_count" for name, _ in metrics)
+
+    path.write_text("rules:\n  - name: broken\n    table: orders\n    operation: upsert\n")
+    w.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "not loaded" in w.log(), what=f"the refused reload\n{w.log()}")
+    assert "rule 'broken'.operation" in w.log()
+    orders(events, range(5, 6))
+    wait_for(lambda: group_done(r, [stream]) and biz(r, prefix, "orders_placed") == {"-": 6 * unit},
+             what=f"third batch\n{w.log()}")
+    assert biz(r, prefix, "big_orders", aggregate="count") == {"-": 3}  # the rules in force stayed
+    assert w.proc.poll() is None
+    assert w.stop(signal.SIGTERM) == 0, w.log()
