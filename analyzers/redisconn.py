@@ -24,9 +24,9 @@ class ShardingError(Exception):
     """The Redis topology and stream_shards do not fit together."""
 
 
-def is_cluster(url: str) -> bool:
+def is_cluster(url: str, timeout: float = 10.0) -> bool:
     """Ask the server behind `url` whether it is a cluster node (cluster_enabled:1)."""
-    probe = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10)
+    probe = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
         info = probe.info("cluster")
     except redis.ResponseError as exc:  # INFO refused by an ACL: a cluster would then fail loudly with MOVED
@@ -37,17 +37,18 @@ def is_cluster(url: str) -> bool:
     return bool(int(info.get("cluster_enabled", 0) or 0))
 
 
-def connect(url: str, **options: Any) -> Client:
+def connect(url: str, *, probe_timeout: float = 10.0, **options: Any) -> Client:
     """A client for `url`: RedisCluster when the server is a cluster node, else redis.Redis.
 
     A URL naming several hosts (cluster seed nodes) is probed host by host until one answers; all of
-    them become the cluster client's start-up nodes.
+    them become the cluster client's start-up nodes. `probe_timeout`: seconds each host gets to answer
+    the probe (a caller with a tighter budget, like the ledger cache, passes its own).
     """
     urls = one_url_per_host(url)
     failure: redis.ConnectionError | redis.TimeoutError | None = None
     for one in urls:
         try:
-            cluster = is_cluster(one)
+            cluster = is_cluster(one, probe_timeout)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("Redis at %s does not answer (%s)%s", redacted(one), exc,
                         "; trying the next host" if one != urls[-1] else "")

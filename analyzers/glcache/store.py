@@ -1,6 +1,6 @@
 """The Redis tier: a day's base (IPC chunks + metadata) and its patch log, in one hash with one TTL.
 
-Key ``<prefix>:gl:<table>:<date>`` (a hash):
+Key ``<prefix>:gl:{<table>}:<date>`` (a hash):
 
 - ``epoch``   random id of the current base; a reader's copy is current while its epoch matches
 - ``meta``    JSON: rows, schema, load seconds, loaded_at, chunk field names, ``applied``
@@ -8,10 +8,17 @@ Key ``<prefix>:gl:<table>:<date>`` (a hash):
 - ``dn``      patch counter; ``d:<n>`` patch n (upsert rows / delete keys), applied in order on top
               of the base when n > meta.applied
 
-Beside it: ``…:<date>:lock`` (the single-loader lock, renewed while loading) and ``<prefix>:gl:<table>:gen``
-(bumped by every invalidation, so a load that raced with one is not stored). Patches are appended only to
-days that are cached or being loaded (an atomic script checks), so a load never misses a write: a write
-committed before its snapshot is in it, one after has a patch numbered above the ``applied`` it recorded.
+Beside it: ``…:<date>:lock`` (the single-loader lock, renewed while loading), ``<prefix>:gl:{<table>}:gen``
+(bumped by every invalidation, so a load that raced with one is not stored) and ``…:{<table>}:days`` (the
+days that may be cached). Patches are appended only to days that are cached or being loaded (an atomic
+script checks), so a load never misses a write: a write committed before its snapshot is in it, one after
+has a patch numbered above the ``applied`` it recorded.
+
+``{<table>}`` is a Redis Cluster hash tag: every key of one table lives in one slot, so the WATCH/MULTI of
+a base write, the scripts (all keys passed in KEYS) and multi-key invalidations work unchanged on a
+cluster, where the table's keys sit on one primary. A standalone Redis is the same code with one node.
+(Before the tag, names were ``<prefix>:gl:<table>:…``: after an upgrade days are simply loaded again; the
+old day keys expire with their TTL.)
 """
 
 from __future__ import annotations
@@ -26,21 +33,39 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
+from redis.backoff import NoBackoff
+from redis.commands.core import Script
+from redis.exceptions import ClusterError, RedisClusterException
+from redis.retry import Retry
 
-from config.redisurl import one_url_per_host, redacted
+from config.redisurl import redacted
+
+from ..redisconn import Client, clustered, connect
 
 log = logging.getLogger("fasterdata.glcache")
-# What a Redis Cluster node answers for keys it does not serve (MovedError is an AskError).
-_CLUSTER_REPLIES = (redis.exceptions.AskError, redis.exceptions.ClusterCrossSlotError,
-                    redis.exceptions.ClusterDownError)
+_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
+# The cluster could not serve the request (no reachable start-up node, CLUSTERDOWN, an uncovered slot,
+# redirections exhausted, a command redis-py will not route): handled like an unreachable server.
+_CLUSTER_FAILED = (ClusterError, RedisClusterException)
+# Redirections reaching a single-server client: the server is a cluster node although the probe said
+# otherwise (INFO refused by an ACL); MovedError is an AskError.
+_CLUSTER_REPLIES = (redis.exceptions.AskError, redis.exceptions.ClusterCrossSlotError)
 T = TypeVar("T")
 
+# KEYS: (day key, its lock key) per day; ARGV[1]: TTL in ms, ARGV[1 + i]: the patch of the i-th day.
+# One call for several days, atomic; returns each day's patch number (0: neither cached nor loading).
 _APPEND = """
-if redis.call('HEXISTS', KEYS[1], 'epoch') == 0 and redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-local n = redis.call('HINCRBY', KEYS[1], 'dn', 1)
-redis.call('HSET', KEYS[1], 'd:' .. n, ARGV[1])
-if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return n
+local out = {}
+for i = 1, #KEYS, 2 do
+  local n = 0
+  if redis.call('HEXISTS', KEYS[i], 'epoch') == 1 or redis.call('EXISTS', KEYS[i + 1]) == 1 then
+    n = redis.call('HINCRBY', KEYS[i], 'dn', 1)
+    redis.call('HSET', KEYS[i], 'd:' .. n, ARGV[1 + #out + 1])
+    if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
+  end
+  out[#out + 1] = n
+end
+return out
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -50,6 +75,11 @@ _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by SCAN MATCH (the prefix is free text; braces are literal already)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 class RedisDown(Exception):
@@ -68,35 +98,66 @@ class Snapshot:
 
 
 class Store:
-    """Redis access for one table's days, with a circuit breaker so a dead Redis costs one timeout."""
+    """Redis access for one table's days, with a circuit breaker so a dead Redis costs one timeout.
+
+    The client is made on first use (inside the breaker: an unreachable Redis at start-up is a PostgreSQL
+    read, not a failed start): ``redisconn.connect`` asks the server, so a cluster node gets RedisCluster
+    (seed list ``redis://h1:p1,h2:p2`` as start-up nodes) and anything else one plain client.
+    """
 
     def __init__(self, url: str, prefix: str, table: str, ttl: float, timeout: float = 2.0,
                  retry: float = 5.0):
-        # One server: a cluster's seed list (redis://h1,h2) gives its first node.
-        self.client = redis.Redis.from_url(one_url_per_host(url)[0], socket_timeout=timeout,
-                                           socket_connect_timeout=timeout, retry_on_timeout=False)
+        self.url, self.timeout = url, timeout
         self.prefix, self.table, self.ttl_ms, self.retry = prefix, table, int(ttl * 1000), retry
-        self.where = redacted(one_url_per_host(url)[0])
+        self.where = redacted(url)
         self._down_until = 0.0
         self._warned = 0.0
-        self._append = self.client.register_script(_APPEND)
-        self._release = self.client.register_script(_RELEASE)
-        self._renew = self.client.register_script(_RENEW)
+        self._client: Client | None = None
+        self._scripts: dict[str, Script] = {}
+        self._connecting = threading.Lock()
+
+    @property
+    def client(self) -> Client:
+        """The Redis or RedisCluster client, made on first use (call it inside ``call``)."""
+        if self._client is None:
+            with self._connecting:
+                if self._client is None:
+                    client = connect(self.url, probe_timeout=self.timeout, socket_timeout=self.timeout,
+                                     socket_connect_timeout=self.timeout)
+                    if clustered(client):
+                        # No client-side retries: each would cost another timeout and a topology refresh;
+                        # the breaker below is the retry (MOVED/ASK are still followed, they are not errors).
+                        client.set_retry(Retry(NoBackoff(), 0))
+                        log.info("glcache: Redis at %s is a cluster; the table's keys share the hash tag {%s}",
+                                 self.where, self.table)
+                    self._scripts = {name: client.register_script(text) for name, text in
+                                     (("append", _APPEND), ("release", _RELEASE), ("renew", _RENEW))}
+                    self._client = client
+        return self._client
+
+    def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        client = self.client  # first: it registers the scripts
+        return self._scripts[name](keys=keys, args=args, client=client)
 
     # -- keys ---------------------------------------------------------------------------------------
+    # The table in braces is the hash tag: a Redis Cluster hashes only it, so all of these share a slot.
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}:gl:{{{self.table}}}"
+
     def key(self, day: str) -> str:
-        return f"{self.prefix}:gl:{self.table}:{day}"
+        return f"{self.base}:{day}"
 
     def lock_key(self, day: str) -> str:
         return f"{self.key(day)}:lock"
 
     @property
     def gen_key(self) -> str:
-        return f"{self.prefix}:gl:{self.table}:gen"
+        return f"{self.base}:gen"
 
     @property
     def days_key(self) -> str:
-        return f"{self.prefix}:gl:{self.table}:days"
+        return f"{self.base}:days"
 
     # -- circuit breaker ----------------------------------------------------------------------------
     def available(self) -> bool:
@@ -108,24 +169,29 @@ class Store:
             raise RedisDown("redis skipped after a recent failure")
         try:
             return fn()
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            self._down_until = time.monotonic() + self.retry
-            now = time.monotonic()
-            if now - self._warned > 30:
-                self._warned = now
-                log.warning("glcache: Redis unreachable (%s); reading from PostgreSQL", exc)
+        except _UNREACHABLE as exc:
+            self._trip(self.retry, logging.WARNING, "glcache: Redis unreachable at %s (%s: %s); reading from "
+                       "PostgreSQL", self.where, type(exc).__name__, exc)
+            raise RedisDown(str(exc)) from exc
+        except _CLUSTER_FAILED as exc:
+            self._trip(self.retry, logging.WARNING, "glcache: Redis Cluster at %s could not serve the cache "
+                       "(%s: %s); reading from PostgreSQL", self.where, type(exc).__name__, exc)
             raise RedisDown(str(exc)) from exc
         except _CLUSTER_REPLIES as exc:
-            # A cluster node answers for its own slots only; this store speaks to one server. Say so
-            # plainly instead of failing on some days and not others.
-            self._down_until = time.monotonic() + max(self.retry, 60.0)
-            now = time.monotonic()
-            if now - self._warned > 30:
-                self._warned = now
-                log.error("glcache: Redis at %s is a Redis Cluster node (%s %s); the ledger cache needs a "
-                          "standalone Redis, so it stays off and days are read from PostgreSQL", self.where,
-                          type(exc).__name__, exc)
+            # Only a single-server client sees these: the server is a cluster node that would not say so.
+            self._trip(max(self.retry, 60.0), logging.ERROR, "glcache: Redis at %s answers like a Redis "
+                       "Cluster node (%s %s) but could not be asked whether it is one (INFO refused by an "
+                       "ACL?); the cache stays off and days are read from PostgreSQL", self.where,
+                       type(exc).__name__, exc)
             raise RedisDown(str(exc)) from exc
+
+    def _trip(self, seconds: float, level: int, message: str, *args: object) -> None:
+        """Open the breaker for ``seconds`` and log (at most every 30 s)."""
+        now = time.monotonic()
+        self._down_until = now + seconds
+        if now - self._warned > 30:
+            self._warned = now
+            log.log(level, message, *args)
 
     # -- reads --------------------------------------------------------------------------------------
     def head(self, day: str) -> tuple[str | None, int]:
@@ -175,10 +241,12 @@ class Store:
         members = self.call(lambda: self.client.smembers(self.days_key))
         days = sorted(m.decode() for m in members)
         if days:
-            pipe = self.client.pipeline(transaction=False)
-            for day in days:
-                pipe.hexists(self.key(day), "epoch")
-            alive = self.call(pipe.execute)
+            def exists() -> list[Any]:
+                pipe = self.client.pipeline(transaction=False)
+                for day in days:
+                    pipe.hexists(self.key(day), "epoch")
+                return pipe.execute()
+            alive = self.call(exists)
             gone = [d for d, ok in zip(days, alive, strict=True) if not ok]
             if gone:
                 self.call(lambda: self.client.srem(self.days_key, *gone))
@@ -193,6 +261,8 @@ class Store:
         """Store a new base (built at invalidation generation ``gen``); None if an invalidation raced it.
 
         Patches numbered above meta['applied'] stay; older ones and the previous base's chunks go.
+        WATCH/MULTI on a cluster (redis-py's transaction pipeline) needs every key in one slot: the gen
+        key and the day's key share the table's hash tag, and the WATCHed reads run on that slot's node.
         """
         key = self.key(day)
         epoch = uuid.uuid4().hex[:16]
@@ -221,22 +291,19 @@ class Store:
 
     def append_patch(self, day: str, payload: bytes) -> int:
         """Append a patch to a cached or loading day; its number, or 0 if the day is not cached."""
-        return int(self.call(lambda: self._append(keys=[self.key(day), self.lock_key(day)],
-                                                   args=[payload, self.ttl_ms])))
+        return self.append_patches({day: payload})[day]
 
     def append_patches(self, payloads: dict[str, bytes]) -> dict[str, int]:
-        """append_patch for several days in one round trip."""
+        """append_patch for several days in one script call (atomic; one slot, so also on a cluster).
+
+        One call rather than a pipeline of calls: redis-py's cluster pipeline refuses EVALSHA (and would
+        not reload a script a restarted node lost); a single call reloads it on NOSCRIPT.
+        """
         if not payloads:
             return {}
-
-        def run() -> list[int]:
-            pipe = self.client.pipeline(transaction=False)
-            for day, payload in payloads.items():
-                self._append(keys=[self.key(day), self.lock_key(day)], args=[payload, self.ttl_ms],
-                             client=pipe)
-            return pipe.execute()
-
-        return {day: int(n) for day, n in zip(payloads, self.call(run), strict=True)}
+        keys = [k for day in payloads for k in (self.key(day), self.lock_key(day))]
+        numbers = self.call(lambda: self._script("append", keys, [self.ttl_ms, *payloads.values()]))
+        return {day: int(n) for day, n in zip(payloads, numbers, strict=True)}
 
     def invalidate(self, days: Sequence[str]) -> int:
         """Drop days (bumping the generation first so in-flight loads do not store stale data)."""
@@ -246,13 +313,18 @@ class Store:
             if days:
                 pipe.delete(*[self.key(d) for d in days])
                 pipe.srem(self.days_key, *days)
-            return int(pipe.execute()[1]) if days else 0
+            done = pipe.execute()  # also with no days: the bump alone stops in-flight loads from storing
+            return int(done[1]) if days else 0
         return self.call(run)
 
     def clear(self) -> int:
-        """Remove every key of this table under the prefix (tests, `gl stats --clear`)."""
+        """Remove every key of this table under the prefix (tests and tools).
+
+        SCAN on RedisCluster visits every primary; the keys are in one slot anyway, one DEL takes them.
+        """
         def run() -> int:
-            names = list(self.client.scan_iter(match=f"{self.prefix}:gl:{self.table}:*", count=1000))
+            match = f"{_glob_escape(self.base)}:*"
+            names = list(self.client.scan_iter(match=match, count=1000))
             return self.client.delete(*names) if names else 0
         return self.call(run)
 
@@ -272,14 +344,15 @@ class Store:
         return bool(self.call(lambda: self.client.exists(self.lock_key(day))))
 
     def unlock(self, day: str, token: str) -> None:
-        self.call(lambda: self._release(keys=[self.lock_key(day)], args=[token]))
+        self.call(lambda: self._script("release", [self.lock_key(day)], [token]))
 
     def renewer(self, day: str, token: str, seconds: float) -> Renewer:
         """Keep the lock alive while a long load and store run (a crashed loader's lock still expires)."""
         return Renewer(self, day, token, seconds)
 
     def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
 
 
 class _Raced(Exception):
@@ -295,8 +368,8 @@ class Renewer:
         def renew() -> None:
             while not self._stop.wait(seconds / 3):
                 try:
-                    store.call(lambda: store._renew(keys=[store.lock_key(day)],
-                                                    args=[token, int(seconds * 1000)]))
+                    store.call(lambda: store._script("renew", [store.lock_key(day)],
+                                                     [token, int(seconds * 1000)]))
                 except RedisDown:
                     return
 

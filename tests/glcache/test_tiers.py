@@ -38,7 +38,7 @@ def test_redis_holds_lz4_ipc_with_metadata_and_ttl(ledger_db: str, make_cache: M
     table = cache.get_day(DAY)
     cache.flush()  # the store to Redis runs behind the first read
     client = redis.Redis.from_url(REDIS_URL)
-    key = f"{prefix}:gl:gl_entries:{DAY}"
+    key = f"{prefix}:gl:{{gl_entries}}:{DAY}"
     fields = client.hgetall(key)
     meta = json.loads(fields[b"meta"])
     assert meta["rows"] == table.num_rows
@@ -58,7 +58,7 @@ def test_chunks_stay_under_the_limit(ledger_db: str, make_cache: Make, prefix: s
     table = cache.get_day(DAY)
     cache.flush()
     client = redis.Redis.from_url(REDIS_URL)
-    fields = client.hgetall(f"{prefix}:gl:gl_entries:{DAY}")
+    fields = client.hgetall(f"{prefix}:gl:{{gl_entries}}:{DAY}")
     meta = json.loads(fields[b"meta"])
     sizes = [len(fields[n.encode()]) for n in meta["chunks"]]
     assert len(sizes) > 3
@@ -74,7 +74,7 @@ def test_ttl_respected(ledger_db: str, make_cache: Make, prefix: str) -> None:
     cache.get_day(OTHER_DAY)
     cache.flush()
     client = redis.Redis.from_url(REDIS_URL)
-    key = f"{prefix}:gl:gl_entries:{OTHER_DAY}"
+    key = f"{prefix}:gl:{{gl_entries}}:{OTHER_DAY}"
     deadline = time.monotonic() + 20
     while client.exists(key) and time.monotonic() < deadline:
         time.sleep(0.1)
