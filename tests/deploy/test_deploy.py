@@ -620,6 +620,7 @@ def test_systemd_units(name: str, command: str, help_texts: dict[str, str]) -> N
     service = unit(name)
     assert service["EnvironmentFile"] == ["/etc/fasterdata/env"]
     assert service["Restart"] == ["on-failure"] and service["KillSignal"] == ["SIGTERM"]
+    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]  # both reload on SIGHUP (certificates, rules)
     assert service["DynamicUser"] == ["yes"] and service["ProtectSystem"] == ["strict"]
     argv, env = systemd_argv(name)
     assert argv[0] == "/opt/fasterdata/bin/fasterdata" and argv[1] == command
