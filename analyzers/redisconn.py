@@ -50,8 +50,8 @@ def connect(url: str, *, probe_timeout: float = 10.0, **options: Any) -> Client:
         try:
             cluster = is_cluster(one, probe_timeout)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            log.warning("Redis at %s does not answer (%s)%s", redacted(one), exc,
-                        "; trying the next host" if one != urls[-1] else "")
+            if one != urls[-1]:  # the last failure is raised: its caller reports it (and may throttle)
+                log.warning("Redis at %s does not answer (%s); trying the next host", redacted(one), exc)
             failure = exc
             continue
         if not cluster:
