@@ -48,6 +48,7 @@ from __future__ import annotations
 import calendar
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from .keys import Keys
@@ -216,29 +217,19 @@ class Sweeper:
                 keys.stats_members("")]
         fixed = [keys.stats_last, keys.stats_top("time"), keys.stats_top("calls"), keys.stats_top("errors"),
                  keys.stats_entries]
-        out: list[str] = []
-        names: set[str] = set()
-        args: list[str] = []
-        for (fp, score), mset in zip(victims, members, strict=True):
-            ms = sorted(mset)
-            args += [fp, repr(score), str(len(ms)), *ms]
-            names.update((keys.stats_fp(fp), keys.stats_members(fp)))
-            for m in ms:
-                names.add(keys.stats_q(f"{fp}|{m}"))
-                app = _app(m)
-                if app is not None:
-                    names.add(keys.seen(app))
-            if len(names) >= KEYS_PER_CALL:
-                out += self._call(fixed, names, head, args)
-                names, args = set(), []
-        if args:
-            out += self._call(fixed, names, head, args)
-        return out
 
-    def _call(self, fixed: list[str], names: set[str], head: list[str], args: list[str],
-              script: Any = None) -> list[str]:
-        run = script or self.script
-        return [str(x) for x in run(keys=fixed + sorted(names - set(fixed)), args=head + args)]
+        def each() -> Iterator[tuple[list[str], set[str]]]:
+            for (fp, score), mset in zip(victims, members, strict=True):
+                ms = sorted(mset)
+                names = {keys.stats_fp(fp), keys.stats_members(fp)}
+                for m in ms:
+                    names.add(keys.stats_q(f"{fp}|{m}"))
+                    app = _app(m)
+                    if app is not None:
+                        names.add(keys.seen(app))
+                yield [fp, repr(score), str(len(ms)), *ms], names
+
+        return self._run(self.script, fixed, head, each())
 
     def evict_entries(self, keys: Keys) -> list[str]:
         """The shard's least recently seen fp|db|app entries beyond the entry cap, a few per script call."""
@@ -250,21 +241,32 @@ class Sweeper:
         head = [str(self.entry_cap), keys.stats_q(""), keys.seen(""), keys.stats_members(""), keys.stats_fp("")]
         fixed = [keys.stats_entries, keys.stats_top("time"), keys.stats_top("calls"), keys.stats_top("errors"),
                  keys.stats_last, keys.seen_since]
+
+        def each() -> Iterator[tuple[list[str], set[str]]]:
+            for entry, score in victims:
+                fp, _, member = entry.partition("|")
+                app = _app(member)
+                names = {keys.stats_q(entry), keys.stats_members(fp), keys.stats_fp(fp)}
+                yield [entry, repr(score)], names if app is None else names | {keys.seen(app)}
+
+        return self._run(self.entry_script, fixed, head, each())
+
+    @staticmethod
+    def _run(script: Any, fixed: list[str], head: list[str],
+             victims: Iterator[tuple[list[str], set[str]]]) -> list[str]:
+        """Run an eviction script over the victims (their arguments, the keys they name), a few per call:
+        every key declared, at most about KEYS_PER_CALL a call so commits never wait long."""
         out: list[str] = []
         names: set[str] = set()
         args: list[str] = []
-        for entry, score in victims:
-            fp, _, member = entry.partition("|")
-            args += [entry, repr(score)]
-            names.update((keys.stats_q(entry), keys.stats_members(fp), keys.stats_fp(fp)))
-            app = _app(member)
-            if app is not None:
-                names.add(keys.seen(app))
+        for more_args, more_names in victims:
+            args += more_args
+            names |= more_names
             if len(names) >= KEYS_PER_CALL:
-                out += self._call(fixed, names, head, args, self.entry_script)
+                out += [str(x) for x in script(keys=fixed + sorted(names - set(fixed)), args=head + args)]
                 names, args = set(), []
         if args:
-            out += self._call(fixed, names, head, args, self.entry_script)
+            out += [str(x) for x in script(keys=fixed + sorted(names - set(fixed)), args=head + args)]
         return out
 
     def expire_days(self, keys: Keys, now: float) -> int:
