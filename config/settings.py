@@ -88,7 +88,8 @@ class ProxySettings(Common):
     upstream_sslrootcert: str | None = Field(None, description="CA file to verify the upstream's certificate")
     upstream_sslservername: str | None = Field(None, description="Host name to verify (default: the upstream host)")
     tls_cert: str | None = Field(
-        None, description="Certificate for TLS to clients (without one, SSLRequest is answered 'N')"
+        None, description="Certificate for TLS to clients (without one, SSLRequest is answered 'N' and "
+        "direct TLS is closed)"
     )
     tls_key: str | None = Field(None, description="Private key for tls_cert")
     metrics: str = Field("127.0.0.1:9930", description="Address of /metrics, /healthz and /readyz ('' disables)")

@@ -8,6 +8,7 @@ never the session (hot-path rule 1 of the design).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import itertools
 import logging
@@ -63,6 +64,11 @@ class ClientProtocol(asyncio.Protocol):
         self._early: list[bytes] = []  # client bytes that arrived while the upstream was connecting
         self._login_timer: asyncio.TimerHandle | None = None
         self._tls = False
+        self._tls_pending = False  # 'S' sent or a direct TLS hello seen, handshake not finished
+        self._first = True  # no byte received yet: a first 0x16 means direct TLS
+        self._direct = False  # the client started TLS directly, without SSLRequest
+        self._hello: bytearray | None = None  # direct TLS: the ClientHello bytes read so far
+        self._lost = False  # connection_lost has run
         self.draining = False
         self.refused = False  # over max_client_conn: gets 53300 once its StartupMessage arrives
         self.denied = False  # outside allow_clients: gets 28000 once its StartupMessage arrives
@@ -117,6 +123,9 @@ class ClientProtocol(asyncio.Protocol):
                 self.fail(str(exc))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:  # a failed handshake may report the loss twice, see _start_tls
+            return
+        self._lost = True
         self.state = CLOSED
         self._cancel_login_timer()
         self.server.clients.discard(self)
@@ -140,6 +149,14 @@ class ClientProtocol(asyncio.Protocol):
     # -- startup --------------------------------------------------------------------------------
 
     def _startup_data(self, data: bytes) -> None:
+        if self._first:
+            self._first = False
+            if data[0] == wire.TLS_HANDSHAKE_BYTE:
+                self._direct = True
+                self._hello = bytearray()
+        if self._hello is not None:
+            self._direct_tls(data)
+            return
         self._startup_raw += data
         try:
             packets = self.decoder.feed(data)
@@ -153,6 +170,7 @@ class ClientProtocol(asyncio.Protocol):
                 if self.server.tls_context is not None and not self._tls:
                     self.transport.pause_reading()  # type: ignore[union-attr]
                     self.transport.write(b"S")  # type: ignore[union-attr]
+                    self._tls_pending = True
                     asyncio.get_running_loop().create_task(self._start_tls())
                     del self._startup_raw[:consumed]
                     return
@@ -188,7 +206,7 @@ class ClientProtocol(asyncio.Protocol):
                 self._startup_raw = bytearray()
                 self.log.info("client %s user=%s database=%s application=%s%s", self.peer,
                               self.session.user, self.session.database, self.session.app or "-",
-                              " (TLS)" if self._tls else "")
+                              (" (TLS, direct)" if self._direct else " (TLS)") if self._tls else "")
                 # The tap sees the typed messages that came with the startup packet, if any.
                 typed = [m for m in packets if m[0] >= 0]
                 if typed:
@@ -197,21 +215,108 @@ class ClientProtocol(asyncio.Protocol):
                 return
         del self._startup_raw[:consumed]
 
-    async def _start_tls(self) -> None:
+    def _direct_tls(self, data: bytes) -> None:
+        """The connection began with a TLS record: the client skipped SSLRequest (sslnegotiation=direct).
+
+        As PostgreSQL 17 does: without a certificate the connection is closed; a ClientHello offering
+        ALPN protocols but not "postgresql" gets the no_application_protocol alert; otherwise the
+        handshake runs (one without ALPN is closed once it completes, see _start_tls), and startup then
+        continues inside TLS exactly as after SSLRequest and 'S'. The first record is collected here
+        (at most 16 KiB, within client_login_timeout) and handed to the TLS layer whole.
+        """
+        hello = self._hello
+        assert hello is not None
+        hello += data
+        if self.server.tls_context is None:
+            self._close_startup("client started TLS directly (sslnegotiation=direct) but the proxy has no tls_cert")
+            return
+        self._tls_pending = True
+        size = tls.first_record_size(hello)
+        limit = 5 + tls.MAX_RECORD_PAYLOAD  # a larger record is no ClientHello: OpenSSL will say so
+        if size is None or len(hello) < size <= limit:
+            return  # the rest of the first record is still on its way
+        offered = None
+        if size <= limit:
+            # Not a plain ClientHello (fragmented, malformed): the handshake will judge it.
+            with contextlib.suppress(ValueError):
+                offered = tls.client_hello_alpn(hello[:size])
+        if offered is not None and tls.ALPN_PROTOCOL not in offered:
+            self.transport.write(tls.NO_APPLICATION_PROTOCOL_ALERT)  # type: ignore[union-attr]
+            self._close_startup(f"direct TLS (sslnegotiation=direct) offering ALPN {offered} without "
+                                f"{tls.ALPN_PROTOCOL!r}; sent the no_application_protocol alert")
+            return
+        self._hello = None
+        self.transport.pause_reading()  # type: ignore[union-attr]
+        asyncio.get_running_loop().create_task(self._start_tls(bytes(hello)))
+
+    async def _start_tls(self, hello: bytes = b"") -> None:
+        """Server-side TLS handshake: after 'S' to an SSLRequest, or at once for direct TLS.
+
+        For direct TLS, ``hello`` holds the bytes data_received already consumed (the ClientHello).
+        start_tls swaps the transport's protocol for its SSL protocol before it first waits, and queues
+        that protocol's connection_made (which starts the handshake) and the transport's resume_reading
+        with call_soon. _replay_hello, queued just before, therefore runs between the swap and both of
+        them: the saved bytes enter the SSL protocol's incoming buffer first and in order, and the
+        handshake reads them as if they had just arrived. Nothing of this stays after the handshake.
+        """
         loop = asyncio.get_running_loop()
+        raw = self.transport
+        assert raw is not None
+        if hello:
+            loop.call_soon(self._replay_hello, raw, hello)
         try:
-            transport = await loop.start_tls(self.transport, self, self.server.tls_context, server_side=True)
+            transport = await loop.start_tls(raw, self, self.server.tls_context, server_side=True)
         except (OSError, ssl.SSLError, ConnectionError) as exc:
-            self.log.warning("TLS handshake with %s failed: %s", self.peer, exc or type(exc).__name__)
-            if self.transport is not None:
-                self.transport.abort()
+            if self.state != CLOSED:  # not closed on purpose (login timeout)
+                self.log.warning("TLS handshake with %s failed: %s", self.peer, str(exc) or type(exc).__name__)
+            raw.abort()
+            # A reset during the handshake never reaches this protocol's connection_lost (the SSL
+            # layer reports it to start_tls only); without this the session would stay counted.
+            self.connection_lost(exc)
             return
         if transport is None:
             return
+        if self.state == CLOSED or transport.is_closing():
+            # Closed during the handshake without an error (the login timeout closing it): start_tls
+            # then returns as if it had succeeded, and nobody else reports the loss.
+            self.connection_lost(None)
+            return
         self.transport = transport
-        self._tls = True
+        self._tls_pending = False
         self._startup_raw.clear()
+        self._tls = True
+        ssl_object = transport.get_extra_info("ssl_object")
+        if hello and (ssl_object is None or ssl_object.selected_alpn_protocol() != tls.ALPN_PROTOCOL):
+            # PostgreSQL 17: "received direct SSL connection request without ALPN protocol negotiation
+            # extension", and the connection is closed.
+            self._close_startup(f"direct TLS (sslnegotiation=direct) without ALPN {tls.ALPN_PROTOCOL!r}")
+            return
         transport.resume_reading()
+
+    def _replay_hello(self, raw: asyncio.Transport, hello: bytes) -> None:
+        """Hand the consumed ClientHello to the SSL protocol start_tls installed (see _start_tls)."""
+        proto = raw.get_protocol()
+        if proto is self or not hasattr(proto, "buffer_updated"):  # uvloop's is not an asyncio subclass
+            self.log.error("direct TLS with %s: the event loop's start_tls did not install a buffered SSL "
+                           "protocol (%s); closing", self.peer, type(proto).__name__)
+            raw.abort()
+            return
+        view = memoryview(hello)
+        while view:
+            buf = proto.get_buffer(len(view))
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            proto.buffer_updated(n)
+            view = view[n:]
+
+    def _close_startup(self, reason: str) -> None:
+        """End a connection before its session began, without a PostgreSQL error message (a TLS
+        client could not read one): one log line, and the transport closes."""
+        self.log.warning("closing connection from %s: %s", self.peer, reason)
+        self._cancel_login_timer()
+        self.state = CLOSED
+        self._hello = None
+        self.transport.close()  # type: ignore[union-attr]
 
     async def _connect_upstream(self) -> None:
         try:
@@ -263,7 +368,9 @@ class ClientProtocol(asyncio.Protocol):
 
     def _login_timeout(self) -> None:
         self._login_timer = None
-        if self.state == STARTUP:
+        if self.state == STARTUP and self._tls_pending:  # an ErrorResponse would be garbage to TLS
+            self._close_startup("timeout: TLS handshake not completed within client_login_timeout")
+        elif self.state == STARTUP:
             self.fail("timeout: no startup packet within client_login_timeout", "08006")
 
     def _cancel_login_timer(self) -> None:

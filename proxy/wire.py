@@ -23,6 +23,11 @@ SSL_REQUEST = -2
 GSSENC_REQUEST = -3
 CANCEL_REQUEST = -4
 
+# A connection whose first byte is this starts with a TLS handshake record, not a startup packet
+# (``sslnegotiation=direct``, PostgreSQL 17+): read as a length it would be hundreds of megabytes. The
+# proxy looks at the first byte before anything reaches FrontendDecoder, which never sees TLS records.
+TLS_HANDSHAKE_BYTE = 0x16
+
 SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
 CANCEL_REQUEST_CODE = 80877102
@@ -176,7 +181,11 @@ class BackendDecoder:
 
 
 class FrontendDecoder:
-    """Client → server messages: untyped startup packets first, typed messages after StartupMessage."""
+    """Client → server messages: untyped startup packets first, typed messages after StartupMessage.
+
+    Over TLS (after SSLRequest, or direct TLS) it is fed the decrypted stream, from the first
+    packet inside the encryption on.
+    """
 
     __slots__ = ("_framer", "_started", "_startup")
 

@@ -9,7 +9,7 @@ import struct
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -75,8 +75,9 @@ def scratch_database() -> Iterator[str]:
 class RawClient:
     """A hand-driven PostgreSQL client socket, for traffic no driver would send."""
 
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 10.0, sock: Any = None) -> None:
+        """Connects to ``port``, unless ``sock`` (anything with sendall/recv/close) is given to talk over."""
+        self.sock = sock if sock is not None else socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.decoder = wire.BackendDecoder(ALL_TYPES)
         self.pending: list[wire.Message] = []
         self.backend_pid = 0
