@@ -168,6 +168,11 @@ class ClientProtocol(asyncio.Protocol):
             if kind == wire.SSL_REQUEST:
                 consumed += length
                 if self.server.tls_context is not None and not self._tls:
+                    if len(self._startup_raw) > consumed:
+                        # Bytes sent before the answer would be read as if they had come through TLS: a
+                        # man in the middle could inject them (CVE-2021-23214). PostgreSQL refuses too.
+                        self.fail("received unencrypted data after SSL request")
+                        return
                     self.transport.pause_reading()  # type: ignore[union-attr]
                     self.transport.write(b"S")  # type: ignore[union-attr]
                     self._tls_pending = True

@@ -334,6 +334,23 @@ def test_sslrequest_path_still_works(tls_proxy: ProxyProcess, pki: TestPKI) -> N
             assert raw.query("select 1")[-1][0] == wire.READY
 
 
+def test_unencrypted_data_after_sslrequest_is_refused(tls_proxy: ProxyProcess) -> None:
+    """A StartupMessage sent with the SSLRequest, before the answer, would otherwise count as if it had come
+    through TLS (CVE-2021-23214, the injection PostgreSQL refuses): an ErrorResponse instead of 'S', then close."""
+    before = len(log_lines(tls_proxy, "received unencrypted data after SSL request"))
+    with RawClient(tls_proxy.port) as raw:
+        raw.send(wire.ssl_request() + wire.startup_message({"user": PG_USER, "database": "postgres"}))
+        assert raw.recv_raw(1) == b"E"
+        rest = b""
+        while chunk := raw.sock.recv(4096):
+            rest += chunk
+        assert b"08P01" in rest and b"received unencrypted data after SSL request" in rest
+    wait_until(lambda: len(log_lines(tls_proxy, "received unencrypted data after SSL request")) > before)
+    with RawClient(tls_proxy.port) as raw:  # the next client, doing it right, is served
+        raw.send(wire.ssl_request())
+        assert raw.recv_raw(1) == b"S"
+
+
 # -- no certificate -------------------------------------------------------------------------------
 
 
