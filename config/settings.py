@@ -87,6 +87,9 @@ class ProxySettings(Common):
     )
     upstream_sslrootcert: str | None = Field(None, description="CA file to verify the upstream's certificate")
     upstream_sslservername: str | None = Field(None, description="Host name to verify (default: the upstream host)")
+    log_connections: bool = Field(True, description="A log line per client session (client, user, database, "
+                                  "application), as PgBouncer's log_connections; off for connection-per-request "
+                                  "applications (the lines go to debug)")
     tls_cert: str | None = Field(
         None, description="Certificate for TLS to clients (without one, SSLRequest is answered 'N' and "
         "direct TLS is closed)"

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-tls-key", metavar="FILE", help="private key for --metrics-tls-cert")
     p.add_argument("--no-capture", dest="capture", action="store_const", const=False,
                    help="forward only; capture no statements")
+    p.add_argument("--no-log-connections", dest="log_connections", action="store_const", const=False,
+                   help="no info line per client session (connection-per-request applications); refusals "
+                   "and errors are still logged")
     p.add_argument("--capture-mode", choices=["inline", "process"],
                    help="where capture runs: in the forwarding process, or in a helper process per worker [inline]")
     add_common_arguments(p)

@@ -24,6 +24,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+class Throttled:
+    """One line per `every` seconds for a message that can come in floods (a connection storm over
+    max_client_conn): the first is logged, the rest are counted into the next line that goes out."""
+
+    def __init__(self, log: logging.Logger | logging.LoggerAdapter, every: float = 10.0) -> None:
+        self.log = log
+        self.every = every
+        self._next = 0.0
+        self._held = 0
+
+    def warning(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._held += 1
+            return
+        if self._held:
+            msg += f" (and {self._held} more like it in the last {self.every:g}s)"
+        self._held = 0
+        self._next = now + self.every
+        self.log.warning(msg, *args)
+
+
 def setup(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":

@@ -23,6 +23,7 @@ from config.settings import ProxySettings, split_hostport
 from . import tls, wire
 from .capture import Capture
 from .events import CaptureOptions
+from .logs import Throttled
 from .session import BACKEND_WANTED, FRONTEND_WANTED, Session
 from .stats import ProxyStats
 
@@ -82,13 +83,13 @@ class ClientProtocol(asyncio.Protocol):
         stats = self.server.stats
         if isinstance(peer, tuple) and not self.server.client_allowed(peer[0]):
             stats.connections_denied += 1
-            self.log.warning("denied %s: not in allow_clients", self.peer)
+            self.server.denied_log.warning("denied %s: not in allow_clients", self.peer)
             self.denied = True  # told after its StartupMessage, for the same reason as a refusal below
         stats.connections_total += 1
         if len(self.server.clients) - self.server.refusing >= self.settings.max_client_conn:
             stats.connections_refused += 1
-            self.log.warning("refused %s: max_client_conn (%d) reached", self.peer,
-                             self.settings.max_client_conn)
+            self.server.refused_log.warning("refused %s: max_client_conn (%d) reached", self.peer,
+                                            self.settings.max_client_conn)
             # Refused after the StartupMessage, as PostgreSQL does: an ErrorResponse sent before it
             # reaches libpq as the answer to its SSLRequest ("server sent an error response during
             # SSL exchange") and the reason is lost. CancelRequests are still forwarded.
@@ -209,9 +210,9 @@ class ClientProtocol(asyncio.Protocol):
                 self.state = CONNECTING
                 self._early.append(bytes(self._startup_raw[consumed:]))
                 self._startup_raw = bytearray()
-                self.log.info("client %s user=%s database=%s application=%s%s", self.peer,
-                              self.session.user, self.session.database, self.session.app or "-",
-                              (" (TLS, direct)" if self._direct else " (TLS)") if self._tls else "")
+                self.log.log(self.server.connection_level, "client %s user=%s database=%s application=%s%s",
+                             self.peer, self.session.user, self.session.database, self.session.app or "-",
+                             (" (TLS, direct)" if self._direct else " (TLS)") if self._tls else "")
                 # The tap sees the typed messages that came with the startup packet, if any.
                 typed = [m for m in packets if m[0] >= 0]
                 if typed:
@@ -534,6 +535,9 @@ class ProxyServer:
         self.session_factory: Callable[[str, str, dict[str, str]], Any] | None = None
         self.clients: set[ClientProtocol] = set()
         self.refusing = 0  # of those, clients over max_client_conn waiting to be told so
+        self.refused_log = Throttled(log)
+        self.denied_log = Throttled(log)
+        self.connection_level = logging.INFO if settings.log_connections else logging.DEBUG
         self.host, self.port = split_hostport(settings.listen)
         self.upstream_path = unix_socket_path(settings.upstream)
         self.upstream_host, self.upstream_port = (

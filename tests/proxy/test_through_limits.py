@@ -15,6 +15,7 @@ import pytest
 
 from proxy import wire
 from tests.conftest import wait_until
+from tests.faults.kit import metric
 
 from .pxkit import RawClient, StartProxy, backend_alive, backend_running, errors
 
@@ -42,6 +43,23 @@ def test_client_login_timeout_spares_logged_in_sessions(start_proxy: StartProxy)
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         conn.execute("select pg_sleep(1.5)")
         assert conn.execute("select 'alive'").fetchone() == ("alive",)
+
+
+def test_connection_storm_is_logged_in_a_few_lines(start_proxy: StartProxy) -> None:
+    """Thirty clients over max_client_conn: each is refused and counted, the log says so once (and, with
+    --no-log-connections, nothing per session)."""
+    proxy = start_proxy("--max-client-conn", "1", "--no-log-connections")
+    with psycopg.connect(proxy.dsn(application_name="held"), autocommit=True) as held:
+        for _ in range(30):
+            with RawClient(proxy.port) as raw:
+                raw.send(wire.startup_message({"user": "postgres", "database": "postgres"}))
+                [error] = errors(raw.rest())
+            assert error["C"] == "53300"
+        assert held.execute("select 1").fetchone() == (1,)
+    wait_until(lambda: metric(proxy.metrics_port, "fasterdata_proxy_connections_refused_total") == 30)
+    log = proxy.log()
+    assert len([line for line in log.splitlines() if "max_client_conn (1) reached" in line]) == 1, log
+    assert "application=held" not in log
 
 
 def test_max_client_conn(start_proxy: StartProxy) -> None:
