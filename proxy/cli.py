@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "proxy", help="run the wire proxy",
         description="Forward PostgreSQL clients to an upstream server, byte for byte, and capture every "
-        "statement. Point your DSN's port at --listen.")
+        "statement. Point your DSN's port at --listen. SIGTERM/SIGINT stop accepting and give busy sessions "
+        "--shutdown-grace; SIGHUP reads --tls-cert/--tls-key again. Every flag may also come from a "
+        "FASTERDATA_<NAME> environment variable or the --config file (`fasterdata config reference`).")
     p.add_argument("--listen", metavar="HOST:PORT", help="address clients connect to [127.0.0.1:6432]")
     p.add_argument("--upstream", metavar="HOST:PORT", help="PostgreSQL server [127.0.0.1:5432]")
     p.add_argument("--upstream-sslmode", choices=["disable", "prefer", "require", "verify-ca",
