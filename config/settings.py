@@ -67,14 +67,6 @@ class Common(BaseModel):
             parse_url(url)  # a bad port or database fails here, at start-up, with the setting's name
         return value
 
-    @field_validator("prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        # Braces would take over the hash tags that keep a shard's (or a ledger table's) keys in one slot.
-        if not value or any(c in value for c in "{} \t\n"):
-            raise ValueError(f"prefix must be non-empty, without braces or whitespace, not {value!r}")
-        return value
-
 
 class ProxySettings(Common):
     """`fasterdata proxy`."""

@@ -45,7 +45,6 @@ def test_flags_win_over_environment_over_file(tmp_path: Path) -> None:
         ("proxy:\n  upstream: nowhere\n", "upstream must be HOST:PORT"),
         ("proxy:\n  connect_timeout: -1\n", "connect_timeout"),
         ("redis: http://x\n", "redis must be a redis://"),
-        ("prefix: 'shop{eu}'\n", "prefix must be non-empty, without braces"),
         ("- a\n- b\n", "expected a mapping"),
         ("proxy: [\n", "not valid YAML"),
     ],
