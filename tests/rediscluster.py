@@ -166,6 +166,12 @@ class Cluster:
             with self.node(i) as r:
                 r.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
 
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.destroy()
+
     def destroy(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:

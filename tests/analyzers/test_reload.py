@@ -22,6 +22,13 @@ def orders(events: Events, ids: range) -> None:
             events.stmt(INSERT, [i, i, "eu", "10.00"], tag="INSERT", rows=1)
 
 
+def sighup(w, path: Path, text: str, logged: str) -> None:
+    """Rewrite the worker's rules file, SIGHUP it, and wait for its answer in the log."""
+    path.write_text(text)
+    w.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: logged in w.log(), what=f"{logged!r} in the log\n{w.log()}")
+
+
 def test_sighup_reloads_the_rules(r: redis.Redis, prefix: str, events: Events, start_worker,
                                   tmp_path: Path) -> None:
     rules = json.loads(json.dumps(RULES))
@@ -33,10 +40,7 @@ def test_sighup_reloads_the_rules(r: redis.Redis, prefix: str, events: Events, s
     unit = biz(r, prefix, "orders_placed")["-"] // 3  # sums are stored in units of 10^-scale
 
     rules["rules"] = [rule for rule in rules["rules"] if rule["name"] != "order_count"] + [BIG]
-    path.write_text(json.dumps(rules))
-    w.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "rules reloaded" in w.log(), what=f"the reload\n{w.log()}")
-    assert "added: big_orders; removed: order_count; changed: none" in w.log()
+    sighup(w, path, json.dumps(rules), "added: big_orders; removed: order_count; changed: none")
     orders(events, range(3, 5))
     wait_for(lambda: group_done(r, [stream]) and biz(r, prefix, "orders_placed") == {"-": 5 * unit},
              what=f"second batch\n{w.log()}")
@@ -47,9 +51,7 @@ def test_sighup_reloads_the_rules(r: redis.Redis, prefix: str, events: Events, s
     assert metrics[("fasterdata_business_big_orders", ())] == 2
     assert not any(name == "fasterdata_business_order_count" for name, _ in metrics)
 
-    path.write_text("rules:\n  - name: broken\n    table: orders\n    operation: upsert\n")
-    w.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "not loaded" in w.log(), what=f"the refused reload\n{w.log()}")
+    sighup(w, path, "rules:\n  - name: broken\n    table: orders\n    operation: upsert\n", "not loaded")
     assert "rule 'broken'.operation" in w.log()
     orders(events, range(5, 6))
     wait_for(lambda: group_done(r, [stream]) and biz(r, prefix, "orders_placed") == {"-": 6 * unit},

@@ -366,11 +366,8 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     if shutil.which("redis-cli") is None or shutil.which("redis-server") is None:
         pytest.skip("redis-server/redis-cli are not installed")
     from tests.rediscluster import Cluster
-    cluster = Cluster(tmp_path_factory.mktemp("rediscluster"))
-    try:
+    with Cluster(tmp_path_factory.mktemp("rediscluster")) as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 def test_sweeps_on_a_redis_cluster(redis_cluster, tmp_path: Path) -> None:

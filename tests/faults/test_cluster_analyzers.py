@@ -51,11 +51,8 @@ def long_transactions(w: Workload, conn: psycopg.Connection, n: int) -> None:
 
 @pytest.fixture(scope="module")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path_factory.mktemp("rediscluster"))
-    try:
+    with Cluster(tmp_path_factory.mktemp("rediscluster")) as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:

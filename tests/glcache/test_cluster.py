@@ -22,7 +22,7 @@ from analyzers.glcache import ipc
 from analyzers.glcache.cache import GLCache
 from analyzers.glcache.follow import Follower, start_thread
 from analyzers.redisconn import clustered
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 from tests.glcache.conftest import DAY, OTHER_DAY, THIRD_DAY, arrow_rows, pg_rows
 from tests.proxy.pxkit import StartProxy
 from tests.rediscluster import Cluster
@@ -36,11 +36,8 @@ INSERT = "INSERT INTO gl_entries VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("glcluster"))
-    try:
+    with Cluster(tmp_path_factory.mktemp("glcluster")) as c:
         yield c
-    finally:
-        c.destroy()
 
 
 def _slot_owner(cluster: Cluster) -> int:
@@ -58,15 +55,6 @@ def url(cluster: Cluster) -> str:
 def _keys_on(cluster: Cluster, i: int, pattern: str) -> list[str]:
     with cluster.node(i) as r:
         return list(r.scan_iter(match=pattern, count=1000))
-
-
-def _wait(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def test_warm_and_read_back(cluster: Cluster, url: str, ledger_db: str, make_cache: Make,
@@ -169,8 +157,8 @@ def test_follower_patches_from_proxy_statements(cluster: Cluster, url: str, fres
             conn.execute("DELETE FROM gl_entries WHERE id = %s", (102,))
             conn.commit()
         expected = pg_rows(fresh_ledger, DAY)
-        assert _wait(lambda: arrow_rows(cache.get_day(DAY)) == expected), \
-            f"the writes never reached the cache; the follower handled {follower.processed} events"
+        wait_until(lambda: arrow_rows(cache.get_day(DAY)) == expected,
+                   f"the writes to reach the cache (the follower handled {follower.processed} events)", 15)
         assert cache.stats["loads"] == 1 and cache.stats["events_patched"] >= 2  # patched, not reloaded
         assert cache.store.head(DAY)[1] >= 2  # the patch log is in the cluster
 

@@ -28,12 +28,9 @@ pytestmark = pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis
 
 @pytest.fixture(scope="module")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path_factory.mktemp("cluster"), persistent=True,
-                      args=("--cluster-require-full-coverage", "no"))
-    try:
+    with Cluster(tmp_path_factory.mktemp("cluster"), persistent=True,
+                 args=("--cluster-require-full-coverage", "no")) as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 def _prefix() -> str:
