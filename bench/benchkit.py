@@ -12,6 +12,19 @@ import psycopg
 HOST = "127.0.0.1"
 
 
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages, for a report's header (these machines are shared)."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def publish(doc: str, output: str | None) -> None:
+    """Print a report, and write it to `output` when one was asked for."""
+    print("\n" + doc)
+    if output:
+        Path(output).write_text(doc + "\n")
+        print(f"\nwritten to {output}")
+
+
 def proc_tree(pid: int) -> list[int]:
     """The process and its live descendants (with --capture-mode process: the capture helper too)."""
     out, todo = [], [pid]

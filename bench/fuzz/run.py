@@ -37,6 +37,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))  # bench/: benchkit
+from benchkit import loadavg, publish  # noqa: E402
+
 MODULES = ("tests.test_wire", "tests.capture.test_session_fuzz")
 
 
@@ -177,7 +180,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = dt.datetime.now(dt.UTC)
-    load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    load_before = loadavg()
     targets = load_targets(args.examples, args.only)
     if not targets:
         sys.exit("no fuzz target matches --only")
@@ -186,12 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, fn in targets:
         print(f"{name}: {budget:.0f} s", flush=True)
         results.append(run_target(name, fn, budget))
-    load_after = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    load_after = loadavg()
     doc = report(args, results, started, (load_before, load_after))
-    print("\n" + doc)
-    if args.output:
-        Path(args.output).write_text(doc + "\n")
-        print(f"\nwritten to {args.output}")
+    publish(doc, args.output)
     return 1 if any(r.failure for r in results) else 0
 
 

@@ -41,7 +41,7 @@ import redis
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))  # bench/: benchkit
-from benchkit import ensure_database, proc_tree, terminate  # noqa: E402
+from benchkit import ensure_database, loadavg, proc_tree, publish, terminate  # noqa: E402
 
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -599,7 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.exit(f"{tool} not found (apt-get install -y postgresql-client pgbouncer)")
     signal.signal(signal.SIGTERM, _terminate)
     started = dt.datetime.now(dt.UTC)
-    load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    load_before = loadavg()
     db_note = ensure_database(args.dbname, args.user, args.scale)
     info = versions()
     r = redis.Redis.from_url("redis://127.0.0.1:6379/0", decode_responses=True)
@@ -683,12 +683,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                             idle_prefix + "-proc"])
         shutil.rmtree(workdir, ignore_errors=True)
 
-    load_after = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    load_after = loadavg()
     doc = header(args, info, started, db_note, (load_before, load_after), peaks_reset)
-    print("\n" + doc + "\n\n" + "\n\n".join(tables))
-    if args.output:
-        Path(args.output).write_text(doc + "\n\n" + "\n\n".join(tables) + "\n")
-        print(f"\nwritten to {args.output}")
+    publish(doc + "\n\n" + "\n\n".join(tables), args.output)
     return 0
 
 

@@ -67,7 +67,7 @@ MB = 1048576
 sys.path.insert(0, str(HERE.parent))  # bench/: benchkit
 sys.path.insert(0, str(HERE))  # bench/soak/: run, shopload
 import shopload  # noqa: E402
-from benchkit import ensure_database, proc_tree, terminate  # noqa: E402
+from benchkit import ensure_database, loadavg, proc_tree, publish, terminate  # noqa: E402
 from run import (  # noqa: E402
     HOST,
     Bench,
@@ -949,7 +949,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rules = load_rules(str(args.rules))
     aggregates = {r.name: r.aggregate for r in rules.rules}
     info = {"started": f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}",
-            "load_before": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+            "load_before": loadavg(),
             "pgbench": first_line(["pgbench", "--version"]), "redis": first_line(["redis-server", "--version"]),
             "commit": git_state(), "rules": str(args.rules.relative_to(ROOT) if args.rules.is_relative_to(ROOT)
                                                 else args.rules)}
@@ -1102,15 +1102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    info["load_after"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    info["load_after"] = loadavg()
     run = Run(args, info, peak, peak_drain, sustain, target, bench, shop, rc_shop, kill_at, restart_at, outage,
               load_end, drain_s, sampler.samples, counter.tally, stats, checks,  # type: ignore[arg-type]
               members == want_members, totals, alerts, worker_metrics, exits, deaths, problems, apps, proxy_final)
     doc, ok = report(run)
-    print("\n" + doc)
-    if args.output:
-        Path(args.output).write_text(doc + "\n")
-        print(f"\nwritten to {args.output}")
+    publish(doc, args.output)
     return 0 if ok else 1
 
 

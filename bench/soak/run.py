@@ -46,7 +46,7 @@ from prometheus_client.parser import text_string_to_metric_families
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))  # bench/: benchkit
-from benchkit import ensure_database, proc_tree  # noqa: E402
+from benchkit import ensure_database, loadavg, proc_tree, publish  # noqa: E402
 
 HOST = "127.0.0.1"
 SQL_PREFIX = "SELECT abalance FROM pgbench_accounts"  # the one statement of pgbench -S (simple protocol)
@@ -501,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.exit(f"{tool} not found (apt-get install -y postgresql-client redis-server)")
     signal.signal(signal.SIGTERM, _terminate)
     info = {"started": f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}",
-            "load_before": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+            "load_before": loadavg(),
             "pgbench": first_line(["pgbench", "--version"]), "redis": first_line(["redis-server", "--version"]),
             "commit": first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])}
     info["db_note"] = ensure_database(args.dbname, args.user, args.scale)
@@ -574,12 +574,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    info["load_after"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    info["load_after"] = loadavg()
     doc, ok = report(args, info, peak, target, bench, outage, sampler.samples, reader.tally, final, rc, drain_s)
-    print("\n" + doc)
-    if args.output:
-        Path(args.output).write_text(doc + "\n")
-        print(f"\nwritten to {args.output}")
+    publish(doc, args.output)
     return 0 if ok else 1
 
 
