@@ -156,7 +156,7 @@ class ClientProtocol(asyncio.Protocol):
                 self._direct = True
                 self._hello = bytearray()
         if self._hello is not None:
-            self._direct_tls(data)
+            self._client_hello(data)
             return
         self._startup_raw += data
         try:
@@ -174,10 +174,9 @@ class ClientProtocol(asyncio.Protocol):
                         # man in the middle could inject them (CVE-2021-23214). PostgreSQL refuses too.
                         self.fail("received unencrypted data after SSL request")
                         return
-                    self.transport.pause_reading()  # type: ignore[union-attr]
                     self.transport.write(b"S")  # type: ignore[union-attr]
                     self._tls_pending = True
-                    asyncio.get_running_loop().create_task(self._start_tls())
+                    self._hello = bytearray()  # the ClientHello comes next: _client_hello judges its ALPN
                     del self._startup_raw[:consumed]
                     return
                 self.transport.write(b"N")  # type: ignore[union-attr]
@@ -221,14 +220,15 @@ class ClientProtocol(asyncio.Protocol):
                 return
         del self._startup_raw[:consumed]
 
-    def _direct_tls(self, data: bytes) -> None:
-        """The connection began with a TLS record: the client skipped SSLRequest (sslnegotiation=direct).
+    def _client_hello(self, data: bytes) -> None:
+        """The first TLS record: after 'S' to an SSLRequest, or as the connection's first bytes when the
+        client skipped SSLRequest (sslnegotiation=direct).
 
-        As PostgreSQL 17 does: without a certificate the connection is closed; a ClientHello offering
-        ALPN protocols but not "postgresql" gets the no_application_protocol alert; otherwise the
-        handshake runs (one without ALPN is closed once it completes, see _start_tls), and startup then
-        continues inside TLS exactly as after SSLRequest and 'S'. The first record is collected here
-        (at most 16 KiB, within client_login_timeout) and handed to the TLS layer whole.
+        As PostgreSQL 17 does: a ClientHello offering ALPN protocols but not "postgresql" gets the
+        no_application_protocol alert, on either path. For direct TLS also: without a certificate the
+        connection is closed, and one without ALPN is closed once the handshake completes (see
+        _start_tls). Otherwise startup continues inside TLS. The first record is collected here (at most
+        16 KiB, within client_login_timeout) and handed to the TLS layer whole.
         """
         hello = self._hello
         assert hello is not None
@@ -248,28 +248,28 @@ class ClientProtocol(asyncio.Protocol):
                 offered = tls.client_hello_alpn(hello[:size])
         if offered is not None and tls.ALPN_PROTOCOL not in offered:
             self.transport.write(tls.NO_APPLICATION_PROTOCOL_ALERT)  # type: ignore[union-attr]
-            self._close_startup(f"direct TLS (sslnegotiation=direct) offering ALPN {offered} without "
-                                f"{tls.ALPN_PROTOCOL!r}; sent the no_application_protocol alert")
+            how = "direct TLS (sslnegotiation=direct)" if self._direct else "TLS after SSLRequest"
+            self._close_startup(f"{how} offering ALPN {offered} without {tls.ALPN_PROTOCOL!r}; sent the "
+                                "no_application_protocol alert")
             return
         self._hello = None
         self.transport.pause_reading()  # type: ignore[union-attr]
         asyncio.get_running_loop().create_task(self._start_tls(bytes(hello)))
 
-    async def _start_tls(self, hello: bytes = b"") -> None:
-        """Server-side TLS handshake: after 'S' to an SSLRequest, or at once for direct TLS.
+    async def _start_tls(self, hello: bytes) -> None:
+        """Server-side TLS handshake, once _client_hello has the first record.
 
-        For direct TLS, ``hello`` holds the bytes data_received already consumed (the ClientHello).
-        start_tls swaps the transport's protocol for its SSL protocol before it first waits, and queues
-        that protocol's connection_made (which starts the handshake) and the transport's resume_reading
-        with call_soon. _replay_hello, queued just before, therefore runs between the swap and both of
-        them: the saved bytes enter the SSL protocol's incoming buffer first and in order, and the
+        ``hello`` holds the bytes data_received already consumed (the ClientHello). start_tls swaps the
+        transport's protocol for its SSL protocol before it first waits, and queues that protocol's
+        connection_made (which starts the handshake) and the transport's resume_reading with call_soon.
+        _replay_hello, queued just before, therefore runs between the swap and both of them: the saved
+        bytes enter the SSL protocol's incoming buffer first and in order, and the
         handshake reads them as if they had just arrived. Nothing of this stays after the handshake.
         """
         loop = asyncio.get_running_loop()
         raw = self.transport
         assert raw is not None
-        if hello:
-            loop.call_soon(self._replay_hello, raw, hello)
+        loop.call_soon(self._replay_hello, raw, hello)
         try:
             transport = await loop.start_tls(raw, self, self.server.tls_context, server_side=True)
         except (OSError, ssl.SSLError, ConnectionError) as exc:
@@ -292,7 +292,7 @@ class ClientProtocol(asyncio.Protocol):
         self._startup_raw.clear()
         self._tls = True
         ssl_object = transport.get_extra_info("ssl_object")
-        if hello and (ssl_object is None or ssl_object.selected_alpn_protocol() != tls.ALPN_PROTOCOL):
+        if self._direct and (ssl_object is None or ssl_object.selected_alpn_protocol() != tls.ALPN_PROTOCOL):
             # PostgreSQL 17: "received direct SSL connection request without ALPN protocol negotiation
             # extension", and the connection is closed.
             self._close_startup(f"direct TLS (sslnegotiation=direct) without ALPN {tls.ALPN_PROTOCOL!r}")
@@ -303,7 +303,7 @@ class ClientProtocol(asyncio.Protocol):
         """Hand the consumed ClientHello to the SSL protocol start_tls installed (see _start_tls)."""
         proto = raw.get_protocol()
         if proto is self or not hasattr(proto, "buffer_updated"):  # uvloop's is not an asyncio subclass
-            self.log.error("direct TLS with %s: the event loop's start_tls did not install a buffered SSL "
+            self.log.error("TLS with %s: the event loop's start_tls did not install a buffered SSL "
                            "protocol (%s); closing", self.peer, type(proto).__name__)
             raw.abort()
             return
@@ -561,8 +561,9 @@ class ProxyServer:
             backlog=1024)
         sockname = self._server.sockets[0].getsockname()
         self.port = sockname[1]
-        log.info("listening on %s:%d, upstream %s (sslmode=%s)", sockname[0], sockname[1],
-                 self.settings.upstream, self.settings.upstream_sslmode)
+        log.info("listening on %s:%d, upstream %s (sslmode=%s), framer %s", sockname[0], sockname[1],
+                 self.settings.upstream, self.settings.upstream_sslmode,
+                 "compiled" if wire._scan is not None else "in Python (proxy._framescan not built: no C compiler?)")
 
     def client_allowed(self, host: str) -> bool:
         """allow_clients check; an IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d."""

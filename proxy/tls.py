@@ -1,7 +1,7 @@
 """TLS for both legs: terminating clients, and reaching the upstream per libpq's sslmode.
 
-Also a small sans-I/O reader for the one TLS message the proxy looks at itself: the ClientHello of a
-client that starts TLS directly (``sslnegotiation=direct``), whose ALPN offer decides, as in
+Also a small sans-I/O reader for the one TLS message the proxy looks at itself: the client's ClientHello
+(after SSLRequest, or first thing with ``sslnegotiation=direct``), whose ALPN offer decides, as in
 PostgreSQL 17, whether the handshake is attempted at all.
 """
 
@@ -28,8 +28,7 @@ def server_context(certfile: str, keyfile: str) -> ssl.SSLContext:
 
     ALPN offers "postgresql": a client that asks for it gets it, one that sends no ALPN extension is
     served as before. (Python's ssl answers a client offering only other protocols with no ALPN at
-    all rather than an alert; for direct TLS the proxy refuses such clients itself, see
-    :func:`client_hello_alpn`.)
+    all rather than an alert; the proxy refuses such clients itself, see :func:`client_hello_alpn`.)
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2

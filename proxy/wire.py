@@ -15,7 +15,13 @@ how DataRow bodies, CopyData and password messages pass through untouched and un
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+
+try:  # the inner loop compiled (proxy/_framescan.c); absent when the package was built without a compiler
+    from ._framescan import scan as _scan
+except ImportError:
+    _scan = None
+_Scan = Callable[[bytes | bytearray | memoryview, int, bytes, int, int, list], int]
 
 # Untyped packets before and including the StartupMessage.
 STARTUP = -1
@@ -64,10 +70,13 @@ class ProtocolViolation(Exception):
 class _Framer:
     """Splits a byte stream into typed messages; shared by both directions."""
 
-    __slots__ = ("_buf", "_keep", "_keep_left", "_max", "_need", "_pending", "_skip", "_wanted")
+    __slots__ = ("_buf", "_keep", "_keep_left", "_max", "_need", "_pending", "_scan", "_skip", "_table",
+                 "_wanted")
 
-    def __init__(self, wanted: Iterable[str | int], max_message: int, keep: int) -> None:
+    def __init__(self, wanted: Iterable[str | int], max_message: int, keep: int, scan: _Scan | None = _scan) -> None:
         self._wanted = frozenset(ord(w) if isinstance(w, str) else w for w in wanted)
+        self._table = bytes(t in self._wanted for t in range(256))
+        self._scan = scan
         self._max = max_message
         self._keep = keep
         self._buf = bytearray()  # a partial header, or a wanted message being assembled
@@ -101,7 +110,12 @@ class _Framer:
             if self._pending is not None or self._skip:
                 return
         wanted = self._wanted
+        scan = self._scan
         while pos < end:
+            if scan is not None:  # whole messages in C; it stops in front of anything else
+                pos = scan(data, pos, self._table, self._max, self._keep, out)
+                if pos >= end:
+                    return
             if end - pos < 5:
                 self._buf += data[pos:end]
                 return

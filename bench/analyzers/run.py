@@ -214,6 +214,29 @@ def drain_rate(url: str, n: int, workers: int, batch: int, logdir: Path) -> tupl
         cleanup(r, prefix)
 
 
+def read_floor(url: str, n: int, batch: int) -> float:
+    """Redis CPU µs per statement for the part of the work no analyzer can skip: XREADGROUP and XACK.
+
+    The same entries as a drain run, read in the same batches by a bare consumer that does nothing with
+    them. Every worker design that keeps the consumer group pays at least this much in Redis.
+    """
+    r = redis.Redis.from_url(url)
+    prefix = f"fdbench{uuid.uuid4().hex[:6]}"
+    stream = f"{prefix}:statements"
+    try:
+        fill(r, stream, n)
+        r.xgroup_create(stream, "analyzers", id="0")
+        rcpu0 = redis_cpu(r)
+        while reply := r.xreadgroup("analyzers", "floor", {stream: ">"}, count=batch):
+            ids = [entry_id for entry_id, _ in reply[0][1]]
+            if not ids:
+                break
+            r.xack(stream, "analyzers", *ids)
+        return (redis_cpu(r) - rcpu0) / n * 1e6
+    finally:
+        cleanup(r, prefix)
+
+
 def live_lag(url: str, rate: int, seconds: float, batch: int, logdir: Path) -> dict[str, float]:
     """A producer at `rate` statements/s while one worker consumes; lag samples in seconds."""
     r = redis.Redis.from_url(url, decode_responses=True)
@@ -305,6 +328,13 @@ def main() -> int:
         st = statistics.median(steady[k])
         print(f"| {k} | {rate:,.0f} | {rate / k:,.0f} | {rate / one:.2f}x | {st:,.0f} | {st / one_steady:.2f}x "
               f"| {secs:.1f} | {cpu:.1f} | {rcpu:.1f} |")
+    floor = read_floor(args.redis, args.events, args.batch)
+    w2, r2 = results[2][2], results[2][3]
+    ncpu = os.cpu_count() or 1
+    print(f"\nceiling with every core busy: {ncpu} cores ÷ (worker {w2:.1f} + Redis {r2:.1f} µs/stmt, two-worker run) "
+          f"= {ncpu / (w2 + r2) * 1e6:,.0f} statements/s = {ncpu / (w2 + r2) * 1e6 / one:.2f}x one worker; "
+          f"XREADGROUP + XACK alone cost Redis {floor:.1f} µs/stmt, so with a free commit the ceiling would be "
+          f"{ncpu / (w2 + floor) * 1e6 / one:.2f}x")
     for k, (lo, hi) in spread.items():
         print(f"{k} worker(s): {args.repeat} runs, {lo:,.0f}–{hi:,.0f} statements/s; steady "
               f"{min(steady[k]):,.0f}–{max(steady[k]):,.0f}")

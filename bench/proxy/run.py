@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""What does the fasterdata proxy cost? pgbench through four paths, measured in turns in one run.
+"""What does the fasterdata proxy cost? pgbench through several paths, measured in turns in one run.
 
-Paths: direct to PostgreSQL, through PgBouncer (the C reference every operator knows), and through the
+Paths: direct to PostgreSQL, through PgBouncer (the C reference every operator knows), through a plain
+uvloop byte forwarder (forwarder.py: the floor under any proxy written on uvloop), and through the
 fasterdata proxy with capture on (inline, and --capture-mode process: capture in a helper process) and
 with --no-capture. This machine is shared and noisy, so the paths
 are never measured in separate sessions: each repeat runs every path once, in a rotated order, and
@@ -102,6 +103,7 @@ class Run:
     p99_ms: float = 0.0
     cpu_s: float | None = None
     cpu_helper_s: float | None = None  # of cpu_s, the proxy's helper processes (the capture process)
+    redis_cpu_s: float | None = None  # the Redis server's CPU over the run (capture paths only)
     wall_s: float = 0.0
     hwm_kb: int | None = None
     expected: int = 0
@@ -244,6 +246,25 @@ verbose = 0
     return target
 
 
+def start_forwarder(workdir: Path) -> Target:
+    """The reference floor: forwarder.py between pgbench and PostgreSQL."""
+    port = free_port()
+    log = workdir / "forwarder.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, str(HERE / "forwarder.py"), "--listen", f"{HOST}:{port}",
+                                 "--upstream", f"{HOST}:5432"], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    target = Target("uvloop forwarder", port, proc, log=log)
+    wait_listening(target)
+    return target
+
+
+def redis_cpu_seconds(r: redis.Redis) -> float:
+    """used_cpu_user + used_cpu_sys of the Redis server (shared: other clients' work counts too)."""
+    info = r.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def start_proxy(name: str, workdir: Path, upstream_port: int, prefix: str, capture: bool,
                 workers: int = 1, extra: Sequence[str] = ()) -> Target:
     """A fasterdata proxy as operators run it, minus the metrics port (not on the hot path)."""
@@ -365,6 +386,7 @@ def measure(target: Target, wl: Workload, args: argparse.Namespace, logdir: Path
         cpu0 = cpu_seconds(pid)
         helper0 = helper_cpu_seconds(pid)
     base = stream_added(r, target.stream_key)[0] if target.stream_key else 0
+    redis0 = redis_cpu_seconds(r) if target.stream_key else 0.0
     log_prefix = logdir / tag
     proc, wall = pgbench(target.port, wl, args, args.duration, log_prefix)
     tps, txns = _TPS.search(proc.stdout), _TXNS.search(proc.stdout)
@@ -378,6 +400,7 @@ def measure(target: Target, wl: Workload, args: argparse.Namespace, logdir: Path
     if target.stream_key:
         now, run.stream_seen = wait_for_stream(r, target.stream_key, base + run.expected, args.capture_wait)
         run.captured = now - base
+        run.redis_cpu_s = redis_cpu_seconds(r) - redis0
     if pid is not None:
         run.cpu_s = cpu_seconds(pid) - cpu0
         run.cpu_helper_s = helper_cpu_seconds(pid) - helper0
@@ -454,26 +477,28 @@ def med(xs: Sequence[float]) -> float | None:
 
 def workload_table(wl: Workload, names: Sequence[str], cells: dict[str, Cell], repeats: int) -> str:
     head = ("| path | TPS (median) | TPS min–max | vs direct | vs PgBouncer | avg latency ms | p99 latency ms "
-            "| proxy CPU µs/stmt | of which capture process | proxy CPU % | peak RSS MiB | capture |")
+            "| proxy CPU µs/stmt | of which capture process | Redis CPU µs/stmt | proxy CPU % | peak RSS MiB "
+            "| capture |")
     rows = [f"### {wl.name}: {wl.label}, {wl.statements_per_txn} statement(s)/transaction", "", head,
-            "|" + "---|" * 12]
+            "|" + "---|" * 13]
     for name in names:
         cell = cells[name]
         ok = [r for r in cell.runs if r.ok]
         label = name if len(ok) == repeats else f"{name} ({len(ok)}/{repeats} ok)"
         if not ok:
-            rows.append(f"| {label} |" + " FAILED |" * 11)
+            rows.append(f"| {label} |" + " FAILED |" * 12)
             continue
         tps = [r.tps for r in ok]
         cpu = [r.cpu_s * 1e6 / r.expected for r in ok if r.cpu_s is not None and r.expected]
         helper = [r.cpu_helper_s * 1e6 / r.expected for r in ok if r.cpu_helper_s and r.expected]
+        rcpu = [r.redis_cpu_s * 1e6 / r.expected for r in ok if r.redis_cpu_s is not None and r.expected]
         util = [100 * r.cpu_s / r.wall_s for r in ok if r.cpu_s is not None and r.wall_s]
         hwm = [r.hwm_kb for r in ok if r.hwm_kb is not None]
         rows.append(
             f"| {label} | {statistics.median(tps):,.0f} | {min(tps):,.0f}–{max(tps):,.0f} "
             f"| {fmt(med(cell.vs_direct), '.3f')} | {fmt(med(cell.vs_pgbouncer), '.3f')} "
             f"| {statistics.median([r.avg_ms for r in ok]):.3f} | {statistics.median([r.p99_ms for r in ok]):.3f} "
-            f"| {fmt(med(cpu), '.1f')} | {fmt(med(helper), '.1f')} | {fmt(med(util), '.0f')} "
+            f"| {fmt(med(cpu), '.1f')} | {fmt(med(helper), '.1f')} | {fmt(med(rcpu), '.1f')} | {fmt(med(util), '.0f')} "
             f"| {fmt(max(hwm) / 1024 if hwm else None, '.1f')} | {capture_cell(ok)} |")
     return "\n".join(rows)
 
@@ -546,7 +571,8 @@ def header(args: argparse.Namespace, info: dict[str, str], started: dt.datetime,
         "repeat); latencies are medians over repeats of each run's mean and p99 from pgbench -l",
         "- proxy CPU = utime+stime of the proxy (or PgBouncer) process and its helper processes ÷ statements "
         "executed, measured until the stream caught up (\"of which capture process\": the helper's share); "
-        "CPU % = of one core over the run; peak RSS = VmHWM"
+        "Redis CPU = the Redis server's utime+stime over the same span ÷ statements (capture paths; the server "
+        "is shared, so other clients' work counts too); CPU % = of one core over the run; peak RSS = VmHWM"
         + (" reset before each run (max over the workload's runs)" if peaks_reset else " (lifetime peak)"),
         "- capture = stream entries added (XINFO entries-added delta of the capture-on proxy's stream) ÷ "
         "statements executed (transactions × statements/transaction), summed over repeats; pgbench's "
@@ -570,6 +596,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="max seconds to wait for the stream to catch up after a run [10]")
     p.add_argument("--proxy-workers", type=int, default=1,
                    help="fasterdata proxy --workers for the timed runs (CPU and RSS sum the workers) [1]")
+    p.add_argument("--no-forwarder", dest="forwarder", action="store_false",
+                   help="leave out the plain uvloop forwarder (forwarder.py), the floor under any uvloop proxy")
     p.add_argument("--dbname", default="fdbench", help="bench database, created if missing [fdbench]")
     p.add_argument("--scale", type=int, default=10, help="pgbench -i -s [10]")
     p.add_argument("--user", default="postgres", help="database user [postgres]")
@@ -624,6 +652,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                           workers=args.proxy_workers)
         targets.append(off)
         paths = [Target("direct", 5432), pgb, on, proc_on, off]
+        if args.forwarder:
+            targets.append(start_forwarder(workdir))
+            paths.insert(2, targets[-1])
         names = [t.name for t in paths]
         peaks_reset = all(reset_peak(t.pid) for t in paths if t.pid is not None)
         print("paths: " + ", ".join(f"{t.name} :{t.port}" for t in paths) + f"; stream {on.stream_key}",

@@ -334,6 +334,20 @@ def test_sslrequest_path_still_works(tls_proxy: ProxyProcess, pki: TestPKI) -> N
             assert raw.query("select 1")[-1][0] == wire.READY
 
 
+def test_sslrequest_then_alpn_without_postgresql_gets_the_alert(tls_proxy: ProxyProcess) -> None:
+    """PostgreSQL 17 applies its ALPN rule after SSLRequest too: a hello offering only other protocols gets
+    no_application_protocol (before, the proxy's ssl module ignored such an offer and went on)."""
+    with RawClient(tls_proxy.port) as raw:
+        peer = f"127.0.0.1:{raw.sock.getsockname()[1]}"
+        raw.send(wire.ssl_request())
+        assert raw.recv_raw(1) == b"S"
+        with pytest.raises(ssl.SSLError, match="no application protocol"):
+            client_context(["http/1.1"]).wrap_socket(raw.sock, server_hostname="localhost")
+    line = wait_until(lambda: log_lines(tls_proxy, f"closing connection from {peer}:"), "the refusal to be logged")
+    assert "TLS after SSLRequest offering ALPN ['http/1.1']" in line[0], line
+    wait_until(lambda: active(tls_proxy) == 0, "the refused connection to be forgotten")
+
+
 def test_unencrypted_data_after_sslrequest_is_refused(tls_proxy: ProxyProcess) -> None:
     """A StartupMessage sent with the SSLRequest, before the answer, would otherwise count as if it had come
     through TLS (CVE-2021-23214, the injection PostgreSQL refuses): an ErrorResponse instead of 'S', then close."""
