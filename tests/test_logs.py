@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import socket
+import sys
 
 import psycopg
+import pytest
 
-from proxy import wire
+from proxy import logs, wire
 
 from .conftest import ProxyProcess
 
@@ -31,3 +35,22 @@ def test_json_logs_carry_the_session_id(start_proxy) -> None:  # type: ignore[no
     assert any("closing session" in e["msg"] and e["level"] == "warning" for e in session_lines)
     for entry in session_lines:
         assert entry["msg"].startswith(f"[{entry['sid']}] ")
+
+
+def test_log_lines_follow_a_replaced_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """setup() once, stderr swapped afterwards (pytest's capture, an embedding program): lines go to the
+    current stderr, and a closed earlier one raises nothing ("Logging error … closed file" before)."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    try:
+        logs.setup("info")
+        first.close()
+        second = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("fasterdata.test").info("after the swap")
+    finally:
+        root.handlers[:], root.level = saved
+    assert second.getvalue().endswith("fasterdata.test: after the swap\n"), second.getvalue()
+    assert "Logging error" not in second.getvalue()
