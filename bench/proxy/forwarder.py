@@ -24,8 +24,7 @@ class Leg(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.peer: asyncio.Transport | None = None
-        self.early: list[bytes] = []  # client bytes that arrive before the upstream connection is up
+        self.peer: asyncio.Transport | None = None  # set before this side reads anything
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -34,10 +33,7 @@ class Leg(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
-        if self.peer is not None:
-            self.peer.write(data)
-        else:
-            self.early.append(data)
+        self.peer.write(data)  # type: ignore[union-attr]
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.peer is not None:
@@ -51,7 +47,7 @@ class ClientLeg(Leg):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        transport.pause_reading()
+        transport.pause_reading()  # until the upstream connection is up
         asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
@@ -64,9 +60,6 @@ class ClientLeg(Leg):
             return
         up.peer = self.transport
         self.peer = up_transport
-        for chunk in self.early:
-            up_transport.write(chunk)
-        self.early.clear()
         self.transport.resume_reading()
 
 
