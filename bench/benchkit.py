@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -23,6 +24,13 @@ def publish(doc: str, output: str | None) -> None:
     if output:
         Path(output).write_text(doc + "\n")
         print(f"\nwritten to {output}")
+
+
+def redis_cpu_seconds(client: Any) -> float:
+    """used_cpu_user + used_cpu_sys of a Redis server: its CPU cost over a span is the difference of two
+    readings (the server may be shared: other clients' work counts too)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def proc_tree(pid: int) -> list[int]:

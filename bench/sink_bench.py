@@ -34,6 +34,8 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchkit import redis_cpu_seconds
+
 from proxy.sink import SCRIPT, SCRIPT_SHA, RedisConnection, RedisTarget, StreamSink, encode_batch
 
 MAXLEN = 1_000_000
@@ -78,11 +80,6 @@ class CountingConnection(RedisConnection):
         self.done = asyncio.get_running_loop().create_future()
         self.transport.write(data)  # type: ignore[union-attr]
         await self.done
-
-
-def redis_cpu(client: redis.Redis) -> float:
-    info = client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 async def opt_redispy(url: str, key: str, events: list[dict], batch: int) -> None:
@@ -267,9 +264,9 @@ async def run(args: argparse.Namespace, url: str) -> None:
             client.delete(key, key + ":bench-marker")
             if fn is opt_sink_replay:
                 await prepare_spool(events)
-            r0, c0, t0 = redis_cpu(client), time.process_time(), time.perf_counter()
+            r0, c0, t0 = redis_cpu_seconds(client), time.process_time(), time.perf_counter()
             await fn(url, key, events, args.batch)
-            wall, cpu, rcpu = time.perf_counter() - t0, time.process_time() - c0, redis_cpu(client) - r0
+            wall, cpu, rcpu = time.perf_counter() - t0, time.process_time() - c0, redis_cpu_seconds(client) - r0
             assert client.xlen(key) >= min(args.events, MAXLEN) * 0.99, f"{name}: events missing"
             result = (args.events / wall, cpu / args.events * 1e6, rcpu / args.events * 1e6)
             if best is None or result[1] < best[1]:

@@ -31,6 +31,8 @@ import redis
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "config" / "rules.yaml"
+sys.path.insert(0, str(ROOT / "bench"))  # benchkit
+from benchkit import redis_cpu_seconds  # noqa: E402
 
 
 def stream_events(n: int, seed: int = 1):
@@ -155,11 +157,6 @@ def proc_cpu(pids: list[int]) -> float:
     return total / tick
 
 
-def redis_cpu(r: redis.Redis) -> float:
-    info = r.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
 def cleanup(r: redis.Redis, prefix: str) -> None:
     keys = list(r.scan_iter(f"{prefix}:*", count=1000))
     for i in range(0, len(keys), 500):
@@ -199,10 +196,10 @@ def drain_rate(url: str, n: int, workers: int, batch: int, logdir: Path) -> tupl
             now = time.perf_counter()
             samples.append((now, acked))
             if t0 is None and acked > 0:
-                t0, read0, cpu0, rcpu0 = now, acked, proc_cpu(pids), redis_cpu(r)
+                t0, read0, cpu0, rcpu0 = now, acked, proc_cpu(pids), redis_cpu_seconds(r)
             if acked >= n:
                 t1 = now
-                cpu, rcpu = proc_cpu(pids) - cpu0, redis_cpu(r) - rcpu0
+                cpu, rcpu = proc_cpu(pids) - cpu0, redis_cpu_seconds(r) - rcpu0
                 break
             if any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"a worker exited early; see {logdir}")
@@ -226,13 +223,13 @@ def read_floor(url: str, n: int, batch: int) -> float:
     try:
         fill(r, stream, n)
         r.xgroup_create(stream, "analyzers", id="0")
-        rcpu0 = redis_cpu(r)
+        rcpu0 = redis_cpu_seconds(r)
         while reply := r.xreadgroup("analyzers", "floor", {stream: ">"}, count=batch):
             ids = [entry_id for entry_id, _ in reply[0][1]]
             if not ids:
                 break
             r.xack(stream, "analyzers", *ids)
-        return (redis_cpu(r) - rcpu0) / n * 1e6
+        return (redis_cpu_seconds(r) - rcpu0) / n * 1e6
     finally:
         cleanup(r, prefix)
 

@@ -42,7 +42,7 @@ import redis
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))  # bench/: benchkit
-from benchkit import ensure_database, loadavg, proc_tree, publish, terminate  # noqa: E402
+from benchkit import ensure_database, loadavg, proc_tree, publish, redis_cpu_seconds, terminate  # noqa: E402
 
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -257,12 +257,6 @@ def start_forwarder(workdir: Path) -> Target:
     target = Target("uvloop forwarder", port, proc, log=log)
     wait_listening(target)
     return target
-
-
-def redis_cpu_seconds(r: redis.Redis) -> float:
-    """used_cpu_user + used_cpu_sys of the Redis server (shared: other clients' work counts too)."""
-    info = r.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def start_proxy(name: str, workdir: Path, upstream_port: int, prefix: str, capture: bool,
