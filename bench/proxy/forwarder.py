@@ -24,7 +24,11 @@ class Leg(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.peer: asyncio.Transport | None = None  # set before this side reads anything
+        self.peer: asyncio.Transport | None = None
+        # Client bytes that arrive before the upstream connection is up: pause_reading() in connection_made
+        # does not stop uvloop from delivering what it already read (a simpler version without this list
+        # failed every pgbench run).
+        self.early: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -33,7 +37,10 @@ class Leg(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
-        self.peer.write(data)  # type: ignore[union-attr]
+        if self.peer is not None:
+            self.peer.write(data)
+        else:
+            self.early.append(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.peer is not None:
@@ -47,7 +54,7 @@ class ClientLeg(Leg):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        transport.pause_reading()  # until the upstream connection is up
+        transport.pause_reading()
         asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
@@ -60,6 +67,9 @@ class ClientLeg(Leg):
             return
         up.peer = self.transport
         self.peer = up_transport
+        for chunk in self.early:
+            up_transport.write(chunk)
+        self.early.clear()
         self.transport.resume_reading()
 
 
