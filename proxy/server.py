@@ -68,7 +68,7 @@ class ClientProtocol(asyncio.Protocol):
         self._tls_pending = False  # 'S' sent or a direct TLS hello seen, handshake not finished
         self._first = True  # no byte received yet: a first 0x16 means direct TLS
         self._direct = False  # the client started TLS directly, without SSLRequest
-        self._hello: bytearray | None = None  # direct TLS: the ClientHello bytes read so far
+        self._hello: bytearray | None = None  # the first TLS record read so far (direct TLS or after 'S')
         self._lost = False  # connection_lost has run
         self.draining = False
         self.refused = False  # over max_client_conn: gets 53300 once its StartupMessage arrives
