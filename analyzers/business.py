@@ -122,7 +122,7 @@ class Business:
                         return []
                 else:
                     cols = shape.insert_cols
-                    envs = [{c: _resolve(ref, vals) for c, ref in zip(cols, shape.row, strict=False)}
+                    envs = [{c: _resolve(ref, vals) for c, ref in zip(cols, shape.row)}  # noqa: B905
                             for vals in all_rows]
         elif op == "copy":
             rows_only = True

@@ -32,7 +32,12 @@ import redis
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "config" / "rules.yaml"
 sys.path.insert(0, str(ROOT / "bench"))  # benchkit
+sys.path.insert(0, str(ROOT))
 from benchkit import redis_cpu_seconds  # noqa: E402
+
+from config.analyzer_settings import AnalyzerSettings  # noqa: E402
+
+DEFAULT_BATCH = AnalyzerSettings.model_fields["batch"].default
 
 
 def stream_events(n: int, seed: int = 1):
@@ -295,7 +300,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--redis", default=os.environ.get("FASTERDATA_REDIS", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--events", type=int, default=200000)
-    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--batch", type=int, default=DEFAULT_BATCH,
+                    help=f"entries per batch [{DEFAULT_BATCH}: the worker's default]")
     ap.add_argument("--repeat", type=int, default=3, help="runs per configuration; the median is reported")
     ap.add_argument("--live-rate", type=int, default=20000)
     ap.add_argument("--live-seconds", type=float, default=10)

@@ -19,7 +19,7 @@ def test_defaults_and_precedence(tmp_path: Path) -> None:
     assert isinstance(s, AnalyzerSettings)
     assert (s.prefix, s.batch, s.claim_idle, s.metrics) == ("shared", 300, 7.5, "0.0.0.0:9999")
     d = load_settings("analyze", None, {}, environ={})
-    assert (d.metrics, d.batch, d.group, d.rules) == ("127.0.0.1:9931", 500, "analyzers", SHIPPED_RULES)
+    assert (d.metrics, d.batch, d.group, d.rules) == ("127.0.0.1:9931", 1000, "analyzers", SHIPPED_RULES)
 
 
 @pytest.mark.parametrize(("flags", "needle"), [({"metrics": "nope"}, "metrics"), ({"batch": 0}, "batch"),
