@@ -151,10 +151,14 @@ async def opt_lua_joined(url: str, key: str, events: list[dict], batch: int) -> 
     await _lua(url, key, events, batch, lambda head, seq0, evs: encode_batch(head, seq0, MAXLEN, TTL, evs))
 
 
-async def opt_sink(url: str, key: str, events: list[dict], batch: int) -> None:
+async def opt_lua_packed(url: str, key: str, events: list[dict], batch: int) -> None:
+    await _lua(url, key, events, batch, lambda head, seq0, evs: encode_batch(head, seq0, MAXLEN, TTL, evs, True))
+
+
+async def opt_sink(url: str, key: str, events: list[dict], batch: int, entry: str = "packed") -> None:
     """The real thing: put() in bursts from loop callbacks, the sender ships in the background."""
     prefix = key.rsplit(":", 1)[0]
-    sink = StreamSink(url, prefix, batch_max=batch, max_queue=len(events) + 1)
+    sink = StreamSink(url, prefix, batch_max=batch, max_queue=len(events) + 1, entry=entry)
     await sink.start()
     put = sink.put
     burst = 200
@@ -202,8 +206,10 @@ OPTIONS: list[tuple[str, Callable[[str, str, list[dict], int], Awaitable[None]]]
     ("redis-py asyncio pipeline, XADD per event", opt_redispy),
     ("hand-packed XADD pipeline + hiredis replies", opt_packed_xadd),
     ("Lua batch, one RESP arg per value", opt_lua_args),
-    ("Lua batch, NUL-joined values (chosen)", opt_lua_joined),
-    ("StreamSink end to end (put + sender)", opt_sink),
+    ("Lua batch, NUL-joined values (flat entries)", opt_lua_joined),
+    ("Lua batch, one packed field an entry (default)", opt_lua_packed),
+    ("StreamSink end to end, flat entries", lambda *a: opt_sink(*a, entry="flat")),
+    ("StreamSink end to end, packed entries", opt_sink),
     ("StreamSink replaying a spool (degraded path)", opt_sink_replay),
 ]
 

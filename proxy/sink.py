@@ -53,7 +53,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from itertools import chain, islice
+from itertools import chain, islice, repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +63,7 @@ from prometheus_client.registry import Collector
 from redis.connection import parse_url
 
 from config.redisurl import one_url_per_host
+from proxy.events import ENTRY_FORMATS, PACKED_FIELD, pack
 
 if TYPE_CHECKING:
     from config.settings import ProxySettings
@@ -135,7 +136,7 @@ SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 
 # A batch whose command grows past this is split (Redis refuses a bulk string over 512 MB by default).
 MAX_BATCH_BYTES = 32 << 20
-# Lua's unpack() stops near 8000 values: events with more fields are cut to this many.
+# Lua's unpack() stops near 8000 values: flat events with more fields are cut to this many.
 MAX_FIELDS = 3000
 
 # Batch round-trip buckets (seconds) for the send-latency histogram.
@@ -167,13 +168,25 @@ def _b(value: Any) -> bytes:
             return value.encode("utf-8", "replace")
 
 
-def encode_batch(head: tuple, seq0: int, maxlen: int, ttl: int, events: list[dict[str, str]]) -> bytes:
+def encode_batch(head: tuple, seq0: int, maxlen: int, ttl: int, events: list[dict[str, str]],
+                 packed: bool = False) -> bytes:
     """One EVALSHA command (RESP bytes) adding ``events``; ``head`` = (EVALSHA, sha, 2, stream, marker).
 
-    Fast path: values joined with NUL in C (PostgreSQL text cannot hold NUL, so the proxy's values
-    never do); a batch where the count of NULs says otherwise, or with non-str values, takes the
-    slow path with one argument per value.
+    packed: each event becomes one field (events.pack), sent one argument an event; an event that
+    cannot be packed goes flat. Otherwise, fast path: values joined with NUL in C (PostgreSQL text
+    cannot hold NUL, so the proxy's values never do); a batch where the count of NULs says otherwise,
+    or with non-str values, takes the slow path with one argument per value.
     """
+    if packed:
+        n = len(events)
+        try:  # every event packed at C speed; the NUL count of the batch proves no value held one
+            values = list(map("\x00".join, map(chain.from_iterable, map(dict.items, events))))
+            if sum(map(str.count, values, repeat("\x00"))) == 2 * sum(map(len, events)) - n:
+                return hiredis.pack_command((*head, seq0, maxlen, ttl, "a", 1, 1, PACKED_FIELD, n, *repeat(0, n),
+                                             *values))
+        except (TypeError, UnicodeError):  # a value not str, or surrogates: the general path below
+            pass
+        events = [{PACKED_FIELD: p} if (p := pack(e)) is not None else e for e in events]
     sets = _KeySets()
     ids = list(map(sets.__getitem__, map(tuple, events)))
     if any(len(keys) > MAX_FIELDS for keys in sets):
@@ -182,12 +195,13 @@ def encode_batch(head: tuple, seq0: int, maxlen: int, ttl: int, events: list[dic
         return encode_batch(head, seq0, maxlen, ttl, events)
     nvalues = sum(map(len, events))
     joined: str | None = None
-    try:
-        joined = "\x00".join(chain.from_iterable(map(dict.values, events)))
-        if nvalues == 0 or joined.count("\x00") != nvalues - 1:
+    if not packed:
+        try:
+            joined = "\x00".join(chain.from_iterable(map(dict.values, events)))
+            if nvalues == 0 or joined.count("\x00") != nvalues - 1:
+                joined = None
+        except TypeError:
             joined = None
-    except TypeError:
-        joined = None
     args: list[Any] = [*head, seq0, maxlen, ttl, "a" if joined is None else "z", len(sets)]
     for keys in sets:
         args.append(len(keys))
@@ -1179,11 +1193,13 @@ class _Lane:
                 return None
             head = ("EVALSHA", SCRIPT_SHA, 2, self.stream, batch.marker)
             try:
-                batch.data = encode_batch(head, batch.seq0, self.sink.maxlen, self.sink.marker_ttl, batch.events)
+                batch.data = encode_batch(head, batch.seq0, self.sink.maxlen, self.sink.marker_ttl, batch.events,
+                                          self.sink.packed)
             except Exception:  # not a dict: keep the sequence numbers, send an empty event in its place
                 log.exception("sink %s: events that are not dicts were replaced by empty ones", self.stream)
                 batch.events = [e if isinstance(e, dict) else {} for e in batch.events]
-                batch.data = encode_batch(head, batch.seq0, self.sink.maxlen, self.sink.marker_ttl, batch.events)
+                batch.data = encode_batch(head, batch.seq0, self.sink.maxlen, self.sink.marker_ttl, batch.events,
+                                          self.sink.packed)
             if len(batch.data) <= MAX_BATCH_BYTES:
                 return batch
             if len(batch.events) > 1:
@@ -1196,7 +1212,8 @@ class _Lane:
                       self.stream, len(batch.data))
             self.dropped += 1
             batch.events = [{}]
-            batch.data = encode_batch(head, batch.seq0, self.sink.maxlen, self.sink.marker_ttl, batch.events)
+            batch.data = encode_batch(head, batch.seq0, self.sink.maxlen, self.sink.marker_ttl, batch.events,
+                                      self.sink.packed)
             return batch
 
     def _take(self, limit: int) -> _Batch | None:
@@ -1362,6 +1379,8 @@ class StreamSink:
       events gather (fewer round trips and script calls: the proxy and Redis each spend ~5 µs less
       per event under load); costs up to that much latency to the stream.  0 sends at once.
     - ``batch_max``: events per round trip.  Default 1000 (keeps Redis busy ~4 ms per batch).
+    - ``entry``: ``packed`` (one field an event; default) or ``flat`` (one field per event field);
+      see proxy.events.
     - ``spool_path``: spool file (one per process; None = no spool: overflow is dropped).
     - ``spool_max_bytes``: unreplayed spool data kept before dropping.  Default 1 GiB.
     - ``shards``: number of streams (``<prefix>:statements:{i}``) chosen by ``route``.  Default 1.
@@ -1387,7 +1406,10 @@ class StreamSink:
                  shards: int = 1, connect_timeout: float = 5.0, send_timeout: float = 5.0,
                  backoff_min: float = 0.1, backoff_max: float = 5.0,
                  ssl_context: ssl.SSLContext | None = None, client_name: str = "fasterdata-sink",
-                 marker_ttl: int = 7 * 86400, wait_replicas: int = 0, wait_timeout: float = 1.0) -> None:
+                 marker_ttl: int = 7 * 86400, wait_replicas: int = 0, wait_timeout: float = 1.0,
+                 entry: str = "packed") -> None:
+        if entry not in ENTRY_FORMATS:
+            raise ValueError(f"entry must be one of {', '.join(ENTRY_FORMATS)}")
         if shards < 1 or max_queue < 1 or batch_max < 1 or maxlen < 0 or spool_max_bytes < 1:
             raise ValueError("shards, max_queue, batch_max and spool_max_bytes must be positive, maxlen >= 0")
         urls = one_url_per_host(url)
@@ -1397,6 +1419,7 @@ class StreamSink:
         self.max_queue = max_queue
         self.batch_max = batch_max
         self.linger = linger
+        self.packed = entry == "packed"
         self.spool_max_bytes = spool_max_bytes
         self.connect_timeout = connect_timeout
         self.send_timeout = send_timeout
@@ -1555,4 +1578,5 @@ def sink_for(settings: ProxySettings, spool_path: str | None) -> StreamSink:
     """The sink a proxy process (or its capture helper) runs with these settings."""
     return StreamSink(settings.redis, settings.prefix, maxlen=settings.stream_maxlen, max_queue=settings.queue_max,
                       spool_path=spool_path, spool_max_bytes=settings.spool_max_bytes, shards=settings.stream_shards,
-                      wait_replicas=settings.redis_wait_replicas, wait_timeout=settings.redis_wait_timeout)
+                      wait_replicas=settings.redis_wait_replicas, wait_timeout=settings.redis_wait_timeout,
+                      entry=settings.stream_entry)

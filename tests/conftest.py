@@ -18,6 +18,8 @@ import psycopg
 import pytest
 import redis
 
+from proxy.events import unpack
+
 PG_HOST = os.environ.get("FASTERDATA_TEST_PGHOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("FASTERDATA_TEST_PGPORT", "5432"))
 PG_USER = os.environ.get("FASTERDATA_TEST_PGUSER", "postgres")
@@ -131,6 +133,11 @@ class ProxyProcess(ChildProcess):
 
     def url(self, dbname: str = "postgres", user: str = PG_USER) -> str:
         return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
+
+
+def entries(r: redis.Redis, key: str) -> list[tuple[str, dict[str, str]]]:
+    """XRANGE of a whole stream as (id, event), a packed statement entry unpacked (a decoding client)."""
+    return [(entry_id, unpack(fields)) for entry_id, fields in r.xrange(key)]
 
 
 def delete_prefix(r: redis.Redis, prefix: str) -> None:

@@ -16,6 +16,7 @@ import time
 
 import redis
 
+from ..event import unpack
 from ..keys import shard_keys
 from ..redisconn import connect
 from ..streams import StreamSet
@@ -65,7 +66,7 @@ class Follower:
             if fields is None:  # trimmed away while pending
                 done.append(entry_id)
                 continue
-            event = {k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()}
+            event = unpack({k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()})
             try:
                 self.cache.apply_event(event)
             except RedisDown:

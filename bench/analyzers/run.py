@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from benchkit import redis_cpu_seconds  # noqa: E402
 
 from config.analyzer_settings import AnalyzerSettings  # noqa: E402
+from proxy.events import PACKED_FIELD, pack  # noqa: E402
 
 DEFAULT_BATCH = AnalyzerSettings.model_fields["batch"].default
 
@@ -112,7 +113,7 @@ def _inline(sql: str, params: list) -> str:
 def fill(r: redis.Redis, stream: str, n: int) -> None:
     pipe = r.pipeline(transaction=False)
     for i, f in enumerate(stream_events(n)):
-        pipe.xadd(stream, f)
+        pipe.xadd(stream, {PACKED_FIELD: pack(f)})  # as the proxy writes them by default
         if i % 2000 == 1999:
             pipe.execute()
     pipe.execute()

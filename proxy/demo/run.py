@@ -124,7 +124,7 @@ fasterdata demo is running ({s.pg_origin}; {s.redis_origin}).
   Connect through the proxy:  psql "{dsn}"
   Proxy metrics:              http://127.0.0.1:{proxy_metrics}/metrics
   Analyzer metrics:           http://127.0.0.1:{analyzer_metrics}/metrics
-  Statements as captured:     {redis_cli} XREVRANGE {PREFIX}:statements + - COUNT 3
+  Statements as captured:     {redis_cli} --raw XREVRANGE {PREFIX}:statements + - COUNT 3 | tr '\\0' '\\n' | paste - -
   Business events:            {redis_cli} XREVRANGE {PREFIX}:events + - COUNT 3
   Alerts:                     {redis_cli} XREVRANGE {PREFIX}:alerts + - COUNT 3
   Live view:                  fasterdata top --redis {s.redis_url} --prefix {PREFIX}

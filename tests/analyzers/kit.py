@@ -23,6 +23,7 @@ from analyzers.keys import shard_keys
 from analyzers.rules import RulesFile, parse
 from analyzers.worker import Worker
 from config.analyzer_settings import AnalyzerSettings
+from proxy.events import PACKED_FIELD, pack
 from tests.conftest import REDIS_URL, RUN_ID, ChildProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,11 +47,13 @@ def prefix(r: redis.Redis) -> Iterator[str]:
 
 
 class Events:
-    """Writes statement events (schema v1, flat string fields) the way the proxy does: with `shards` ≥ 2
-    to `<prefix>:statements:{i}`, the session id picking the stream (stable, as the proxy keeps a session)."""
+    """Writes statement events (schema v1) the way the proxy does: packed by default, flat with
+    entry="flat"; with `shards` ≥ 2 to `<prefix>:statements:{i}`, the session id picking the stream
+    (stable, as the proxy keeps a session)."""
 
-    def __init__(self, client: redis.Redis, prefix: str, shards: int = 1) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, shards: int = 1, entry: str = "packed") -> None:
         self.r = client
+        self.packed = entry == "packed"
         self.streams = [k.statements for k in shard_keys(prefix, shards)]
         self.stream = self.streams[0]
         self.ts = int(time.time() * 1e6)
@@ -94,7 +97,8 @@ class Events:
 
     def _add(self, fields: dict[str, str], sid: str) -> None:
         stream = self.streams[int(hashlib.sha1(sid.encode()).hexdigest(), 16) % len(self.streams)]
-        (self.pipe or self.r).xadd(stream, fields)
+        packed = pack(fields) if self.packed else None
+        (self.pipe or self.r).xadd(stream, {PACKED_FIELD: packed} if packed is not None else fields)
 
     def __enter__(self) -> Events:
         self.pipe = self.r.pipeline(transaction=False)

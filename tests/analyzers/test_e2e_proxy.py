@@ -12,7 +12,7 @@ import redis
 from analyzers.rules import parse
 from tests.analyzers.kit import drain, make_worker, wait_for
 from tests.analyzers.workload import RULES, NoEvents, Workload, dump, measured
-from tests.conftest import ProxyProcess
+from tests.conftest import ProxyProcess, entries
 
 
 def captures(r: redis.Redis, proxy: ProxyProcess) -> bool:
@@ -44,7 +44,7 @@ def test_business_totals_through_the_proxy(r: redis.Redis, start_proxy, scratch_
         got = measured(r, prefix)
         assert got == truth, f"\nredis: {dump(got)}\nsql:   {dump(truth)}\n({total_before} events)"
         # the same fingerprint for the simple and the extended form of one statement
-        texts = {f["proto"]: worker.normalize(f["sql"]).fp for _, f in r.xrange(f"{prefix}:statements")
+        texts = {f["proto"]: worker.normalize(f["sql"]).fp for _, f in entries(r, f"{prefix}:statements")
                  if f.get("sql", "").startswith("UPDATE inventory SET qty = qty -")}
         assert len(set(texts.values())) == 1 and set(texts) == {"simple", "extended"}
     finally:

@@ -53,6 +53,19 @@ def test_entries_are_acknowledged_after_processing(r: redis.Redis, prefix: str, 
     assert q["calls"] == "1200" and q["rows"] == "1200" and int(q["total_us"]) == 1200 * 150
 
 
+def test_flat_and_packed_entries_are_read_alike(r: redis.Redis, prefix: str) -> None:
+    """A stream may hold both (a proxy's stream_entry changed, proxies of two releases): same events."""
+    for entry in ("flat", "packed"):
+        Events(r, prefix, entry=entry).stmt("SELECT abalance FROM pgbench_accounts WHERE aid = $1", [7],
+                                            tag="SELECT", rows=3)
+    assert [list(fields) for _id, fields in r.xrange(f"{prefix}:statements")][1] == ["event"]
+    w = make_worker(prefix)
+    assert drain(w) == 2
+    assert (w.counters.bad, w.counters.failed) == (0, 0)
+    q = r.hgetall(f"{prefix}:stats:q:" + r.zrevrange(f"{prefix}:stats:top:calls", 0, 0)[0])
+    assert q["calls"] == "2" and q["rows"] == "6"
+
+
 def test_lag_counts_entries_and_the_age_of_the_oldest(r: redis.Redis, prefix: str) -> None:
     stream = f"{prefix}:statements"
     w = make_worker(prefix, claim_idle=0.001)

@@ -15,7 +15,7 @@ from analyzers.keys import shard_keys
 from analyzers.rules import parse
 from tests.analyzers.kit import Events, drain, make_worker, wait_for
 from tests.analyzers.workload import RULES, Workload, dump, measured
-from tests.conftest import direct_dsn
+from tests.conftest import direct_dsn, entries
 
 
 @pytest.fixture(params=[1, 3], ids=["one-stream", "three-shards"])
@@ -44,7 +44,7 @@ def test_totals_equal_sql_after_a_mixed_workload(r: redis.Redis, prefix: str, wo
     assert got == truth, f"\nredis: {dump(got)}\nsql:   {dump(truth)}"
     # the workload really exercised what it claims to
     streams = workload.events.streams
-    kinds = {f.get("txn") for s in streams for _, f in r.xrange(s)}
+    kinds = {f.get("txn") for s in streams for _, f in entries(r, s)}
     assert {"committed", "rolled_back", "autocommit", "open"} <= kinds
     assert sum(r.xlen(s) for s in streams) > 1500
     if shards > 1:

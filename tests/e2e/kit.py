@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.events import unpack
 from tests.conftest import PG_USER, ProxyProcess, wait_until
 
 Event = dict[str, str]
@@ -42,14 +43,15 @@ def tpcb_kind(sql: str) -> str | None:
 # -- Redis ----------------------------------------------------------------------------------------
 
 def read_stream(r: redis.Redis, key: str) -> list[tuple[str, Event]]:
-    """Every entry of a stream, oldest first, as (id, fields); the client must decode responses."""
+    """Every entry of a stream, oldest first, as (id, event): a packed statement entry unpacked; the
+    client must decode responses."""
     out: list[tuple[str, Event]] = []
     start = "-"
     while True:
         chunk = r.xrange(key, start, "+", count=5000)
         if not chunk:
             return out
-        out.extend(chunk)
+        out.extend((entry_id, unpack(fields)) for entry_id, fields in chunk)
         start = "(" + chunk[-1][0]
 
 

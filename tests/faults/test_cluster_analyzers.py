@@ -25,7 +25,7 @@ from config.analyzer_settings import AnalyzerSettings
 from tests.analyzers.kit import ROOT, WorkerProcess, group_done
 from tests.analyzers.test_anomaly import check_spikes_and_drops
 from tests.analyzers.workload import RULES, NoEvents, Workload, dump, measured
-from tests.conftest import direct_dsn, wait_until
+from tests.conftest import direct_dsn, entries, wait_until
 from tests.proxy.pxkit import StartProxy
 from tests.rediscluster import Cluster
 
@@ -104,9 +104,9 @@ def test_two_workers_on_a_cluster_match_sql(start_proxy: StartProxy, redis_clust
             truth = w.truth()
         got = measured(rc, prefix, SHARDS)
         assert got == truth, f"\nredis: {dump(got)}\nsql:   {dump(truth)}"
-        kinds = {f.get("txn") for s in streams for _, f in rc.xrange(s)}
+        kinds = {f.get("txn") for s in streams for _, f in entries(rc, s)}
         assert {"committed", "rolled_back", "open"} <= kinds
-        assert any(f.get("undone") for s in streams for _, f in rc.xrange(s) if f.get("kind") == "txn_end")
+        assert any(f.get("undone") for s in streams for _, f in entries(rc, s) if f.get("kind") == "txn_end")
 
         def beats() -> dict[str, int]:
             return {n: json.loads(v)["entries"] for n, v in rc.hgetall(f"{prefix}:workers").items()}

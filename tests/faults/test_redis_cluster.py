@@ -26,7 +26,7 @@ import pytest
 
 from analyzers.redisconn import clustered, connect
 from proxy.events import COMMITTED
-from tests.conftest import PG_USER, ProxyProcess, wait_port, wait_until
+from tests.conftest import PG_USER, ProxyProcess, entries, wait_port, wait_until
 from tests.e2e.kit import TPCB_KINDS, Event, parse_pgbench, read_stream, scrape, settle, tpcb_kind, value
 from tests.proxy.pxkit import StartProxy
 from tests.rediscluster import Cluster
@@ -72,7 +72,7 @@ def test_sharded_streams_on_redis_cluster(start_proxy: StartProxy, redis_cluster
                 conn.execute(f"select {n} * 100 + {i} as fault_cluster")
 
     def captured() -> list[dict[str, str]]:
-        return [f for s in streams for _id, f in rc.xrange(s) if f.get("app") == app and f.get("kind") == "stmt"]
+        return [f for s in streams for _id, f in entries(rc, s) if f.get("app") == app and f.get("kind") == "stmt"]
 
     wait_until(lambda: len(captured()) >= SESSIONS * PER_SESSION, "every statement to reach the cluster", timeout=60)
     time.sleep(0.2)  # nothing more should arrive (doubles would show here); a pause, not a measurement
@@ -81,7 +81,7 @@ def test_sharded_streams_on_redis_cluster(start_proxy: StartProxy, redis_cluster
         f"select {n} * 100 + {i} as fault_cluster" for n in range(SESSIONS) for i in range(PER_SESSION))
     assert all(rc.xlen(s) > 0 for s in streams)  # 30 sessions spread over all three shards
     for sid in {e["sid"] for e in events}:  # a session stays on one stream
-        assert sum(1 for s in streams if any(f.get("sid") == sid for _id, f in rc.xrange(s))) == 1
+        assert sum(1 for s in streams if any(f.get("sid") == sid for _id, f in entries(rc, s))) == 1
     rc.close()
 
 
@@ -344,7 +344,7 @@ def test_failover_to_a_replica_loses_no_confirmed_statement(start_proxy: StartPr
     wait_until(lambda: c.replica_of(replica) == master, "the old master to rejoin as a replica", timeout=60)
     settle(proxy, timeout=90)
     with c.node(replica) as r:
-        got = [fields["sql"] for _id, fields in r.xrange(stream) if fields.get("app") == app]
+        got = [fields["sql"] for _id, fields in entries(r, stream) if fields.get("app") == app]
     assert sorted(got) == sorted(expected)  # each once: none lost with the old master, none doubled by the resend
     assert _metric(proxy, "fasterdata_sink_dropped_total") == 0
 
@@ -352,4 +352,4 @@ def test_failover_to_a_replica_loses_no_confirmed_statement(start_proxy: StartPr
 def _on_master_only(c: Cluster, master: int, stream: str) -> bool:
     """Statements of the paused phase reached the master (what a sink that does not wait confirms)."""
     with c.node(master) as r:
-        return any("during_pause" in f.get("sql", "") for _i, f in r.xrange(stream))
+        return any("during_pause" in f.get("sql", "") for _i, f in entries(r, stream))

@@ -25,7 +25,7 @@ import pytest
 import redis
 
 from proxy import tls, wire
-from tests.conftest import PG_USER, REDIS_URL, ProxyProcess, stop_all, wait_until
+from tests.conftest import PG_USER, REDIS_URL, ProxyProcess, entries, stop_all, wait_until
 from tests.faults.kit import metric
 from tests.pgcluster import TestPKI
 
@@ -68,7 +68,7 @@ def captured(proxy: ProxyProcess, app: str) -> list[str]:
     """SQL of the statement events the proxy wrote to its stream for ``application_name=app``."""
     r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     try:
-        return [f["sql"] for _id, f in r.xrange(f"{proxy.prefix}:statements")
+        return [f["sql"] for _id, f in entries(r, f"{proxy.prefix}:statements")
                 if f.get("app") == app and f.get("kind") == "stmt"]
     finally:
         r.close()

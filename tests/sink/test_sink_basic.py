@@ -12,6 +12,7 @@ import redis
 import uvloop
 from prometheus_client import CollectorRegistry, generate_latest
 
+from proxy.events import PACKED_FIELD, unpack
 from proxy.sink import SCRIPT_SHA, RedisConnection, RedisTarget, SinkCollector, StreamSink, encode_batch
 from tests.conftest import free_port
 
@@ -46,6 +47,26 @@ async def test_events_arrive_in_order_with_exact_fields(prefix: str, shared_url:
     assert read_stream(client, f"{prefix}:statements") == sent
     assert (sink.sent, sink.dropped, sink.spooled, sink.queued) == (len(sent), 0, 0, 0)
     assert sink.deduplicated == 0
+
+
+async def test_entries_are_packed_unless_flat_is_asked(prefix: str, shared_url: str) -> None:
+    """By default an entry is one field, the event's names and values joined with NUL; an event holding
+    a NUL itself goes flat; entry='flat' writes one stream field per event field."""
+    sent = [*events(3), {"v": "1", "sql": "SELECT 'a\x00b'"}]
+    for entry in ("packed", "flat"):
+        sink = StreamSink(shared_url, f"{prefix}:{entry}", entry=entry)
+        await sink.start()
+        for fields in sent:
+            sink.put(fields)
+        await sink.close(10)
+    client = redis.Redis.from_url(shared_url, decode_responses=True)
+    packed = [fields for _id, fields in client.xrange(f"{prefix}:packed:statements")]
+    assert [list(fields) for fields in packed] == [[PACKED_FIELD]] * 3 + [["v", "sql"]]
+    assert packed[0][PACKED_FIELD] == "\x00".join(x for kv in sent[0].items() for x in kv)
+    assert [unpack(fields) for fields in packed] == sent
+    assert [fields for _id, fields in client.xrange(f"{prefix}:flat:statements")] == sent
+    with pytest.raises(ValueError, match="entry must be one of packed, flat"):
+        StreamSink(shared_url, prefix, entry="json")
 
 
 async def test_resent_batches_are_not_duplicated(prefix: str, shared_url: str) -> None:
@@ -108,7 +129,7 @@ async def test_maxlen_is_honoured_approximately(prefix: str, shared_url: str) ->
     client = redis.Redis.from_url(shared_url, decode_responses=True)
     length = client.xlen(f"{prefix}:statements")
     assert 1000 <= length <= 1000 + 100  # whole macro nodes (stream-node-max-entries 100) are trimmed
-    newest = client.xrevrange(f"{prefix}:statements", count=1)[0][1]
+    newest = unpack(client.xrevrange(f"{prefix}:statements", count=1)[0][1])
     assert newest == sent[-1]
 
 
@@ -208,7 +229,7 @@ async def test_oversized_batches_are_split_and_huge_events_dropped(prefix: str, 
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("proxy.sink.MAX_BATCH_BYTES", 20_000)
     monkeypatch.setattr("proxy.sink.MAX_FIELDS", 6)
-    sink = StreamSink(shared_url, prefix)
+    sink = StreamSink(shared_url, prefix, entry="flat")  # the field limit is Lua's, on flat entries only
     await sink.start()
     sent = [{"n": str(i), "sql": "x" * 1000} for i in range(100)]
     for fields in sent[:50]:
