@@ -347,13 +347,14 @@ class Worker:
     def analyse(self, shard: Shard, entries: list[Entry]) -> Batch:
         """Everything a batch of one shard will write, computed in memory."""
         batch = Batch(shard.keys)
+        packed = event.PACKED_FIELD
         for entry_id, flat in entries:
             if flat is None:
                 continue  # trimmed from the stream before we read it: nothing to analyse
             if type(flat) is dict:
                 ev = event.unpack(flat)
             else:  # [name, value, …]: one pair for a packed entry (proxy.events), many for a flat one
-                it = iter(flat[1].split("\x00") if len(flat) == 2 and flat[0] == event.PACKED_FIELD else flat)
+                it = iter(flat[1].split("\x00") if len(flat) == 2 and flat[0] == packed else flat)
                 ev = dict(zip(it, it))  # noqa: B905 (a keyword argument costs 0.2 µs an entry here)
             try:
                 self.handle(batch, ev)

@@ -10,8 +10,8 @@ stay small); the lists below say which fields every entry carries.
 How an entry holds the event (``stream_entry``, a proxy setting; every consumer reads both):
 
 * ``packed`` (default): one stream field, ``event``, whose value is the event's names and values
-  joined with NUL: ``v\0 1\0 kind\0 stmt\0 ts\0 …`` (without the spaces). ``redis-cli XRANGE`` shows it
-  with ``\x00`` between the parts. Redis reads and writes one string an entry instead of ~30: its
+  joined with NUL: ``v\\0 1\\0 kind\\0 stmt\\0 ts\\0 …`` (without the spaces). ``redis-cli XRANGE`` shows
+  it with ``\\x00`` between the parts. Redis reads and writes one string an entry instead of ~30: its
   CPU to append an event falls by ~45 %, and an analyzer worker's by ~16 % (bench/NOTES.md). NUL
   cannot occur in a value: PostgreSQL's text cannot hold it, and an event that would contain one
   goes flat.
