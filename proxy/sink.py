@@ -1276,7 +1276,8 @@ class _Lane:
             log.info("sink %s: redis %s is back after %.1fs%s", self.stream, self.where,
                      time.monotonic() - self._down_since, backlog)
         elif self.connects == 1:
-            log.info("sink %s: writing to redis %s%s", self.stream, self.where, backlog)
+            log.info("sink %s: writing %s entries to redis %s%s", self.stream,
+                     "packed" if self.sink.packed else "flat", self.where, backlog)
         self._down_since = None
         self._down_reason = ""
 
