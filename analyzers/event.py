@@ -12,16 +12,8 @@ import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-try:  # the contract lives with its producer; the fallback keeps analyzers usable on their own
-    from proxy.events import AUTOCOMMIT, COMMITTED, PACKED_FIELD, SCHEMA_VERSION, unpack
-except ImportError:  # pragma: no cover
-    SCHEMA_VERSION, COMMITTED, AUTOCOMMIT, PACKED_FIELD = "1", "committed", "autocommit", "event"
-
-    def unpack(fields: dict[str, str]) -> dict[str, str]:
-        if len(fields) == 1 and PACKED_FIELD in fields:
-            it = iter(fields[PACKED_FIELD].split("\x00"))
-            return dict(zip(it, it))  # noqa: B905
-        return fields
+# The contract lives with its producer (one package: the analyzers' CLI imports proxy as well).
+from proxy.events import AUTOCOMMIT, COMMITTED, PACKED_FIELD, SCHEMA_VERSION, unpack  # noqa: F401 (re-exported)
 
 SCHEMA = SCHEMA_VERSION
 COUNTED = frozenset({COMMITTED, AUTOCOMMIT})  # transaction outcomes whose work counts
