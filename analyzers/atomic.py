@@ -4,6 +4,8 @@ The script first checks that every entry of the batch is still pending *and owne
 consumer*. If another worker has reclaimed one (we were slow, not dead), nothing is applied and
 the caller recomputes the batch without the lost entries — so an entry's effects land exactly once
 whether a worker is killed (its entries stay pending, unapplied, and are reclaimed) or merely stalls.
+A batch read less than half the group's claim floor ago skips that check: nobody may have taken any
+of it yet (`claim_floor`; the XPENDING reply was a fifth of Redis's time a statement).
 
 Writes are a small op language (flat string arguments) so Python can aggregate a batch before
 sending it: one HINCRBY per (key, field) instead of one per statement. Ops that must keep their
@@ -176,7 +178,18 @@ end
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local ids = cjson.decode(ARGV[5])
 local nids = #ids
-if nids > 0 then
+-- ARGV[7], ARGV[8]: when the batch was read (ms, this server's clock, before the read ran) and the
+-- group's claim floor key. No consumer takes an entry idle for less than the floor, so a batch read
+-- less than half of it ago is still wholly ours and needs no entry-by-entry check.
+local fresh = false
+if ARGV[7] then
+  local floor = redis.call('GET', ARGV[8])
+  if floor then
+    local t = redis.call('TIME')
+    fresh = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[7]) < tonumber(floor) / 2
+  end
+end
+if nids > 0 and not fresh then
   local pend = redis.call('XPENDING', stream, group, ARGV[3], ARGV[4], nids + 10000, consumer)
   local owned = {}
   for _, p in ipairs(pend) do owned[p[1]] = true end
@@ -188,13 +201,23 @@ if nids > 0 then
     table.insert(missing, 1, 0)
     return missing
   end
-  for k = 1, nids, 1000 do
-    redis.call('XACK', stream, group, unpack(ids, k, math.min(k + 999, nids)))
-  end
+end
+for k = 1, nids, 1000 do
+  redis.call('XACK', stream, group, unpack(ids, k, math.min(k + 999, nids)))
 end
 local ops = cjson.decode(ARGV[6])
 run(ops, 1, #ops)
-return {1, nids, undescribed}
+return {1, nids, undescribed, fresh and 0 or 1}
+"""
+
+# Sets the group's claim floor (ms) to a claimer's min-idle when that is lower, or when the floor has
+# lapsed: a floor outlives its setter by PX, which the setter renews at every claim pass.
+FLOOR_LUA = r"""
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or tonumber(ARGV[1]) <= tonumber(cur) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return redis.call('GET', KEYS[1])
 """
 
 
@@ -403,16 +426,23 @@ class Committer:
     """Runs the script: returns the ids another consumer now owns (empty list on success).
 
     declare: pass every key as KEYS (sharded deployments; a cluster needs it). One unsharded stream
-    keeps the cheaper call with the stream as the only key."""
+    keeps the cheaper call with the stream as the only key.
+    floor_key: the group's claim floor (see `claim_floor`); a batch whose read time is given skips the
+    ownership check while it is young enough. None (a cluster: the key lives in another slot): every
+    batch is checked."""
 
-    def __init__(self, client: redis.Redis, stream: str, group: str, consumer: str, declare: bool = False) -> None:
+    def __init__(self, client: redis.Redis, stream: str, group: str, consumer: str, declare: bool = False,
+                 floor_key: str | None = None) -> None:
         self.script = client.register_script(LUA)
         self.stream = stream
         self.group = group
         self.consumer = consumer
         self.declare = declare
+        self.floor_key = floor_key
+        self.checked = 0  # commits that verified ownership entry by entry (the rest were young enough)
 
-    def commit(self, ids: list[str], writes: Writes) -> list[str]:
+    def commit(self, ids: list[str], writes: Writes, read_at: int | None = None) -> list[str]:
+        """read_at: the server's clock (ms) just before the read that delivered `ids` ran."""
         # Two JSON arguments instead of thousands: redis-py packs each argument in Python, cjson
         # decodes in C.
         if ids:
@@ -424,8 +454,22 @@ class Committer:
         names = [self.stream]
         if self.declare:
             names += sorted(writes.key_names() - {self.stream})
-        result = self.script(keys=names, args=[self.group, self.consumer, lo, hi, json.dumps(ids), ops])
+        args = [self.group, self.consumer, lo, hi, json.dumps(ids), ops]
+        if read_at is not None and self.floor_key is not None:
+            args += [read_at, self.floor_key]
+        result = self.script(keys=names, args=args)
         if int(result[0]) == 1:
             writes.undescribed = list(result[2]) if len(result) > 2 else []
+            if ids and int(result[3]):
+                self.checked += 1
             return []
         return [str(x) for x in result[1:]]
+
+
+def claim_floor(client: redis.Redis, key: str, claim_idle_ms: int) -> int:
+    """Publish this claimer's min-idle as the group's floor if it is the lowest; returns the floor.
+
+    Called before each XAUTOCLAIM pass, so the floor is in place before anything is taken; it lapses
+    3 × claim_idle (at least a minute) after its setter's last pass."""
+    ttl = max(60_000, 3 * claim_idle_ms)
+    return int(client.eval(FLOOR_LUA, 1, key, claim_idle_ms, ttl))

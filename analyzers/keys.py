@@ -4,7 +4,8 @@ Sharding (`stream_shards` ≥ 2): everything a batch commit of shard i touches c
 `{i}` right after its fixed family name (`<prefix>:biz:{i}:<rule>:<day>`, `<prefix>:statements:{i}`),
 before any user-controlled text, so one commit maps to one Redis Cluster slot. One shard keeps the
 plain names (`tag` is empty). Keys written outside commits (heartbeats, rule descriptions, the
-anomaly lock) are never tagged: each is written by a single-key command.
+anomaly lock, the claim floor) are never tagged: each is written by a single-key command. Commits read
+the claim floor only on a single Redis, where slots do not apply.
 """
 
 from __future__ import annotations
@@ -129,6 +130,10 @@ class Keys:
     def workers(self) -> str:
         """Hash consumer → JSON heartbeat (processed, rate, lag)."""
         return f"{self.p}:workers"
+
+    def claim_floor(self, group: str) -> str:
+        """The lowest claim_idle (ms) of the group's live claimers: younger entries are never taken."""
+        return f"{self.p}:claim_floor:{group}"
 
 
 def shard_keys(prefix: str, shards: int) -> list[Keys]:

@@ -63,6 +63,17 @@ class StreamSet:
         pairs = reply.items() if isinstance(reply, dict) else ((s[0], s[1]) for s in reply)
         return [(self.index[_name(stream)], entries) for stream, entries in pairs if entries]
 
+    def read_new(self, count: int, block_ms: int | None) -> tuple[int | None, list[tuple[int, Any]]]:
+        """New entries, with the server's clock (ms) just before it delivered them: TIME goes first in one
+        pipeline on one connection. A cluster gives None (TIME would come from whichever node)."""
+        if self.cluster:
+            return None, self.read(count, block_ms)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.time()
+        pipe.xreadgroup(self.group, self.consumer, {n: ">" for n in self.names}, count=count, block=block_ms)
+        (sec, usec), reply = pipe.execute()
+        return sec * 1000 + usec // 1000, self._split(reply)
+
     def read(self, count: int, block_ms: int | None, start: str = ">",
              only: int | None = None) -> list[tuple[int, Any]]:
         """New entries (start '>') or this consumer's pending ones (start '0'), per stream.

@@ -27,7 +27,7 @@ from config.analyzer_settings import AnalyzerSettings
 from . import event
 from .anomaly import Counter as AnomalyCounter
 from .anomaly import Evaluator, describe_series
-from .atomic import Committer, Writes
+from .atomic import Committer, Writes, claim_floor
 from .business import Business, BusinessCollector, Match
 from .fingerprint import Normalized, Normalizer
 from .keys import Keys, shard_keys
@@ -135,7 +135,10 @@ class Worker:
         self.consumer = settings.consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.group = settings.group
         sharded = settings.stream_shards > 1
-        self.shards = [Shard(i, k, Committer(self.r, k.statements, self.group, self.consumer, declare=sharded))
+        # A cluster keeps the floor in another slot than the shards' scripts: there every batch is checked.
+        self.floor_key = None if clustered(self.r) else self.keys.claim_floor(self.group)
+        self.shards = [Shard(i, k, Committer(self.r, k.statements, self.group, self.consumer, declare=sharded,
+                                             floor_key=self.floor_key))
                        for i, k in enumerate(shard_keys(settings.prefix, settings.stream_shards))]
         self.streams = StreamSet(self.r, [sh.stream for sh in self.shards], self.group, self.consumer)
         self.normalize = Normalizer(settings.cache_size)
@@ -286,8 +289,8 @@ class Worker:
         if got:
             if not self.stop.is_set():  # read the next batch while this one is analysed
                 self._reading = self._reader.submit(self._read)
-            for shard, entries in got:
-                self.process(shard, entries, wait=False)
+            for shard, entries, read_at in got:
+                self.process(shard, entries, wait=False, read_at=read_at)
                 done += len(entries)
         else:
             self.settle()
@@ -301,15 +304,15 @@ class Worker:
         n = 0
         if self._reading is not None:
             got, self._reading = self._reading.result(), None
-            for shard, entries in got:
-                self.process(shard, entries)
+            for shard, entries, read_at in got:
+                self.process(shard, entries, read_at=read_at)
                 n += len(entries)
         self.settle()
         return n
 
-    def _read(self) -> list[tuple[Shard, list[Entry]]]:
-        got = self.streams.read(self.s.batch, int(self.s.block * 1000))
-        return [(self.shards[i], _entries(entries)) for i, entries in got]
+    def _read(self) -> list[tuple[Shard, list[Entry], int | None]]:
+        read_at, got = self.streams.read_new(self.s.batch, int(self.s.block * 1000))
+        return [(self.shards[i], _entries(entries), read_at) for i, entries in got]
 
     def _own_pending(self) -> None:
         """Entries this consumer name read before a restart and never acknowledged."""
@@ -325,6 +328,8 @@ class Worker:
         """XAUTOCLAIM, on every shard, entries idle longer than claim_idle (their consumer is presumed dead)."""
         total = 0
         idle_ms = int(self.s.claim_idle * 1000)
+        if self.floor_key is not None:  # before taking anything: see atomic.claim_floor
+            claim_floor(self.r, self.floor_key, idle_ms)
         for shard in self.shards:
             cursor = "0-0"
             for _ in range(100):
@@ -367,14 +372,15 @@ class Worker:
         self.stats_writes(batch)
         return batch
 
-    def process(self, shard: Shard, entries: list[Entry], wait: bool = True) -> None:
+    def process(self, shard: Shard, entries: list[Entry], wait: bool = True, read_at: int | None = None) -> None:
         """Analyse a batch and commit it. With wait=False the commit runs on a helper thread while the
         caller reads and analyses the next batch (Redis time overlaps Python time); commits stay in
-        order because a new one starts only after the previous one has settled."""
+        order because a new one starts only after the previous one has settled. read_at: see
+        `Committer.commit` (None for reclaimed and re-read entries: those are always checked)."""
         batch = self.analyse(shard, entries)
         self.settle()
         self._inflight = (shard, entries, batch, self._pool.submit(shard.committer.commit, [e[0] for e in entries],
-                                                                   batch.writes))
+                                                                   batch.writes, read_at))
         if wait:
             self.settle()
 

@@ -29,7 +29,9 @@ class AnalyzerSettings(Common):
                        "(~4 ms at 1000)")
     block: float = Field(1.0, gt=0, le=60, description="Seconds one read waits for new entries")
     claim_idle: float = Field(30.0, gt=0, description="Seconds an entry stays pending before another "
-                              "worker reclaims it (XAUTOCLAIM) from a dead one")
+                              "worker reclaims it (XAUTOCLAIM) from a dead one; the lowest among live workers "
+                              "is the group's claim floor, and batches younger than half of it commit without "
+                              "an ownership check")
     start_id: str = Field("0", description="Where a newly created group starts: '0' (whole stream) or '$' (new only)")
     events_maxlen: int = Field(100000, ge=100, description="Approximate length cap of <prefix>:events")
     alerts_maxlen: int = Field(100000, ge=100, description="Approximate length cap of <prefix>:alerts")

@@ -93,6 +93,7 @@ def main() -> int:
         worker._read = reading.wrap(worker._read)
         for shard in worker.shards:
             shard.committer.commit = committing.wrap(shard.committer.commit)
+        worker.claim()  # nothing to take yet; publishes the group's claim floor, as a worker's first step does
         worker._next_periodic = worker._next_claim = float("inf")  # the drain only
         prof = cProfile.Profile(time.thread_time) if args.profile else None  # CPU, not wall: the box is shared
         collector = GcClock()

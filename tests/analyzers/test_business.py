@@ -9,6 +9,7 @@ import time
 import pytest
 import redis
 
+from analyzers.atomic import claim_floor
 from analyzers.worker import _entries
 from tests.analyzers.kit import Events, biz, drain, make_worker, rules_file
 
@@ -164,6 +165,64 @@ def test_a_reclaimed_batch_is_applied_once(r: redis.Redis, prefix: str, events: 
     assert slow.counters.conflicts == 20 and slow.counters.entries == 0
     assert biz(r, prefix, "sales") == {"region=eu": 2000}
     assert r.xpending(stream, "analyzers")["pending"] == 0
+
+
+def test_a_young_batch_skips_the_entry_check_and_an_old_one_does_not(r: redis.Redis, prefix: str,
+                                                                    events: Events) -> None:
+    """No consumer takes an entry idle for less than the group's claim floor, so a batch read less than
+    half of it ago commits without XPENDING; an older one is checked entry by entry."""
+    with events:
+        for i in range(10):
+            events.stmt(INSERT_EXT, [i, i, "eu", "1.00"], tag="INSERT", rows=1)
+    w = make_worker(prefix)  # claim_idle 30 s: its first step publishes a 30 s floor
+    committer = w.shards[0].committer
+    drain(w)
+    assert r.get(f"{prefix}:claim_floor:analyzers") == "30000"
+    assert committer.checked == 0
+    with events:
+        for i in range(10, 15):
+            events.stmt(INSERT_EXT, [i, i, "eu", "1.00"], tag="INSERT", rows=1)
+    [(shard, entries, read_at)] = w._read()
+    w.process(shard, entries, read_at=read_at - 16_000)  # read 16 s ago by the server's clock
+    assert committer.checked == 1
+    with events:
+        events.stmt(INSERT_EXT, [15, 15, "eu", "1.00"], tag="INSERT", rows=1)
+    r.delete(f"{prefix}:claim_floor:analyzers")  # no floor (lapsed, or deleted): nothing is taken on trust
+    [(shard, entries, read_at)] = w._read()
+    w.process(shard, entries, read_at=read_at)
+    assert committer.checked == 2
+    assert biz(r, prefix, "sales") == {"region=eu": 1600}
+
+
+def test_a_lower_claim_idle_lowers_the_floor_before_it_takes_anything(r: redis.Redis, prefix: str,
+                                                                       events: Events) -> None:
+    """The stalled worker's batch is young by its own claim_idle (30 s) but not by the claimer's (1 ms),
+    which published its floor before reclaiming: the commit checks, finds the entries gone, applies nothing."""
+    with events:
+        for i in range(20):
+            events.stmt(INSERT_EXT, [i, i, "eu", "1.00"], tag="INSERT", rows=1)
+    slow = make_worker(prefix, consumer="slow")
+    slow.claim()  # the 30 s floor
+    [(shard, taken, read_at)] = slow._read()
+    assert len(taken) == 20
+    fast = make_worker(prefix, consumer="fast", claim_idle=0.001)
+    time.sleep(0.01)  # > claim_idle
+    assert fast.claim() == 20
+    assert r.get(f"{prefix}:claim_floor:analyzers") == "1"
+    slow.process(shard, taken, read_at=read_at)
+    assert slow.counters.conflicts == 20 and slow.counters.entries == 0
+    assert biz(r, prefix, "sales") == {"region=eu": 2000}
+
+
+def test_the_claim_floor_only_goes_down_and_lapses_without_its_setter(r: redis.Redis, prefix: str) -> None:
+    key = f"{prefix}:claim_floor:analyzers"
+    assert claim_floor(r, key, 30_000) == 30_000
+    assert claim_floor(r, key, 5_000) == 5_000
+    assert claim_floor(r, key, 30_000) == 5_000  # a higher claimer does not raise it
+    assert 0 < r.pttl(key) <= 60_000  # unless renewed by its setter's next pass
+    assert claim_floor(r, key, 600_000) == 5_000 and r.pttl(key) <= 60_000
+    r.delete(key)
+    assert claim_floor(r, key, 600_000) == 600_000 and r.pttl(key) > 1_700_000  # 3 × claim_idle
 
 
 def test_a_dead_workers_entries_are_reclaimed(r: redis.Redis, prefix: str, events: Events) -> None:

@@ -15,7 +15,8 @@ from tests.analyzers.kit import Events, biz, drain, make_worker, rules_file
 SHARDS = 3
 INSERT = "INSERT INTO orders (id, customer_id, region, total) VALUES ($1, $2, $3, $4)"
 ITEM = "INSERT INTO order_items (order_id, sku, quantity) VALUES ($1, $2, $3)"
-UNSHARDED = {"workers", "biz:rules", "anomaly:lock"}  # written outside commits, one key per command
+# written outside commits, one key per command
+UNSHARDED = {"workers", "biz:rules", "anomaly:lock", "claim_floor:analyzers"}
 
 
 def populate(events: Events) -> None:
