@@ -1184,6 +1184,9 @@ class _Lane:
         """
         self._node = await self.sink.slot_owner(self.slot, failed) if self.sink.cluster_nodes else None
 
+    def _encode(self, head: tuple, batch: _Batch) -> bytes:
+        return encode_batch(head, batch.seq0, self.sink.maxlen, self.sink.marker_ttl, batch.events, self.sink.packed)
+
     def _next_batch(self) -> _Batch | None:
         """The next batch to send, encoded; a batch too big for one command is split."""
         limit = self.sink.batch_max
@@ -1193,13 +1196,11 @@ class _Lane:
                 return None
             head = ("EVALSHA", SCRIPT_SHA, 2, self.stream, batch.marker)
             try:
-                batch.data = encode_batch(head, batch.seq0, self.sink.maxlen, self.sink.marker_ttl, batch.events,
-                                          self.sink.packed)
+                batch.data = self._encode(head, batch)
             except Exception:  # not a dict: keep the sequence numbers, send an empty event in its place
                 log.exception("sink %s: events that are not dicts were replaced by empty ones", self.stream)
                 batch.events = [e if isinstance(e, dict) else {} for e in batch.events]
-                batch.data = encode_batch(head, batch.seq0, self.sink.maxlen, self.sink.marker_ttl, batch.events,
-                                          self.sink.packed)
+                batch.data = self._encode(head, batch)
             if len(batch.data) <= MAX_BATCH_BYTES:
                 return batch
             if len(batch.events) > 1:
@@ -1212,8 +1213,7 @@ class _Lane:
                       self.stream, len(batch.data))
             self.dropped += 1
             batch.events = [{}]
-            batch.data = encode_batch(head, batch.seq0, self.sink.maxlen, self.sink.marker_ttl, batch.events,
-                                      self.sink.packed)
+            batch.data = self._encode(head, batch)
             return batch
 
     def _take(self, limit: int) -> _Batch | None:
