@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.connection import Connection
 
 LUA = r"""
 -- outcome values: 'committed', 'committed;a-b,c-d' (statements a…b sent early, then undone by
@@ -433,6 +435,7 @@ class Committer:
 
     def __init__(self, client: redis.Redis, stream: str, group: str, consumer: str, declare: bool = False,
                  floor_key: str | None = None) -> None:
+        self.client = client
         self.script = client.register_script(LUA)
         self.stream = stream
         self.group = group
@@ -440,9 +443,10 @@ class Committer:
         self.declare = declare
         self.floor_key = floor_key
         self.checked = 0  # commits that verified ownership entry by entry (the rest were young enough)
+        self._conn: Connection | None = None  # `start`'s own connection
+        self._unread = False  # a commit was sent on it and its reply not read yet
 
-    def commit(self, ids: list[str], writes: Writes, read_at: int | None = None) -> list[str]:
-        """read_at: the server's clock (ms) just before the read that delivered `ids` ran."""
+    def _call(self, ids: list[str], writes: Writes, read_at: int | None) -> tuple[list[str], list[Any]]:
         # Two JSON arguments instead of thousands: redis-py packs each argument in Python, cjson
         # decodes in C.
         if ids:
@@ -450,20 +454,71 @@ class Committer:
             lo, hi = keys[0], keys[-1]
         else:
             lo, hi = "-", "+"
-        ops = json.dumps(writes.args())
         names = [self.stream]
         if self.declare:
             names += sorted(writes.key_names() - {self.stream})
-        args = [self.group, self.consumer, lo, hi, json.dumps(ids), ops]
+        args: list[Any] = [self.group, self.consumer, lo, hi, json.dumps(ids), json.dumps(writes.args())]
         if read_at is not None and self.floor_key is not None:
             args += [read_at, self.floor_key]
-        result = self.script(keys=names, args=args)
+        return names, args
+
+    def _outcome(self, ids: list[str], writes: Writes, result: list[Any]) -> list[str]:
         if int(result[0]) == 1:
             writes.undescribed = list(result[2]) if len(result) > 2 else []
             if ids and int(result[3]):
                 self.checked += 1
             return []
         return [str(x) for x in result[1:]]
+
+    def commit(self, ids: list[str], writes: Writes, read_at: int | None = None) -> list[str]:
+        """read_at: the server's clock (ms) just before the read that delivered `ids` ran."""
+        names, args = self._call(ids, writes, read_at)
+        return self._outcome(ids, writes, self.script(keys=names, args=args))
+
+    def start(self, ids: list[str], writes: Writes, read_at: int | None = None) -> Callable[[], list[str]]:
+        """Send the commit and return at once; the returned call reads its outcome (as `commit`'s).
+
+        Redis runs the script while the caller goes on analysing, and no helper thread has to win the
+        GIL to send it or to read the reply (a thread woken while the analysing thread computes waits
+        up to the 5 ms switch interval). One Redis only: the commit goes out on this committer's own
+        connection, which carries one commit at a time."""
+        names, args = self._call(ids, writes, read_at)
+        conn = self._link()
+        try:
+            conn.send_command("EVALSHA", self.script.sha, len(names), *names, *args)
+        except Exception:
+            conn.disconnect()
+            raise
+        self._unread = True
+
+        def outcome() -> list[str]:
+            try:
+                result = conn.read_response()
+            except redis.exceptions.NoScriptError:  # Redis lost its scripts (restart, SCRIPT FLUSH): nothing ran
+                self._unread = False
+                result = self.script(keys=names, args=args)  # loads it and runs it
+            except Exception:
+                conn.disconnect()  # whether the script ran is unknown: the entries stay pending until acked
+                self._unread = False
+                raise
+            self._unread = False
+            return self._outcome(ids, writes, result)
+        return outcome
+
+    def _link(self) -> Connection:
+        if self._conn is None:
+            self._conn = self.client.connection_pool.get_connection()
+        elif self._unread:  # the last commit's reply was never read (its caller gave up on it)
+            self._conn.disconnect()
+            self._unread = False
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            if self._unread:
+                self._conn.disconnect()
+            self.client.connection_pool.release(self._conn)
+            self._conn = None
 
 
 def claim_floor(client: redis.Redis, key: str, claim_idle_ms: int) -> int:

@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -171,8 +172,10 @@ class Worker:
         self._next_tidy = time.monotonic() + 60
         self._next_sweep = time.monotonic() + settings.sweep_seconds
         self._rate = (time.monotonic(), 0)
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
-        self._inflight: tuple[Shard, list, Batch, Future] | None = None
+        # One Redis: each commit is sent as soon as its batch is analysed and its reply read at the next
+        # settle (Committer.start). A cluster client routes by slot: there a helper thread commits.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit") if clustered(self.r) else None
+        self._inflight: tuple[Shard, list, Batch, Callable[[], list[str]]] | None = None
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read")
         self._reading: Future | None = None
         self._recover = False  # a Redis error interrupted batches: read this consumer's pending entries again
@@ -216,7 +219,8 @@ class Worker:
             except redis.RedisError as exc:
                 # The batches read or being committed stay pending for this consumer: taken up again as
                 # soon as Redis answers, rather than by another worker after claim_idle.
-                self._inflight = self._reading = None
+                self._reading = None
+                self._finish_inflight()
                 self._recover = True
                 self.last_error = f"redis: {exc}"
                 if "NOGROUP" in str(exc) and self._recreate_group(exc):
@@ -229,8 +233,15 @@ class Worker:
             self.quiesce()
         except redis.RedisError as exc:
             log.warning("last batch failed (its entries stay pending for another worker): %s", exc)
-        self._pool.shutdown()
+        self.close()
+
+    def close(self) -> None:
+        """The helper threads and the committers' connections (after `quiesce`)."""
+        if self._pool is not None:
+            self._pool.shutdown()
         self._reader.shutdown()
+        for shard in self.shards:
+            shard.committer.close()
 
     def reload_rules(self) -> bool:
         """Use the rules file as it is now from the next batch on (SIGHUP). What was already read is
@@ -379,8 +390,12 @@ class Worker:
         `Committer.commit` (None for reclaimed and re-read entries: those are always checked)."""
         batch = self.analyse(shard, entries)
         self.settle()
-        self._inflight = (shard, entries, batch, self._pool.submit(shard.committer.commit, [e[0] for e in entries],
-                                                                   batch.writes, read_at))
+        ids = [e[0] for e in entries]
+        if self._pool is None:
+            outcome = shard.committer.start(ids, batch.writes, read_at)
+        else:
+            outcome = self._pool.submit(shard.committer.commit, ids, batch.writes, read_at).result
+        self._inflight = (shard, entries, batch, outcome)
         if wait:
             self.settle()
 
@@ -388,9 +403,9 @@ class Worker:
         """Wait for the commit in flight; on a reclaim race, recompute without the lost entries."""
         if self._inflight is None:
             return
-        shard, entries, batch, future = self._inflight
+        shard, entries, batch, outcome = self._inflight
         self._inflight = None
-        lost = future.result()
+        lost = outcome()
         while lost:
             log.warning("%d entries were reclaimed by another consumer; recomputing without them", len(lost))
             with self.counters.lock:
@@ -402,6 +417,16 @@ class Worker:
             batch = self.analyse(shard, entries)
             lost = shard.committer.commit([e[0] for e in entries], batch.writes)
         self.committed(batch, len(entries))
+
+    def _finish_inflight(self) -> None:
+        """After a Redis error elsewhere (the read-ahead): learn the commit in flight's outcome while its
+        connection still answers, so its entries are not read again as pending ones. On a second error
+        they are read again, and such batches are always checked for ownership."""
+        try:
+            self.settle()
+        except redis.RedisError as exc:
+            self._inflight = None
+            log.warning("the commit in flight failed too (its entries stay pending): %s", exc)
 
     def handle(self, batch: Batch, ev: dict[str, str]) -> None:
         """One event's contributions to the batch (hot path: ~10 µs; keep it lean)."""

@@ -167,6 +167,50 @@ def test_a_reclaimed_batch_is_applied_once(r: redis.Redis, prefix: str, events: 
     assert r.xpending(stream, "analyzers")["pending"] == 0
 
 
+def test_a_commit_whose_connection_dies_before_its_reply_counts_once(r: redis.Redis, prefix: str,
+                                                                     events: Events) -> None:
+    """A commit is sent on the committer's own connection and its reply read a batch later: killed in
+    between, the batch stays pending, is taken up again as this consumer's own, and counts once."""
+    with events:
+        events.stmt(INSERT_EXT, [0, 0, "eu", "1.00"], tag="INSERT", rows=1)
+    w = make_worker(prefix)
+    drain(w)
+    conn = w.shards[0].committer._conn
+    assert conn is not None
+    conn.send_command("CLIENT", "ID")
+    cid = conn.read_response()
+    with events:
+        for i in range(1, 6):
+            events.stmt(INSERT_EXT, [i, i, "eu", "1.00"], tag="INSERT", rows=1)
+    [(shard, entries, read_at)] = w._read()
+    assert r.client_kill_filter(_id=cid) == 1
+    with pytest.raises(redis.ConnectionError):
+        w.process(shard, entries, wait=False, read_at=read_at)
+        w.settle()
+    assert biz(r, prefix, "sales") == {"region=eu": 100}
+    assert r.xpending(f"{prefix}:statements", "analyzers")["pending"] == 5
+    w._own_pending()
+    assert biz(r, prefix, "sales") == {"region=eu": 600}
+    with events:
+        events.stmt(INSERT_EXT, [6, 6, "eu", "1.00"], tag="INSERT", rows=1)
+    drain(w)  # on a new connection
+    assert biz(r, prefix, "sales") == {"region=eu": 700}
+
+
+def test_a_commit_after_redis_dropped_its_scripts_loads_it_again(r: redis.Redis, prefix: str,
+                                                                 events: Events) -> None:
+    with events:
+        events.stmt(INSERT_EXT, [0, 0, "eu", "1.00"], tag="INSERT", rows=1)
+    w = make_worker(prefix)
+    drain(w)
+    r.script_flush()  # as after a restart: the next EVALSHA gets NOSCRIPT and nothing ran
+    with events:
+        events.stmt(INSERT_EXT, [1, 1, "eu", "1.00"], tag="INSERT", rows=1)
+    drain(w)
+    assert biz(r, prefix, "sales") == {"region=eu": 200}
+    assert r.script_exists(w.shards[0].committer.script.sha) == [True]
+
+
 def test_a_young_batch_skips_the_entry_check_and_an_old_one_does_not(r: redis.Redis, prefix: str,
                                                                     events: Events) -> None:
     """No consumer takes an entry idle for less than the group's claim floor, so a batch read less than
