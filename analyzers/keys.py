@@ -29,6 +29,12 @@ class Keys:
         return f"{self.p}:statements{self.t}"
 
     @property
+    def trimmed(self) -> str:
+        """Hash group → statements the stream cap removed before that group read them (the proxy's sink
+        script counts them as it trims)."""
+        return f"{self.statements}:trimmed"
+
+    @property
     def events(self) -> str:
         return f"{self.p}:events{self.t}"
 

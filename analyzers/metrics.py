@@ -40,6 +40,8 @@ class WorkerCounters:
         self.evicted_fingerprints = 0  # by this worker's sweeps (retention.py)
         self.evicted_entries = 0  # fp|db|app entries beyond stats_max_entries
         self.expired_days = 0
+        self.trimmed_pending = 0  # delivered entries found trimmed from the stream before analysis
+        self.trimmed_unread = 0  # the group's statements trimmed before delivery (the proxies count them in Redis)
         self.lock = threading.Lock()
 
 
@@ -71,6 +73,13 @@ class WorkerCollector(Collector):
                                   value=c.conflicts)
         yield GaugeMetricFamily("fasterdata_analyzer_pending", "Entries delivered to the group, not yet acked",
                                 value=c.pending)
+        yield GaugeMetricFamily("fasterdata_analyzer_trimmed_unread",
+                                "Statements the stream cap (stream_maxlen) removed before this group read them, as "
+                                "the proxies count them in <stream>:trimmed (a total: the same on every worker)",
+                                value=c.trimmed_unread)
+        yield CounterMetricFamily("fasterdata_analyzer_trimmed_pending",
+                                  "Entries delivered to the group but trimmed from the stream before they were "
+                                  "analysed (found by this worker)", value=c.trimmed_pending)
         yield GaugeMetricFamily("fasterdata_analyzer_lag_entries", "Entries not yet delivered to the group",
                                 value=c.lag_entries)
         yield GaugeMetricFamily("fasterdata_analyzer_lag_seconds",

@@ -71,8 +71,9 @@ def _top(r: redis.Redis, ks: list[Keys], by: str, n: int) -> list[dict[str, Any]
 
 def _lag(r: redis.Redis, ks: list[Keys], now: float) -> dict[str, Any]:
     """The statement streams summed: length, pending and undelivered entries, age of the newest event."""
-    lag: dict[str, Any] = {"length": 0, "last_age": None, "pending": None, "undelivered": None}
+    lag: dict[str, Any] = {"length": 0, "last_age": None, "pending": None, "undelivered": None, "trimmed": 0}
     for k in ks:
+        lag["trimmed"] += int(r.hget(k.trimmed, GROUP) or 0)  # by the stream cap before the group read them
         try:
             info = r.xinfo_stream(k.statements)
             groups = r.xinfo_groups(k.statements)
@@ -206,6 +207,10 @@ def render(snap: dict[str, Any]) -> Group:
                                                               else "—"),
               str(lag["undelivered"] if lag["undelivered"] is not None else "—"), "",
               _age(lag["last_age"]))
+    if lag["trimmed"]:
+        red = "red"
+        t.add_row(Text("trimmed before analysis (stream_maxlen)", style=red), Text(f"{lag['trimmed']:,}", style=red),
+                  "", "", "", "", "")
     for w in snap["workers"]:
         stale = w["age"] > 30
         t.add_row(Text(w["name"], style="dim" if stale else ""), f"{int(w.get('entries', 0)):,}",

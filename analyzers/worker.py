@@ -105,7 +105,7 @@ class Batch:
     """What one batch produced, kept apart until its commit succeeds."""
 
     __slots__ = ("anomaly", "bad", "failed", "findings", "keys", "matches", "new_fps", "new_pairs", "rows_only",
-                 "stats", "unparsed", "writes")
+                 "stats", "trimmed", "unparsed", "writes")
 
     def __init__(self, keys: Keys) -> None:
         self.keys = keys  # the shard's: every key this batch writes
@@ -120,6 +120,7 @@ class Batch:
         self.unparsed = 0
         self.bad = 0
         self.failed = 0
+        self.trimmed = 0  # delivered entries the stream cap removed before they were analysed
 
 
 class Worker:
@@ -172,6 +173,8 @@ class Worker:
         self._next_tidy = time.monotonic() + 60
         self._next_sweep = time.monotonic() + settings.sweep_seconds
         self._rate = (time.monotonic(), 0)
+        self._trim_logged = -60.0
+        self._trim_reported = 0  # the group's trimmed-unread total when last logged
         # One Redis: each commit is sent as soon as its batch is analysed and its reply read at the next
         # settle (Committer.start). A cluster client routes by slot: there a helper thread commits.
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit") if clustered(self.r) else None
@@ -348,6 +351,10 @@ class Worker:
                                                cursor, "COUNT", self.s.batch)
                 cursor = reply[0]
                 entries = _entries(reply[1])
+                if len(reply) > 2 and reply[2]:  # Redis 7: pending entries no longer in the stream, now unpended
+                    with self.counters.lock:
+                        self.counters.trimmed_pending += len(reply[2])
+                    self.trimmed(len(reply[2]))
                 if entries:
                     log.info("reclaimed %d entries idle > %.0fs from %s", len(entries), self.s.claim_idle,
                              shard.stream)
@@ -365,8 +372,9 @@ class Worker:
         batch = Batch(shard.keys)
         packed = event.PACKED_FIELD
         for entry_id, flat in entries:
-            if flat is None:
-                continue  # trimmed from the stream before we read it: nothing to analyse
+            if flat is None:  # delivered, then trimmed from the stream (stream_maxlen) before it was analysed
+                batch.trimmed += 1
+                continue
             if type(flat) is dict:
                 ev = event.unpack(flat)
             else:  # [name, value, …]: one pair for a packed entry (proxy.events), many for a flat one
@@ -607,6 +615,8 @@ class Worker:
         self.seen_pairs.update(batch.new_pairs)
         if batch.writes.undescribed:
             self.undescribed(batch, batch.writes.undescribed)
+        if batch.trimmed:
+            self.trimmed(batch.trimmed)
         if batch.writes.expire_ats:
             self.business.remember(batch.writes.expire_ats, time.time())
         if len(self.known_fps) > 200000:
@@ -621,11 +631,16 @@ class Worker:
             c.unparsed += batch.unparsed
             c.bad += batch.bad
             c.failed += batch.failed
+            c.trimmed_pending += batch.trimmed
             c.shapes = len(self.shapes.shapes)
             for key in batch.findings:
                 c.findings[key] = c.findings.get(key, 0) + 1
             for rule, rows in batch.rows_only.items():
                 c.rows_only[rule] = c.rows_only.get(rule, 0) + rows
+
+    def trimmed(self, n: int) -> None:
+        log.warning("%d statements delivered to group %s were trimmed from the stream (stream_maxlen) before "
+                    "they were analysed: they are not counted anywhere", n, self.group)
 
     def undescribed(self, batch: Batch, fps: list[str]) -> None:
         """Fingerprints a sweep evicted while this process knew them (the commit found their description
@@ -684,7 +699,15 @@ class Worker:
                 per[shard.i] = got
         if not per:
             return
+        trimmed = sum(int(self.r.hget(shard.keys.trimmed, self.group) or 0) for shard in self.shards)
+        now = time.monotonic()
+        if trimmed > self._trim_reported and now - self._trim_logged >= 60:  # at most once a minute
+            log.warning("%d statements were trimmed from the stream (stream_maxlen) before group %s read them "
+                        "(%d in all; HGETALL <stream>:trimmed): start more workers or raise stream_maxlen",
+                        trimmed - self._trim_reported, self.group, trimmed)
+            self._trim_logged, self._trim_reported = now, trimmed
         with self.counters.lock:
+            self.counters.trimmed_unread = trimmed
             self.counters.pending = sum(p for p, _, _ in per.values())
             self.counters.lag_entries = sum(lag for _, lag, _ in per.values())
             self.counters.lag_seconds = max(age for _, _, age in per.values())

@@ -118,7 +118,10 @@ class ProxySettings(Common):
     redact_columns: str = Field(
         "password|passwd|secret|token|ssn|card|cvv",
         description="Case-insensitive regex of column names whose values are hidden")
-    stream_maxlen: int = Field(1_000_000, ge=0, description="Approximate length cap of <prefix>:statements (0: none)")
+    stream_maxlen: int = Field(1_000_000, ge=0,
+                               description="Approximate length cap of <prefix>:statements (0: none). What a trim "
+                               "takes before a consumer group read it is counted per group in "
+                               "<prefix>:statements:trimmed and logged")
     stream_entry: Literal["packed", "flat"] = Field(
         "packed", description="'packed': each statement entry is one field, `event`, its names and values "
         "joined with NUL (Redis spends ~45% less to append it); 'flat': one field per event field, plainest "

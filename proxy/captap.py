@@ -434,7 +434,8 @@ class CaptureLink:
         return max(0, self.records - self.snap.get("records", 0))
 
 
-_SINK_COUNTERS = ("sent", "spooled", "replayed", "dropped", "deduplicated", "send_errors", "batches", "latency_sum")
+_SINK_COUNTERS = ("sent", "spooled", "replayed", "dropped", "deduplicated", "trimmed_unread", "send_errors", "batches",
+                  "latency_sum")
 
 
 class _LaneView:

@@ -73,7 +73,9 @@ log = logging.getLogger("fasterdata.sink")
 # KEYS: stream, marker.  ARGV: seq0, maxlen, marker ttl, value mode ('z' = all values of the batch
 # in one NUL-joined string, 'a' = one argument per value), number of key sets, then per key set
 # its length and names, number of events, per event its key-set index (0-based), then the values.
-# Returns how many leading events were already in the stream (the marker said so) and were skipped.
+# Returns how many leading events were already in the stream (the marker said so) and were skipped;
+# when its trim took entries a consumer group had not read yet, {skipped, group, count, …} instead
+# (the counts also go to the hash `<stream>:trimmed`, group → total).
 SCRIPT = """
 local seq0 = tonumber(ARGV[1])
 local maxlen = tonumber(ARGV[2])
@@ -129,8 +131,33 @@ for i = 1, n do
   end
 end
 redis.call('SET', KEYS[2], string.format('%d', seq0 + n), 'EX', ARGV[3])
-if maxlen > 0 then redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', maxlen) end
-return skip
+if maxlen <= 0 then return skip end
+local before = redis.call('XLEN', KEYS[1])
+if before <= maxlen then return skip end
+-- What the trim takes before a consumer group read it: a group's lag (entries-added - entries-read)
+-- counts the entries it has still to read, and those the stream will no longer hold are trimmed. The
+-- lag is read first: after a trim Redis may estimate it from what is left. pcall: an ACL may refuse
+-- XINFO; before Redis 7 there is no lag (nothing is counted then).
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+local gone = redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', maxlen)
+if gone == 0 or not ok then return skip end
+local after, lost = before - gone, nil
+for _, g in ipairs(groups) do
+  local name, unread = nil, nil
+  for k = 1, #g, 2 do
+    if g[k] == 'name' then name = g[k + 1] elseif g[k] == 'lag' then unread = tonumber(g[k + 1]) end
+  end
+  if name and unread then
+    local took = math.max(0, unread - after) - math.max(0, unread - before)
+    if took > 0 then
+      redis.call('HINCRBY', KEYS[1] .. ':trimmed', name, took)
+      lost = lost or {skip}
+      lost[#lost + 1] = name
+      lost[#lost + 1] = took
+    end
+  end
+end
+return lost or skip
 """
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 
@@ -831,6 +858,8 @@ class _Lane:
         self.replayed = 0
         self.dropped = 0
         self.deduplicated = 0
+        self.trimmed_unread = 0
+        self._trim_logged = 0.0
         self.send_errors = 0
         self.batches = 0
         self.connects = 0
@@ -1124,10 +1153,26 @@ class _Lane:
             n = len(batch.events)
             self.sent += n
             self.batches += 1
+            if isinstance(reply, list):
+                self._trimmed_unread(reply[1:])
+                reply = reply[0]
             self.deduplicated += int(reply)
             if batch.spool is not None:
                 self.replayed += n
                 self.spool.consumed(batch.spool)  # type: ignore[union-attr]
+
+    def _trimmed_unread(self, pairs: list[Any]) -> None:
+        """Statements the stream cap (stream_maxlen) removed before a consumer group read them."""
+        counts = {bytes(pairs[k]).decode(errors="replace"): int(pairs[k + 1]) for k in range(0, len(pairs) - 1, 2)}
+        self.trimmed_unread += sum(counts.values())
+        now = time.monotonic()
+        if now - self._trim_logged >= 60:  # once a minute at most: it goes on for as long as a group lags
+            self._trim_logged = now
+            log.warning("stream %s is at its cap (stream_maxlen %d): a trim removed statements before these "
+                        "consumer groups read them: %s (totals per group: HGETALL %s:trimmed). Start more "
+                        "analyzers, raise stream_maxlen, or destroy a group nobody reads any more",
+                        self.stream, self.sink.maxlen, ", ".join(f"{g} {n}" for g, n in counts.items()),
+                        self.stream)
 
     def _drop_conn(self) -> None:
         """Close the connections (a closed one is never reused, so replies cannot get out of step)."""
@@ -1528,6 +1573,8 @@ class StreamSink:
     dropped = property(lambda self: self._sum("dropped"), doc="Events lost: spool full or absent")
     deduplicated = property(lambda self: self._sum("deduplicated"),
                             doc="Events resent after a lost reply that Redis already had (skipped)")
+    trimmed_unread = property(lambda self: self._sum("trimmed_unread"),
+                              doc="Entries the stream cap removed before a consumer group read them")
     send_errors = property(lambda self: self._sum("send_errors"), doc="Failed batch round trips")
     batches = property(lambda self: self._sum("batches"), doc="Batches Redis confirmed")
 
@@ -1559,6 +1606,8 @@ class SinkCollector(Collector):
                           ("replayed", "Spooled events confirmed by Redis"),
                           ("dropped", "Events lost because the spool was full or absent"),
                           ("deduplicated", "Resent events Redis already had"),
+                          ("trimmed_unread", "Statements this proxy's stream trims (stream_maxlen) removed before "
+                                             "a consumer group read them, summed over groups"),
                           ("send_errors", "Batch round trips that failed or timed out"),
                           ("batches", "Batches confirmed by Redis")):
             yield CounterMetricFamily(f"fasterdata_sink_{name}", doc, value=getattr(s, name))

@@ -32,7 +32,7 @@ def test_snapshot_reads_everything_from_redis(r: redis.Redis, prefix: str, event
     sales = next(b for b in snap["business"] if b["rule"] == "sales")
     assert [(labels, str(v)) for labels, v in sales["values"]] == [("region=eu", "300.00")]
     assert snap["alerts"][0]["rule"] == "sqli_tautology"
-    assert snap["lag"]["length"] == 32 and snap["lag"]["pending"] == 0
+    assert snap["lag"]["length"] == 32 and snap["lag"]["pending"] == 0 and snap["lag"]["trimmed"] == 0
     assert snap["workers"] == [] or snap["workers"][0]["name"] == "w1"
 
 
@@ -44,6 +44,12 @@ def test_once_prints_one_frame(r: redis.Redis, prefix: str, events: Events) -> N
     for needle in ("Top fingerprints by total time", "INSERT INTO orders", "sales", "region=eu", "300",
                    "sqli_tautology", "statements stream", "42P01"):
         assert needle in frame, needle
+    assert "trimmed before analysis" not in frame
+    r.hset(f"{prefix}:statements:trimmed", "analyzers", 1234)  # as the proxy's stream trims count them
+    out = io.StringIO()
+    top.run(r, prefix, once=True, console=Console(file=out, width=200, color_system=None))
+    [row] = [line.split() for line in out.getvalue().splitlines() if "trimmed before analysis" in line]
+    assert row[-1] == "1,234"
 
 
 def test_top_command_once(prefix: str, r: redis.Redis, events: Events) -> None:

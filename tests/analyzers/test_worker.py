@@ -85,6 +85,36 @@ def test_lag_counts_entries_and_the_age_of_the_oldest(r: redis.Redis, prefix: st
     assert (w.counters.pending, w.counters.lag_entries, w.counters.lag_seconds) == (0, 0, 0.0)
 
 
+def test_statements_trimmed_before_analysis_are_counted_and_said(r: redis.Redis, prefix: str, events: Events,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """The stream cap can take entries delivered but not yet analysed (a dead worker's, or this one's
+    before a restart), and entries never delivered (the proxy counts those in <stream>:trimmed): neither
+    may vanish without a count and a warning."""
+    stream = f"{prefix}:statements"
+    with events:
+        for i in range(6):
+            events.stmt("SELECT $1", [i])
+    w = make_worker(prefix, claim_idle=0.001)
+    restarted = make_worker(prefix, consumer="restarted")
+    r.xreadgroup("analyzers", "ghost", {stream: ">"}, count=4)  # delivered to a worker that then died
+    r.xreadgroup("analyzers", "restarted", {stream: ">"}, count=2)  # read before its restart
+    r.xtrim(stream, maxlen=0)
+    restarted._own_pending()
+    assert restarted.counters.trimmed_pending == 2 and restarted.counters.entries == 2  # acknowledged
+    time.sleep(0.01)  # > claim_idle
+    assert w.claim() == 0
+    assert w.counters.trimmed_pending == 4
+    assert r.xpending(stream, "analyzers")["pending"] == 0
+    r.hset(f"{stream}:trimmed", mapping={"analyzers": 7, "glcache": 3})  # as the proxy's trims count them
+    w.measure_lag()
+    assert w.counters.trimmed_unread == 7
+    said = [rec.getMessage() for rec in caplog.records if "trimmed" in rec.getMessage()]
+    assert any(m.startswith("4 statements delivered to group analyzers were trimmed") for m in said), said
+    assert any(m.startswith("2 statements delivered") for m in said), said
+    assert any(m.startswith("7 statements were trimmed from the stream (stream_maxlen) before group analyzers")
+               for m in said), said
+
+
 def test_metrics_health_and_sigterm(r: redis.Redis, prefix: str, events: Events, start_worker) -> None:
     w = start_worker("m1", "--batch", "50")
     with events:

@@ -87,6 +87,36 @@ async def test_resent_batches_are_not_duplicated(prefix: str, shared_url: str) -
     assert 0 < client.ttl(f"{prefix}:sink:{{{stream}}}:test") <= 60
 
 
+async def test_statements_trimmed_before_a_group_read_them_are_counted(prefix: str, shared_url: str) -> None:
+    """The cap (stream_maxlen) may take entries nobody has read: each trim counts them per consumer group,
+    in Redis (`<stream>:trimmed`) and on the proxy's /metrics."""
+    client = redis.Redis.from_url(shared_url, decode_responses=True)
+    stream = f"{prefix}:statements"
+    for group in ("reader", "idle"):
+        client.xgroup_create(stream, group, id="0", mkstream=True)
+    sink = StreamSink(shared_url, prefix, maxlen=1000, batch_max=500)
+    await sink.start()
+    sent = events(21_500)
+    for fields in sent[:1500]:
+        sink.put(fields)
+    await until(lambda: sink.sent == 1500, "the first 1500 sent")
+    [(_, got)] = client.xreadgroup("reader", "c", {stream: ">"}, count=100_000)  # what is left of the first 1500
+    for i in range(1500, len(sent), 500):
+        for fields in sent[i:i + 500]:
+            sink.put(fields)
+        await asyncio.sleep(0)
+    await sink.close(10)
+    left = client.xlen(stream)
+    assert 1000 <= left <= 1100
+    expected = {"idle": len(sent) - left, "reader": len(sent) - len(got) - left}
+    assert expected["reader"] > 19_000 and len(got) < 1500  # both phases trimmed unread entries
+    assert {g: int(n) for g, n in client.hgetall(f"{stream}:trimmed").items()} == expected
+    assert sink.trimmed_unread == sum(expected.values())
+    registry = CollectorRegistry()
+    registry.register(SinkCollector(sink))
+    assert f"fasterdata_sink_trimmed_unread_total {float(sum(expected.values()))}" in generate_latest(registry).decode()
+
+
 async def test_put_is_a_plain_call_that_never_awaits(prefix: str, shared_url: str) -> None:
     sink = StreamSink(shared_url, prefix)
     assert not inspect.iscoroutinefunction(sink.put)
