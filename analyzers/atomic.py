@@ -495,13 +495,12 @@ class Committer:
             try:
                 result = conn.read_response()
             except redis.exceptions.NoScriptError:  # Redis lost its scripts (restart, SCRIPT FLUSH): nothing ran
-                self._unread = False
                 result = self.script(keys=names, args=args)  # loads it and runs it
             except Exception:
                 conn.disconnect()  # whether the script ran is unknown: the entries stay pending until acked
-                self._unread = False
                 raise
-            self._unread = False
+            finally:
+                self._unread = False
             return self._outcome(ids, writes, result)
         return outcome
 

@@ -150,7 +150,7 @@ for _, g in ipairs(groups) do
   if name and unread then
     local took = math.max(0, unread - after) - math.max(0, unread - before)
     if took > 0 then
-      redis.call('HINCRBY', KEYS[1] .. ':trimmed', name, took)
+      pcall(redis.call, 'HINCRBY', KEYS[1] .. ':trimmed', name, took)  -- an ACL may refuse it: still reported
       lost = lost or {skip}
       lost[#lost + 1] = name
       lost[#lost + 1] = took
