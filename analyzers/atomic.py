@@ -12,7 +12,8 @@ sending it: one HINCRBY per (key, field) instead of one per statement. Ops that 
 order (transaction groups and their end markers) and conditional ops nest their children.
 Business events of one statement travel as one `B` op (the field names live in the script, the
 statement's fields once, five strings a match) and a distinct rule's members as one `DS` op per set:
-the events are most of a batch's arguments and of the script's calls. Parked writes keep the older
+the events are most of a batch's arguments and of the script's calls. Their stream is trimmed to its
+cap once a script, not at every XADD (a batch's events replayed: 1.14 → 0.99 ms). Parked writes keep the older
 `X`/`D` forms (`portable`), which every version of the script replays, so a worker of the previous
 release can still apply a transaction parked by this one.
 
@@ -59,6 +60,7 @@ local function is_undone(undone, seq)
   return false
 end
 local undescribed = {}  -- fingerprints whose description (stats:fp) is gone: evicted while a worker knew them
+local caps = {}  -- business event stream → its MAXLEN: trimmed once at the end, not at every XADD
 local run
 run = function(a, i, stop)
   while i <= stop do
@@ -112,20 +114,20 @@ run = function(a, i, stop)
       redis.call('XADD', a[i+1], 'MAXLEN', '~', a[i+2], '*', unpack(a, i + 4, i + 3 + n))
       i = i + 4 + n
     elseif op == 'B' then
-      local key, maxlen, ts, sid, txid, app, fp, comment = a[i+1], a[i+2], a[i+3], a[i+4], a[i+5], a[i+6],
-        a[i+7], a[i+8]
+      local key, ts, sid, txid, app, fp, comment = a[i+1], a[i+3], a[i+4], a[i+5], a[i+6], a[i+7], a[i+8]
+      caps[key] = a[i+2]
       local j = i + 10
       for _ = 1, tonumber(a[i+9]) do
         if comment == '' and a[j+3] == '' and a[j+4] == '' then
-          redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'rule', a[j], 'value', a[j+1], 'labels', a[j+2],
-            'ts', ts, 'sid', sid, 'txid', txid, 'app', app, 'fp', fp)
+          redis.call('XADD', key, '*', 'rule', a[j], 'value', a[j+1], 'labels', a[j+2], 'ts', ts, 'sid', sid,
+            'txid', txid, 'app', app, 'fp', fp)
         else
           local f = {'rule', a[j], 'value', a[j+1], 'labels', a[j+2], 'ts', ts, 'sid', sid, 'txid', txid, 'app', app,
             'fp', fp}
           if comment ~= '' then f[#f + 1] = 'comment'; f[#f + 1] = comment end
           if a[j+3] ~= '' then f[#f + 1] = 'count'; f[#f + 1] = a[j+3] end
           if a[j+4] ~= '' then f[#f + 1] = 'rows_only'; f[#f + 1] = a[j+4] end
-          redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(f))
+          redis.call('XADD', key, '*', unpack(f))
         end
         j = j + 5
       end
@@ -209,6 +211,7 @@ for k = 1, nids, 1000 do
 end
 local ops = cjson.decode(ARGV[6])
 run(ops, 1, #ops)
+for key, maxlen in pairs(caps) do redis.call('XTRIM', key, 'MAXLEN', '~', maxlen) end
 return {1, nids, undescribed, fresh and 0 or 1}
 """
 
