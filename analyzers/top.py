@@ -208,9 +208,8 @@ def render(snap: dict[str, Any]) -> Group:
               str(lag["undelivered"] if lag["undelivered"] is not None else "—"), "",
               _age(lag["last_age"]))
     if lag["trimmed"]:
-        red = "red"
-        t.add_row(Text("trimmed before analysis (stream_maxlen)", style=red), Text(f"{lag['trimmed']:,}", style=red),
-                  "", "", "", "", "")
+        t.add_row(Text("trimmed before analysis (stream_maxlen)", style="red"),
+                  Text(f"{lag['trimmed']:,}", style="red"), "", "", "", "", "")
     for w in snap["workers"]:
         stale = w["age"] > 30
         t.add_row(Text(w["name"], style="dim" if stale else ""), f"{int(w.get('entries', 0)):,}",

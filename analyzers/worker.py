@@ -352,8 +352,6 @@ class Worker:
                 cursor = reply[0]
                 entries = _entries(reply[1])
                 if len(reply) > 2 and reply[2]:  # Redis 7: pending entries no longer in the stream, now unpended
-                    with self.counters.lock:
-                        self.counters.trimmed_pending += len(reply[2])
                     self.trimmed(len(reply[2]))
                 if entries:
                     log.info("reclaimed %d entries idle > %.0fs from %s", len(entries), self.s.claim_idle,
@@ -631,7 +629,6 @@ class Worker:
             c.unparsed += batch.unparsed
             c.bad += batch.bad
             c.failed += batch.failed
-            c.trimmed_pending += batch.trimmed
             c.shapes = len(self.shapes.shapes)
             for key in batch.findings:
                 c.findings[key] = c.findings.get(key, 0) + 1
@@ -639,6 +636,9 @@ class Worker:
                 c.rows_only[rule] = c.rows_only.get(rule, 0) + rows
 
     def trimmed(self, n: int) -> None:
+        """Count and say delivered entries that the stream cap removed before they were analysed."""
+        with self.counters.lock:
+            self.counters.trimmed_pending += n
         log.warning("%d statements delivered to group %s were trimmed from the stream (stream_maxlen) before "
                     "they were analysed: they are not counted anywhere", n, self.group)
 
