@@ -13,7 +13,17 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 # The contract lives with its producer (one package: the analyzers' CLI imports proxy as well).
-from proxy.events import AUTOCOMMIT, COMMITTED, PACKED_FIELD, SCHEMA_VERSION, unpack  # noqa: F401 (re-exported)
+from proxy.events import (  # noqa: F401 (re-exported)
+    AUTOCOMMIT,
+    BUNDLE_FIELD,
+    COMMITTED,
+    PACKED_FIELD,
+    SCHEMA_VERSION,
+    BadBundle,
+    events_of,
+    unbundle,
+    unpack,
+)
 
 SCHEMA = SCHEMA_VERSION
 COUNTED = frozenset({COMMITTED, AUTOCOMMIT})  # transaction outcomes whose work counts

@@ -35,6 +35,12 @@ class Keys:
         return f"{self.statements}:trimmed"
 
     @property
+    def held(self) -> str:
+        """Hash: `statements` the stream holds and the `entries` they were counted in (the sink script keeps
+        it to cap the stream by statements: a bundled entry holds several)."""
+        return f"{self.statements}:held"
+
+    @property
     def events(self) -> str:
         return f"{self.p}:events{self.t}"
 

@@ -23,6 +23,7 @@ class WorkerCounters:
 
     def __init__(self) -> None:
         self.entries = 0
+        self.statements = 0  # in those entries
         self.batches = 0
         self.unparsed = 0
         self.bad = 0
@@ -58,6 +59,9 @@ class WorkerCollector(Collector):
             shards = dict(c.shards)
         yield CounterMetricFamily("fasterdata_analyzer_entries", "Stream entries processed and acknowledged",
                                   value=c.entries)
+        yield CounterMetricFamily("fasterdata_analyzer_statements",
+                                  "Statements in the entries processed and acknowledged (a bundled entry holds "
+                                  "several)", value=c.statements)
         yield CounterMetricFamily("fasterdata_analyzer_batches", "Batches committed", value=c.batches)
         yield CounterMetricFamily("fasterdata_analyzer_unparsed",
                                   "Statements sqlglot could not parse (counted in stats, skipped by rules)",

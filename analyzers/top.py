@@ -70,7 +70,7 @@ def _top(r: redis.Redis, ks: list[Keys], by: str, n: int) -> list[dict[str, Any]
 
 
 def _lag(r: redis.Redis, ks: list[Keys], now: float) -> dict[str, Any]:
-    """The statement streams summed: length, pending and undelivered entries, age of the newest event."""
+    """The statement streams summed: statements held, pending and undelivered entries, age of the newest event."""
     lag: dict[str, Any] = {"length": 0, "last_age": None, "pending": None, "undelivered": None, "trimmed": 0}
     for k in ks:
         lag["trimmed"] += int(r.hget(k.trimmed, GROUP) or 0)  # by the stream cap before the group read them
@@ -79,7 +79,9 @@ def _lag(r: redis.Redis, ks: list[Keys], now: float) -> dict[str, Any]:
             groups = r.xinfo_groups(k.statements)
         except redis.ResponseError:
             continue  # no stream yet
-        lag["length"] += info.get("length", 0)
+        held = r.hmget(k.held, "statements", "entries")  # kept by a capped sink; else one an entry
+        length = info.get("length", 0)
+        lag["length"] += int(held[0]) if held[1] is not None and int(held[1]) == length else length
         ms = int(str(info.get("last-generated-id") or "0-0").partition("-")[0])
         if ms:
             age = now - ms / 1000
@@ -201,7 +203,8 @@ def render(snap: dict[str, Any]) -> Group:
 
     lag = snap["lag"]
     t = Table(title="Sink and workers", box=box.SIMPLE_HEAD, expand=True, title_justify="left")
-    for col in ("source", "entries", "rate/s", "pending", "undelivered", "lag", "last seen"):
+    t.caption = "pending and undelivered: stream entries (a bundled entry holds up to 100 statements)"
+    for col in ("source", "statements", "rate/s", "pending", "undelivered", "lag", "last seen"):
         t.add_column(col, justify="right" if col != "source" else "left")
     t.add_row("statements stream", f"{lag['length']:,}", "", str(lag["pending"] if lag["pending"] is not None
                                                               else "—"),
@@ -212,7 +215,7 @@ def render(snap: dict[str, Any]) -> Group:
                   Text(f"{lag['trimmed']:,}", style="red"), "", "", "", "", "")
     for w in snap["workers"]:
         stale = w["age"] > 30
-        t.add_row(Text(w["name"], style="dim" if stale else ""), f"{int(w.get('entries', 0)):,}",
+        t.add_row(Text(w["name"], style="dim" if stale else ""), f"{int(w.get('statements', w.get('entries', 0))):,}",
                   f"{w.get('rate', 0):,.0f}", str(w.get("pending", "")), str(w.get("lag_entries", "")),
                   _age(w.get("lag_seconds")), Text(_age(w["age"]), style="red" if stale else ""))
     parts.append(t)

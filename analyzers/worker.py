@@ -105,7 +105,7 @@ class Batch:
     """What one batch produced, kept apart until its commit succeeds."""
 
     __slots__ = ("anomaly", "bad", "failed", "findings", "keys", "matches", "new_fps", "new_pairs", "rows_only",
-                 "stats", "trimmed", "unparsed", "writes")
+                 "statements", "stats", "trimmed", "unparsed", "writes")
 
     def __init__(self, keys: Keys) -> None:
         self.keys = keys  # the shard's: every key this batch writes
@@ -121,6 +121,7 @@ class Batch:
         self.bad = 0
         self.failed = 0
         self.trimmed = 0  # delivered entries the stream cap removed before they were analysed
+        self.statements = 0  # in the batch's entries (a bundled entry holds several)
 
 
 class Worker:
@@ -173,6 +174,9 @@ class Worker:
         self._next_tidy = time.monotonic() + 60
         self._next_sweep = time.monotonic() + settings.sweep_seconds
         self._rate = (time.monotonic(), 0)
+        # Entries read at a time: about `batch` statements' worth, as a bundled entry holds several.
+        self.per_entry = 10.0
+        self.count = max(1, settings.batch // 10)
         self._trim_logged = -60.0
         self._trim_reported = 0  # the group's trimmed-unread total when last logged
         # One Redis: each commit is sent as soon as its batch is analysed and its reply read at the next
@@ -325,14 +329,14 @@ class Worker:
         return n
 
     def _read(self) -> list[tuple[Shard, list[Entry], int | None]]:
-        read_at, got = self.streams.read_new(self.s.batch, int(self.s.block * 1000))
+        read_at, got = self.streams.read_new(self.count, int(self.s.block * 1000))
         return [(self.shards[i], _entries(entries), read_at) for i, entries in got]
 
     def _own_pending(self) -> None:
         """Entries this consumer name read before a restart and never acknowledged."""
         for shard in self.shards:
             while not self.stop.is_set():
-                got = self.streams.read(self.s.batch, None, start="0", only=shard.i)
+                got = self.streams.read(self.count, None, start="0", only=shard.i)
                 entries = _entries(got[0][1]) if got else []
                 if not entries:
                     break
@@ -348,7 +352,7 @@ class Worker:
             cursor = "0-0"
             for _ in range(100):
                 reply = self.r.execute_command("XAUTOCLAIM", shard.stream, self.group, self.consumer, idle_ms,
-                                               cursor, "COUNT", self.s.batch)
+                                               cursor, "COUNT", self.count)
                 cursor = reply[0]
                 entries = _entries(reply[1])
                 if len(reply) > 2 and reply[2]:  # Redis 7: pending entries no longer in the stream, now unpended
@@ -368,24 +372,34 @@ class Worker:
     def analyse(self, shard: Shard, entries: list[Entry]) -> Batch:
         """Everything a batch of one shard will write, computed in memory."""
         batch = Batch(shard.keys)
-        packed = event.PACKED_FIELD
+        packed, bundled = event.PACKED_FIELD, event.BUNDLE_FIELD
+        handle = self.handle
         for entry_id, flat in entries:
             if flat is None:  # delivered, then trimmed from the stream (stream_maxlen) before it was analysed
                 batch.trimmed += 1
                 continue
-            if type(flat) is dict:
-                ev = event.unpack(flat)
-            else:  # [name, value, …]: one pair for a packed entry (proxy.events), many for a flat one
-                it = iter(flat[1].split("\x00") if len(flat) == 2 and flat[0] == packed else flat)
-                ev = dict(zip(it, it))  # noqa: B905 (a keyword argument costs 0.2 µs an entry here)
             try:
-                self.handle(batch, ev)
-            except (event.BadEvent, ValueError) as exc:  # ValueError: a number field that is not one
+                if type(flat) is dict:
+                    evs = event.events_of(flat)
+                elif len(flat) == 2 and flat[0] == bundled:
+                    evs = event.unbundle(flat[1])
+                else:  # [name, value, …]: one pair for a packed entry (proxy.events), many for a flat one
+                    it = iter(flat[1].split("\x00") if len(flat) == 2 and flat[0] == packed else flat)
+                    evs = (dict(zip(it, it)),)  # noqa: B905 (a keyword argument costs 0.2 µs an entry here)
+            except event.BadBundle as exc:
                 batch.bad += 1
-                log.debug("bad event %s: %s", entry_id, exc)
-            except Exception:
-                batch.failed += 1
-                log.exception("analysing entry %s failed; skipped", entry_id)
+                log.debug("bad entry %s: %s", entry_id, exc)
+                continue
+            batch.statements += len(evs)
+            for ev in evs:
+                try:
+                    handle(batch, ev)
+                except (event.BadEvent, ValueError) as exc:  # ValueError: a number field that is not one
+                    batch.bad += 1
+                    log.debug("bad event in %s: %s", entry_id, exc)
+                except Exception:
+                    batch.failed += 1
+                    log.exception("analysing an event of entry %s failed; skipped", entry_id)
         self.stats_writes(batch)
         return batch
 
@@ -623,8 +637,12 @@ class Worker:
             self.seen_pairs.clear()
         self.biz_metrics.merge(batch.matches)
         c = self.counters
+        if n and batch.statements:  # read about `batch` statements at a time, whatever an entry holds
+            self.per_entry = (self.per_entry + batch.statements / n) / 2
+            self.count = max(1, min(self.s.batch, round(self.s.batch / self.per_entry)))
         with c.lock:
             c.entries += n
+            c.statements += batch.statements
             c.batches += 1
             c.unparsed += batch.unparsed
             c.bad += batch.bad
@@ -753,9 +771,10 @@ class Worker:
         now = time.monotonic()
         t0, n0 = self._rate
         c = self.counters
-        rate = (c.entries - n0) / (now - t0) if now > t0 else 0.0
-        self._rate = (now, c.entries)
-        beat = {"ts": time.time(), "entries": c.entries, "rate": round(rate, 1), "pending": c.pending,
+        rate = (c.statements - n0) / (now - t0) if now > t0 else 0.0
+        self._rate = (now, c.statements)
+        beat = {"ts": time.time(), "entries": c.entries, "statements": c.statements, "rate": round(rate, 1),
+                "pending": c.pending,
                 "lag_entries": c.lag_entries, "lag_seconds": round(c.lag_seconds, 3), "unparsed": c.unparsed,
                 "pid": os.getpid(), "host": socket.gethostname()}
         self.r.hset(self.keys.workers, self.consumer, json.dumps(beat))

@@ -24,9 +24,10 @@ class AnalyzerSettings(Common):
     rules: str = Field(SHIPPED_RULES, description="Rules file: business rules, security policy, anomalies")
     consumer: str | None = Field(None, description="Consumer name in the group (default: <host>-<pid>)")
     group: str = Field("analyzers", description="Consumer group on <prefix>:statements")
-    batch: int = Field(1000, ge=1, le=10000, description="Entries read (and committed atomically) per batch. "
-                       "Larger batches cost less per entry, and each Redis call of the batch takes longer "
-                       "(~4 ms at 1000)")
+    batch: int = Field(1000, ge=1, le=10000, description="Statements read (and committed atomically) per batch, "
+                       "about: a bundled entry holds several, so the worker reads as many entries as make this "
+                       "many statements. Larger batches cost less per statement, and each Redis call of the "
+                       "batch takes longer (~4 ms at 1000)")
     block: float = Field(1.0, gt=0, le=60, description="Seconds one read waits for new entries")
     claim_idle: float = Field(30.0, gt=0, description="Seconds an entry stays pending before another "
                               "worker reclaims it (XAUTOCLAIM) from a dead one; the lowest among live workers "

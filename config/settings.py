@@ -119,13 +119,14 @@ class ProxySettings(Common):
         "password|passwd|secret|token|ssn|card|cvv",
         description="Case-insensitive regex of column names whose values are hidden")
     stream_maxlen: int = Field(1_000_000, ge=0,
-                               description="Approximate length cap of <prefix>:statements (0: none). What a trim "
-                               "takes before a consumer group read it is counted per group in "
-                               "<prefix>:statements:trimmed and logged")
-    stream_entry: Literal["packed", "flat"] = Field(
-        "packed", description="'packed': each statement entry is one field, `event`, its names and values "
-        "joined with NUL (Redis spends ~45% less to append it); 'flat': one field per event field, plainest "
-        "in redis-cli. Analyzers read both")
+                               description="Statements <prefix>:statements holds at most (0: no cap); the oldest "
+                               "entries go first, whole. What a trim takes before a consumer group read it is "
+                               "counted per group in <prefix>:statements:trimmed and logged")
+    stream_entry: Literal["bundled", "packed", "flat"] = Field(
+        "bundled", description="'bundled': an entry holds up to 100 statements of one batch in one field, "
+        "`events` (Redis's cost to append, deliver and acknowledge an entry is shared by them); 'packed': one "
+        "statement an entry, in one field, `event`, its names and values joined with NUL; 'flat': one field "
+        "per event field, plainest in redis-cli. Analyzers read all three")
     queue_max: int = Field(100_000, ge=100, description="Events queued in memory before they go to the spool")
     spool_dir: str | None = Field(
         None, description="Directory of the spool used while Redis is away (default: <tmp>/fasterdata-spool)")

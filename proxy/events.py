@@ -3,21 +3,26 @@
 Producers (``proxy.session``) and consumers (the analyzers) both import this module, so the field
 names, the schema version and the capture options live here and nowhere else.
 
-An event is a ``dict[str, str]``, one Redis Stream entry. Numbers are decimal strings; ``params`` and
-``ptypes`` are JSON arrays. Fields with nothing to say are left out rather than sent empty (entries
-stay small); the lists below say which fields every entry carries.
+An event is a ``dict[str, str]``; a Redis Stream entry holds one or several. Numbers are decimal
+strings; ``params`` and ``ptypes`` are JSON arrays. Fields with nothing to say are left out rather than
+sent empty (entries stay small); the lists below say which fields every event carries.
 
-How an entry holds the event (``stream_entry``, a proxy setting; every consumer reads both):
+How an entry holds events (``stream_entry``, a proxy setting; every consumer reads all three):
 
-* ``packed`` (default): one stream field, ``event``, whose value is the event's names and values
-  joined with NUL: ``v\\0 1\\0 kind\\0 stmt\\0 ts\\0 …`` (without the spaces). ``redis-cli XRANGE`` shows
-  it with ``\\x00`` between the parts. Redis reads and writes one string an entry instead of ~30: its
-  CPU to append an event falls by ~45 %, and an analyzer worker's by ~16 % (bench/NOTES.md). NUL
-  cannot occur in a value: PostgreSQL's text cannot hold it, and an event that would contain one
-  goes flat.
+* ``bundled`` (default): one stream field, ``events``, holding up to ``BUNDLE_MAX`` events of one
+  sink batch: the events' field counts joined with commas, then NUL, then every event's names and
+  values joined with NUL: ``2,3\\0 v\\0 1\\0 sql\\0 BEGIN\\0 v\\0 1\\0 …`` (without the spaces). A busy
+  proxy puts tens of statements in an entry, and Redis's work to append, deliver, keep pending and
+  acknowledge an entry is paid once for all of them (reading and acknowledging: 1.6 → 0.2 µs a
+  statement at ten an entry; bench/NOTES.md). An idle one still sends each statement at once, one
+  an entry.
+* ``packed``: one event an entry, in one field, ``event``, its names and values joined with NUL:
+  ``v\\0 1\\0 kind\\0 stmt\\0 ts\\0 …``.
 * ``flat``: one stream field per event field, so ``redis-cli XRANGE`` shows ``sql`` as ``sql``.
 
-``unpack`` turns either into the event dict.
+NUL cannot occur in a value: PostgreSQL's text cannot hold it, and an event that would contain one
+goes flat. ``events_of`` turns any entry into its events. A stream entry is therefore not always one
+statement: XLEN, a group's lag and its pending count are entries; the analyzers' counters are statements.
 
 Two kinds of entry:
 
@@ -99,7 +104,9 @@ from itertools import chain
 SCHEMA_VERSION = "1"
 
 PACKED_FIELD = "event"  # the one field of a packed entry
-ENTRY_FORMATS = ("packed", "flat")
+BUNDLE_FIELD = "events"  # the one field of a bundled entry
+BUNDLE_MAX = 100  # events a bundled entry holds at most
+ENTRY_FORMATS = ("bundled", "packed", "flat")
 
 KIND_STMT = "stmt"
 KIND_TXN_END = "txn_end"
@@ -187,8 +194,45 @@ def pack(event: dict[str, str]) -> str | None:
 
 
 def unpack(fields: dict[str, str]) -> dict[str, str]:
-    """The event of a stream entry as redis-py returns it (field → value), packed or flat."""
+    """The event of a one-event stream entry as redis-py returns it (field → value), packed or flat."""
     if len(fields) == 1 and PACKED_FIELD in fields:
         it = iter(fields[PACKED_FIELD].split("\x00"))
         return dict(zip(it, it))  # noqa: B905 (an odd part is a damaged entry: its event fails validation)
     return fields
+
+
+def bundle(events: list[dict[str, str]]) -> str | None:
+    """The value of a bundled entry holding ``events`` (the sink's script builds the same in Redis); None
+    when one of them cannot be packed."""
+    packed = [pack(e) for e in events]
+    if not packed or None in packed:
+        return None
+    return ",".join(str(len(e)) for e in events) + "\x00" + "\x00".join(packed)  # type: ignore[arg-type]
+
+
+class BadBundle(ValueError):
+    """A bundled entry whose field counts do not match its values."""
+
+
+def unbundle(value: str) -> list[dict[str, str]]:
+    """The events of a bundled entry's value (its one field, ``events``)."""
+    parts = value.split("\x00")
+    try:
+        counts = [2 * int(c) for c in parts[0].split(",")]
+    except ValueError:
+        raise BadBundle(f"bad field counts {parts[0][:40]!r}") from None
+    if sum(counts) != len(parts) - 1 or min(counts) < 0:
+        raise BadBundle(f"field counts {parts[0][:40]!r} do not match {len(parts) - 1} names and values")
+    out = []
+    p = 1
+    for c in counts:
+        out.append(dict(zip(parts[p:p + c:2], parts[p + 1:p + c:2])))  # noqa: B905 (lengths checked above)
+        p += c
+    return out
+
+
+def events_of(fields: dict[str, str]) -> list[dict[str, str]]:
+    """The events of any stream entry as redis-py returns it (field → value): bundled, packed or flat."""
+    if len(fields) == 1 and BUNDLE_FIELD in fields:
+        return unbundle(fields[BUNDLE_FIELD])
+    return [unpack(fields)]

@@ -63,18 +63,21 @@ from prometheus_client.registry import Collector
 from redis.connection import parse_url
 
 from config.redisurl import one_url_per_host
-from proxy.events import ENTRY_FORMATS, PACKED_FIELD, pack
+from proxy.events import BUNDLE_MAX, ENTRY_FORMATS, PACKED_FIELD, pack
 
 if TYPE_CHECKING:
     from config.settings import ProxySettings
 
 log = logging.getLogger("fasterdata.sink")
 
-# KEYS: stream, marker.  ARGV: seq0, maxlen, marker ttl, value mode ('z' = all values of the batch
-# in one NUL-joined string, 'a' = one argument per value), number of key sets, then per key set
-# its length and names, number of events, per event its key-set index (0-based), then the values.
+# KEYS: stream, marker.  ARGV: seq0, maxlen, marker ttl, value mode, then
+# - modes 'z' (all values of the batch in one NUL-joined string) and 'a' (one argument per value):
+#   number of key sets, per key set its length and names, number of events, per event its key-set
+#   index (0-based), then the values;
+# - mode 'p' (bundled entries, proxy.events): events an entry at most, number of events, per event
+#   its field count, then per event its packed value (names and values joined with NUL).
 # Returns how many leading events were already in the stream (the marker said so) and were skipped;
-# when its trim took entries a consumer group had not read yet, {skipped, group, count, …} instead
+# when its trim took statements a consumer group had not read yet, {skipped, group, count, …} instead
 # (the counts also go to the hash `<stream>:trimmed`, group → total).
 SCRIPT = """
 local seq0 = tonumber(ARGV[1])
@@ -82,12 +85,17 @@ local maxlen = tonumber(ARGV[2])
 local mode = ARGV[4]
 local p = 6
 local sets = {}
-for i = 1, tonumber(ARGV[5]) do
-  local c = tonumber(ARGV[p])
-  local t = {}
-  for j = 1, c do t[j] = ARGV[p + j] end
-  sets[i] = t
-  p = p + c + 1
+local bundle = 0
+if mode == 'p' then
+  bundle = tonumber(ARGV[5])
+else
+  for i = 1, tonumber(ARGV[5]) do
+    local c = tonumber(ARGV[p])
+    local t = {}
+    for j = 1, c do t[j] = ARGV[p + j] end
+    sets[i] = t
+    p = p + c + 1
+  end
 end
 local n = tonumber(ARGV[p])
 local ids = p
@@ -104,51 +112,98 @@ if mode == 'z' then s = ARGV[vp] end
 local sp, last, find, sub = 1, 0, string.find, string.sub
 local a, width = nil, -1  -- argument table, reused while the key count stays the same (saves ~0.5 us)
 if s then last = #s + 1 end
-for i = 1, n do
-  local keys = sets[tonumber(ARGV[ids + i]) + 1]
-  local c = #keys
-  if i > skip and c > 0 then
-    if c ~= width then a, width = {}, c end
-    if s then
-      for j = 1, c do
-        local e = find(s, '\\0', sp, true) or last
-        a[2 * j - 1] = keys[j]
-        a[2 * j] = sub(s, sp, e - 1)
-        sp = e + 1
+local entries, statements = 0, 0  -- what this batch added
+if bundle > 0 then  -- up to `bundle` events an entry: Redis's cost an entry is paid once for them all
+  local concat = table.concat
+  for i = skip + 1, n, bundle do
+    local j = math.min(i + bundle - 1, n)
+    redis.call('XADD', KEYS[1], '*', 'events',
+      concat(ARGV, ',', ids + i, ids + j) .. '\\0' .. concat(ARGV, '\\0', vp + i - 1, vp + j - 1))
+    entries = entries + 1
+  end
+  statements = n - skip
+else
+  for i = 1, n do
+    local keys = sets[tonumber(ARGV[ids + i]) + 1]
+    local c = #keys
+    if i > skip and c > 0 then
+      if c ~= width then a, width = {}, c end
+      if s then
+        for j = 1, c do
+          local e = find(s, '\\0', sp, true) or last
+          a[2 * j - 1] = keys[j]
+          a[2 * j] = sub(s, sp, e - 1)
+          sp = e + 1
+        end
+      else
+        for j = 1, c do
+          a[2 * j - 1] = keys[j]
+          a[2 * j] = ARGV[vp]
+          vp = vp + 1
+        end
       end
+      redis.call('XADD', KEYS[1], '*', unpack(a))
+      entries = entries + 1
+    elseif s then
+      for _ = 1, c do sp = (find(s, '\\0', sp, true) or last) + 1 end
     else
-      for j = 1, c do
-        a[2 * j - 1] = keys[j]
-        a[2 * j] = ARGV[vp]
-        vp = vp + 1
-      end
+      vp = vp + c
     end
-    redis.call('XADD', KEYS[1], '*', unpack(a))
-  elseif s then
-    for _ = 1, c do sp = (find(s, '\\0', sp, true) or last) + 1 end
-  else
-    vp = vp + c
   end
 end
 redis.call('SET', KEYS[2], string.format('%d', seq0 + n), 'EX', ARGV[3])
-if maxlen <= 0 then return skip end
+if bundle == 0 then statements = entries end
+-- The cap (maxlen, 0: none) counts statements, and a bundled entry holds several: `<stream>:held` keeps
+-- the count (and the entries it saw; `fasterdata top` shows it). A length it did not expect (the stream
+-- trimmed or deleted by hand, a proxy of an older release) rescales the count by its statements an entry.
+-- pcall: an ACL may refuse the hash (then each entry counts as one statement).
+local hk = KEYS[1] .. ':held'
 local before = redis.call('XLEN', KEYS[1])
-if before <= maxlen then return skip end
--- What the trim takes before a consumer group read it: a group's lag (entries-added - entries-read)
--- counts the entries it has still to read, and those the stream will no longer hold are trimmed. The
--- lag is read first: after a trim Redis may estimate it from what is left. pcall: an ACL may refuse
--- XINFO; before Redis 7 there is no lag (nothing is counted then).
-local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
-local gone = redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', maxlen)
-if gone == 0 or not ok then return skip end
-local after, lost = before - gone, nil
-for _, g in ipairs(groups) do
-  local name, unread = nil, nil
-  for k = 1, #g, 2 do
-    if g[k] == 'name' then name = g[k + 1] elseif g[k] == 'lag' then unread = tonumber(g[k + 1]) end
+local okh, h = pcall(redis.call, 'HMGET', hk, 'statements', 'entries')
+if not okh then h = {} end
+local held, seen, prior = tonumber(h[1]), tonumber(h[2]), before - entries
+if held and seen ~= prior then held = seen and seen > 0 and math.floor(held * prior / seen) or prior end
+held = math.max((held or prior) + statements, before)
+local counts, oldest, cut, trimmed = {}, {}, 0, 0  -- the oldest entries' statements and ids; how many go
+if maxlen > 0 and held > maxlen then
+  local excess, last = held - maxlen, '-'
+  while trimmed < excess do
+    local chunk = redis.call('XRANGE', KEYS[1], last, '+', 'COUNT', 100)
+    if #chunk == 0 then  -- the count was too high: it is now exact
+      held = trimmed
+      excess = held - maxlen
+      trimmed, cut = 0, 0
+      while cut < #counts and trimmed < excess do cut = cut + 1; trimmed = trimmed + counts[cut] end
+      break
+    end
+    for _, e in ipairs(chunk) do
+      local f, c = e[2], 1
+      if #f == 2 and f[1] == 'events' then c = select(2, string.gsub(string.match(f[2], '^[^%z]*'), ',', '')) + 1 end
+      cut = cut + 1
+      counts[cut], oldest[cut] = c, e[1]
+      trimmed = trimmed + c
+      if trimmed >= excess then break end
+    end
+    last = '(' .. oldest[cut]
   end
-  if name and unread then
-    local took = math.max(0, unread - after) - math.max(0, unread - before)
+end
+local lost = nil
+if cut > 0 then
+  -- What the trim takes before a consumer group read it: a group's lag (entries-added - entries-read)
+  -- counts the entries it has still to read, the newest ones. The lag is read before the trim: after it,
+  -- Redis may estimate the lag from what is left. pcall: an ACL may refuse XINFO (nothing is counted then).
+  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+  local ms, sq = string.match(oldest[cut], '^(%d+)-(%d+)$')  -- MINID keeps what follows the last to go
+  redis.call('XTRIM', KEYS[1], 'MINID', ms .. '-' .. string.format('%d', tonumber(sq) + 1))
+  for _, g in ipairs(ok and groups or {}) do
+    local name, unread = nil, nil
+    for k = 1, #g, 2 do
+      if g[k] == 'name' then name = g[k + 1] elseif g[k] == 'lag' then unread = tonumber(g[k + 1]) end
+    end
+    local took = 0
+    if name and unread then
+      for k = math.max(1, before - unread + 1), cut do took = took + counts[k] end
+    end
     if took > 0 then
       pcall(redis.call, 'HINCRBY', KEYS[1] .. ':trimmed', name, took)  -- an ACL may refuse it: still reported
       lost = lost or {skip}
@@ -157,6 +212,7 @@ for _, g in ipairs(groups) do
     end
   end
 end
+if okh then pcall(redis.call, 'HSET', hk, 'statements', held - trimmed, 'entries', before - cut) end
 return lost or skip
 """
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
@@ -196,19 +252,25 @@ def _b(value: Any) -> bytes:
 
 
 def encode_batch(head: tuple, seq0: int, maxlen: int, ttl: int, events: list[dict[str, str]],
-                 packed: bool = False) -> bytes:
+                 entry: str = "flat") -> bytes:
     """One EVALSHA command (RESP bytes) adding ``events``; ``head`` = (EVALSHA, sha, 2, stream, marker).
 
-    packed: each event becomes one field (events.pack), sent one argument an event; an event that
-    cannot be packed goes flat. Otherwise, fast path: values joined with NUL in C (PostgreSQL text
+    entry (proxy.events): ``bundled`` or ``packed``: each event is packed to one string (names and
+    values joined with NUL), sent one argument an event; the script joins up to BUNDLE_MAX of them an
+    entry (bundled) or adds one an entry (packed). An event that cannot be packed sends the batch the
+    packed way, that event flat. ``flat``, fast path: values joined with NUL in C (PostgreSQL text
     cannot hold NUL, so the proxy's values never do); a batch where the count of NULs says otherwise,
     or with non-str values, takes the slow path with one argument per value.
     """
+    packed = entry != "flat"
     if packed:
         n = len(events)
         try:  # every event packed at C speed; the NUL count of the batch proves no value held one
             values = list(map("\x00".join, map(chain.from_iterable, map(dict.items, events))))
             if sum(map(str.count, values, repeat("\x00"))) == 2 * sum(map(len, events)) - n:
+                if entry == "bundled":
+                    return hiredis.pack_command((*head, seq0, maxlen, ttl, "p", BUNDLE_MAX, n, *map(len, events),
+                                                 *values))
                 return hiredis.pack_command((*head, seq0, maxlen, ttl, "a", 1, 1, PACKED_FIELD, n, *repeat(0, n),
                                              *values))
         except (TypeError, UnicodeError):  # a value not str, or surrogates: the general path below
@@ -1230,7 +1292,7 @@ class _Lane:
         self._node = await self.sink.slot_owner(self.slot, failed) if self.sink.cluster_nodes else None
 
     def _encode(self, head: tuple, batch: _Batch) -> bytes:
-        return encode_batch(head, batch.seq0, self.sink.maxlen, self.sink.marker_ttl, batch.events, self.sink.packed)
+        return encode_batch(head, batch.seq0, self.sink.maxlen, self.sink.marker_ttl, batch.events, self.sink.entry)
 
     def _next_batch(self) -> _Batch | None:
         """The next batch to send, encoded; a batch too big for one command is split."""
@@ -1322,7 +1384,7 @@ class _Lane:
                      time.monotonic() - self._down_since, backlog)
         elif self.connects == 1:
             log.info("sink %s: writing %s entries to redis %s%s", self.stream,
-                     "packed" if self.sink.packed else "flat", self.where, backlog)
+                     self.sink.entry, self.where, backlog)
         self._down_since = None
         self._down_reason = ""
 
@@ -1425,8 +1487,8 @@ class StreamSink:
       events gather (fewer round trips and script calls: the proxy and Redis each spend ~5 µs less
       per event under load); costs up to that much latency to the stream.  0 sends at once.
     - ``batch_max``: events per round trip.  Default 1000 (keeps Redis busy ~4 ms per batch).
-    - ``entry``: ``packed`` (one field an event; default) or ``flat`` (one field per event field);
-      see proxy.events.
+    - ``entry``: ``bundled`` (up to BUNDLE_MAX events an entry, one field; default), ``packed`` (one
+      event an entry, one field) or ``flat`` (one field per event field); see proxy.events.
     - ``spool_path``: spool file (one per process; None = no spool: overflow is dropped).
     - ``spool_max_bytes``: unreplayed spool data kept before dropping.  Default 1 GiB.
     - ``shards``: number of streams (``<prefix>:statements:{i}``) chosen by ``route``.  Default 1.
@@ -1453,7 +1515,7 @@ class StreamSink:
                  backoff_min: float = 0.1, backoff_max: float = 5.0,
                  ssl_context: ssl.SSLContext | None = None, client_name: str = "fasterdata-sink",
                  marker_ttl: int = 7 * 86400, wait_replicas: int = 0, wait_timeout: float = 1.0,
-                 entry: str = "packed") -> None:
+                 entry: str = "bundled") -> None:
         if entry not in ENTRY_FORMATS:
             raise ValueError(f"entry must be one of {', '.join(ENTRY_FORMATS)}")
         if shards < 1 or max_queue < 1 or batch_max < 1 or maxlen < 0 or spool_max_bytes < 1:
@@ -1465,7 +1527,7 @@ class StreamSink:
         self.max_queue = max_queue
         self.batch_max = batch_max
         self.linger = linger
-        self.packed = entry == "packed"
+        self.entry = entry
         self.spool_max_bytes = spool_max_bytes
         self.connect_timeout = connect_timeout
         self.send_timeout = send_timeout

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 import redis
 
-from proxy.events import unpack
+from proxy.events import events_of
 
 PG_HOST = os.environ.get("FASTERDATA_TEST_PGHOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("FASTERDATA_TEST_PGPORT", "5432"))
@@ -136,8 +136,9 @@ class ProxyProcess(ChildProcess):
 
 
 def entries(r: redis.Redis, key: str) -> list[tuple[str, dict[str, str]]]:
-    """XRANGE of a whole stream as (id, event), a packed statement entry unpacked (a decoding client)."""
-    return [(entry_id, unpack(fields)) for entry_id, fields in r.xrange(key)]
+    """XRANGE of a whole stream as (id, event), each event of a bundled entry with that entry's id (a
+    decoding client)."""
+    return [(entry_id, e) for entry_id, fields in r.xrange(key) for e in events_of(fields)]
 
 
 def delete_prefix(r: redis.Redis, prefix: str) -> None:

@@ -16,7 +16,7 @@ import time
 
 import redis
 
-from ..event import unpack
+from ..event import BadBundle, events_of
 from ..keys import shard_keys
 from ..redisconn import connect
 from ..streams import StreamSet
@@ -43,6 +43,7 @@ class Follower:
         self.client = connect(s.redis, socket_timeout=max(5.0, block_ms / 1000 + 2))
         self.streams = StreamSet(self.client, self.streams_names, self.group, self.consumer)
         self._pending_done = False
+        self._resume: dict[str, int] = {}  # entry id → its events applied before a Redis outage
         self.processed = 0
 
     def ensure_group(self) -> None:
@@ -66,23 +67,39 @@ class Follower:
             if fields is None:  # trimmed away while pending
                 done.append(entry_id)
                 continue
-            event = unpack({k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()})
             try:
-                self.cache.apply_event(event)
-            except RedisDown:
+                events = events_of({k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()})
+            except BadBundle as exc:
+                log.error("glcache: entry %s is damaged (%s); invalidating the table's days", entry_id, exc)
+                events = []
+                self.cache.invalidate()
+            if not self._apply_events(entry_id, events):
                 break  # unacknowledged: read again once Redis answers
-            except Exception:  # a bad event must not stop the follower
-                log.exception("glcache: event %s could not be applied; invalidating the table's days",
-                              entry_id)
-                try:
-                    self.cache.invalidate()
-                except RedisDown:
-                    break
             done.append(entry_id)
         if done:
             self.client.xack(stream, self.group, *done)
             self.processed += len(done)
         return len(done)
+
+    def _apply_events(self, entry_id: str, events: list[dict[str, str]]) -> bool:
+        """Apply an entry's events; False at a Redis outage. The events applied before it are remembered,
+        so the entry, read again, resumes after them."""
+        start = self._resume.pop(entry_id, 0)
+        for i in range(start, len(events)):
+            try:
+                self.cache.apply_event(events[i])
+            except RedisDown:
+                self._resume[entry_id] = i
+                return False
+            except Exception:  # a bad event must not stop the follower
+                log.exception("glcache: an event of entry %s could not be applied; invalidating the table's days",
+                              entry_id)
+                try:
+                    self.cache.invalidate()
+                except RedisDown:
+                    self._resume[entry_id] = i + 1
+                    return False
+        return True
 
     def run(self, stop: threading.Event) -> None:
         """Follow until ``stop`` is set; Redis outages are waited out."""

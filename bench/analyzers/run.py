@@ -36,9 +36,13 @@ sys.path.insert(0, str(ROOT))
 from benchkit import redis_cpu_seconds  # noqa: E402
 
 from config.analyzer_settings import AnalyzerSettings  # noqa: E402
-from proxy.events import PACKED_FIELD, pack  # noqa: E402
+from proxy.events import BUNDLE_FIELD, PACKED_FIELD, bundle, pack  # noqa: E402
 
 DEFAULT_BATCH = AnalyzerSettings.model_fields["batch"].default
+# pgbench through the proxy on the 2-core machine, 4 and 16 clients: 51–62 statements an entry (the sink's
+# 5 ms linger: ~200 entries a second); 1 client, ~3,500 statements/s: 16–19 (bench/NOTES.md, session 9).
+PER_ENTRY = 50
+PER_ENTRY_WHY = "as pgbench through the proxy gives with 4–16 clients"
 
 
 def stream_events(n: int, seed: int = 1):
@@ -110,11 +114,17 @@ def _inline(sql: str, params: list) -> str:
     return sql
 
 
-def fill(r: redis.Redis, stream: str, n: int) -> None:
+def entry(events: list[dict[str, str]]) -> dict[str, str]:
+    """One stream entry holding `events`, as the proxy's sink writes them: bundled, or packed when one."""
+    return {BUNDLE_FIELD: bundle(events)} if len(events) > 1 else {PACKED_FIELD: pack(events[0])}
+
+
+def fill(r: redis.Redis, stream: str, n: int, per_entry: int) -> None:
     pipe = r.pipeline(transaction=False)
-    for i, f in enumerate(stream_events(n)):
-        pipe.xadd(stream, {PACKED_FIELD: pack(f)})  # as the proxy writes them by default
-        if i % 2000 == 1999:
+    events = list(stream_events(n))
+    for i in range(0, n, per_entry):
+        pipe.xadd(stream, entry(events[i:i + per_entry]))
+        if len(pipe) >= 2000:
             pipe.execute()
     pipe.execute()
 
@@ -181,8 +191,9 @@ def steady_rate(samples: list[tuple[float, int]], n: int, lo: float = 0.1, hi: f
     return (end[1] - start[1]) / (end[0] - start[0]) if end[0] > start[0] else 0.0
 
 
-def drain_rate(url: str, n: int, workers: int, batch: int, logdir: Path) -> tuple[float, float, float, float, float]:
-    """Pre-fill n events, let `workers` processes consume them.
+def drain_rate(url: str, n: int, workers: int, batch: int, per_entry: int,
+               logdir: Path) -> tuple[float, float, float, float, float]:
+    """Pre-fill n events, `per_entry` an entry, let `workers` processes consume them.
 
     Returns (statements/s, seconds, worker CPU µs per statement, Redis CPU µs per statement, steady
     statements/s). The CPU figures do not depend on what else the machine runs; the rates do.
@@ -191,14 +202,14 @@ def drain_rate(url: str, n: int, workers: int, batch: int, logdir: Path) -> tupl
     prefix = f"fdbench{uuid.uuid4().hex[:6]}"
     stream = f"{prefix}:statements"
     try:
-        fill(r, stream, n)
+        fill(r, stream, n, per_entry)
         procs = start_workers(url, prefix, workers, batch, logdir)
         t0 = read0 = None
         pids = [p.pid for p in procs]
         samples: list[tuple[float, int]] = []
         while True:
             read, pending = group_state(r, stream)
-            acked = read - pending
+            acked = min(n, (read - pending) * per_entry)  # statements
             now = time.perf_counter()
             samples.append((now, acked))
             if t0 is None and acked > 0:
@@ -217,7 +228,7 @@ def drain_rate(url: str, n: int, workers: int, batch: int, logdir: Path) -> tupl
         cleanup(r, prefix)
 
 
-def read_floor(url: str, n: int, batch: int) -> float:
+def read_floor(url: str, n: int, batch: int, per_entry: int) -> float:
     """Redis CPU µs per statement for the part of the work no analyzer can skip: XREADGROUP and XACK.
 
     The same entries as a drain run, read in the same batches by a bare consumer that does nothing with
@@ -227,10 +238,10 @@ def read_floor(url: str, n: int, batch: int) -> float:
     prefix = f"fdbench{uuid.uuid4().hex[:6]}"
     stream = f"{prefix}:statements"
     try:
-        fill(r, stream, n)
+        fill(r, stream, n, per_entry)
         r.xgroup_create(stream, "analyzers", id="0")
         rcpu0 = redis_cpu_seconds(r)
-        while reply := r.xreadgroup("analyzers", "floor", {stream: ">"}, count=batch):
+        while reply := r.xreadgroup("analyzers", "floor", {stream: ">"}, count=max(1, batch // per_entry)):
             ids = [entry_id for entry_id, _ in reply[0][1]]
             if not ids:
                 break
@@ -240,8 +251,9 @@ def read_floor(url: str, n: int, batch: int) -> float:
         cleanup(r, prefix)
 
 
-def live_lag(url: str, rate: int, seconds: float, batch: int, logdir: Path) -> dict[str, float]:
-    """A producer at `rate` statements/s while one worker consumes; lag samples in seconds."""
+def live_lag(url: str, rate: int, seconds: float, batch: int, per_entry: int, logdir: Path) -> dict[str, float]:
+    """A producer at `rate` statements/s, up to `per_entry` an entry, while one worker consumes; lag samples in
+    seconds."""
     r = redis.Redis.from_url(url, decode_responses=True)
     prefix = f"fdbench{uuid.uuid4().hex[:6]}"
     stream = f"{prefix}:statements"
@@ -251,7 +263,7 @@ def live_lag(url: str, rate: int, seconds: float, batch: int, logdir: Path) -> d
     gen = stream_events(int(rate * seconds) + 1, seed=2)
     pipe = r.pipeline(transaction=False)
     lags: list[float] = []
-    sent = 0
+    sent = entries = 0
     start = time.perf_counter()
     next_sample = start
     try:
@@ -259,9 +271,11 @@ def live_lag(url: str, rate: int, seconds: float, batch: int, logdir: Path) -> d
             now = time.perf_counter()
             due = min(int((now - start) * rate), int(rate * seconds))
             while sent < due:
-                pipe.xadd(stream, next(gen))
-                sent += 1
-                if sent % 500 == 0:
+                k = min(per_entry, due - sent)
+                pipe.xadd(stream, entry([next(gen) for _ in range(k)]))
+                sent += k
+                entries += 1
+                if len(pipe) >= 500:
                     pipe.execute()
             pipe.execute()
             if now >= next_sample:
@@ -274,7 +288,7 @@ def live_lag(url: str, rate: int, seconds: float, batch: int, logdir: Path) -> d
         deadline = time.perf_counter() + 60
         while time.perf_counter() < deadline:
             read, pending = group_state(r, stream)
-            if read - pending >= sent:
+            if read - pending >= entries:
                 break
             time.sleep(0.05)
         catch_up = time.perf_counter() - start - seconds
@@ -302,13 +316,16 @@ def main() -> int:
     ap.add_argument("--redis", default=os.environ.get("FASTERDATA_REDIS", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--events", type=int, default=200000)
     ap.add_argument("--batch", type=int, default=DEFAULT_BATCH,
-                    help=f"entries per batch [{DEFAULT_BATCH}: the worker's default]")
+                    help=f"statements per batch [{DEFAULT_BATCH}: the worker's default]")
+    ap.add_argument("--per-entry", type=int, default=PER_ENTRY,
+                    help=f"statements a stream entry holds [{PER_ENTRY}: {PER_ENTRY_WHY}]; 1: one an entry")
     ap.add_argument("--repeat", type=int, default=3, help="runs per configuration; the median is reported")
     ap.add_argument("--live-rate", type=int, default=20000)
     ap.add_argument("--live-seconds", type=float, default=10)
     args = ap.parse_args()
     logdir = Path(tempfile.mkdtemp(prefix="fdbench-"))
-    print(f"machine: {os.cpu_count()} CPUs; {args.events:,} events per run; batch {args.batch}; logs in {logdir}")
+    print(f"machine: {os.cpu_count()} CPUs; {args.events:,} events per run, {args.per_entry} an entry; "
+          f"batch {args.batch}; logs in {logdir}")
     results = {}
     spread = {}
     steady: dict[int, list[float]] = {}
@@ -317,7 +334,7 @@ def main() -> int:
         runs = []
         for _ in range(args.repeat):
             loads.append(os.getloadavg()[0])
-            runs.append(drain_rate(args.redis, args.events, k, args.batch, logdir))
+            runs.append(drain_rate(args.redis, args.events, k, args.batch, args.per_entry, logdir))
         runs.sort()
         results[k] = runs[(len(runs) - 1) // 2]  # the median run (by rate), not the luckiest one
         steady[k] = [run[4] for run in runs]
@@ -332,7 +349,7 @@ def main() -> int:
         st = statistics.median(steady[k])
         print(f"| {k} | {rate:,.0f} | {rate / k:,.0f} | {rate / one:.2f}x | {st:,.0f} | {st / one_steady:.2f}x "
               f"| {secs:.1f} | {cpu:.1f} | {rcpu:.1f} |")
-    floor = read_floor(args.redis, args.events, args.batch)
+    floor = read_floor(args.redis, args.events, args.batch, args.per_entry)
     w2, r2 = results[2][2], results[2][3]
     ncpu = os.cpu_count() or 1
     print(f"\nceiling with every core busy: {ncpu} cores ÷ (worker {w2:.1f} + Redis {r2:.1f} µs/stmt, two-worker run) "
@@ -346,7 +363,7 @@ def main() -> int:
           f"(other processes on this {os.cpu_count()}-core machine compete with the workers; CPU µs per statement "
           "depends on them far less than the rate)")
     if args.live_rate:
-        live = live_lag(args.redis, args.live_rate, args.live_seconds, args.batch, logdir)
+        live = live_lag(args.redis, args.live_rate, args.live_seconds, args.batch, args.per_entry, logdir)
         print()
         print("| live load, 1 worker | produced/s | lag p50 | lag max | catch-up after load |")
         print("|---|---:|---:|---:|---:|")

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench" / "analyzers"))
 
-from run import RULES, cleanup, fill  # noqa: E402
+from run import PER_ENTRY, RULES, cleanup, fill  # noqa: E402
 
 from analyzers.rules import load as load_rules  # noqa: E402
 from analyzers.worker import Worker, tune_gc  # noqa: E402
@@ -82,14 +82,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--redis", default=os.environ.get("FASTERDATA_REDIS", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--events", type=int, default=100000)
-    ap.add_argument("--batch", type=int, default=0, help="entries per batch (0: the worker's default)")
+    ap.add_argument("--batch", type=int, default=0, help="statements per batch (0: the worker's default)")
+    ap.add_argument("--per-entry", type=int, default=PER_ENTRY, help=f"statements a stream entry holds [{PER_ENTRY}]")
     ap.add_argument("--profile", type=int, default=0, help="print the top N functions of the analysing thread")
     args = ap.parse_args()
     r = redis.Redis.from_url(args.redis, decode_responses=True)
     prefix = f"fdprof{uuid.uuid4().hex[:6]}"
     extra = {"batch": args.batch} if args.batch else {}
     try:
-        fill(r, f"{prefix}:statements", args.events)
+        fill(r, f"{prefix}:statements", args.events, args.per_entry)
         settings = AnalyzerSettings(redis=args.redis, prefix=prefix, metrics="", consumer="prof", block=0.05, **extra)
         worker = Worker(settings, load_rules(RULES))
         worker.setup()
@@ -107,10 +108,11 @@ def main() -> int:
         wall0, cpu0 = time.perf_counter(), time.thread_time()
         if prof:
             prof.enable()
-        done = 0
-        while done < args.events:
-            done += worker.step()
-        done += worker.quiesce()
+        entries, want = 0, -(-args.events // args.per_entry)
+        while entries < want:
+            entries += worker.step()
+        entries += worker.quiesce()
+        done = worker.counters.statements
         if prof:
             prof.disable()
         cpu = time.thread_time() - cpu0

@@ -48,6 +48,9 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))  # bench/: benchkit
 from benchkit import ensure_database, loadavg, proc_tree, publish  # noqa: E402
 
+sys.path.insert(0, str(ROOT))
+from proxy.events import events_of  # noqa: E402
+
 HOST = "127.0.0.1"
 SQL_PREFIX = "SELECT abalance FROM pgbench_accounts"  # the one statement of pgbench -S (simple protocol)
 
@@ -270,8 +273,9 @@ class Reader(threading.Thread):
                 self.empty_reads += 1
                 continue
             entries = got[0][1]
-            for _id, ev in entries:
-                self.count(ev)
+            for _id, fields in entries:
+                for ev in events_of(fields):  # bundled, packed or flat: the proxy's stream_entry
+                    self.count(ev)
             self.last_id = entries[-1][0]
             if self.trim:
                 with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):

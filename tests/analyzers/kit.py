@@ -23,7 +23,7 @@ from analyzers.keys import shard_keys
 from analyzers.rules import RulesFile, parse
 from analyzers.worker import Worker
 from config.analyzer_settings import AnalyzerSettings
-from proxy.events import PACKED_FIELD, pack
+from proxy.events import BUNDLE_FIELD, BUNDLE_MAX, PACKED_FIELD, bundle, pack
 from tests.conftest import REDIS_URL, RUN_ID, ChildProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,13 +47,15 @@ def prefix(r: redis.Redis) -> Iterator[str]:
 
 
 class Events:
-    """Writes statement events (schema v1) the way the proxy does: packed by default, flat with
-    entry="flat"; with `shards` ≥ 2 to `<prefix>:statements:{i}`, the session id picking the stream
-    (stable, as the proxy keeps a session)."""
+    """Writes statement events (schema v1) the way the proxy does: bundled by default (inside `with`, up to
+    BUNDLE_MAX events an entry, as a batch of the proxy's sink; outside, one an entry), one an entry with
+    entry="packed" or "flat"; with `shards` ≥ 2 to `<prefix>:statements:{i}`, the session id picking the
+    stream (stable, as the proxy keeps a session)."""
 
-    def __init__(self, client: redis.Redis, prefix: str, shards: int = 1, entry: str = "packed") -> None:
+    def __init__(self, client: redis.Redis, prefix: str, shards: int = 1, entry: str = "bundled") -> None:
         self.r = client
-        self.packed = entry == "packed"
+        self.entry = entry
+        self.held: dict[str, list[dict[str, str]]] = {}  # stream → events of its next bundle
         self.streams = [k.statements for k in shard_keys(prefix, shards)]
         self.stream = self.streams[0]
         self.ts = int(time.time() * 1e6)
@@ -97,14 +99,27 @@ class Events:
 
     def _add(self, fields: dict[str, str], sid: str) -> None:
         stream = self.streams[int(hashlib.sha1(sid.encode()).hexdigest(), 16) % len(self.streams)]
-        packed = pack(fields) if self.packed else None
+        if self.entry == "bundled":
+            held = self.held.setdefault(stream, [])
+            held.append(fields)
+            if self.pipe is None or len(held) == BUNDLE_MAX:
+                self._bundle(stream)
+            return
+        packed = pack(fields) if self.entry == "packed" else None
         (self.pipe or self.r).xadd(stream, {PACKED_FIELD: packed} if packed is not None else fields)
+
+    def _bundle(self, stream: str) -> None:
+        held = self.held.pop(stream, [])
+        if held:
+            (self.pipe or self.r).xadd(stream, {BUNDLE_FIELD: bundle(held)})
 
     def __enter__(self) -> Events:
         self.pipe = self.r.pipeline(transaction=False)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        for stream in list(self.held):
+            self._bundle(stream)
         pipe, self.pipe = self.pipe, None
         pipe.execute()
 
@@ -112,6 +127,12 @@ class Events:
 @pytest.fixture
 def events(r: redis.Redis, prefix: str) -> Events:
     return Events(r, prefix)
+
+
+@pytest.fixture
+def packed_events(r: redis.Redis, prefix: str) -> Events:
+    """One event an entry: for tests of what happens to single entries (pending, reclaimed, trimmed)."""
+    return Events(r, prefix, entry="packed")
 
 
 RULES = {

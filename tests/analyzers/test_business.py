@@ -163,11 +163,11 @@ def test_label_cardinality_is_capped(r: redis.Redis, prefix: str, events: Events
     assert len(got) == 4 and got["other"] == 7 * 10**6
 
 
-def test_a_reclaimed_batch_is_applied_once(r: redis.Redis, prefix: str, events: Events) -> None:
+def test_a_reclaimed_batch_is_applied_once(r: redis.Redis, prefix: str, packed_events: Events) -> None:
     """A stalled worker whose entries were reclaimed must not apply them when it wakes up."""
-    with events:
+    with packed_events:
         for i in range(20):
-            events.stmt(INSERT_EXT, [i, i, "eu", "1.00"], tag="INSERT", rows=1)
+            packed_events.stmt(INSERT_EXT, [i, i, "eu", "1.00"], tag="INSERT", rows=1)
     slow = make_worker(prefix, consumer="slow")
     fast = make_worker(prefix, consumer="fast", claim_idle=0.001)
     stream = f"{prefix}:statements"
@@ -183,20 +183,20 @@ def test_a_reclaimed_batch_is_applied_once(r: redis.Redis, prefix: str, events: 
 
 
 def test_a_commit_whose_connection_dies_before_its_reply_counts_once(r: redis.Redis, prefix: str,
-                                                                     events: Events) -> None:
+                                                                     packed_events: Events) -> None:
     """A commit is sent on the committer's own connection and its reply read a batch later: killed in
     between, the batch stays pending, is taken up again as this consumer's own, and counts once."""
-    with events:
-        events.stmt(INSERT_EXT, [0, 0, "eu", "1.00"], tag="INSERT", rows=1)
+    with packed_events:
+        packed_events.stmt(INSERT_EXT, [0, 0, "eu", "1.00"], tag="INSERT", rows=1)
     w = make_worker(prefix)
     drain(w)
     conn = w.shards[0].committer._conn
     assert conn is not None
     conn.send_command("CLIENT", "ID")
     cid = conn.read_response()
-    with events:
+    with packed_events:
         for i in range(1, 6):
-            events.stmt(INSERT_EXT, [i, i, "eu", "1.00"], tag="INSERT", rows=1)
+            packed_events.stmt(INSERT_EXT, [i, i, "eu", "1.00"], tag="INSERT", rows=1)
     [(shard, entries, read_at)] = w._read()
     assert r.client_kill_filter(_id=cid) == 1
     with pytest.raises(redis.ConnectionError):
@@ -206,8 +206,8 @@ def test_a_commit_whose_connection_dies_before_its_reply_counts_once(r: redis.Re
     assert r.xpending(f"{prefix}:statements", "analyzers")["pending"] == 5
     w._own_pending()
     assert biz(r, prefix, "sales") == {"region=eu": 600}
-    with events:
-        events.stmt(INSERT_EXT, [6, 6, "eu", "1.00"], tag="INSERT", rows=1)
+    with packed_events:
+        packed_events.stmt(INSERT_EXT, [6, 6, "eu", "1.00"], tag="INSERT", rows=1)
     drain(w)  # on a new connection
     assert biz(r, prefix, "sales") == {"region=eu": 700}
 
@@ -254,12 +254,12 @@ def test_a_young_batch_skips_the_entry_check_and_an_old_one_does_not(r: redis.Re
 
 
 def test_a_lower_claim_idle_lowers_the_floor_before_it_takes_anything(r: redis.Redis, prefix: str,
-                                                                       events: Events) -> None:
+                                                                       packed_events: Events) -> None:
     """The stalled worker's batch is young by its own claim_idle (30 s) but not by the claimer's (1 ms),
     which published its floor before reclaiming: the commit checks, finds the entries gone, applies nothing."""
-    with events:
+    with packed_events:
         for i in range(20):
-            events.stmt(INSERT_EXT, [i, i, "eu", "1.00"], tag="INSERT", rows=1)
+            packed_events.stmt(INSERT_EXT, [i, i, "eu", "1.00"], tag="INSERT", rows=1)
     slow = make_worker(prefix, consumer="slow")
     slow.claim()  # the 30 s floor
     [(shard, taken, read_at)] = slow._read()
@@ -284,10 +284,10 @@ def test_the_claim_floor_only_goes_down_and_lapses_without_its_setter(r: redis.R
     assert claim_floor(r, key, 600_000) == 600_000 and r.pttl(key) > 1_700_000  # 3 × claim_idle
 
 
-def test_a_dead_workers_entries_are_reclaimed(r: redis.Redis, prefix: str, events: Events) -> None:
-    with events:
+def test_a_dead_workers_entries_are_reclaimed(r: redis.Redis, prefix: str, packed_events: Events) -> None:
+    with packed_events:
         for i in range(7):
-            events.stmt(INSERT_EXT, [i, i, "us", "2.00"], tag="INSERT", rows=1)
+            packed_events.stmt(INSERT_EXT, [i, i, "us", "2.00"], tag="INSERT", rows=1)
     stream = f"{prefix}:statements"
     make_worker(prefix, consumer="dead")
     r.xreadgroup("analyzers", "dead", {stream: ">"}, count=5)  # read, then "killed" before committing

@@ -227,17 +227,17 @@ def test_retention_days_evicts_what_was_not_seen_for_that_long(r: redis.Redis, p
     assert evicted == [fp_of(1)]
 
 
-def test_two_workers_sweeping_at_once(r: redis.Redis, prefix: str, events: Events) -> None:
+def test_two_workers_sweeping_at_once(r: redis.Redis, prefix: str, packed_events: Events) -> None:
     """Two workers commit and sweep concurrently while fingerprints keep arriving: each fingerprint is evicted
     once, the cap holds after the last sweep, the newest are the ones kept, and nothing is left half-evicted."""
     cap, n = 25, 300
-    base = events.ts - 3600 * 1_000_000
+    base = packed_events.ts - 3600 * 1_000_000
 
     def produce(lo: int, hi: int) -> None:
-        with events:
+        with packed_events:
             for i in range(lo, hi):
-                events.stmt(shape(i), [i], tag="SELECT", rows=1, ts=base + i * 1_000_000, sid=f"s{i % 7}",
-                            app=f"app{i % 3}")
+                packed_events.stmt(shape(i), [i], tag="SELECT", rows=1, ts=base + i * 1_000_000, sid=f"s{i % 7}",
+                                   app=f"app{i % 3}")
 
     produce(0, n // 2)
     workers = [make_worker(prefix, consumer=name, stats_max_fingerprints=cap, batch=20) for name in ("a", "b")]

@@ -41,29 +41,54 @@ def test_group_and_stream_are_created_if_absent(r: redis.Redis, prefix: str) -> 
     make_worker(prefix, consumer="w2")  # a second worker finds the group there: fine
 
 
-def test_entries_are_acknowledged_after_processing(r: redis.Redis, prefix: str, events: Events) -> None:
+def test_entries_are_acknowledged_after_processing(r: redis.Redis, prefix: str) -> None:
+    events = Events(r, prefix, entry="packed")
     with events:
         for i in range(1200):
             events.stmt("SELECT abalance FROM pgbench_accounts WHERE aid = $1", [i], tag="SELECT", rows=1)
     w = make_worker(prefix, batch=500)
-    assert drain(w) == 1200
-    assert w.counters.batches == 3
+    assert drain(w) == 1200 and w.counters.statements == 1200
+    assert 3 <= w.counters.batches <= 30  # about 500 statements a batch once the first ones showed 1 an entry
     assert r.xpending(f"{prefix}:statements", "analyzers")["pending"] == 0
     q = r.hgetall(f"{prefix}:stats:q:" + r.zrevrange(f"{prefix}:stats:top:calls", 0, 0)[0])
     assert q["calls"] == "1200" and q["rows"] == "1200" and int(q["total_us"]) == 1200 * 150
 
 
+def test_bundled_entries_are_read_about_batch_statements_at_a_time(r: redis.Redis, prefix: str,
+                                                                    events: Events) -> None:
+    """A bundled entry holds up to 100 statements: the worker reads fewer entries at a time, so a batch stays
+    near `batch` statements instead of 100 times that."""
+    with events:
+        for i in range(20_000):
+            events.stmt("SELECT abalance FROM pgbench_accounts WHERE aid = $1", [i], tag="SELECT", rows=1)
+    assert r.xlen(f"{prefix}:statements") == 200
+    w = make_worker(prefix, batch=500)
+    assert drain(w) == 200 and w.counters.statements == 20_000 and w.counters.entries == 200
+    assert w.counters.batches >= 20 and w.count == 5
+    assert r.xpending(f"{prefix}:statements", "analyzers")["pending"] == 0
+    q = r.hgetall(f"{prefix}:stats:q:" + r.zrevrange(f"{prefix}:stats:top:calls", 0, 0)[0])
+    assert q["calls"] == "20000" and q["rows"] == "20000"
+
+
+def test_a_damaged_bundle_is_counted_and_skipped(r: redis.Redis, prefix: str, events: Events) -> None:
+    events.stmt("SELECT 1", tag="SELECT", rows=1)
+    r.xadd(f"{prefix}:statements", {"events": "3,2\x00v\x001"})  # field counts that do not match
+    events.stmt("SELECT 2", tag="SELECT", rows=1)
+    w = make_worker(prefix)
+    assert drain(w) == 3 and w.counters.statements == 2 and w.counters.bad == 1
+
+
 def test_flat_and_packed_entries_are_read_alike(r: redis.Redis, prefix: str) -> None:
     """A stream may hold both (a proxy's stream_entry changed, proxies of two releases): same events."""
-    for entry in ("flat", "packed"):
+    for entry in ("flat", "packed", "bundled"):
         Events(r, prefix, entry=entry).stmt("SELECT abalance FROM pgbench_accounts WHERE aid = $1", [7],
                                             tag="SELECT", rows=3)
-    assert [list(fields) for _id, fields in r.xrange(f"{prefix}:statements")][1] == ["event"]
+    assert [list(fields) for _id, fields in r.xrange(f"{prefix}:statements")][1:] == [["event"], ["events"]]
     w = make_worker(prefix)
-    assert drain(w) == 2
+    assert drain(w) == 3
     assert (w.counters.bad, w.counters.failed) == (0, 0)
     q = r.hgetall(f"{prefix}:stats:q:" + r.zrevrange(f"{prefix}:stats:top:calls", 0, 0)[0])
-    assert q["calls"] == "2" and q["rows"] == "6"
+    assert q["calls"] == "3" and q["rows"] == "9"
 
 
 def test_lag_counts_entries_and_the_age_of_the_oldest(r: redis.Redis, prefix: str) -> None:
@@ -85,15 +110,15 @@ def test_lag_counts_entries_and_the_age_of_the_oldest(r: redis.Redis, prefix: st
     assert (w.counters.pending, w.counters.lag_entries, w.counters.lag_seconds) == (0, 0, 0.0)
 
 
-def test_statements_trimmed_before_analysis_are_counted_and_said(r: redis.Redis, prefix: str, events: Events,
+def test_statements_trimmed_before_analysis_are_counted_and_said(r: redis.Redis, prefix: str, packed_events: Events,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     """The stream cap can take entries delivered but not yet analysed (a dead worker's, or this one's
     before a restart), and entries never delivered (the proxy counts those in <stream>:trimmed): neither
     may vanish without a count and a warning."""
     stream = f"{prefix}:statements"
-    with events:
+    with packed_events:
         for i in range(6):
-            events.stmt("SELECT $1", [i])
+            packed_events.stmt("SELECT $1", [i])
     w = make_worker(prefix, claim_idle=0.001)
     restarted = make_worker(prefix, consumer="restarted")
     r.xreadgroup("analyzers", "ghost", {stream: ">"}, count=4)  # delivered to a worker that then died
@@ -130,9 +155,9 @@ def test_metrics_health_and_sigterm(r: redis.Redis, prefix: str, events: Events,
         except OSError:
             return None
         s = samples(text)
-        return s if s.get(("fasterdata_analyzer_entries_total", ())) == 42 else None
+        return s if s.get(("fasterdata_analyzer_statements_total", ())) == 42 else None
 
-    s = wait_for(done, what=f"metrics to show 42 entries\n{w.log()}")
+    s = wait_for(done, what=f"metrics to show 42 statements\n{w.log()}")
     assert s[("fasterdata_business_sales", (("region", "eu"),))] == 100.0
     assert s[("fasterdata_analyzer_unparsed_total", ())] == 1
     assert ("fasterdata_analyzer_lag_seconds", ()) in s and ("fasterdata_analyzer_pending", ()) in s

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.events import unpack
+from proxy.events import events_of
 from tests.conftest import PG_USER, ProxyProcess, wait_until
 
 Event = dict[str, str]
@@ -43,15 +43,15 @@ def tpcb_kind(sql: str) -> str | None:
 # -- Redis ----------------------------------------------------------------------------------------
 
 def read_stream(r: redis.Redis, key: str) -> list[tuple[str, Event]]:
-    """Every entry of a stream, oldest first, as (id, event): a packed statement entry unpacked; the
-    client must decode responses."""
+    """Every entry of a stream, oldest first, as (id, event), each event of a bundled entry
+    with that entry's id; the client must decode responses."""
     out: list[tuple[str, Event]] = []
     start = "-"
     while True:
         chunk = r.xrange(key, start, "+", count=5000)
         if not chunk:
             return out
-        out.extend((entry_id, unpack(fields)) for entry_id, fields in chunk)
+        out.extend((entry_id, e) for entry_id, fields in chunk for e in events_of(fields))
         start = "(" + chunk[-1][0]
 
 

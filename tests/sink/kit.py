@@ -17,7 +17,7 @@ from pathlib import Path
 
 import redis
 
-from proxy.events import unpack
+from proxy.events import events_of
 from tests.conftest import free_port
 
 
@@ -141,7 +141,7 @@ def read_stream(client: redis.Redis, key: str) -> list[dict[str, str]]:
         chunk = client.xrange(key, start, "+", count=5000)
         if not chunk:
             return out
-        out.extend(unpack(fields) for _id, fields in chunk)
+        out.extend(e for _id, fields in chunk for e in events_of(fields))
         start = "(" + chunk[-1][0]
 
 

@@ -64,16 +64,24 @@ async def test_acl_user(redis_server, prefix: str) -> None:
 
 async def test_a_user_who_may_only_write_the_stream_still_counts_what_its_cap_trims(redis_server,
                                                                                     prefix: str) -> None:
-    """XINFO or the per-group tally (`<stream>:trimmed`) refused by an ACL must not stop the statements."""
+    """XINFO, the per-group tally (`<stream>:trimmed`) or the statement count (`<stream>:held`) refused by an
+    ACL must not stop the statements. Without the count, the cap counts each entry as one statement."""
     stream = f"{prefix}:statements"
     server: RedisServer = redis_server("--user", "default", "off", "--user", "bob", "on", ">bobpw", f"~{stream}",
                                        f"~{prefix}:sink:*", "+@all")
     bob = server.client(username="bob", password="bobpw")
     bob.xgroup_create(stream, "analyzers", id="0", mkstream=True)
-    sink = StreamSink(f"redis://bob:bobpw@127.0.0.1:{server.port}/0", prefix, maxlen=100, batch_max=50, **FAST)
+    sink = StreamSink(f"redis://bob:bobpw@127.0.0.1:{server.port}/0", prefix, maxlen=100, batch_max=50,
+                      entry="packed", **FAST)
     await send(sink, 1000)
     assert sink.send_errors == 0 and sink.dropped == 0
     assert sink.trimmed_unread == 1000 - bob.xlen(stream) > 0
+    bob.delete(stream)
+    bundled = StreamSink(f"redis://bob:bobpw@127.0.0.1:{server.port}/0", prefix, maxlen=100, batch_max=50, **FAST)
+    await send(bundled, 1000)
+    assert bundled.send_errors == 0 and bundled.dropped == 0
+    kept = read_stream(bob, stream)
+    assert kept == events(1000)[1000 - len(kept):] and len(kept) >= 100
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import redis
 import uvloop
 from prometheus_client import CollectorRegistry, generate_latest
 
-from proxy.events import PACKED_FIELD, unpack
+from proxy.events import BUNDLE_FIELD, PACKED_FIELD, events_of, unpack
 from proxy.sink import SCRIPT_SHA, RedisConnection, RedisTarget, SinkCollector, StreamSink, encode_batch
 from tests.conftest import free_port
 
@@ -49,9 +49,22 @@ async def test_events_arrive_in_order_with_exact_fields(prefix: str, shared_url:
     assert sink.deduplicated == 0
 
 
-async def test_entries_are_packed_unless_flat_is_asked(prefix: str, shared_url: str) -> None:
-    """By default an entry is one field, the event's names and values joined with NUL; an event holding
-    a NUL itself goes flat; entry='flat' writes one stream field per event field."""
+async def test_entries_are_bundled_unless_packed_or_flat_is_asked(prefix: str, shared_url: str) -> None:
+    """By default an entry holds up to BUNDLE_MAX events of a batch in one field, their field counts then
+    their names and values joined with NUL; entry='packed' writes one such event an entry, and an event
+    holding a NUL itself goes flat; entry='flat' writes one stream field per event field."""
+    client = redis.Redis.from_url(shared_url, decode_responses=True)
+    many = events(250)
+    sink = StreamSink(shared_url, f"{prefix}:bundled")
+    await sink.start()
+    for fields in many:  # no await in between: one batch
+        sink.put(fields)
+    await sink.close(10)
+    bundled = [fields for _id, fields in client.xrange(f"{prefix}:bundled:statements")]
+    assert [list(fields) for fields in bundled] == [[BUNDLE_FIELD]] * 3
+    assert bundled[2][BUNDLE_FIELD] == ",".join(["4"] * 50) + "\x00" + "\x00".join(
+        x for e in many[200:] for kv in e.items() for x in kv)
+    assert [e for fields in bundled for e in events_of(fields)] == many
     sent = [*events(3), {"v": "1", "sql": "SELECT 'a\x00b'"}]
     for entry in ("packed", "flat"):
         sink = StreamSink(shared_url, f"{prefix}:{entry}", entry=entry)
@@ -59,57 +72,64 @@ async def test_entries_are_packed_unless_flat_is_asked(prefix: str, shared_url: 
         for fields in sent:
             sink.put(fields)
         await sink.close(10)
-    client = redis.Redis.from_url(shared_url, decode_responses=True)
     packed = [fields for _id, fields in client.xrange(f"{prefix}:packed:statements")]
     assert [list(fields) for fields in packed] == [[PACKED_FIELD]] * 3 + [["v", "sql"]]
     assert packed[0][PACKED_FIELD] == "\x00".join(x for kv in sent[0].items() for x in kv)
     assert [unpack(fields) for fields in packed] == sent
     assert [fields for _id, fields in client.xrange(f"{prefix}:flat:statements")] == sent
-    with pytest.raises(ValueError, match="entry must be one of packed, flat"):
+    with pytest.raises(ValueError, match="entry must be one of bundled, packed, flat"):
         StreamSink(shared_url, prefix, entry="json")
 
 
-async def test_resent_batches_are_not_duplicated(prefix: str, shared_url: str) -> None:
-    """The script's marker: a batch sent again (lost reply, replayed spool) adds only what is missing."""
+@pytest.mark.parametrize("entry", ["flat", "packed", "bundled"])
+async def test_resent_batches_are_not_duplicated(prefix: str, shared_url: str, entry: str) -> None:
+    """The script's marker: a batch sent again (lost reply, replayed spool) adds only what is missing, also
+    when what is missing begins inside what would have been one bundled entry."""
     conn = await RedisConnection.open(RedisTarget.from_url(shared_url), 5)
     stream = f"{prefix}:statements"
     head = ("EVALSHA", SCRIPT_SHA, 2, stream, f"{prefix}:sink:{{{stream}}}:test")
     sent = events(10)
     try:
-        assert await conn.request(encode_batch(head, 0, 0, 60, sent[:6])) == 0
-        assert await conn.request(encode_batch(head, 0, 0, 60, sent[:6])) == 6  # all there already
-        assert await conn.request(encode_batch(head, 3, 0, 60, sent[3:10])) == 3  # overlap: 3 skipped
-        assert await conn.request(encode_batch(head, 2, 0, 60, sent[2:5])) == 3  # stale, late: no-op
+        assert await conn.request(encode_batch(head, 0, 0, 60, sent[:6], entry)) == 0
+        assert await conn.request(encode_batch(head, 0, 0, 60, sent[:6], entry)) == 6  # all there already
+        assert await conn.request(encode_batch(head, 3, 0, 60, sent[3:10], entry)) == 3  # overlap: 3 skipped
+        assert await conn.request(encode_batch(head, 2, 0, 60, sent[2:5], entry)) == 3  # stale, late: no-op
     finally:
         conn.close()
     client = redis.Redis.from_url(shared_url, decode_responses=True)
     assert read_stream(client, stream) == sent
+    assert client.xlen(stream) == (2 if entry == "bundled" else 10)
     assert 0 < client.ttl(f"{prefix}:sink:{{{stream}}}:test") <= 60
 
 
-async def test_statements_trimmed_before_a_group_read_them_are_counted(prefix: str, shared_url: str) -> None:
-    """The cap (stream_maxlen) may take entries nobody has read: each trim counts them per consumer group,
-    in Redis (`<stream>:trimmed`) and on the proxy's /metrics."""
+@pytest.mark.parametrize("entry", ["bundled", "packed"])
+async def test_statements_trimmed_before_a_group_read_them_are_counted(prefix: str, shared_url: str,
+                                                                       entry: str) -> None:
+    """The cap (stream_maxlen) counts statements, whatever an entry holds, and may take some nobody has
+    read: each trim counts them per consumer group, in Redis (`<stream>:trimmed`) and on the proxy's /metrics."""
     client = redis.Redis.from_url(shared_url, decode_responses=True)
     stream = f"{prefix}:statements"
     for group in ("reader", "idle"):
         client.xgroup_create(stream, group, id="0", mkstream=True)
-    sink = StreamSink(shared_url, prefix, maxlen=1000, batch_max=500)
+    sink = StreamSink(shared_url, prefix, maxlen=1000, batch_max=500, entry=entry)
     await sink.start()
     sent = events(21_500)
     for fields in sent[:1500]:
         sink.put(fields)
     await until(lambda: sink.sent == 1500, "the first 1500 sent")
     [(_, got)] = client.xreadgroup("reader", "c", {stream: ">"}, count=100_000)  # what is left of the first 1500
+    read = [e for _id, fields in got for e in events_of(fields)]
+    assert read == sent[1500 - len(read):1500]
     for i in range(1500, len(sent), 500):
         for fields in sent[i:i + 500]:
             sink.put(fields)
         await asyncio.sleep(0)
     await sink.close(10)
-    left = client.xlen(stream)
-    assert 1000 <= left <= 1100
-    expected = {"idle": len(sent) - left, "reader": len(sent) - len(got) - left}
-    assert expected["reader"] > 19_000 and len(got) < 1500  # both phases trimmed unread entries
+    kept = read_stream(client, stream)
+    assert 1000 - 100 < len(kept) <= 1000 and kept == sent[-len(kept):]
+    assert int(client.hget(f"{stream}:held", "statements")) == len(kept)
+    expected = {"idle": len(sent) - len(kept), "reader": len(sent) - len(read) - len(kept)}
+    assert expected["reader"] > 19_000 and len(read) < 1500  # both phases trimmed unread statements
     assert {g: int(n) for g, n in client.hgetall(f"{stream}:trimmed").items()} == expected
     assert sink.trimmed_unread == sum(expected.values())
     registry = CollectorRegistry()
@@ -147,20 +167,33 @@ async def test_batching_under_load_loses_nothing(prefix: str, shared_url: str) -
     assert sink.dropped == 0 and sink.spooled == 0
 
 
-async def test_maxlen_is_honoured_approximately(prefix: str, shared_url: str) -> None:
-    sink = StreamSink(shared_url, prefix, maxlen=1000, batch_max=500)
-    await sink.start()
-    sent = events(20_000)
-    for i in range(0, len(sent), 1000):
-        for fields in sent[i:i + 1000]:
-            sink.put(fields)
-        await asyncio.sleep(0)
-    await sink.close(10)
+@pytest.mark.parametrize("entry", ["bundled", "packed", "flat"])
+async def test_maxlen_keeps_the_newest_statements(prefix: str, shared_url: str, entry: str) -> None:
+    """The cap counts statements, not entries; trimming or deleting the stream by hand does not upset it."""
     client = redis.Redis.from_url(shared_url, decode_responses=True)
-    length = client.xlen(f"{prefix}:statements")
-    assert 1000 <= length <= 1000 + 100  # whole macro nodes (stream-node-max-entries 100) are trimmed
-    newest = unpack(client.xrevrange(f"{prefix}:statements", count=1)[0][1])
-    assert newest == sent[-1]
+    stream = f"{prefix}:statements"
+
+    async def send(sent: list[dict[str, str]]) -> list[dict[str, str]]:
+        sink = StreamSink(shared_url, prefix, maxlen=1000, batch_max=500, entry=entry)
+        await sink.start()
+        for i in range(0, len(sent), 1000):
+            for fields in sent[i:i + 1000]:
+                sink.put(fields)
+            await asyncio.sleep(0)
+        await sink.close(10)
+        kept = read_stream(client, stream)
+        assert kept == sent[-len(kept):]
+        return kept
+
+    sent = events(20_000)
+    kept = await send(sent)
+    assert 1000 - (99 if entry == "bundled" else 0) <= len(kept) <= 1000  # whole entries go
+    client.xtrim(stream, maxlen=3)  # by hand: the count no longer matches; it is rescaled
+    kept = await send(events(5000, start=20_000))
+    assert 1000 - (99 if entry == "bundled" else 0) <= len(kept) <= 1000
+    client.delete(stream)
+    kept = await send(events(700, start=30_000))
+    assert len(kept) == 700
 
 
 async def test_metrics_and_readiness(prefix: str, shared_url: str) -> None:
