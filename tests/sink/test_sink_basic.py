@@ -16,7 +16,7 @@ from proxy.events import BUNDLE_FIELD, PACKED_FIELD, events_of, unpack
 from proxy.sink import SCRIPT_SHA, RedisConnection, RedisTarget, SinkCollector, StreamSink, encode_batch
 from tests.conftest import free_port
 
-from .kit import RedisServer, events, read_stream, until
+from .kit import RedisServer, events, put_in_bursts, read_stream, until
 
 
 def odd_events() -> list[dict[str, str]]:
@@ -120,10 +120,7 @@ async def test_statements_trimmed_before_a_group_read_them_are_counted(prefix: s
     [(_, got)] = client.xreadgroup("reader", "c", {stream: ">"}, count=100_000)  # what is left of the first 1500
     read = [e for _id, fields in got for e in events_of(fields)]
     assert read == sent[1500 - len(read):1500]
-    for i in range(1500, len(sent), 500):
-        for fields in sent[i:i + 500]:
-            sink.put(fields)
-        await asyncio.sleep(0)
+    await put_in_bursts(sink, sent[1500:], 500)
     await sink.close(10)
     kept = read_stream(client, stream)
     assert 1000 - 100 < len(kept) <= 1000 and kept == sent[-len(kept):]
@@ -176,10 +173,7 @@ async def test_maxlen_keeps_the_newest_statements(prefix: str, shared_url: str, 
     async def send(sent: list[dict[str, str]]) -> list[dict[str, str]]:
         sink = StreamSink(shared_url, prefix, maxlen=1000, batch_max=500, entry=entry)
         await sink.start()
-        for i in range(0, len(sent), 1000):
-            for fields in sent[i:i + 1000]:
-                sink.put(fields)
-            await asyncio.sleep(0)
+        await put_in_bursts(sink, sent, 1000)
         await sink.close(10)
         kept = read_stream(client, stream)
         assert kept == sent[-len(kept):]
