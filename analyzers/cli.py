@@ -36,7 +36,8 @@ def add_parser(subparsers: Any) -> None:
                    "[127.0.0.1:9931]")
     p.add_argument("--rules", metavar="FILE", help="rules file [the shipped config/rules.yaml]")
     p.add_argument("--consumer", metavar="NAME", help="consumer name in the group [<host>-<pid>]")
-    p.add_argument("--batch", type=int, metavar="N", help="entries per read and atomic commit [1000]")
+    p.add_argument("--batch", type=int, metavar="N",
+                   help="statements per read and atomic commit, about (a bundled entry holds several) [1000]")
     p.add_argument("--claim-idle", type=float, metavar="SECONDS",
                    help="reclaim entries pending this long in another consumer [30]")
     p.add_argument("--block", type=float, metavar="SECONDS", help="how long one read waits [1]")

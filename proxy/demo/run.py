@@ -118,13 +118,14 @@ class Demo:
         redis_cli = "redis-cli" + ("" if s.redis_url.startswith("redis://127.0.0.1:6379") else f" -u {s.redis_url}")
         if s.redis_url.startswith("unix://"):
             redis_cli = f"redis-cli -s {s.redis_url.removeprefix('unix://')}"
+        newest_sql = f"{redis_cli} --raw XREVRANGE {PREFIX}:statements + - COUNT 2 | tr '\\0' '\\n' | grep -x -A1 sql"
         print(f"""
 fasterdata demo is running ({s.pg_origin}; {s.redis_origin}).
 
   Connect through the proxy:  psql "{dsn}"
   Proxy metrics:              http://127.0.0.1:{proxy_metrics}/metrics
   Analyzer metrics:           http://127.0.0.1:{analyzer_metrics}/metrics
-  Statements as captured:     {redis_cli} --raw XREVRANGE {PREFIX}:statements + - COUNT 3 | tr '\\0' '\\n' | paste - -
+  SQL as captured (newest):   {newest_sql}
   Business events:            {redis_cli} XREVRANGE {PREFIX}:events + - COUNT 3
   Alerts:                     {redis_cli} XREVRANGE {PREFIX}:alerts + - COUNT 3
   Live view:                  fasterdata top --redis {s.redis_url} --prefix {PREFIX}
