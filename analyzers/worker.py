@@ -657,8 +657,8 @@ class Worker:
         """Count and say delivered entries that the stream cap removed before they were analysed."""
         with self.counters.lock:
             self.counters.trimmed_pending += n
-        log.warning("%d statements delivered to group %s were trimmed from the stream (stream_maxlen) before "
-                    "they were analysed: they are not counted anywhere", n, self.group)
+        log.warning("%d stream entries delivered to group %s were trimmed from the stream (stream_maxlen) before "
+                    "they were analysed: their statements are not counted anywhere", n, self.group)
 
     def undescribed(self, batch: Batch, fps: list[str]) -> None:
         """Fingerprints a sweep evicted while this process knew them (the commit found their description

@@ -134,8 +134,8 @@ def test_statements_trimmed_before_analysis_are_counted_and_said(r: redis.Redis,
     w.measure_lag()
     assert w.counters.trimmed_unread == 7
     said = [rec.getMessage() for rec in caplog.records if "trimmed" in rec.getMessage()]
-    assert any(m.startswith("4 statements delivered to group analyzers were trimmed") for m in said), said
-    assert any(m.startswith("2 statements delivered") for m in said), said
+    assert any(m.startswith("4 stream entries delivered to group analyzers were trimmed") for m in said), said
+    assert any(m.startswith("2 stream entries delivered") for m in said), said
     assert any(m.startswith("7 statements were trimmed from the stream (stream_maxlen) before group analyzers")
                for m in said), said
 
