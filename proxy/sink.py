@@ -165,7 +165,9 @@ local held, seen, prior = tonumber(h[1]), tonumber(h[2]), before - entries
 if held and seen ~= prior then held = seen and seen > 0 and math.floor(held * prior / seen) or prior end
 held = math.max((held or prior) + statements, before)
 local counts, oldest, cut, trimmed = {}, {}, 0, 0  -- the oldest entries' statements and ids; how many go
-if maxlen > 0 and held > maxlen then
+if maxlen > 0 and held > maxlen and held == before then  -- one statement an entry: nothing to look at
+  cut, trimmed = held - maxlen, held - maxlen
+elseif maxlen > 0 and held > maxlen then
   local excess, last = held - maxlen, '-'
   while trimmed < excess do
     local chunk = redis.call('XRANGE', KEYS[1], last, '+', 'COUNT', 100)
@@ -193,8 +195,12 @@ if cut > 0 then
   -- counts the entries it has still to read, the newest ones. The lag is read before the trim: after it,
   -- Redis may estimate the lag from what is left. pcall: an ACL may refuse XINFO (nothing is counted then).
   local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
-  local ms, sq = string.match(oldest[cut], '^(%d+)-(%d+)$')  -- MINID keeps what follows the last to go
-  redis.call('XTRIM', KEYS[1], 'MINID', ms .. '-' .. string.format('%d', tonumber(sq) + 1))
+  if oldest[cut] then
+    local ms, sq = string.match(oldest[cut], '^(%d+)-(%d+)$')  -- MINID keeps what follows the last to go
+    redis.call('XTRIM', KEYS[1], 'MINID', ms .. '-' .. string.format('%d', tonumber(sq) + 1))
+  else
+    redis.call('XTRIM', KEYS[1], 'MAXLEN', before - cut)
+  end
   for _, g in ipairs(ok and groups or {}) do
     local name, unread = nil, nil
     for k = 1, #g, 2 do
@@ -202,7 +208,12 @@ if cut > 0 then
     end
     local took = 0
     if name and unread then
-      for k = math.max(1, before - unread + 1), cut do took = took + counts[k] end
+      local first = math.max(1, before - unread + 1)  -- this group's first unread entry
+      if oldest[cut] then
+        for k = first, cut do took = took + counts[k] end
+      else
+        took = math.max(0, cut - first + 1)  -- one statement an entry
+      end
     end
     if took > 0 then
       pcall(redis.call, 'HINCRBY', KEYS[1] .. ':trimmed', name, took)  -- an ACL may refuse it: still reported
