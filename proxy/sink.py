@@ -1647,7 +1647,7 @@ class StreamSink:
     deduplicated = property(lambda self: self._sum("deduplicated"),
                             doc="Events resent after a lost reply that Redis already had (skipped)")
     trimmed_unread = property(lambda self: self._sum("trimmed_unread"),
-                              doc="Entries the stream cap removed before a consumer group read them")
+                              doc="Statements the stream cap removed before a consumer group read them")
     send_errors = property(lambda self: self._sum("send_errors"), doc="Failed batch round trips")
     batches = property(lambda self: self._sum("batches"), doc="Batches Redis confirmed")
 
