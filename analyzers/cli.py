@@ -1,7 +1,7 @@
 """`fasterdata analyze` and `fasterdata top`: argument parsers and entry points.
 
-The lead's proxy/cli.py calls `add_parser(subparsers)` and, for these commands, `run(args)`.
-`python -m analyzers.cli analyze …` works on its own too.
+The umbrella command line (fasterdata/cli.py) calls `add_parser(subparsers)` and, for these commands,
+`run(args)`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import sys
 import threading
 from typing import Any
 
-from config.analyzer_settings import AnalyzerSettings
-from config.redisurl import redacted
-from config.settings import ConfigError, add_common_arguments, load, split_hostport
+from fasterdata.config.analyzer_settings import AnalyzerSettings
+from fasterdata.config.redisurl import redacted
+from fasterdata.config.settings import ConfigError, add_common_arguments, load, split_hostport
 
 from .rules import RulesError
 from .rules import load as load_rules
@@ -59,7 +59,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Run `analyze` or `top` from parsed arguments; returns the exit status."""
-    from proxy import logs
+    from fasterdata.proxy import logs
 
     try:
         settings = load("analyze", args.config, _flags(args))
@@ -145,14 +145,3 @@ def run_analyze(settings: AnalyzerSettings) -> int:
             http.close()
     log.info("stopped")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fasterdata")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add_parser(sub)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

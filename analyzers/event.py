@@ -13,7 +13,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 # The contract lives with its producer (one package: the analyzers' CLI imports proxy as well).
-from proxy.events import (  # noqa: F401 (re-exported)
+from fasterdata.proxy.events import (  # noqa: F401 (re-exported)
     AUTOCOMMIT,
     BUNDLE_FIELD,
     COMMITTED,

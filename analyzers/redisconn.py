@@ -13,7 +13,7 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import parse_url
 
-from config.redisurl import one_url_per_host, redacted
+from fasterdata.config.redisurl import one_url_per_host, redacted
 
 log = logging.getLogger("fasterdata.analyze")
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 
-from config.analyzer_settings import AnalyzerSettings
+from fasterdata.config.analyzer_settings import AnalyzerSettings
 
 from . import event
 from .anomaly import Counter as AnomalyCounter

@@ -21,8 +21,8 @@ import gc
 import struct
 import time
 
-from proxy import wire
-from proxy.session import BACKEND_WANTED, FRONTEND_WANTED, Session
+from fasterdata.proxy import wire
+from fasterdata.proxy.session import BACKEND_WANTED, FRONTEND_WANTED, Session
 
 SELECT = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
 SELECT_P = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchkit import redis_cpu_seconds
 
-from proxy.sink import SCRIPT, SCRIPT_SHA, RedisConnection, RedisTarget, StreamSink, encode_batch
+from fasterdata.proxy.sink import SCRIPT, SCRIPT_SHA, RedisConnection, RedisTarget, StreamSink, encode_batch
 
 MAXLEN = 1_000_000
 TTL = 86400

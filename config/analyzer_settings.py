@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from config import settings
-from config.settings import Common, _hostport
+from fasterdata.config import settings
+from fasterdata.config.settings import Common, _hostport
 
 SHIPPED_RULES = str(Path(__file__).resolve().parent / "rules.yaml")
 

@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from config import settings as _settings
-from config.settings import Common, _hostport
+from fasterdata.config import settings as _settings
+from fasterdata.config.settings import Common, _hostport
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
 

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from redis.connection import parse_url
 
-from config.redisurl import one_url_per_host
+from fasterdata.config.redisurl import one_url_per_host
 
 ENV_PREFIX = "FASTERDATA_"
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
@@ -205,9 +205,9 @@ def add_common_arguments(parser: Any) -> None:
 def model_for(command: str) -> type[Common]:
     if command not in COMMANDS:
         if command == "analyze":
-            import config.analyzer_settings
+            import fasterdata.config.analyzer_settings
         elif command == "gl":
-            import config.gl_settings  # noqa: F401
+            import fasterdata.config.gl_settings  # noqa: F401
     try:
         return COMMANDS[command]
     except KeyError:

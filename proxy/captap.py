@@ -38,7 +38,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from config.settings import ProxySettings
+from fasterdata.config.settings import ProxySettings
 
 from . import wire
 from .capture import BUCKETS_US
@@ -258,7 +258,7 @@ class CaptureLink:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy.capworker", "--fd", str(child.fileno())],
+                [sys.executable, "-m", "fasterdata.proxy.capworker", "--fd", str(child.fileno())],
                 pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL)
         finally:
             child.close()

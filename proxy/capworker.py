@@ -1,6 +1,6 @@
 """The capture process of ``capture_mode: process``: sessions, metrics and the Redis sink, off the forwarding path.
 
-Started by the proxy (``python -m proxy.capworker --fd N``) with one end of a socketpair; reads the
+Started by the proxy (``python -m fasterdata.proxy.capworker --fd N``) with one end of a socketpair; reads the
 records ``proxy.captap`` writes (see there for the format), runs a real ``Session`` per client
 session, ``Capture`` and ``StreamSink`` exactly as inline mode does, and writes a JSON snapshot of
 its counters back every ``SNAPSHOT_EVERY`` seconds. It runs at ``capture_nice`` so that, when the
@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any
 
-from config.settings import ProxySettings
+from fasterdata.config.settings import ProxySettings
 
 from . import logs
 from .captap import HDR, K_CLIENT, K_CLOSE, K_CONFIG, K_OPEN, K_RESUME, K_SERVER, MSG
@@ -206,7 +206,7 @@ async def serve(fd: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m proxy.capworker", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m fasterdata.proxy.capworker", description=__doc__)
     parser.add_argument("--fd", type=int, required=True, help="inherited socketpair end")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from config.settings import ProxySettings, split_hostport
+from fasterdata.config.settings import ProxySettings, split_hostport
 
 from . import tls, wire
 from .capture import Capture

@@ -62,11 +62,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from redis.connection import parse_url
 
-from config.redisurl import one_url_per_host
-from proxy.events import BUNDLE_MAX, ENTRY_FORMATS, PACKED_FIELD, pack
+from fasterdata.config.redisurl import one_url_per_host
+from fasterdata.proxy.events import BUNDLE_MAX, ENTRY_FORMATS, PACKED_FIELD, pack
 
 if TYPE_CHECKING:
-    from config.settings import ProxySettings
+    from fasterdata.config.settings import ProxySettings
 
 log = logging.getLogger("fasterdata.sink")
 

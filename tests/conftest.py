@@ -18,7 +18,7 @@ import psycopg
 import pytest
 import redis
 
-from proxy.events import events_of
+from fasterdata.proxy.events import events_of
 
 PG_HOST = os.environ.get("FASTERDATA_TEST_PGHOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("FASTERDATA_TEST_PGPORT", "5432"))
@@ -107,7 +107,7 @@ class ProxyProcess(ChildProcess):
         self.prefix = f"fdtest{RUN_ID}{uuid.uuid4().hex[:6]}"
         self.log_path = tmp / f"proxy-{self.port}.log"
         cmd = [
-            sys.executable, "-m", "proxy.cli", "proxy",
+            sys.executable, "-m", "fasterdata", "proxy",
             "--listen", f"127.0.0.1:{self.port}",
             "--upstream", upstream or f"{PG_HOST}:{PG_PORT}",
             "--metrics", f"127.0.0.1:{self.metrics_port}",

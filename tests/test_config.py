@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from config.redisurl import one_url_per_host, redacted
-from config.settings import Common, ConfigError, ProxySettings, load
+from fasterdata.config.redisurl import one_url_per_host, redacted
+from fasterdata.config.settings import Common, ConfigError, ProxySettings, load
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -61,14 +61,14 @@ def test_bad_environment_value() -> None:
 
 def test_cli_reports_config_errors_and_exits_2(tmp_path: Path) -> None:
     f = write(tmp_path, "proxy:\n  listn: x\n")
-    run = subprocess.run([sys.executable, "-m", "proxy.cli", "proxy", "--config", str(f)],
+    run = subprocess.run([sys.executable, "-m", "fasterdata", "proxy", "--config", str(f)],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert "unknown setting 'listn'" in run.stderr
 
 
 def test_cli_help_explains_the_proxy() -> None:
-    run = subprocess.run([sys.executable, "-m", "proxy.cli", "proxy", "--help"],
+    run = subprocess.run([sys.executable, "-m", "fasterdata", "proxy", "--help"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0
     for flag in ("--listen", "--upstream", "--upstream-sslmode", "--tls-cert", "--metrics", "--config"):
@@ -76,7 +76,7 @@ def test_cli_help_explains_the_proxy() -> None:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proxy.cli", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "fasterdata", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_config_check_names_the_problem(tmp_path: Path) -> None:
@@ -100,7 +100,7 @@ def test_config_show_masks_secrets(tmp_path: Path) -> None:
 def test_readme_reference_is_generated_from_the_model() -> None:
     """The README's configuration reference must be exactly what the model says (regenerate with
     `fasterdata config reference`)."""
-    from config.settings import reference_markdown
+    from fasterdata.config.settings import reference_markdown
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     start = readme.index("<!-- config-reference:start -->") + len("<!-- config-reference:start -->")

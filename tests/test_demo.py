@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import redis
 
-from proxy.demo.run import PREFIX, business_metrics
+from fasterdata.demo.run import PREFIX, business_metrics
 
 from .conftest import REDIS_URL, direct_dsn
 
@@ -34,7 +34,7 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 def test_demo_shows_business_metrics_and_cleans_up() -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "demo", "--shoppers", "2", "--rate", "10"],
+    proc = subprocess.Popen([sys.executable, "-m", "fasterdata", "demo", "--shoppers", "2", "--rate", "10"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(iter(proc.stdout.readline, "")), daemon=True)
@@ -57,7 +57,7 @@ def test_demo_shows_business_metrics_and_cleans_up() -> None:
         assert metrics.get("fasterdata_business_sales_amount", 0) > 0, (metrics, "".join(output))
         assert metrics.get("fasterdata_business_orders_placed", 0) > 0, metrics
         # A second demo on the same Redis would share the key prefix (and delete it on exit): refused.
-        second = subprocess.run([sys.executable, "-m", "proxy.cli", "demo", "--duration", "5"], cwd=ROOT,
+        second = subprocess.run([sys.executable, "-m", "fasterdata", "demo", "--duration", "5"], cwd=ROOT,
                                 capture_output=True, text=True, timeout=120)
         assert second.returncode == 2, second.stdout + second.stderr
         assert f"another fasterdata demo (pid {proc.pid}) is using this Redis" in second.stdout + second.stderr

@@ -11,7 +11,7 @@ import sys
 import psycopg
 import pytest
 
-from proxy import logs, wire
+from fasterdata.proxy import logs, wire
 
 from .conftest import ProxyProcess
 

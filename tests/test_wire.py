@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy import wire
+from fasterdata.proxy import wire
 
 FRONT = "QPBECDSHX"
 BACK = "RKSZCEI123stnGHW"

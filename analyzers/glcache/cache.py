@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import pyarrow as pa
 
-from config.gl_settings import GLSettings
+from fasterdata.config.gl_settings import GLSettings
 
 from . import ipc, metrics
 from .catalog import TableInfo, day_predicate, describe

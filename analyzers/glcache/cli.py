@@ -1,7 +1,6 @@
 """`fasterdata gl warm|get|journal|stats|serve|follow`: the hot GL cache from the command line.
 
 Hook into the main CLI with ``add_parser(subparsers)`` and dispatch ``args.command == "gl"`` to ``run(args)``.
-Standalone: ``python -m analyzers.glcache.cli gl warm 2024-03-15 --dsn … --redis …``.
 """
 
 from __future__ import annotations
@@ -19,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pyarrow as pa
 
-from config.gl_settings import GLSettings, load_gl
-from config.settings import ConfigError, add_common_arguments, split_hostport
+from fasterdata.config.gl_settings import GLSettings, load_gl
+from fasterdata.config.settings import ConfigError, add_common_arguments, split_hostport
 
 log = logging.getLogger("fasterdata.glcache")
 
@@ -97,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"fasterdata gl: configuration error:\n{exc}", file=sys.stderr)
         return 2
-    from proxy import logs
+    from fasterdata.proxy import logs
 
     logs.setup(settings.log_level, settings.log_format)
     from .cache import GLCache
@@ -286,14 +285,3 @@ def _follow(cache: Any, args: argparse.Namespace) -> int:
 
 _COMMANDS = {"warm": _warm, "get": _get, "journal": _journal, "stats": _stats, "serve": _serve,
              "follow": _follow}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (until the main CLI hooks `gl` in)."""
-    parser = argparse.ArgumentParser(prog="fasterdata")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

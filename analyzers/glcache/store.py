@@ -38,7 +38,7 @@ from redis.commands.core import Script
 from redis.exceptions import ClusterError, RedisClusterException
 from redis.retry import Retry
 
-from config.redisurl import redacted
+from fasterdata.config.redisurl import redacted
 
 from ..redisconn import Client, clustered, connect
 

@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT / "bench"))  # benchkit
 sys.path.insert(0, str(ROOT))
 from benchkit import redis_cpu_seconds  # noqa: E402
 
-from config.analyzer_settings import AnalyzerSettings  # noqa: E402
-from proxy.events import BUNDLE_FIELD, PACKED_FIELD, bundle, pack  # noqa: E402
+from fasterdata.config.analyzer_settings import AnalyzerSettings  # noqa: E402
+from fasterdata.proxy.events import BUNDLE_FIELD, PACKED_FIELD, bundle, pack  # noqa: E402
 
 DEFAULT_BATCH = AnalyzerSettings.model_fields["batch"].default
 # pgbench through the proxy on the 2-core machine, 4 and 16 clients: 51–62 statements an entry (the sink's
@@ -145,7 +145,7 @@ def start_workers(url: str, prefix: str, k: int, batch: int, logdir: Path) -> li
     for i in range(k):
         log = open(logdir / f"{prefix}-w{i}.log", "wb")  # noqa: SIM115
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "analyzers.cli", "analyze", "--redis", url, "--prefix", prefix, "--metrics", "",
+            [sys.executable, "-m", "fasterdata", "analyze", "--redis", url, "--prefix", prefix, "--metrics", "",
              "--rules", str(RULES), "--consumer", f"bench{i}", "--batch", str(batch), "--log-level", "warning"],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
     return procs

@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT / "bench" / "analyzers"))
 
 from run import PER_ENTRY, RULES, cleanup, fill  # noqa: E402
 
-from analyzers.rules import load as load_rules  # noqa: E402
-from analyzers.worker import Worker, tune_gc  # noqa: E402
-from config.analyzer_settings import AnalyzerSettings  # noqa: E402
+from fasterdata.analyzers.rules import load as load_rules  # noqa: E402
+from fasterdata.analyzers.worker import Worker, tune_gc  # noqa: E402
+from fasterdata.config.analyzer_settings import AnalyzerSettings  # noqa: E402
 
 
 def commandstats(r: redis.Redis) -> dict[str, tuple[int, int]]:

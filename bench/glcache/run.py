@@ -25,7 +25,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from analyzers.glcache.cache import GLCache  # noqa: E402
+from fasterdata.analyzers.glcache.cache import GLCache  # noqa: E402
 
 DAY = "2024-03-15"
 DBNAME = "fasterdata_glbench"

@@ -87,10 +87,10 @@ from run import (  # noqa: E402
     wait_for,
 )
 
-from analyzers import merged  # noqa: E402
-from analyzers.keys import GROUP, shard_keys  # noqa: E402
-from analyzers.rules import RulesFile  # noqa: E402
-from analyzers.rules import load as load_rules  # noqa: E402
+from fasterdata.analyzers import merged  # noqa: E402
+from fasterdata.analyzers.keys import GROUP, shard_keys  # noqa: E402
+from fasterdata.analyzers.rules import RulesFile  # noqa: E402
+from fasterdata.analyzers.rules import load as load_rules  # noqa: E402
 
 # pgbench's own statements (prepared: $n; simple: literals); anything else of its application is its
 # start-up catalog queries

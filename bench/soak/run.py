@@ -49,7 +49,7 @@ sys.path.insert(0, str(HERE.parent))  # bench/: benchkit
 from benchkit import ensure_database, loadavg, proc_tree, publish  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-from proxy.events import events_of  # noqa: E402
+from fasterdata.proxy.events import events_of  # noqa: E402
 
 HOST = "127.0.0.1"
 SQL_PREFIX = "SELECT abalance FROM pgbench_accounts"  # the one statement of pgbench -S (simple protocol)

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 import redis
 
-from analyzers import merged
-from analyzers.keys import shard_keys
-from analyzers.rules import RulesFile, parse
-from analyzers.worker import Worker
-from config.analyzer_settings import AnalyzerSettings
-from proxy.events import BUNDLE_FIELD, BUNDLE_MAX, PACKED_FIELD, bundle, pack
+from fasterdata.analyzers import merged
+from fasterdata.analyzers.keys import shard_keys
+from fasterdata.analyzers.rules import RulesFile, parse
+from fasterdata.analyzers.worker import Worker
+from fasterdata.config.analyzer_settings import AnalyzerSettings
+from fasterdata.proxy.events import BUNDLE_FIELD, BUNDLE_MAX, PACKED_FIELD, bundle, pack
 from tests.conftest import REDIS_URL, RUN_ID, ChildProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -206,13 +206,13 @@ def biz(client: redis.Redis, prefix: str, rule: str, shards: int = 1, aggregate:
 
 
 class WorkerProcess(ChildProcess):
-    """`python -m analyzers.cli analyze` as a subprocess, as operators run it."""
+    """`python -m fasterdata.analyzers.cli analyze` as a subprocess, as operators run it."""
 
     def __init__(self, tmp: Path, prefix: str, rules_path: Path, consumer: str, *args: str,
                  env: dict[str, str] | None = None, redis_url: str = REDIS_URL) -> None:
         self.metrics_port = free_port()
         self.log_path = tmp / f"worker-{consumer}.log"
-        cmd = [sys.executable, "-m", "analyzers.cli", "analyze", "--redis", redis_url, "--prefix", prefix,
+        cmd = [sys.executable, "-m", "fasterdata", "analyze", "--redis", redis_url, "--prefix", prefix,
                "--metrics", f"127.0.0.1:{self.metrics_port}", "--rules", str(rules_path),
                "--consumer", consumer, *args]
         self._log = open(self.log_path, "wb")  # noqa: SIM115

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 import redis
 
-from analyzers import merged
-from analyzers.anomaly import Baseline, step
-from analyzers.keys import shard_keys
-from analyzers.rules import AnomalyPolicy, RulesFile
-from analyzers.worker import Worker
+from fasterdata.analyzers import merged
+from fasterdata.analyzers.anomaly import Baseline, step
+from fasterdata.analyzers.keys import shard_keys
+from fasterdata.analyzers.rules import AnomalyPolicy, RulesFile
+from fasterdata.analyzers.worker import Worker
 from tests.analyzers.kit import Events, drain, make_worker, rules_file
 
 POLICY = AnomalyPolicy(window_seconds=60, alpha=0.2, z=4.0, warmup_windows=5, min_mean=5)

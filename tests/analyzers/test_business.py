@@ -9,8 +9,8 @@ import time
 import pytest
 import redis
 
-from analyzers.atomic import claim_floor
-from analyzers.worker import _entries
+from fasterdata.analyzers.atomic import claim_floor
+from fasterdata.analyzers.worker import _entries
 from tests.analyzers.kit import Events, biz, drain, make_worker, rules_file
 
 INSERT_EXT = "INSERT INTO orders (id, customer_id, region, total) VALUES ($1, $2, $3, $4)"

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 import redis
 
-from analyzers.rules import parse
+from fasterdata.analyzers.rules import parse
 from tests.analyzers.kit import drain, make_worker, wait_for
 from tests.analyzers.workload import RULES, NoEvents, Workload, dump, measured
 from tests.conftest import ProxyProcess, entries

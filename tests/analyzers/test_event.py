@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from analyzers import event
+from fasterdata.analyzers import event
 
 
 @pytest.mark.parametrize("raw", [

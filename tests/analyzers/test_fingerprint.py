@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analyzers.fingerprint import Normalizer, normalize, parse_commenter
-from analyzers.shape import analyze
+from fasterdata.analyzers.fingerprint import Normalizer, normalize, parse_commenter
+from fasterdata.analyzers.shape import analyze
 
 PAIRS = [
     ("SELECT * FROM t WHERE id = 5", "SELECT * FROM t WHERE id = $1", [5]),

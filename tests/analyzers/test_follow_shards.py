@@ -8,8 +8,8 @@ from decimal import Decimal
 import psycopg
 import redis
 
-from analyzers.glcache.follow import Follower, start_thread
-from analyzers.keys import shard_keys
+from fasterdata.analyzers.glcache.follow import Follower, start_thread
+from fasterdata.analyzers.keys import shard_keys
 from tests.conftest import REDIS_URL, wait_until
 from tests.glcache.conftest import DAY, arrow_rows, fresh_ledger, make_cache, pg_rows, prefix  # noqa: F401
 from tests.glcache.test_fresh import event

@@ -15,11 +15,11 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from analyzers import merged, top
-from analyzers.fingerprint import Normalizer
-from analyzers.keys import Keys, shard_keys
-from analyzers.worker import Worker
-from config.analyzer_settings import AnalyzerSettings
+from fasterdata.analyzers import merged, top
+from fasterdata.analyzers.fingerprint import Normalizer
+from fasterdata.analyzers.keys import Keys, shard_keys
+from fasterdata.analyzers.worker import Worker
+from fasterdata.config.analyzer_settings import AnalyzerSettings
 from tests.analyzers.kit import Events, biz, drain, group_done, make_worker, rules_file, wait_for
 from tests.analyzers.test_worker import samples, scrape
 from tests.conftest import REDIS_URL

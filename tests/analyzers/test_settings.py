@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from analyzers.rules import RulesError, load, parse
-from config.analyzer_settings import SHIPPED_RULES, AnalyzerSettings
-from config.settings import ConfigError
-from config.settings import load as load_settings
+from fasterdata.analyzers.rules import RulesError, load, parse
+from fasterdata.config.analyzer_settings import SHIPPED_RULES, AnalyzerSettings
+from fasterdata.config.settings import ConfigError
+from fasterdata.config.settings import load as load_settings
 
 
 def test_defaults_and_precedence(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ import re
 import redis
 from redis.crc import key_slot
 
-from analyzers import merged, top
-from analyzers.keys import shard_keys
+from fasterdata.analyzers import merged, top
+from fasterdata.analyzers.keys import shard_keys
 from tests.analyzers.kit import Events, biz, drain, make_worker, rules_file
 
 SHARDS = 3

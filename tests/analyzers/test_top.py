@@ -9,7 +9,7 @@ import sys
 import redis
 from rich.console import Console
 
-from analyzers import top
+from fasterdata.analyzers import top
 from tests.analyzers.kit import ROOT, Events, drain, make_worker
 from tests.conftest import REDIS_URL
 
@@ -57,7 +57,7 @@ def test_once_prints_one_frame(r: redis.Redis, prefix: str, events: Events) -> N
 
 def test_top_command_once(prefix: str, r: redis.Redis, events: Events) -> None:
     populate(prefix, events)
-    proc = subprocess.run([sys.executable, "-m", "analyzers.cli", "top", "--once", "--redis", REDIS_URL,
+    proc = subprocess.run([sys.executable, "-m", "fasterdata", "top", "--once", "--redis", REDIS_URL,
                            "--prefix", prefix], capture_output=True, text=True, cwd=ROOT, timeout=60,
                           env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr

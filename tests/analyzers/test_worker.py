@@ -13,8 +13,8 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from analyzers import cli
-from analyzers.stats import BatchStats, StatsCollector
+from fasterdata import cli
+from fasterdata.analyzers.stats import BatchStats, StatsCollector
 from tests.analyzers.kit import Events, drain, make_worker, wait_for
 
 

@@ -10,9 +10,9 @@ import psycopg
 import pytest
 import redis
 
-from analyzers import merged
-from analyzers.keys import shard_keys
-from analyzers.rules import parse
+from fasterdata.analyzers import merged
+from fasterdata.analyzers.keys import shard_keys
+from fasterdata.analyzers.rules import parse
 from tests.analyzers.kit import Events, drain, make_worker, wait_for
 from tests.analyzers.workload import RULES, Workload, dump, measured
 from tests.conftest import direct_dsn, entries

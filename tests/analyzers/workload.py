@@ -18,8 +18,8 @@ from typing import Any
 
 import psycopg
 
-from analyzers import merged
-from analyzers.keys import shard_keys
+from fasterdata.analyzers import merged
+from fasterdata.analyzers.keys import shard_keys
 from tests.analyzers.kit import Events
 
 SKUS = [f"SKU-{i}" for i in range(8)]

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import struct
 
-from proxy import wire
-from proxy.events import CaptureOptions
-from proxy.session import BACKEND_WANTED, FRONTEND_WANTED, Session
+from fasterdata.proxy import wire
+from fasterdata.proxy.events import CaptureOptions
+from fasterdata.proxy.session import BACKEND_WANTED, FRONTEND_WANTED, Session
 
 
 def cstr(s: str | bytes) -> bytes:

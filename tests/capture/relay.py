@@ -15,9 +15,9 @@ import struct
 import threading
 import time
 
-from proxy import wire
-from proxy.events import CaptureOptions
-from proxy.session import BACKEND_WANTED, FRONTEND_WANTED, Session
+from fasterdata.proxy import wire
+from fasterdata.proxy.events import CaptureOptions
+from fasterdata.proxy.session import BACKEND_WANTED, FRONTEND_WANTED, Session
 
 
 def now_us() -> int:

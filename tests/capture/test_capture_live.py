@@ -17,7 +17,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from proxy.events import ALWAYS_STMT, ALWAYS_TXN_END, FIELDS, CaptureOptions
+from fasterdata.proxy.events import ALWAYS_STMT, ALWAYS_TXN_END, FIELDS, CaptureOptions
 from tests.conftest import PG_HOST, PG_PORT, RUN_ID
 
 from . import pgmsg

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg.adapt import PyFormat, Transformer
 
-from proxy import params
+from fasterdata.proxy import params
 from tests.conftest import direct_dsn
 
 from .pgmsg import cstr

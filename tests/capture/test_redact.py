@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.events import DEFAULT_REDACT_COLUMNS
-from proxy.redact import ALL_PARAMS, Redactor
+from fasterdata.proxy.events import DEFAULT_REDACT_COLUMNS
+from fasterdata.proxy.redact import ALL_PARAMS, Redactor
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy import wire
-from proxy.events import ALWAYS_STMT, ALWAYS_TXN_END, FIELDS, OUTCOMES, CaptureOptions
+from fasterdata.proxy import wire
+from fasterdata.proxy.events import ALWAYS_STMT, ALWAYS_TXN_END, FIELDS, OUTCOMES, CaptureOptions
 
 from . import pgmsg
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from proxy.events import ALWAYS_STMT, FIELDS
-from proxy.session import BACKEND_WANTED, FRONTEND_WANTED
+from fasterdata.proxy.events import ALWAYS_STMT, FIELDS
+from fasterdata.proxy.session import BACKEND_WANTED, FRONTEND_WANTED
 
 from .pgmsg import (
     Harness,
@@ -140,7 +140,7 @@ def test_password_statements_are_redacted() -> None:
 
 
 def test_long_sql_is_cut() -> None:
-    from proxy.events import CaptureOptions
+    from fasterdata.proxy.events import CaptureOptions
 
     h = Harness(CaptureOptions(max_sql_chars=20))
     h.client(query("SELECT " + "1 + " * 20 + "1"))

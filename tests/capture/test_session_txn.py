@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from proxy.events import ALWAYS_TXN_END, FIELDS, CaptureOptions
+from fasterdata.proxy.events import ALWAYS_TXN_END, FIELDS, CaptureOptions
 
 from .pgmsg import Harness, bind, bind_complete, complete, error, execute, parse, parse_complete, query, ready, sync
 
@@ -245,7 +245,7 @@ def test_sampling_zero_and_partial() -> None:
 
 
 def test_no_emit_means_no_events_but_state_is_kept() -> None:
-    from proxy.session import Session
+    from fasterdata.proxy.session import Session
 
     from .pgmsg import login_answer
     s = Session("x", "c", {"user": "u"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy import sqltext
+from fasterdata.proxy import sqltext
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -29,9 +29,9 @@ import pytest
 import redis
 import yaml
 
-import config.analyzer_settings  # noqa: F401  (registers the `analyze:` section)
-from config.settings import COMMANDS, load
-from proxy.cli import build_parser
+import fasterdata.config.analyzer_settings  # noqa: F401  (registers the `analyze:` section)
+from fasterdata.config.settings import COMMANDS, load
+from fasterdata.cli import build_parser
 from tests.conftest import REDIS_URL, ProxyProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,7 +173,7 @@ def help_texts() -> dict[str, str]:
     """`fasterdata proxy --help` and `fasterdata analyze --help`, as operators read them."""
     out = {}
     for command in ("proxy", "analyze"):
-        done = subprocess.run([sys.executable, "-m", "proxy.cli", command, "--help"], cwd=ROOT,
+        done = subprocess.run([sys.executable, "-m", "fasterdata", command, "--help"], cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         out[command] = done.stdout
@@ -445,7 +445,7 @@ class Analyzers:
         log_path = self.tmp / f"analyzer-{port}.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy.cli", "analyze", "--metrics", f"127.0.0.1:{port}", "--prefix", prefix,
+                [sys.executable, "-m", "fasterdata", "analyze", "--metrics", f"127.0.0.1:{port}", "--prefix", prefix,
                  "--redis", REDIS_URL, "--consumer", f"deploy-test-{uuid.uuid4().hex[:6]}", "--block", "0.2"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.started.append(proc)

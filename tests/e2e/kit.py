@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.events import events_of
+from fasterdata.proxy.events import events_of
 from tests.conftest import PG_USER, ProxyProcess, wait_until
 
 Event = dict[str, str]

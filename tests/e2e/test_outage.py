@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from proxy.events import COMMITTED
+from fasterdata.proxy.events import COMMITTED
 from tests.conftest import PG_USER, ProxyProcess, wait_until
 from tests.sink.kit import RedisServer
 

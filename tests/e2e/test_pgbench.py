@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import redis
 
-from proxy.events import ALWAYS_STMT, COMMITTED, SCHEMA_VERSION
+from fasterdata.proxy.events import ALWAYS_STMT, COMMITTED, SCHEMA_VERSION
 from tests.conftest import PG_USER, direct_dsn
 
 from .conftest import StartProxy

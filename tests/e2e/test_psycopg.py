@@ -17,7 +17,7 @@ import psycopg
 import pytest
 import redis
 
-from proxy.events import AUTOCOMMIT, COMMITTED, ROLLED_BACK
+from fasterdata.proxy.events import AUTOCOMMIT, COMMITTED, ROLLED_BACK
 from tests.conftest import ProxyProcess, direct_dsn
 
 from .conftest import StartProxy

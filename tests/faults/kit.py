@@ -17,7 +17,7 @@ from typing import TypeVar
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy import wire
+from fasterdata.proxy import wire
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from proxy import wire
+from fasterdata.proxy import wire
 from tests.conftest import PG_USER, wait_port, wait_until
 from tests.proxy.pxkit import RawClient, StartProxy, errors
 from tests.sink.kit import make_certs

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from analyzers import top
+from fasterdata.analyzers import top
 from tests.analyzers.kit import Events, WorkerProcess, biz
 from tests.analyzers.workload import RULES
 from tests.conftest import wait_until

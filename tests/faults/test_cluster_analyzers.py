@@ -17,11 +17,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from analyzers import merged
-from analyzers.keys import shard_keys
-from analyzers.rules import RulesFile
-from analyzers.worker import Worker
-from config.analyzer_settings import AnalyzerSettings
+from fasterdata.analyzers import merged
+from fasterdata.analyzers.keys import shard_keys
+from fasterdata.analyzers.rules import RulesFile
+from fasterdata.analyzers.worker import Worker
+from fasterdata.config.analyzer_settings import AnalyzerSettings
 from tests.analyzers.kit import ROOT, WorkerProcess, group_done
 from tests.analyzers.test_anomaly import check_spikes_and_drops
 from tests.analyzers.workload import RULES, NoEvents, Workload, dump, measured
@@ -56,7 +56,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "analyzers.cli", *args], capture_output=True, text=True, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "fasterdata", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=120, env={**os.environ, "COLUMNS": "200", **env})
 
 

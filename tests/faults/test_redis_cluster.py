@@ -24,8 +24,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from analyzers.redisconn import clustered, connect
-from proxy.events import COMMITTED
+from fasterdata.analyzers.redisconn import clustered, connect
+from fasterdata.proxy.events import COMMITTED
 from tests.conftest import PG_USER, ProxyProcess, entries, wait_port, wait_until
 from tests.e2e.kit import TPCB_KINDS, Event, parse_pgbench, read_stream, scrape, settle, tpcb_kind, value
 from tests.proxy.pxkit import StartProxy

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from proxy import wire
+from fasterdata.proxy import wire
 from tests.conftest import wait_until
 from tests.pgcluster import PrivateCluster
 from tests.proxy.pxkit import RawClient, StartProxy, errors

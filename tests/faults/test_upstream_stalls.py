@@ -24,7 +24,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy import wire
+from fasterdata.proxy import wire
 from tests.conftest import REDIS_URL, ProxyProcess, wait_until
 from tests.pgcluster import PrivateCluster
 from tests.proxy.pxkit import RawClient, StartProxy, errors

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from proxy import wire
+from fasterdata.proxy import wire
 from tests.conftest import direct_dsn, wait_until
 from tests.proxy.pxkit import RawClient, StartProxy
 from tests.sink.kit import RedisServer

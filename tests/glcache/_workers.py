@@ -7,7 +7,7 @@ from typing import Any
 
 def cold_read(dsn: str, redis_url: str, prefix: str, day: str, start: Any, out: Any) -> None:
     """Wait for the start signal, read the day once, report (loads, rows, waited)."""
-    from analyzers.glcache.cache import GLCache
+    from fasterdata.analyzers.glcache.cache import GLCache
 
     with GLCache(dsn=dsn, redis=redis_url, prefix=prefix) as cache:
         cache.info()

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 import redis
 
-from analyzers.glcache.cache import GLCache
+from fasterdata.analyzers.glcache.cache import GLCache
 from tests.conftest import REDIS_URL, RUN_ID, direct_dsn
 
 DAY = "2024-03-15"

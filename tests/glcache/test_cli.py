@@ -12,9 +12,9 @@ import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import pytest
 
-from analyzers.glcache import cli
-from config.gl_settings import GLSettings, load_gl
-from config.settings import ConfigError
+from fasterdata.analyzers.glcache import cli
+from fasterdata.config.gl_settings import GLSettings, load_gl
+from fasterdata.config.settings import ConfigError
 from tests.conftest import REDIS_URL
 from tests.glcache.conftest import DAY, OTHER_DAY, arrow_rows, pg_rows
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from analyzers.glcache import ipc
-from analyzers.glcache.cache import GLCache
-from analyzers.glcache.follow import Follower, start_thread
-from analyzers.redisconn import clustered
+from fasterdata.analyzers.glcache import ipc
+from fasterdata.analyzers.glcache.cache import GLCache
+from fasterdata.analyzers.glcache.follow import Follower, start_thread
+from fasterdata.analyzers.redisconn import clustered
 from tests.conftest import free_port, wait_until
 from tests.glcache.conftest import DAY, OTHER_DAY, THIRD_DAY, arrow_rows, pg_rows
 from tests.proxy.pxkit import StartProxy

@@ -6,7 +6,7 @@ import multiprocessing
 import threading
 from collections.abc import Callable
 
-from analyzers.glcache.cache import GLCache
+from fasterdata.analyzers.glcache.cache import GLCache
 from tests.conftest import REDIS_URL
 from tests.glcache import _workers
 from tests.glcache.conftest import DAY, pg_rows

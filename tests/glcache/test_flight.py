@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.flight as fl
 import pytest
 
-from analyzers.glcache.cache import GLCache
-from analyzers.glcache.flight import GLFlightServer, action, fetch_day
+from fasterdata.analyzers.glcache.cache import GLCache
+from fasterdata.analyzers.glcache.flight import GLFlightServer, action, fetch_day
 from tests.glcache.conftest import DAY, OTHER_DAY, arrow_rows, pg_rows
 
 Make = Callable[..., GLCache]
@@ -51,7 +51,7 @@ def test_gl_serve_process(ledger_db: str, prefix: str, tmp_path) -> None:
 
     port = free_port()
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "analyzers.glcache.cli", "gl", "serve", "--dsn", ledger_db,
+    proc = subprocess.Popen([sys.executable, "-m", "fasterdata", "gl", "serve", "--dsn", ledger_db,
                              "--redis", REDIS_URL, "--prefix", prefix, "--flight", f"127.0.0.1:{port}",
                              "--metrics", ""], stdout=log, stderr=subprocess.STDOUT)
     try:

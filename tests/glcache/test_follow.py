@@ -9,8 +9,8 @@ from decimal import Decimal
 import psycopg
 import redis
 
-from analyzers.glcache.cache import GLCache
-from analyzers.glcache.follow import Follower, start_thread
+from fasterdata.analyzers.glcache.cache import GLCache
+from fasterdata.analyzers.glcache.follow import Follower, start_thread
 from tests.conftest import REDIS_URL
 from tests.glcache.conftest import DAY, arrow_rows, pg_rows
 from tests.glcache.test_fresh import event

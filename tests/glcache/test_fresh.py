@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from analyzers.glcache.cache import GLCache
+from fasterdata.analyzers.glcache.cache import GLCache
 from tests.glcache.conftest import DAY, OTHER_DAY, arrow_rows, pg_rows
 
 Make = Callable[..., GLCache]

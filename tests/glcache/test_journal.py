@@ -7,7 +7,7 @@ from collections.abc import Callable
 import psycopg
 import pyarrow as pa
 
-from analyzers.glcache.cache import GLCache
+from fasterdata.analyzers.glcache.cache import GLCache
 from tests.glcache.conftest import DAY
 
 Make = Callable[..., GLCache]

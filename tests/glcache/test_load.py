@@ -9,9 +9,9 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from analyzers.glcache.catalog import CatalogError, describe
-from analyzers.glcache.copyout import copy_csv_blocks
-from analyzers.glcache.load import DictPolicy, connect, load_day, load_where, parse_stream
+from fasterdata.analyzers.glcache.catalog import CatalogError, describe
+from fasterdata.analyzers.glcache.copyout import copy_csv_blocks
+from fasterdata.analyzers.glcache.load import DictPolicy, connect, load_day, load_where, parse_stream
 from tests.glcache.conftest import AWKWARD, BULK_ROWS, DAY, OTHER_DAY, arrow_rows, pg_rows
 
 
@@ -48,7 +48,7 @@ def test_types_come_from_the_catalog(ledger_db: str) -> None:
 def test_small_blocks_split_rows_anywhere(ledger_db: str, block_bytes: int) -> None:
     """Frames cut at every possible place and a row larger than the buffer still come out exact."""
     info = _info(ledger_db)
-    from analyzers.glcache.catalog import day_predicate
+    from fasterdata.analyzers.glcache.catalog import day_predicate
 
     table = load_where(ledger_db, info, day_predicate(info, DAY), DictPolicy("none"), block_bytes=block_bytes)
     assert arrow_rows(table) == pg_rows(ledger_db, DAY)
@@ -57,7 +57,7 @@ def test_small_blocks_split_rows_anywhere(ledger_db: str, block_bytes: int) -> N
 def test_libpq_path_matches_raw_path(ledger_db: str) -> None:
     """The fallback used for TLS connections yields the same table."""
     info = _info(ledger_db)
-    from analyzers.glcache.catalog import copy_query, day_predicate
+    from fasterdata.analyzers.glcache.catalog import copy_query, day_predicate
 
     with connect(ledger_db) as conn:
         query = copy_query(info, day_predicate(info, DAY)).as_bytes(conn)
@@ -148,7 +148,7 @@ def test_text_format_escapes_round_trip(ledger_db: str, policy: DictPolicy) -> N
 def test_dictionaries_narrowed_per_block_concatenate(ledger_db: str) -> None:
     """Blocks whose dictionaries got different index types still give one table, typed as a single block."""
     info = _info(ledger_db)
-    from analyzers.glcache.catalog import day_predicate
+    from fasterdata.analyzers.glcache.catalog import day_predicate
 
     where = day_predicate(info, DAY)
     whole = load_where(ledger_db, info, where, DictPolicy("all"), block_bytes=64 << 20)
@@ -160,7 +160,7 @@ def test_dictionaries_narrowed_per_block_concatenate(ledger_db: str) -> None:
 
 def test_utf8_trusted_only_when_the_server_guarantees_it(ledger_db: str) -> None:
     """Skipping pyarrow's UTF-8 check is only safe for UTF8 output from a validating server encoding."""
-    from analyzers.glcache.load import utf8_guaranteed
+    from fasterdata.analyzers.glcache.load import utf8_guaranteed
 
     with connect(ledger_db) as conn:
         assert utf8_guaranteed(conn)

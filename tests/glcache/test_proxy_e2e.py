@@ -11,8 +11,8 @@ import psycopg
 import pytest
 import redis
 
-from analyzers.glcache.cache import GLCache
-from analyzers.glcache.follow import Follower, start_thread
+from fasterdata.analyzers.glcache.cache import GLCache
+from fasterdata.analyzers.glcache.follow import Follower, start_thread
 from tests.conftest import REDIS_URL
 from tests.glcache.conftest import DAY, arrow_rows, drop_prefix, pg_rows
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from analyzers.glcache.cache import GLCache
+from fasterdata.analyzers.glcache.cache import GLCache
 from tests.conftest import free_port, wait_port
 from tests.glcache.conftest import DAY, OTHER_DAY, arrow_rows, pg_rows
 from tests.rediscluster import Cluster

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pytest
 from psycopg import sql
 
-from analyzers.glcache.catalog import copy_query, day_predicate, describe
-from analyzers.glcache.copyout import CopyError, copy_csv_blocks
-from analyzers.glcache.load import DictPolicy, connect, load_day, parse_streams
-from analyzers.glcache.split import open_split, ranges
+from fasterdata.analyzers.glcache.catalog import copy_query, day_predicate, describe
+from fasterdata.analyzers.glcache.copyout import CopyError, copy_csv_blocks
+from fasterdata.analyzers.glcache.load import DictPolicy, connect, load_day, parse_streams
+from fasterdata.analyzers.glcache.split import open_split, ranges
 from tests.glcache.conftest import DAY, arrow_rows, pg_rows
 
 

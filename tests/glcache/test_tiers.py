@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import redis
 
-from analyzers.glcache.cache import GLCache
+from fasterdata.analyzers.glcache.cache import GLCache
 from tests.conftest import REDIS_URL
 from tests.glcache.conftest import DAY, OTHER_DAY, THIRD_DAY, arrow_rows, pg_rows
 

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from proxy import wire
+from fasterdata.proxy import wire
 from tests.conftest import PG_HOST, PG_PORT, PG_USER, ProxyProcess, direct_dsn
 
 Proxy = ProxyProcess  # the `proxy` fixture and what `start_proxy` returns

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import wire
+from fasterdata.proxy import wire
 
 pytestmark = pytest.mark.skipif(wire._scan is None, reason="proxy._framescan was not built (no C compiler)")
 

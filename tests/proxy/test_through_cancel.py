@@ -10,7 +10,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from proxy import wire
+from fasterdata.proxy import wire
 from tests.conftest import wait_until
 
 from .pxkit import Proxy, RawClient, backend_alive, backend_running

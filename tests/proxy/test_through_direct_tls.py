@@ -24,7 +24,7 @@ import psycopg
 import pytest
 import redis
 
-from proxy import tls, wire
+from fasterdata.proxy import tls, wire
 from tests.conftest import PG_USER, REDIS_URL, ProxyProcess, entries, stop_all, wait_until
 from tests.faults.kit import metric
 from tests.pgcluster import TestPKI

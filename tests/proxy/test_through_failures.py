@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from proxy import wire
+from fasterdata.proxy import wire
 from tests.conftest import direct_dsn, free_port, wait_until
 
 from .pxkit import Proxy, RawClient, StartProxy, backend_alive, errors, fd_count

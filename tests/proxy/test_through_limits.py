@@ -13,7 +13,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from proxy import wire
+from fasterdata.proxy import wire
 from tests.conftest import ProxyProcess, wait_until
 from tests.faults.kit import metric
 

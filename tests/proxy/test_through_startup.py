@@ -9,7 +9,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from proxy import wire
+from fasterdata.proxy import wire
 
 from .pxkit import Proxy, RawClient, errors
 

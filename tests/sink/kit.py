@@ -17,8 +17,8 @@ from pathlib import Path
 
 import redis
 
-from proxy.events import events_of
-from proxy.sink import StreamSink
+from fasterdata.proxy.events import events_of
+from fasterdata.proxy.sink import StreamSink
 from tests.conftest import free_port
 
 

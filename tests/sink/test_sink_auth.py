@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from proxy.sink import StreamSink
+from fasterdata.proxy.sink import StreamSink
 
 from .kit import RedisServer, events, make_certs, read_stream, tls_supported, until
 

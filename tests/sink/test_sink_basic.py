@@ -12,8 +12,8 @@ import redis
 import uvloop
 from prometheus_client import CollectorRegistry, generate_latest
 
-from proxy.events import BUNDLE_FIELD, PACKED_FIELD, events_of, unpack
-from proxy.sink import SCRIPT_SHA, RedisConnection, RedisTarget, SinkCollector, StreamSink, encode_batch
+from fasterdata.proxy.events import BUNDLE_FIELD, PACKED_FIELD, events_of, unpack
+from fasterdata.proxy.sink import SCRIPT_SHA, RedisConnection, RedisTarget, SinkCollector, StreamSink, encode_batch
 from tests.conftest import free_port
 
 from .kit import RedisServer, events, put_in_bursts, read_stream, until
@@ -284,8 +284,8 @@ def test_bad_url_is_refused() -> None:
 
 async def test_oversized_batches_are_split_and_huge_events_dropped(prefix: str, shared_url: str,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("proxy.sink.MAX_BATCH_BYTES", 20_000)
-    monkeypatch.setattr("proxy.sink.MAX_FIELDS", 6)
+    monkeypatch.setattr("fasterdata.proxy.sink.MAX_BATCH_BYTES", 20_000)
+    monkeypatch.setattr("fasterdata.proxy.sink.MAX_FIELDS", 6)
     sink = StreamSink(shared_url, prefix, entry="flat")  # the field limit is Lua's, on flat entries only
     await sink.start()
     sent = [{"n": str(i), "sql": "x" * 1000} for i in range(100)]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.sink import StreamSink, _Lane, key_slot, marker_base
+from fasterdata.proxy.sink import StreamSink, _Lane, key_slot, marker_base
 from tests.rediscluster import Cluster
 
 from .kit import events, read_stream, until

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from proxy.sink import StreamSink
+from fasterdata.proxy.sink import StreamSink
 from tests.conftest import free_port
 
 from .kit import RedisServer, events, read_stream, until
@@ -247,7 +247,7 @@ async def test_wait_for_a_replica(redis_server, prefix: str, tmp_path: Path, cap
 CRASHER = """
 import asyncio, os, sys
 sys.path.insert(0, {root!r})
-from proxy.sink import StreamSink
+from fasterdata.proxy.sink import StreamSink
 from tests.sink.kit import events
 
 async def main():

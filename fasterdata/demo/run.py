@@ -85,7 +85,7 @@ class Demo:
         self.owner: redis.Redis | None = None  # set once this demo holds OWNER
 
     def start_child(self, what: str, args: list[str]) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", *args],
+        proc = subprocess.Popen([sys.executable, "-m", "fasterdata", *args],
                                 cwd=Path(__file__).resolve().parents[2], start_new_session=True)
         self.children.append((what, proc))
         return proc
@@ -108,7 +108,7 @@ class Demo:
         proxy = self.start_child("proxy", [
             "proxy", "--listen", f"127.0.0.1:{port}", "--upstream", s.pg_upstream,
             "--metrics", f"127.0.0.1:{proxy_metrics}", *common])
-        rules = importlib.resources.files("config") / "rules.yaml"
+        rules = importlib.resources.files("fasterdata.config") / "rules.yaml"
         analyzer = self.start_child("analyzer", [
             "analyze", "--metrics", f"127.0.0.1:{analyzer_metrics}", "--rules", str(rules), *common])
         _wait_port(port, proxy, "proxy")

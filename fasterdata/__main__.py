@@ -1,0 +1,7 @@
+"""`python -m fasterdata …` is the `fasterdata` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
