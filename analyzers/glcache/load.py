@@ -29,6 +29,7 @@ from psycopg import sql
 
 from .catalog import DICT, STRING, TableInfo, copy_query, day_predicate, table_ident
 from .copyout import Block, copy_csv_blocks
+from .dictionaries import fit, fit_table
 from .split import MIN_PAGES, open_split, splittable
 
 log = logging.getLogger("fasterdata.glcache")
@@ -144,7 +145,7 @@ def parse_block(block: Block, info: TableInfo, policy: DictPolicy, omit: tuple[s
         table = table.set_column(i, name, pc.dictionary_encode(table.column(i)))
     if escaped:
         table = _unescape(table)
-    return _narrow_block(table)
+    return fit_table(table)  # on the worker while the stream goes on; widened again if needed (_unify)
 
 
 def _has_escapes(block: Block, parsed: pa.Table) -> bool:
@@ -160,19 +161,9 @@ def _has_escapes(block: Block, parsed: pa.Table) -> bool:
     return slashes > sum(col.null_count for col in parsed.columns)
 
 
-def _narrow_block(table: pa.Table) -> pa.Table:
-    """Smallest index type per block's dictionaries, on the worker while the stream goes on (see _unify)."""
-    for i, field in enumerate(table.schema):
-        if pa.types.is_dictionary(field.type):
-            col = _narrow(table.column(i))
-            if col.type != field.type:
-                table = table.set_column(i, pa.field(field.name, col.type, field.nullable), col)
-    return table
-
-
 def _unify(parts: list[pa.Table]) -> list[pa.Table]:
-    """Widen blocks whose dictionaries were narrowed further than others' so the blocks concatenate; the
-    result is the index type the largest dictionary needs, as if narrowed after concatenation."""
+    """Widen blocks whose dictionaries were narrowed further than others' so the blocks concatenate (the
+    widest block's type; finish then fits the index to the whole column)."""
     if len(parts) < 2 or all(p.schema == parts[0].schema for p in parts[1:]):
         return parts
     schema = parts[0].schema
@@ -208,15 +199,6 @@ def _decimal_for(values: pa.ChunkedArray) -> pa.DataType:
     return pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(precision, scale)
 
 
-def _narrow(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Smallest index type for a dictionary column: less to store, compress and decompress."""
-    largest = max((len(chunk.dictionary) for chunk in col.chunks), default=0)
-    index = pa.int8() if largest <= 127 else pa.int16() if largest <= 32767 else pa.int32()
-    if index == col.type.index_type:
-        return col
-    return col.cast(pa.dictionary(index, col.type.value_type))
-
-
 def _many_distinct(col: pa.ChunkedArray, limit: float) -> bool:
     """More than ``limit`` distinct values in a dictionary column, whatever its chunking: blocks end where
     the socket's data happened to end, so the per-block dictionaries' sum (an upper bound, exact for one
@@ -246,7 +228,7 @@ def finish(table: pa.Table, info: TableInfo, policy: DictPolicy,
               and _many_distinct(col, policy.max_ratio * table.num_rows)):
             col = col.cast(STRING)
         if pa.types.is_dictionary(col.type):
-            col = _narrow(col)
+            col = fit(col)  # for the whole column: blocks' dictionaries may each need less (see dictionaries)
         columns.append(col)
     return pa.Table.from_arrays(columns, names=info.names)
 

@@ -11,19 +11,26 @@ from collections.abc import Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .dictionaries import fit_appended
 
-def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Rows in the cached table's schema (dictionary columns, column order)."""
-    columns = []
-    for field in schema:
+
+def _conform(table: pa.Table, rows: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """``table`` and ``rows`` in one schema, the cached table's but for dictionary index widths: those are
+    widened (on both) when the new values would not fit the cached width (see dictionaries)."""
+    columns, kept = [], table
+    for i, field in enumerate(table.schema):
         if field.name in rows.column_names:
             col = rows.column(field.name)
         else:
             col = pa.chunked_array([pa.nulls(rows.num_rows, field.type)])
-        if col.type != field.type:
+        if pa.types.is_dictionary(field.type):
+            old, col = fit_appended(table.column(i), col)
+            if old.type != field.type:
+                kept = kept.set_column(i, pa.field(field.name, old.type, field.nullable), old)
+        elif col.type != field.type:
             col = col.cast(field.type)
         columns.append(col)
-    return pa.Table.from_arrays(columns, schema=schema)
+    return kept, pa.Table.from_arrays(columns, schema=kept.schema)
 
 
 def delete_keys(table: pa.Table, key: str, keys: pa.Array | Sequence[object]) -> tuple[pa.Table, int]:
@@ -53,7 +60,7 @@ def upsert_rows(table: pa.Table, key: str, rows: pa.Table) -> pa.Table:
     """Replace rows with the same key (last one in ``rows`` wins) and append the rest."""
     if rows.num_rows == 0:
         return table
-    rows = _conform(rows, table.schema)
+    table, rows = _conform(table, rows)
     keys = rows.column(key).to_pylist()
     if len(set(keys)) != len(keys):
         last = {k: i for i, k in enumerate(keys)}
