@@ -31,7 +31,7 @@ _TOKENS = re.compile(
     |(?P<s>'[^']*(?:''[^']*)*')
     |(?P<d>\$(?P<tag>(?:[A-Za-z_][A-Za-z_0-9]*)?)\$.*?\$(?P=tag)\$)
     |(?P<p>\$\d+)
-    |(?P<n>-\s*NUM(?![\w$.])|[\d.](?<![\w$.][\d.])NUM?(?![\w$.]))
+    |(?P<n>-\s*NUM(?![\w$.])|(?<![\w$.])NUM(?![\w$.]))
     )""".replace("NUM", _NUM),
     re.S | re.X,
 )
@@ -298,7 +298,7 @@ def _fold_values(text: str, slots: list[Slot]) -> tuple[str, list[Slot], MultiRo
 # and its literals (quoted strings and numbers, with exactly the token rules of `_TOKENS`); texts
 # with nothing else `_TOKENS` cares about (comments, quoted identifiers, $, backslashes, '') reuse
 # one template per skeleton instead of the full regex pass with its Python callback per token.
-_LITERALS = re.compile(r"(?=['\d.])(?:'([^']*)'|([\d.](?<![\w$.][\d.])NUM?(?![\w$.])))".replace("NUM", _NUM))
+_LITERALS = re.compile(r"(?=['\d.])(?:'([^']*)'|(?<![\w$.])(NUM)(?![\w$.]))".replace("NUM", _NUM))
 _UNTEMPLATED = ("--", "/*", '"', "$", "\\", "''", MARK)  # MARK also joins the skeleton key
 _TAG_BASE = 1_000_000_000
 Spec = tuple  # ("s"|"n"|"-", literal index) or ("i", [Spec, …]) for a folded list

@@ -645,7 +645,7 @@ class Session:
     def _redact(self, sql: str, remember: bool = False) -> tuple[str, Hidden]:
         text, hidden = self._redactor(sql, remember)
         if len(text) > self._max_sql:
-            text = f"{text[: self._max_sql]}…[truncated {len(text) - self._max_sql} chars]"
+            text = sqltext.fit(text, self._max_sql)  # long lists shortened first: the shape stays one
         return text, hidden
 
     # -- transactions ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Lexical helpers over SQL text: statement splitting and a small tokenizer.
+"""Lexical helpers over SQL text: statement splitting, a small tokenizer, and fitting a long text.
 
 A simple Query may carry several statements; the server answers each with its own
 CommandComplete, so the tap needs the text of each one. Splitting must respect everything that can
@@ -247,3 +247,167 @@ def ident_name(text: str, kind: int, start: int, end: int) -> str:
             raw = raw[2:]
         return raw[1:-1].replace('""', '"')
     return text[start:end].lower()
+
+
+# -- fitting a long text ---------------------------------------------------------------------------
+
+# A number the analyzers' fingerprint reads as one literal; others ("5.", "0x1F", "1_000") are kept as text.
+_PLAIN_NUMBER = re.compile(r"(?:\d+(?:\.\d+)?|\.\d+)(?:[eE][+-]?\d+)?")
+_VALUE_WORDS = frozenset({"null", "true", "false"})
+_LIST_OPENERS = {"in": "(", "array": "["}
+_CLOSER = {"(": ")", "[": "]"}
+Skeleton = tuple[str | None, ...]
+
+
+def fit(text: str, limit: int) -> str:
+    """The text in at most ``limit`` characters (plus a marker), keeping its fingerprint where it can.
+
+    IN (…) and ARRAY[…] lists of literals and VALUES rows of one form fold to one element in the
+    analyzers' fingerprint, so dropping their later elements changes no shape: the longest lists lose
+    theirs first, leaving the first two and a ``/* …N more */`` comment. Only when that is not enough is
+    the text cut, with a ``…[truncated N chars]`` marker (that shape is then its own).
+    """
+    if len(text) <= limit:
+        return text
+    excess = len(text) - limit
+    edits: list[tuple[int, int, str]] = []
+    covered: list[tuple[int, int]] = []
+    for elems in sorted(_lists(text), key=lambda e: e[-1][1] - e[1][1], reverse=True):
+        if excess <= 0:
+            break
+        lo, hi = elems[0][0], elems[-1][1]
+        if any(a < hi and lo < b for a, b in covered):
+            continue  # nested in (or holding) a list already shortened
+        n = len(elems)
+        marker_len = len(f" /* …{n} more */")
+        need = excess + marker_len
+        last = elems[-1][1]
+        keep = 2  # elements kept: the fold needs two
+        if last - elems[1][1] >= need:
+            while keep < n - 1 and last - elems[keep][1] >= need:
+                keep += 1
+        marker = f" /* …{n - keep} more */"
+        start = elems[keep - 1][1]
+        edits.append((start, last, marker))
+        covered.append((lo, hi))
+        excess -= (last - start) - len(marker)
+    out = text
+    for start, end, marker in sorted(edits, reverse=True):
+        out = out[:start] + marker + out[end:]
+    if len(out) > limit:
+        out = f"{out[:limit]}…[truncated {len(out) - limit} chars]"
+    return out
+
+
+def _lists(text: str) -> list[list[tuple[int, int]]]:
+    """(start, end) of each element of every foldable list with three elements or more."""
+    toks = tokens(text)
+    match = _brackets(text, toks)
+    out: list[list[tuple[int, int]]] = []
+    for i, (kind, start, end) in enumerate(toks):
+        if kind != IDENT or i + 1 >= len(toks):
+            continue
+        word = text[start:end].lower()
+        opener = _LIST_OPENERS.get(word)
+        nxt = toks[i + 1]
+        if nxt[0] != PUNCT or (j := match.get(i + 1)) is None:
+            continue
+        if opener is not None and text[nxt[1]] == opener:
+            elems = _literal_items(text, toks, i + 2, j)
+        elif word == "values" and text[nxt[1]] == "(":
+            elems = _alike_rows(text, toks, match, i + 1)
+        else:
+            continue
+        if len(elems) >= 3:
+            out.append(elems)
+    return out
+
+
+def _brackets(text: str, toks: list[tuple[int, int, int]]) -> dict[int, int]:
+    """Token index of each opening bracket → index of its closing one (unbalanced ones left out)."""
+    match: dict[int, int] = {}
+    stack: list[int] = []
+    for i, (kind, start, _end) in enumerate(toks):
+        if kind != PUNCT:
+            continue
+        ch = text[start]
+        if ch in "([":
+            stack.append(i)
+        elif ch in ")]":
+            if stack and _CLOSER[text[toks[stack[-1]][1]]] == ch:
+                match[stack.pop()] = i
+            else:
+                stack.clear()
+    return match
+
+
+def _literal_items(text: str, toks: list[tuple[int, int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
+    """The elements of toks[lo:hi] split at commas when each is a single literal, else []."""
+    elems: list[tuple[int, int]] = []
+    i = lo
+    while i < hi:
+        j = i + 1
+        if toks[i][0] == OP and text[toks[i][1]:toks[i][2]] == "-" and j < hi:
+            j += 1  # a signed number
+        if _skeleton(text, toks, i, j) != (None,):
+            return []
+        elems.append((toks[i][1], toks[j - 1][2]))
+        if j < hi and not _is(text, toks[j], ","):
+            return []
+        i = j + 1
+    return elems
+
+
+def _alike_rows(text: str, toks: list[tuple[int, int, int]], match: dict[int, int],
+                first: int) -> list[tuple[int, int]]:
+    """The VALUES rows from token ``first`` on that have the first row's form (literals aside)."""
+    elems: list[tuple[int, int]] = []
+    form: Skeleton | None = None
+    i = first
+    while i < len(toks) and _is(text, toks[i], "(") and (j := match.get(i)) is not None:
+        row = _skeleton(text, toks, i, j + 1)
+        if form is None:
+            form = row
+        elif row != form:
+            break
+        elems.append((toks[i][1], toks[j][2]))
+        if j + 2 < len(toks) and _is(text, toks[j + 1], ","):
+            i = j + 2
+        else:
+            break
+    return elems
+
+
+def _literal(text: str, kind: int, start: int, end: int) -> bool:
+    """A token the fingerprint turns into a placeholder."""
+    if kind in (STRING, PARAM):
+        return True
+    if kind == NUMBER:
+        return _PLAIN_NUMBER.fullmatch(text, start, end) is not None
+    return kind == IDENT and text[start:end].lower() in _VALUE_WORDS
+
+
+def _is(text: str, tok: tuple[int, int, int], ch: str) -> bool:
+    return tok[0] == PUNCT and text[tok[1]] == ch
+
+
+def _skeleton(text: str, toks: list[tuple[int, int, int]], lo: int, hi: int) -> Skeleton:
+    """toks[lo:hi] as the fingerprint sees them: each literal one None, other tokens as written, and
+    where whitespace (or a comment) separates two tokens, a " "."""
+    out: list[str | None] = []
+    i = lo
+    while i < hi:
+        kind, start, end = toks[i]
+        if i > lo and start > toks[i - 1][2]:
+            out.append(" ")
+        if _literal(text, kind, start, end):
+            out.append(None)
+        elif kind == OP and text[start:end] == "-" and i + 1 < hi and toks[i + 1][0] == NUMBER \
+                and _PLAIN_NUMBER.fullmatch(text, toks[i + 1][1], toks[i + 1][2]) \
+                and (i == lo or _is(text, toks[i - 1], "(") or _is(text, toks[i - 1], ",")):
+            out.append(None)  # a sign: the fingerprint reads "-5" here as one literal
+            i += 1
+        else:
+            out.append(text[start:end])
+        i += 1
+    return tuple(out)

@@ -74,6 +74,20 @@ def test_identifiers_with_digits_and_quoted_names_are_kept() -> None:
     assert n.text == 'SELECT t1.c2, "Weird 3" FROM t1 WHERE "x" = $1'
 
 
+def test_a_dot_between_quoted_names_is_no_number() -> None:
+    """ORMs qualify every name ("users"."id", "users".*); a bare '.' once became a placeholder."""
+    n = normalize('SELECT "users".* FROM "public"."users" WHERE "users"."id" = $1 AND "users".score > .5')
+    assert n.text == 'SELECT "users".* FROM "public"."users" WHERE "users"."id" = $1 AND "users".score > $2'
+    assert n.values([7]) == [7, Decimal("0.5")]
+    assert analyze(n.text).tables == ("users",)
+
+
+def test_numbers_with_a_trailing_point_or_exponent_are_literals() -> None:
+    n = normalize("SELECT a FROM t WHERE b = 5. AND c = 1.e3 AND d = -2.5")
+    assert n.text == "SELECT a FROM t WHERE b = $1 AND c = $2 AND d = $3"
+    assert n.values(None) == [5, Decimal("1e3"), Decimal("-2.5")]
+
+
 def test_comments_are_dropped_and_sqlcommenter_becomes_labels() -> None:
     sql = ("SELECT * FROM t WHERE id = 5 /*traceparent='00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',"
            "route='%2Forders%2F%3Aid',framework='django%3A4.2'*/")
