@@ -356,12 +356,24 @@ class GLCache:
         """Load the day from PostgreSQL now (replacing what is cached) and report what was stored."""
         d = day_str(day)
         started = time.perf_counter()
+        raced = self.stats["raced"]
         try:
             entry = self._shared_load(d, force=True, progress=progress, wait_store=True)
         except RedisDown:
             entry = self._direct(d)
-        return {"date": d, "rows": entry.table.num_rows, "seconds": round(time.perf_counter() - started, 3),
-                "cached": entry.epoch is not None, "arrow_bytes": entry.nbytes}
+        out = {"date": d, "rows": entry.table.num_rows, "seconds": round(time.perf_counter() - started, 3),
+               "cached": entry.epoch is not None, "arrow_bytes": entry.nbytes}
+        if entry.epoch is None:
+            out["not_cached"] = self._why_not_stored(self.stats["raced"] > raced)
+        return out
+
+    def _why_not_stored(self, raced: bool) -> str:
+        """One line for a warm that stored nothing."""
+        if not self.store.available():
+            return f"Redis at {self.store.where} is unreachable ({self.store.failure or 'no answer'})"
+        if raced:
+            return "a write on the table invalidated the day while it loaded; warm it again"
+        return "storing it in Redis failed (the log says why)"
 
     def invalidate(self, days: str | datetime.date | list[str] | None = None) -> list[str]:
         """Forget days (all cached days of the table if None); they reload on next read."""

@@ -112,6 +112,7 @@ class Store:
         self.where = redacted(url)
         self._down_until = 0.0
         self._warned = 0.0
+        self.failure = ""  # the last failure, for messages (`gl warm` says why nothing was stored)
         self._client: Client | None = None
         self._scripts: dict[str, Script] = {}
         self._connecting = threading.Lock()
@@ -170,20 +171,26 @@ class Store:
         try:
             return fn()
         except _UNREACHABLE as exc:
+            self._note(exc)
             self._trip(self.retry, logging.WARNING, "glcache: Redis unreachable at %s (%s: %s); reading from "
                        "PostgreSQL", self.where, type(exc).__name__, exc)
             raise RedisDown(str(exc)) from exc
         except _CLUSTER_FAILED as exc:
+            self._note(exc)
             self._trip(self.retry, logging.WARNING, "glcache: Redis Cluster at %s could not serve the cache "
                        "(%s: %s); reading from PostgreSQL", self.where, type(exc).__name__, exc)
             raise RedisDown(str(exc)) from exc
         except _CLUSTER_REPLIES as exc:
             # Only a single-server client sees these: the server is a cluster node that would not say so.
+            self._note(exc)
             self._trip(max(self.retry, 60.0), logging.ERROR, "glcache: Redis at %s answers like a Redis "
                        "Cluster node (%s %s) but could not be asked whether it is one (INFO refused by an "
                        "ACL?); the cache stays off and days are read from PostgreSQL", self.where,
                        type(exc).__name__, exc)
             raise RedisDown(str(exc)) from exc
+
+    def _note(self, exc: Exception) -> None:
+        self.failure = f"{type(exc).__name__}: {exc}"
 
     def _trip(self, seconds: float, level: int, message: str, *args: object) -> None:
         """Open the breaker for ``seconds`` and log (at most every 30 s)."""
