@@ -96,6 +96,8 @@ class Business:
 
     def candidates(self, shape: Shape) -> list[Rule] | None:
         op = shape.op
+        if shape.prepared:
+            return None  # PREPARE runs nothing: the work is its EXECUTEs'
         if op == "copy":
             if not shape.copy_from:
                 return None

@@ -53,6 +53,7 @@ class Shape:
     where_eq: dict[str, Ref] = field(default_factory=dict)  # top-level AND of col = ref
     has_where: bool = False
     copy_from: bool = False  # COPY … FROM (a write)
+    prepared: bool = False  # PREPARE name AS …: the facts of the statement it prepares, which it does not run
 
 
 def _name(node: exp.Expression | None) -> str:
@@ -138,8 +139,29 @@ def classify(text: str) -> str | None:
     return "unknown"
 
 
+# PREPARE name [ ( type, … ) ] AS statement; a type may carry its own parentheses (numeric(10, 2)).
+_PREPARE = re.compile(r'(?is)\s*prepare\s+(?:"(?:[^"]|"")*"|[\w$]+)\s*(?:\((?:[^()]|\([^()]*\))*\))?\s*as\s+(.+)')
+_IDENT = r'(?:"(?:[^"]|"")*"|[^\W\d][\w$]*)'
+# COPY [ONLY] [schema.]table [ ( column, … ) ] FROM|TO …
+_COPY_TABLE = re.compile(
+    rf"(?is)\s*copy\s+(?:only\s+)?((?:{_IDENT}\s*\.\s*)*{_IDENT})\s*(\((?:[^()\"]|{_IDENT})*\))?\s*(from|to)\b")
+_COPY_QUERY = re.compile(r"(?is)\s*copy\s*\(")
+_IDENT_RE = re.compile(_IDENT)
+
+
 def analyze(text: str) -> Shape:
     """Parse a normalised text (placeholders $1…$n) into a Shape; never raises."""
+    head = leading_keyword(text)
+    if head == "prepare":
+        m = _PREPARE.match(text)
+        if m is not None:
+            inner = analyze(m.group(1))
+            inner.prepared = True
+            return inner
+    elif head == "copy":
+        shape = _copy(text)
+        if shape is not None:
+            return shape
     op = classify(text)
     if op == "unknown":
         return Shape(op="other", parsed=False, error=f"unknown statement {leading_keyword(text)!r}")
@@ -154,6 +176,60 @@ def analyze(text: str) -> Shape:
     if tree is None:
         return Shape(op="other", parsed=False, error="empty statement")
     return _describe(tree)
+
+
+def _ident(raw: str) -> str:
+    """A name as PostgreSQL folds it: "Quoted" as written, anything else in lower case."""
+    if raw.startswith('"'):
+        return raw[1:-1].replace('""', '"')
+    return raw.lower()
+
+
+def _copy(text: str) -> Shape | None:
+    """COPY read without sqlglot, which rejects many of its option forms (asyncpg's FORMAT binary among
+    them): the table and columns of `COPY t (…) FROM|TO …`, the query's facts for `COPY (query) TO …`."""
+    m = _COPY_TABLE.match(text)
+    if m is not None:
+        table = _ident(_IDENT_RE.findall(m.group(1))[-1])
+        cols = tuple(_ident(c) for c in _IDENT_RE.findall(m.group(2))) if m.group(2) else None
+        return Shape(op="copy", table=table, tables=(table,), insert_cols=cols,
+                     copy_from=m.group(3).lower() == "from")
+    m = _COPY_QUERY.match(text)
+    if m is None:
+        return None
+    end = _closing(text, m.end())
+    if end < 0:
+        return None
+    inner = analyze(text[m.end():end])
+    if not inner.parsed:
+        return Shape(op="copy", parsed=False, error=inner.error)
+    return Shape(op="copy", table=inner.tables[0] if inner.tables else "", tables=inner.tables,
+                 columns=inner.columns, functions=inner.functions)
+
+
+def _closing(text: str, pos: int) -> int:
+    """Index of the ')' closing the '(' just before ``pos`` (quoted names skipped; literals are already
+    placeholders in a normalised text), or -1."""
+    depth = 1
+    i = pos
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if ch == '"':
+            close = text.find('"', i + 1)
+            while close >= 0 and text.startswith('""', close):
+                close = text.find('"', close + 2)
+            if close < 0:
+                return -1
+            i = close
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1
 
 
 def _describe(tree: exp.Expression) -> Shape:

@@ -189,3 +189,50 @@ def test_templated_values_are_those_of_the_full_pass_in_any_order_of_use(pattern
                 assert got.multirow == full.multirow
             assert got == full and full == got
             assert (got.text, got.fp, got.comment, got.stacked) == (full.text, full.fp, full.comment, full.stacked)
+
+
+def shape_of(sql: str):
+    """What the worker computes for a statement: the shape of its normalised text."""
+    return analyze(normalize(sql).text)
+
+
+@pytest.mark.parametrize(("sql", "op", "tables", "cols"), [
+    ("PREPARE q AS SELECT a FROM orders o JOIN customers c ON c.id = o.cid WHERE o.id = $1",
+     "select", ("orders", "customers"), None),
+    ("PREPARE ins (int, numeric(10, 2)) AS INSERT INTO orders (id, amount) VALUES ($1, $2)",
+     "insert", ("orders",), ("id", "amount")),
+    ('prepare "Upd" as update accounts set balance = balance - $1 where id = $2', "update", ("accounts",), None),
+    ("PREPARE d AS DELETE FROM sessions WHERE id = 5", "delete", ("sessions",), None),
+])
+def test_prepare_has_the_op_and_tables_of_what_it_prepares(sql: str, op: str, tables: tuple,
+                                                            cols: tuple | None) -> None:
+    shape = shape_of(sql)
+    assert (shape.op, shape.tables, shape.table, shape.prepared) == (op, tables, tables[0], True)
+    if cols is not None:
+        assert shape.insert_cols == cols
+
+
+def test_prepare_transaction_stays_a_transaction_statement() -> None:
+    shape = shape_of("PREPARE TRANSACTION 'tx-1'")
+    assert (shape.op, shape.tables, shape.prepared) == ("txn", (), False)
+
+
+@pytest.mark.parametrize(("sql", "table", "tables", "cols", "copy_from"), [
+    ("COPY orders FROM STDIN", "orders", ("orders",), None, True),
+    ("copy orders (id, amount) from stdin with (format csv, header true, null '', delimiter ';')",
+     "orders", ("orders",), ("id", "amount"), True),
+    ('COPY "public"."Orders"("id", "amount") FROM STDIN (FORMAT binary)',  # asyncpg copy_records_to_table
+     "Orders", ("Orders",), ("id", "amount"), True),
+    ("COPY ONLY public.orders TO STDOUT (FORMAT csv, HEADER)", "orders", ("orders",), None, False),
+    ("COPY orders TO '/tmp/orders.csv' CSV HEADER", "orders", ("orders",), None, False),
+    ("COPY orders FROM STDIN WHERE amount > 0", "orders", ("orders",), None, True),
+    ("COPY (SELECT o.id, c.name FROM orders o JOIN customers c ON c.id = o.cid WHERE o.id > 10) TO STDOUT",
+     "orders", ("orders", "customers"), None, False),
+    ('COPY (SELECT "x".* FROM (SELECT 1) "x", "payments") TO STDOUT WITH (FORMAT csv)',
+     "payments", ("payments",), None, False),
+])
+def test_copy_names_its_tables(sql: str, table: str, tables: tuple, cols: tuple | None, copy_from: bool) -> None:
+    shape = shape_of(sql)
+    assert shape.parsed, shape.error
+    assert (shape.op, shape.table, shape.tables, shape.insert_cols, shape.copy_from) == \
+        ("copy", table, tables, cols, copy_from)
