@@ -74,10 +74,12 @@ def captured(proxy: ProxyProcess, app: str) -> list[str]:
         r.close()
 
 
-def captured_with(proxy: ProxyProcess, app: str, fragment: str) -> list[str]:
-    """``captured(proxy, app)`` once a statement containing ``fragment`` is among them, else []."""
+def captured_with(proxy: ProxyProcess, app: str, *fragments: str) -> list[str]:
+    """``captured(proxy, app)`` once, for each of ``fragments``, a statement containing it is among them,
+    else []. Statements of one session reach the stream in separate writes (a transaction's when it ends),
+    so a wait must name every statement the test then looks at."""
     got = captured(proxy, app)
-    return got if any(fragment in sql for sql in got) else []
+    return got if all(any(fragment in sql for sql in got) for fragment in fragments) else []
 
 
 def log_lines(proxy: ProxyProcess, text: str) -> list[str]:
@@ -166,10 +168,10 @@ async def test_asyncpg_direct_tls_runs_and_is_captured(tls_proxy: ProxyProcess, 
             assert await conn.fetchval("select count(*) from generate_series(1, 500)") == 500
     finally:
         await conn.close()
-    got = wait_until(lambda: captured_with(tls_proxy, app, "direct_param"), "the statements to reach the stream")
-    assert any("direct_answer" in q for q in got), got
-    assert any("generate_series" in q for q in got), got
-    assert log_lines(tls_proxy, f"application={app} (TLS, direct)")
+    got = wait_until(lambda: captured_with(tls_proxy, app, "direct_answer", "direct_param", "generate_series"),
+                     "the three statements to reach the stream")
+    assert sum("direct_" in q or "generate_series" in q for q in got) == 3, got
+    wait_until(lambda: log_lines(tls_proxy, f"application={app} (TLS, direct)"), "the session's log line")
 
 
 async def test_asyncpg_sslmode_require_sets_alpn_itself(tls_proxy: ProxyProcess) -> None:
@@ -194,8 +196,9 @@ def test_psycopg_sslnegotiation_direct(tls_proxy: ProxyProcess, pki: TestPKI) ->
         with conn.cursor() as cur:
             cur.execute("select generate_series(1, 3000)")
             assert len(cur.fetchall()) == 3000
-    got = wait_until(lambda: captured_with(tls_proxy, app, "generate_series"), "the statements to reach the stream")
-    assert any("direct_psycopg" in q for q in got), got
+    got = wait_until(lambda: captured_with(tls_proxy, app, "direct_psycopg", "generate_series"),
+                     "both statements to reach the stream")
+    assert sum("direct_psycopg" in q or "generate_series" in q for q in got) == 2, got
 
 
 # -- refusals, as PostgreSQL 17 ------------------------------------------------------------------
