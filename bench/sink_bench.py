@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchkit import redis_cpu_seconds
 
 from fasterdata.proxy.sink import SCRIPT, SCRIPT_SHA, RedisConnection, RedisTarget, StreamSink, encode_batch
+from fasterdata.proxy.streamkeys import held_key, stream_name
 
 MAXLEN = 1_000_000
 TTL = 86400
@@ -199,7 +200,7 @@ async def prepare_spool(events: list[dict]) -> None:
     sink = StreamSink(f"redis://127.0.0.1:{dead}/0", "fdbench-spool", spool_path=SPOOL_FOR_REPLAY,
                       backoff_min=60, backoff_max=60, spool_max_bytes=1 << 34)
     await sink.start()
-    while not sink.lanes[0]._spooling:
+    while not sink.lanes[0].spooling:
         await asyncio.sleep(0.01)
     for fields in events:
         sink.put(fields)
@@ -235,7 +236,7 @@ async def measure_put(url: str, events: list[dict]) -> tuple[float, float]:
         down = StreamSink(f"redis://127.0.0.1:{dead}/0", "fdbench-put", spool_path=Path(tmp) / "spool",
                           backoff_min=60, backoff_max=60)
         await down.start()
-        while down.lanes[0].up or not down.lanes[0]._spooling:
+        while down.lanes[0].health.up or not down.lanes[0].spooling:
             await asyncio.sleep(0.01)
         put = down.put
         t0 = time.perf_counter()
@@ -272,14 +273,14 @@ async def run(args: argparse.Namespace, url: str) -> None:
     for name, fn in OPTIONS:
         best: tuple[float, float, float] | None = None
         for _ in range(args.repeat):
-            key = f"fdbench{os.getpid()}:statements"
+            key = stream_name(f"fdbench{os.getpid()}")
             client.delete(key, key + ":bench-marker")
             if fn is opt_sink_replay:
                 await prepare_spool(events)
             r0, c0, t0 = redis_cpu_seconds(client), time.process_time(), time.perf_counter()
             await fn(url, key, events, args.batch)
             wall, cpu, rcpu = time.perf_counter() - t0, time.process_time() - c0, redis_cpu_seconds(client) - r0
-            held = client.hget(f"{key}:held", "statements")  # the sink script's count (an entry may hold many)
+            held = client.hget(held_key(key), "statements")  # the sink script's count (an entry may hold many)
             assert int(held or client.xlen(key)) >= min(args.events, MAXLEN) * 0.99, f"{name}: events missing"
             result = (args.events / wall, cpu / args.events * 1e6, rcpu / args.events * 1e6)
             if best is None or result[1] < best[1]:

@@ -136,11 +136,7 @@ class Worker(asyncio.Protocol):
     def snapshot(self, **extra: Any) -> dict[str, Any]:
         s, c = self.sink, self.capture
         assert s is not None and c is not None
-        counts = [0] * len(s.lanes[0].latency_counts)
-        total = 0.0
-        for lane in s.lanes:
-            counts = [a + b for a, b in zip(counts, lane.latency_counts, strict=True)]
-            total += lane.latency_sum
+        counts, total = s.latency()
         return {
             "ready": s.readiness(), "records": self.records, "tap_errors": self.tap_errors,
             "sessions": len(self.sessions),

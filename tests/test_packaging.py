@@ -34,6 +34,12 @@ def test_the_wheel_holds_only_the_fasterdata_namespace(wheel: Path) -> None:
     for part in ("proxy", "analyzers", "analyzers/glcache", "config", "demo"):
         assert f"fasterdata/{part}/__init__.py" in names
     assert "fasterdata/config/rules.yaml" in names  # package data travels with its package
+    for script in ("commit.lua", "claim_floor.lua", "evict.lua", "evict_entries.lua"):
+        assert f"fasterdata/analyzers/{script}" in names  # the analyzers' Redis scripts
+    assert "fasterdata/proxy/sink/__init__.py" in names
+    assert "fasterdata/proxy/sink/append.lua" in names  # the sink's script, read beside its module
+    for script in ("append_patch.lua", "release_lock.lua", "renew_lock.lua"):  # the ledger cache's
+        assert f"fasterdata/analyzers/glcache/{script}" in names
 
 
 def test_the_installed_wheel_imports_as_fasterdata_only(wheel: Path, tmp_path: Path) -> None:
@@ -48,7 +54,8 @@ def test_the_installed_wheel_imports_as_fasterdata_only(wheel: Path, tmp_path: P
     env = {**os.environ, "PYTHONPATH": deps}
     probe = (
         "import importlib.util, fasterdata.proxy, fasterdata.analyzers.worker, fasterdata.config.settings\n"
-        "import fasterdata.cli\n"
+        "import fasterdata.cli, fasterdata.proxy.sink\n"
+        "assert 'XADD' in fasterdata.proxy.sink.SCRIPT  # append.lua, read from the installed package\n"
         "print(fasterdata.proxy.__file__)\n"
         "print([n for n in ('config', 'proxy', 'analyzers') if importlib.util.find_spec(n)])\n"
     )

@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from fasterdata.proxy.sink import StreamSink
+from fasterdata.proxy.streamkeys import stream_name
 
 from .kit import RedisServer, events, make_certs, read_stream, tls_supported, until
 
@@ -27,16 +28,16 @@ async def test_password_and_db_number(redis_server, prefix: str) -> None:
     sink = StreamSink(f"redis://:s3cr%3Aet%40%2Fx@127.0.0.1:{server.port}/3", prefix, **FAST)
     await send(sink)
     admin = server.client(password="s3cr:et@/x", db=3)
-    assert read_stream(admin, f"{prefix}:statements") == events(200)
-    assert server.client(password="s3cr:et@/x", db=0).exists(f"{prefix}:statements") == 0
+    assert read_stream(admin, stream_name(prefix)) == events(200)
+    assert server.client(password="s3cr:et@/x", db=0).exists(stream_name(prefix)) == 0
 
 
 async def test_wrong_password_is_reported_and_events_are_kept(redis_server, prefix: str, tmp_path: Path) -> None:
     server: RedisServer = redis_server("--requirepass", "right")
     sink = StreamSink(f"redis://:wrong@127.0.0.1:{server.port}/0", prefix, spool_path=tmp_path / "spool", **FAST)
     await sink.start()
-    await until(lambda: sink.lanes[0]._down_since is not None, "the failed login")
-    assert "AUTH failed" in sink.lanes[0]._down_reason
+    await until(lambda: sink.lanes[0].health.down_since is not None, "the failed login")
+    assert "AUTH failed" in sink.lanes[0].health.down_reason
     assert "wrong" not in sink.target.display and "***" in sink.target.display  # no password in logs
     for fields in events(50):
         sink.put(fields)
@@ -50,13 +51,13 @@ async def test_acl_user(redis_server, prefix: str) -> None:
     sink = StreamSink(f"redis://alice:alicepw@127.0.0.1:{server.port}/0", prefix, **FAST)
     await send(sink)
     admin = server.client(username="alice", password="alicepw")
-    assert read_stream(admin, f"{prefix}:statements") == events(200)
+    assert read_stream(admin, stream_name(prefix)) == events(200)
     # the same user may not write outside its key pattern: the sink reports it and keeps the events
     other = StreamSink(f"redis://alice:alicepw@127.0.0.1:{server.port}/0", "elsewhere", **FAST)
     await other.start()
     other.put({"a": "b"})
     await until(lambda: other.send_errors > 0, "the refused batch")
-    assert "NOPERM" in other.lanes[0]._down_reason
+    assert "NOPERM" in other.lanes[0].health.down_reason
     assert other.queued == 1 and other.sent == 0
     await other.close(0.5)
     assert other.dropped == 1  # no spool configured: counted, not silently lost
@@ -66,7 +67,7 @@ async def test_a_user_who_may_only_write_the_stream_still_counts_what_its_cap_tr
                                                                                     prefix: str) -> None:
     """XINFO, the per-group tally (`<stream>:trimmed`) or the statement count (`<stream>:held`) refused by an
     ACL must not stop the statements. Without the count, the cap counts each entry as one statement."""
-    stream = f"{prefix}:statements"
+    stream = stream_name(prefix)
     server: RedisServer = redis_server("--user", "default", "off", "--user", "bob", "on", ">bobpw", f"~{stream}",
                                        f"~{prefix}:sink:*", "+@all")
     bob = server.client(username="bob", password="bobpw")
@@ -98,7 +99,7 @@ async def test_tls_verified(redis_server, prefix: str, certs: dict[str, str]) ->
     sink = StreamSink(url, prefix, **FAST)
     await send(sink)
     check = redis.Redis.from_url(url, decode_responses=True)
-    assert read_stream(check, f"{prefix}:statements") == events(200)
+    assert read_stream(check, stream_name(prefix)) == events(200)
 
 
 async def test_tls_client_certificate_and_acl(redis_server, prefix: str, certs: dict[str, str]) -> None:
@@ -109,14 +110,15 @@ async def test_tls_client_certificate_and_acl(redis_server, prefix: str, certs: 
     sink = StreamSink(url, prefix, **FAST)
     await send(sink)
     check = redis.Redis.from_url(url, decode_responses=True)
-    assert read_stream(check, f"{prefix}:statements") == events(200)
+    assert read_stream(check, stream_name(prefix)) == events(200)
 
 
 async def test_tls_untrusted_server_is_refused(redis_server, prefix: str, certs: dict[str, str]) -> None:
     server: RedisServer = redis_server(tls=certs)
     sink = StreamSink(f"rediss://127.0.0.1:{server.port}/0", prefix, **FAST)  # system CAs only
     await sink.start()
-    await until(lambda: sink.lanes[0]._down_since is not None, "the failed handshake")
-    assert "CERTIFICATE_VERIFY_FAILED" in sink.lanes[0]._down_reason or "certificate" in sink.lanes[0]._down_reason
+    await until(lambda: sink.lanes[0].health.down_since is not None, "the failed handshake")
+    reason = sink.lanes[0].health.down_reason
+    assert "CERTIFICATE_VERIFY_FAILED" in reason or "certificate" in reason
     assert not sink.connected
     await sink.close(0.5)

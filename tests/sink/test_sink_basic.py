@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from fasterdata.proxy.events import BUNDLE_FIELD, PACKED_FIELD, events_of, unpack
 from fasterdata.proxy.sink import SCRIPT_SHA, RedisConnection, RedisTarget, SinkCollector, StreamSink, encode_batch
+from fasterdata.proxy.streamkeys import held_key, marker_key, stream_name, trimmed_key
 from tests.conftest import free_port
 
 from .kit import RedisServer, events, put_in_bursts, read_stream, until
@@ -44,7 +45,7 @@ async def test_events_arrive_in_order_with_exact_fields(prefix: str, shared_url:
             await asyncio.sleep(0)
     await sink.close(10)
     client = redis.Redis.from_url(shared_url, decode_responses=True)
-    assert read_stream(client, f"{prefix}:statements") == sent
+    assert read_stream(client, stream_name(prefix)) == sent
     assert (sink.sent, sink.dropped, sink.spooled, sink.queued) == (len(sent), 0, 0, 0)
     assert sink.deduplicated == 0
 
@@ -60,7 +61,7 @@ async def test_entries_are_bundled_unless_packed_or_flat_is_asked(prefix: str, s
     for fields in many:  # no await in between: one batch
         sink.put(fields)
     await sink.close(10)
-    bundled = [fields for _id, fields in client.xrange(f"{prefix}:bundled:statements")]
+    bundled = [fields for _id, fields in client.xrange(stream_name(f"{prefix}:bundled"))]
     assert [list(fields) for fields in bundled] == [[BUNDLE_FIELD]] * 3
     assert bundled[2][BUNDLE_FIELD] == ",".join(["4"] * 50) + "\x00" + "\x00".join(
         x for e in many[200:] for kv in e.items() for x in kv)
@@ -72,11 +73,11 @@ async def test_entries_are_bundled_unless_packed_or_flat_is_asked(prefix: str, s
         for fields in sent:
             sink.put(fields)
         await sink.close(10)
-    packed = [fields for _id, fields in client.xrange(f"{prefix}:packed:statements")]
+    packed = [fields for _id, fields in client.xrange(stream_name(f"{prefix}:packed"))]
     assert [list(fields) for fields in packed] == [[PACKED_FIELD]] * 3 + [["v", "sql"]]
     assert packed[0][PACKED_FIELD] == "\x00".join(x for kv in sent[0].items() for x in kv)
     assert [unpack(fields) for fields in packed] == sent
-    assert [fields for _id, fields in client.xrange(f"{prefix}:flat:statements")] == sent
+    assert [fields for _id, fields in client.xrange(stream_name(f"{prefix}:flat"))] == sent
     with pytest.raises(ValueError, match="entry must be one of bundled, packed, flat"):
         StreamSink(shared_url, prefix, entry="json")
 
@@ -86,8 +87,8 @@ async def test_resent_batches_are_not_duplicated(prefix: str, shared_url: str, e
     """The script's marker: a batch sent again (lost reply, replayed spool) adds only what is missing, also
     when what is missing begins inside what would have been one bundled entry."""
     conn = await RedisConnection.open(RedisTarget.from_url(shared_url), 5)
-    stream = f"{prefix}:statements"
-    head = ("EVALSHA", SCRIPT_SHA, 2, stream, f"{prefix}:sink:{{{stream}}}:test")
+    stream = stream_name(prefix)
+    head = ("EVALSHA", SCRIPT_SHA, 2, stream, marker_key(prefix, None, "test"))
     sent = events(10)
     try:
         assert await conn.request(encode_batch(head, 0, 0, 60, sent[:6], entry)) == 0
@@ -99,7 +100,7 @@ async def test_resent_batches_are_not_duplicated(prefix: str, shared_url: str, e
     client = redis.Redis.from_url(shared_url, decode_responses=True)
     assert read_stream(client, stream) == sent
     assert client.xlen(stream) == (2 if entry == "bundled" else 10)
-    assert 0 < client.ttl(f"{prefix}:sink:{{{stream}}}:test") <= 60
+    assert 0 < client.ttl(marker_key(prefix, None, "test")) <= 60
 
 
 @pytest.mark.parametrize("entry", ["bundled", "packed"])
@@ -108,7 +109,7 @@ async def test_statements_trimmed_before_a_group_read_them_are_counted(prefix: s
     """The cap (stream_maxlen) counts statements, whatever an entry holds, and may take some nobody has
     read: each trim counts them per consumer group, in Redis (`<stream>:trimmed`) and on the proxy's /metrics."""
     client = redis.Redis.from_url(shared_url, decode_responses=True)
-    stream = f"{prefix}:statements"
+    stream = stream_name(prefix)
     for group in ("reader", "idle"):
         client.xgroup_create(stream, group, id="0", mkstream=True)
     sink = StreamSink(shared_url, prefix, maxlen=1000, batch_max=500, entry=entry)
@@ -124,10 +125,10 @@ async def test_statements_trimmed_before_a_group_read_them_are_counted(prefix: s
     await sink.close(10)
     kept = read_stream(client, stream)
     assert 1000 - 100 < len(kept) <= 1000 and kept == sent[-len(kept):]
-    assert int(client.hget(f"{stream}:held", "statements")) == len(kept)
+    assert int(client.hget(held_key(stream), "statements")) == len(kept)
     expected = {"idle": len(sent) - len(kept), "reader": len(sent) - len(read) - len(kept)}
     assert expected["reader"] > 19_000 and len(read) < 1500  # both phases trimmed unread statements
-    assert {g: int(n) for g, n in client.hgetall(f"{stream}:trimmed").items()} == expected
+    assert {g: int(n) for g, n in client.hgetall(trimmed_key(stream)).items()} == expected
     assert sink.trimmed_unread == sum(expected.values())
     registry = CollectorRegistry()
     registry.register(SinkCollector(sink))
@@ -157,7 +158,7 @@ async def test_batching_under_load_loses_nothing(prefix: str, shared_url: str) -
     await until(lambda: sink.sent == len(sent), "all events sent")
     await sink.close(10)
     client = redis.Redis.from_url(shared_url, decode_responses=True)
-    got = read_stream(client, f"{prefix}:statements")
+    got = read_stream(client, stream_name(prefix))
     assert [e["n"] for e in got] == [e["n"] for e in sent]
     assert got == sent
     assert sink.batches <= len(sent) // 100, "events were not batched"
@@ -168,7 +169,7 @@ async def test_batching_under_load_loses_nothing(prefix: str, shared_url: str) -
 async def test_maxlen_keeps_the_newest_statements(prefix: str, shared_url: str, entry: str) -> None:
     """The cap counts statements, not entries; trimming or deleting the stream by hand does not upset it."""
     client = redis.Redis.from_url(shared_url, decode_responses=True)
-    stream = f"{prefix}:statements"
+    stream = stream_name(prefix)
 
     async def send(sent: list[dict[str, str]]) -> list[dict[str, str]]:
         sink = StreamSink(shared_url, prefix, maxlen=1000, batch_max=500, entry=entry)
@@ -215,8 +216,8 @@ async def test_not_ready_without_redis_and_without_spool(prefix: str, tmp_path: 
     spooled = StreamSink(dead, prefix, spool_path=tmp_path / "spool", backoff_min=0.05, backoff_max=0.1)
     await bare.start()
     await spooled.start()
-    await until(lambda: bare.lanes[0].send_errors >= 0 and bare.lanes[0]._down_since is not None, "a failed connect")
-    await until(lambda: spooled.lanes[0]._down_since is not None, "a failed connect")
+    await until(lambda: bare.lanes[0].health.down_since is not None, "a failed connect")
+    await until(lambda: spooled.lanes[0].health.down_since is not None, "a failed connect")
     problem = bare.readiness()
     assert problem is not None and "unreachable" in problem and "no spool" in problem
     assert spooled.readiness() is None  # events have somewhere to go
@@ -241,7 +242,7 @@ async def test_shards_keep_each_session_on_one_stream(prefix: str, shared_url: s
             await asyncio.sleep(0)
     await sink.close(10)
     client = redis.Redis.from_url(shared_url, decode_responses=True)
-    assert sink.streams == [f"{prefix}:statements:{{{i}}}" for i in range(3)]
+    assert sink.streams == [stream_name(prefix, i) for i in range(3)]
     seen: dict[str, list[str]] = {s: [] for s in sessions}
     home: dict[str, str] = {}
     for key in sink.streams:
@@ -261,8 +262,8 @@ async def test_unix_socket_and_db_number(redis_server, prefix: str) -> None:
     for fields in events(100):
         sink.put(fields)
     await sink.close(10)
-    assert read_stream(server.client(db=5), f"{prefix}:statements") == events(100)
-    assert server.client(db=0).exists(f"{prefix}:statements") == 0
+    assert read_stream(server.client(db=5), stream_name(prefix)) == events(100)
+    assert server.client(db=0).exists(stream_name(prefix)) == 0
 
 
 def test_runs_on_uvloop(prefix: str, shared_url: str) -> None:
@@ -272,7 +273,7 @@ def test_runs_on_uvloop(prefix: str, shared_url: str) -> None:
         for fields in events(2000):
             sink.put(fields)
         await sink.close(10)
-        return read_stream(redis.Redis.from_url(shared_url, decode_responses=True), f"{prefix}:statements")
+        return read_stream(redis.Redis.from_url(shared_url, decode_responses=True), stream_name(prefix))
 
     assert uvloop.run(main()) == events(2000)
 
@@ -284,8 +285,8 @@ def test_bad_url_is_refused() -> None:
 
 async def test_oversized_batches_are_split_and_huge_events_dropped(prefix: str, shared_url: str,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("fasterdata.proxy.sink.MAX_BATCH_BYTES", 20_000)
-    monkeypatch.setattr("fasterdata.proxy.sink.MAX_FIELDS", 6)
+    monkeypatch.setattr("fasterdata.proxy.sink.lane.MAX_BATCH_BYTES", 20_000)
+    monkeypatch.setattr("fasterdata.proxy.sink.encoding.MAX_FIELDS", 6)
     sink = StreamSink(shared_url, prefix, entry="flat")  # the field limit is Lua's, on flat entries only
     await sink.start()
     sent = [{"n": str(i), "sql": "x" * 1000} for i in range(100)]
@@ -297,7 +298,7 @@ async def test_oversized_batches_are_split_and_huge_events_dropped(prefix: str, 
         sink.put(fields)
     await sink.close(10)
     client = redis.Redis.from_url(shared_url, decode_responses=True)
-    got = read_stream(client, f"{prefix}:statements")
+    got = read_stream(client, stream_name(prefix))
     assert got == [*sent[:50], {f"f{i}": str(i) for i in range(6)}, *sent[50:]]
     assert sink.dropped == 1 and sink.sent == 102
     assert sink.batches > 5  # 100 KB of events in 20 KB commands

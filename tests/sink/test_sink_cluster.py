@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from fasterdata.proxy.sink import StreamSink, _Lane, key_slot, marker_base
+from fasterdata.proxy.sink import Lane, StreamSink
+from fasterdata.proxy.streamkeys import key_slot, marker_base, marker_key, marker_tag, stream_name
 from tests.rediscluster import Cluster
 
 from .kit import events, read_stream, until
@@ -76,7 +77,7 @@ class Producer:
             rc.close()
 
 
-def _lane(sink: StreamSink, stream: str) -> _Lane:
+def _lane(sink: StreamSink, stream: str) -> Lane:
     return sink.lanes[sink.streams.index(stream)]
 
 
@@ -87,18 +88,19 @@ def test_key_slot_and_marker_names(redis_cluster: Cluster) -> None:
     assert marker_base("fd", "fd:statements", "fd:statements") == "fd:sink:{fd:statements}:"  # unchanged names
     assert marker_base("fd", "fd:statements:{2}", "2") == "fd:sink:{2}:"
     for prefix in ("fasterdata", "a}b", "a{b", "x{}", "p{t}q", "}{", "{x"):
-        for stream, tag in ((f"{prefix}:statements", f"{prefix}:statements"),
-                            *((f"{prefix}:statements:{{{i}}}", str(i)) for i in range(3))):
-            base = marker_base(prefix, stream, tag)
+        for shard in (None, 0, 1, 2):
+            stream = stream_name(prefix, shard)
+            base = marker_base(prefix, stream, marker_tag(prefix, shard))
             for instance in ("0123456789abcdef", "orphan-0123456789ab"):
                 assert redis_cluster.slot(base + instance) == redis_cluster.slot(stream), (prefix, stream, base)
+                assert marker_key(prefix, shard, instance) == base + instance
 
 
 @pytest.mark.parametrize("prefix_tail", ["", "}x", "{"])
 async def test_single_stream_on_cluster(redis_cluster: Cluster, prefix_tail: str) -> None:
     """shards=1: the stream keeps its name ``<prefix>:statements``; its marker lands in its slot."""
     prefix = _prefix() + prefix_tail
-    stream = f"{prefix}:statements"
+    stream = stream_name(prefix)
     seed = next(i for i in range(3) if redis_cluster.owner(key_slot(stream)) != i)  # MOVED comes into play
     sink = StreamSink(f"redis://127.0.0.1:{redis_cluster.ports[seed]}/0", prefix, batch_max=100, **FAST)
     assert sink.streams == [stream]
@@ -120,7 +122,7 @@ async def test_node_restarted_mid_stream(redis_cluster: Cluster, tmp_path: Path)
     """A node owning a stream is SIGKILLed and restarted: its lane spools, the others keep flowing, and
     after the restart the stream holds every event once (the marker moved nothing twice)."""
     prefix = _prefix()
-    streams = [f"{prefix}:statements:{{{i}}}" for i in range(3)]
+    streams = [stream_name(prefix, i) for i in range(3)]
     victim = redis_cluster.owner(key_slot(streams[0]))
     assert {redis_cluster.owner(key_slot(s)) for s in streams} != {victim}, "every stream on one node"
     # The seed is the victim: while it is down, the lane must learn the slot's owner from the others.
@@ -132,14 +134,15 @@ async def test_node_restarted_mid_stream(redis_cluster: Cluster, tmp_path: Path)
     down = [_lane(sink, s) for s in streams if redis_cluster.owner(key_slot(s)) == victim]
     alive = [_lane(sink, s) for s in streams if redis_cluster.owner(key_slot(s)) != victim]
     redis_cluster.stop(victim)
-    await producer.until(lambda: all(lane.spooled >= 500 for lane in down), "the victim's lanes to spool")
-    sent = [lane.sent for lane in alive]
-    await producer.until(lambda: all(lane.sent > s + 500 for lane, s in zip(alive, sent, strict=True)),
+    await producer.until(lambda: all(lane.counts.spooled >= 500 for lane in down), "the victim's lanes to spool")
+    sent = [lane.counts.sent for lane in alive]
+    await producer.until(lambda: all(lane.counts.sent > s + 500 for lane, s in zip(alive, sent, strict=True)),
                          "the other streams to keep flowing")
-    assert all(lane.spooled == 0 for lane in alive)
+    assert all(lane.counts.spooled == 0 for lane in alive)
     assert not sink.connected and sink.ready
     redis_cluster.start(victim)
-    await producer.until(lambda: all(lane.replayed == lane.spooled for lane in down), "the spool to be replayed")
+    await producer.until(lambda: all(lane.counts.replayed == lane.counts.spooled for lane in down),
+                         "the spool to be replayed")
     producer.put(500)
     await until(lambda: sink.sent == producer.n and sink.spool_events == 0, "everything to be confirmed", 90)
     await sink.close(5)
@@ -161,24 +164,24 @@ async def test_slot_migrated_mid_stream(redis_cluster: Cluster, tmp_path: Path) 
     target = (source + 1) % 3
     lane = _lane(sink, stream)
     producer = Producer(sink)
-    await producer.until(lambda: lane.sent >= 1000, "events on the stream that moves")
+    await producer.until(lambda: lane.counts.sent >= 1000, "events on the stream that moves")
     with redis_cluster.node(target) as r:
         r.config_resetstat()
     redis_cluster.migrate_begin(slot, source, target)
-    sent = lane.sent
-    await producer.until(lambda: lane.sent > sent + 300, "writes while the slot is MIGRATING")
+    sent = lane.counts.sent
+    await producer.until(lambda: lane.counts.sent > sent + 300, "writes while the slot is MIGRATING")
     assert redis_cluster.migrate_keys(slot, source, target, [stream]) == 1  # the marker stays: TRYAGAIN
-    await producer.until(lambda: lane.send_errors > 0, "the sink to meet the split keys")
+    await producer.until(lambda: lane.counts.send_errors > 0, "the sink to meet the split keys")
     moved = redis_cluster.migrate_keys(slot, source, target)  # markers (the sink's, maybe others')
     assert moved >= 1
-    sent = lane.sent
-    await producer.until(lambda: lane.sent > sent + 1000, "writes through ASK while the slot is still migrating")
+    sent = lane.counts.sent
+    await producer.until(lambda: lane.counts.sent > sent + 1000, "writes through ASK while the slot is still migrating")
     with redis_cluster.node(target) as r:
         assert int(r.info("commandstats")["cmdstat_asking"]["calls"]) > 0
     redis_cluster.migrate_end(slot, target)
     redis_cluster.wait_ok()
-    sent = lane.sent
-    await producer.until(lambda: lane.sent > sent + 300, "writes after the move")
+    sent = lane.counts.sent
+    await producer.until(lambda: lane.counts.sent > sent + 300, "writes after the move")
     assert lane.where.endswith(f":{redis_cluster.ports[target]}")  # MOVED took it there for good
     await until(lambda: sink.sent == producer.n and sink.spool_events == 0, "everything to be confirmed")
     await sink.close(5)

@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from fasterdata.proxy.sink import StreamSink
+from fasterdata.proxy.streamkeys import stream_name
 from tests.conftest import free_port
 
 from .kit import RedisServer, events, read_stream, until
@@ -77,7 +78,7 @@ async def test_redis_killed_and_restarted_mid_stream(redis_server, prefix: str, 
     await producer.run(3000)
     await until(lambda: sink.sent == producer.n and sink.spool_events == 0, "everything sent")
     await sink.close(5)
-    assert_exactly_once_in_order(server.client(), f"{prefix}:statements", producer.n)
+    assert_exactly_once_in_order(server.client(), stream_name(prefix), producer.n)
     assert sink.spooled == sink.replayed > 0
     assert sink.dropped == 0 and sink.send_errors >= 0
     assert not (tmp_path / "spool").exists()  # drained spools are removed at close
@@ -97,7 +98,7 @@ async def test_paused_redis_sigstop(redis_server, prefix: str, tmp_path: Path) -
     await producer.run(2000)
     await until(lambda: sink.sent == producer.n and sink.spool_events == 0, "everything sent")
     await sink.close(5)
-    assert_exactly_once_in_order(server.client(), f"{prefix}:statements", producer.n)
+    assert_exactly_once_in_order(server.client(), stream_name(prefix), producer.n)
     assert sink.spooled == sink.replayed and sink.dropped == 0
 
 
@@ -114,7 +115,7 @@ async def test_debug_sleep_slow_redis(redis_server, prefix: str, tmp_path: Path)
     await producer.run(1000)
     await until(lambda: sink.sent == producer.n and sink.spool_events == 0, "everything sent")
     await sink.close(5)
-    assert_exactly_once_in_order(server.client(), f"{prefix}:statements", producer.n)
+    assert_exactly_once_in_order(server.client(), stream_name(prefix), producer.n)
     assert sink.send_errors > 0 and sink.spooled == sink.replayed and sink.dropped == 0
 
 
@@ -137,7 +138,7 @@ async def test_close_with_redis_down_spools_the_queue(redis_server, prefix: str,
     await second.start()
     await until(lambda: second.replayed == 500, "the spool replayed")
     await second.close(5)
-    assert_exactly_once_in_order(server.client(), f"{prefix}:statements", 1500)
+    assert_exactly_once_in_order(server.client(), stream_name(prefix), 1500)
 
 
 async def test_queue_overflow_while_slow_then_close(redis_server, prefix: str, tmp_path: Path) -> None:
@@ -153,7 +154,7 @@ async def test_queue_overflow_while_slow_then_close(redis_server, prefix: str, t
     assert sink.spooled == 0
     server.pause()
     producer.put(100)
-    await until(lambda: sink.lanes[0]._head is not None, "a batch in flight to the stopped server")
+    await until(lambda: sink.lanes[0].in_flight, "a batch in flight to the stopped server")
     producer.put(500)  # 200 fill the queue, 300 overflow into the spool
     assert sink.queued == 300 and sink.spooled == 300
     await sink.close(0.5)  # gives up waiting: the in-flight batch and the queue go in front
@@ -163,7 +164,7 @@ async def test_queue_overflow_while_slow_then_close(redis_server, prefix: str, t
     await second.start()
     await until(lambda: second.sent == 600, "the spool replayed")
     await second.close(5)
-    assert_exactly_once_in_order(server.client(), f"{prefix}:statements", 900)
+    assert_exactly_once_in_order(server.client(), stream_name(prefix), 900)
 
 
 async def test_spool_full_drops_are_counted_exactly(prefix: str, shared_url: str, tmp_path: Path) -> None:
@@ -171,7 +172,7 @@ async def test_spool_full_drops_are_counted_exactly(prefix: str, shared_url: str
     sink = StreamSink(f"redis://127.0.0.1:{free_port()}/0", prefix, spool_path=spool, spool_max_bytes=20_000,
                       max_queue=100, **FAST)
     await sink.start()
-    await until(lambda: sink.lanes[0]._spooling, "the first connect to fail")
+    await until(lambda: sink.lanes[0].spooling, "the first connect to fail")
     total = 2000
     for fields in events(total):
         sink.put(fields)
@@ -186,7 +187,7 @@ async def test_spool_full_drops_are_counted_exactly(prefix: str, shared_url: str
     await until(lambda: second.replayed == kept, "the spool replayed")
     await second.close(5)
     client = redis.Redis.from_url(shared_url, decode_responses=True)
-    assert read_stream(client, f"{prefix}:statements") == events(kept)  # equal sizes: the drops are the tail
+    assert read_stream(client, stream_name(prefix)) == events(kept)  # equal sizes: the drops are the tail
     assert second.sent == kept and second.dropped == 0
     assert not spool.exists()
 
@@ -197,7 +198,7 @@ async def test_spool_write_failure_counts_what_it_lost(prefix: str, shared_url: 
     spool = tmp_path / "spool"
     sink = StreamSink(f"redis://127.0.0.1:{free_port()}/0", prefix, spool_path=spool, max_queue=10, **FAST)
     await sink.start()
-    await until(lambda: sink.lanes[0]._spooling or sink.spooled, "the first connect to fail")
+    await until(lambda: sink.lanes[0].spooling or sink.spooled, "the first connect to fail")
     first, total = 200, 5000  # the first flush fits under the limit, the next one does not
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, hard))
@@ -219,7 +220,7 @@ async def test_spool_write_failure_counts_what_it_lost(prefix: str, shared_url: 
     await until(lambda: second.replayed >= kept, "the spool replayed")
     await second.close(5)
     client = redis.Redis.from_url(shared_url, decode_responses=True)
-    assert read_stream(client, f"{prefix}:statements") == events(kept)
+    assert read_stream(client, stream_name(prefix)) == events(kept)
     assert kept == first  # the refused buffer is cut back whole: no torn record, no event counted twice
 
 
@@ -240,8 +241,8 @@ async def test_wait_for_a_replica(redis_server, prefix: str, tmp_path: Path, cap
     await until(lambda: sink.sent + sink.deduplicated >= 500 and sink.queued == 0 and not sink.spool_events,
                 "everything confirmed by the replica")
     await sink.close(5)
-    assert_exactly_once_in_order(primary.client(), f"{prefix}:statements", 500)
-    await until(lambda: len(read_stream(replica.client(), f"{prefix}:statements")) == 500, "the replica's copy")
+    assert_exactly_once_in_order(primary.client(), stream_name(prefix), 500)
+    await until(lambda: len(read_stream(replica.client(), stream_name(prefix))) == 500, "the replica's copy")
 
 
 CRASHER = """
@@ -283,7 +284,7 @@ async def test_spool_left_by_a_crash_is_replayed_at_start(prefix: str, shared_ur
     await sink.close(5)
     assert sink.replayed >= 3000
     client = redis.Redis.from_url(shared_url, decode_responses=True)
-    assert_exactly_once_in_order(client, f"{prefix}:statements", 4000)
+    assert_exactly_once_in_order(client, stream_name(prefix), 4000)
 
 
 async def test_two_processes_cannot_share_a_spool(prefix: str, shared_url: str, tmp_path: Path) -> None:
@@ -310,7 +311,7 @@ async def test_script_flush_is_survived(redis_server, prefix: str) -> None:
     await producer.run(500)
     await until(lambda: sink.sent == 1000, "the rest sent")
     await sink.close(5)
-    assert_exactly_once_in_order(server.client(), f"{prefix}:statements", 1000)
+    assert_exactly_once_in_order(server.client(), stream_name(prefix), 1000)
     assert sink.send_errors >= 1 and sink.spooled == 0
 
 
@@ -318,7 +319,7 @@ async def test_sharded_lanes_spool_and_replay(prefix: str, shared_url: str, tmp_
     spool = tmp_path / "spool"
     down = StreamSink(f"redis://127.0.0.1:{free_port()}/0", prefix, shards=2, spool_path=spool, **FAST)
     await down.start()
-    await until(lambda: all(lane._spooling for lane in down.lanes), "both lanes spooling")
+    await until(lambda: all(lane.spooling for lane in down.lanes), "both lanes spooling")
     sent = [{"sid": f"s{i % 40}", "n": str(i)} for i in range(1000)]  # 40 sessions: both lanes get some
     for fields in sent:
         down.put(fields, route=fields["sid"])
