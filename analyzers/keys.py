@@ -1,5 +1,8 @@
 """Every Redis key and stream the analyzers read or write, in one place (top reads them too).
 
+The statement streams and the keys beside them are the proxy's contract with its readers: their names come
+from `fasterdata.proxy.streamkeys`, the analyzers' own keys are named here.
+
 Sharding (`stream_shards` ≥ 2): everything a batch commit of shard i touches carries the hash tag
 `{i}` right after its fixed family name (`<prefix>:biz:{i}:<rule>:<day>`, `<prefix>:statements:{i}`),
 before any user-controlled text, so one commit maps to one Redis Cluster slot. One shard keeps the
@@ -9,6 +12,8 @@ the claim floor only on a single Redis, where slots do not apply.
 """
 
 from __future__ import annotations
+
+from fasterdata.proxy.streamkeys import held_key, stream_name, trimmed_key
 
 GROUP = "analyzers"
 
@@ -26,19 +31,19 @@ class Keys:
     # streams
     @property
     def statements(self) -> str:
-        return f"{self.p}:statements{self.t}"
+        return stream_name(self.p, self.shard)
 
     @property
     def trimmed(self) -> str:
         """Hash group → statements the stream cap removed before that group read them (the proxy's sink
         script counts them as it trims)."""
-        return f"{self.statements}:trimmed"
+        return trimmed_key(self.statements)
 
     @property
     def held(self) -> str:
         """Hash: `statements` the stream holds and the `entries` they were counted in (the sink script keeps
         it to cap the stream by statements: a bundled entry holds several)."""
-        return f"{self.statements}:held"
+        return held_key(self.statements)
 
     @property
     def events(self) -> str:

@@ -1,7 +1,8 @@
 """The statement event contract: what the proxy puts on the ``statements`` stream.
 
 Producers (``proxy.session``) and consumers (the analyzers) both import this module, so the field
-names, the schema version and the capture options live here and nowhere else.
+names, the schema version and the capture options live here and nowhere else. Which keys hold the
+entries (stream names, the sink's markers) is the other half of the contract: ``proxy.streamkeys``.
 
 An event is a ``dict[str, str]``; a Redis Stream entry holds one or several. Numbers are decimal
 strings; ``params`` and ``ptypes`` are JSON arrays. Fields with nothing to say are left out rather than
@@ -231,8 +232,18 @@ def unbundle(value: str) -> list[dict[str, str]]:
     return out
 
 
-def events_of(fields: dict[str, str]) -> list[dict[str, str]]:
-    """The events of any stream entry as redis-py returns it (field → value): bundled, packed or flat."""
-    if len(fields) == 1 and BUNDLE_FIELD in fields:
-        return unbundle(fields[BUNDLE_FIELD])
-    return [unpack(fields)]
+def events_of(fields: dict[str, str] | list[str]) -> list[dict[str, str]]:
+    """The events of any stream entry, bundled, packed or flat: its fields as redis-py returns them (field →
+    value), or as Redis sends them (``[name, value, …]``, read without redis-py's reply callback, which
+    saves building a dict an entry)."""
+    if isinstance(fields, dict):
+        if len(fields) == 1 and BUNDLE_FIELD in fields:
+            return unbundle(fields[BUNDLE_FIELD])
+        return [unpack(fields)]
+    if len(fields) == 2:
+        if fields[0] == BUNDLE_FIELD:
+            return unbundle(fields[1])
+        if fields[0] == PACKED_FIELD:
+            fields = fields[1].split("\x00")
+    it = iter(fields)
+    return [dict(zip(it, it))]  # noqa: B905 (an odd part is a damaged entry: its event fails validation)

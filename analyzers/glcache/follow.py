@@ -16,8 +16,9 @@ import time
 
 import redis
 
+from fasterdata.proxy.streamkeys import stream_names, streams_label
+
 from ..event import BadBundle, events_of
-from ..keys import shard_keys
 from ..redisconn import connect
 from ..streams import StreamSet
 from .cache import GLCache
@@ -33,10 +34,8 @@ class Follower:
                  count: int = 500, start: str = "$"):
         s = cache.settings
         self.cache = cache
-        self.streams_names = [k.statements for k in shard_keys(s.prefix, s.stream_shards)]
-        # for display (gl follow prints it): the stream, or the shards' pattern
-        self.stream = self.streams_names[0] if len(self.streams_names) == 1 else \
-            f"{s.prefix}:statements:{{0..{len(self.streams_names) - 1}}}"
+        self.streams_names = stream_names(s.prefix, s.stream_shards)
+        self.stream = streams_label(s.prefix, s.stream_shards)  # for display (gl follow prints it)
         self.group = group or s.group
         self.consumer = consumer or s.consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.block_ms, self.count, self.start = block_ms, count, start
