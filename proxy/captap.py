@@ -1,7 +1,7 @@
 """Proxy side of ``capture_mode: process``: hand decoded messages to a capture process, cheaply.
 
-Inline capture costs the forwarding process 10–15 µs of Python per statement (session state
-machine, event dicts, metrics, sink encoding). Here the forwarding process keeps only the framing
+Inline capture costs the forwarding process Python per statement (session state machine, event
+dicts, metrics, sink encoding). Here the forwarding process keeps only the framing
 (needed anyway to catch protocol violations) and a tiny idle tracker for graceful drain, and
 appends each chunk's wanted messages to one buffer that is written to the capture process
 (``proxy.capworker``) once per millisecond over a socketpair. The worker runs the real
@@ -40,10 +40,10 @@ from prometheus_client.registry import Collector
 
 from fasterdata.config.settings import ProxySettings
 
-from . import wire
 from .capture import BUCKETS_US
 from .sink import LATENCY_BUCKETS
 from .stats import ProxyStats
+from .wire import BACKEND_KEY, EXECUTE, FUNCTION_CALL, QUERY, READY, SYNC, TXN_IDLE, Message, parse_backend_key
 
 log = logging.getLogger("fasterdata.capture")
 
@@ -56,18 +56,18 @@ _pack_hdr_into = HDR.pack_into
 _HDR_SIZE = HDR.size
 _BLANK_HDR = bytes(HDR.size)
 _pack_msg = MSG.pack
-_Q, _E, _S, _F, _Z, _K = (ord(c) for c in "QESFZK")
-_IDLE = 73  # 'I'
-_AWAITED = frozenset((_Q, _S, _F))
+_AWAITED = frozenset((QUERY, SYNC, FUNCTION_CALL))  # answered by ReadyForQuery
 # One write per millisecond, not per loop turn: with one turn per statement or two, a send(2) per turn
-# cost the forwarding process ~5 µs per statement (measured); per millisecond it is amortised over dozens.
+# would cost the forwarding process more than the rest of its capture work; per millisecond it is
+# amortised over dozens of statements.
 FLUSH_EVERY = 0.001
 SNAPSHOT_TIMEOUT = 30.0
 SOCKET_BUFFER = 4 << 20  # first snapshot: worker start-up (imports, spool, Redis) must fit in this
 
 
 class RemoteSession:
-    """Stands in for ``Session`` in the forwarding process: ships messages, tracks idleness only.
+    """Stands in for ``Session`` in the forwarding process (both are a ``proxy.seams.Tap``): ships
+    messages, tracks idleness only.
 
     Idle tracking counts Query/Sync/FunctionCall against ReadyForQuery (the login counts as one
     awaited answer), which is what graceful drain needs; everything else happens in the worker.
@@ -87,36 +87,36 @@ class RemoteSession:
         self.app = params.get("application_name", "")
         self.backend_pid = 0
         self.outstanding = 1  # the login, answered by the first ReadyForQuery
-        self._status = _IDLE
+        self._status = TXN_IDLE
         self.closed = False
 
     @property
     def idle(self) -> bool:
         """Nothing in flight and no transaction open: closing now loses no work."""
-        return self.outstanding <= 0 and self._status == _IDLE
+        return self.outstanding <= 0 and self._status == TXN_IDLE
 
     @property
     def status(self) -> str:
         return chr(self._status)
 
-    def from_client(self, messages: list[wire.Message], now_us: int) -> None:
+    def from_client(self, messages: list[Message], now_us: int) -> None:
         """Client messages (already forwarded): count the awaited answers, append the rest to the buffer."""
         link = self.link
         buf = link.buf
         if (len(buf) + link.backlog > link.limit or link.transport is None) and not link.room():
-            link.dropped_stmts += sum(1 for m in messages if m[0] == _Q or m[0] == _E)
+            link.dropped_stmts += sum(1 for m in messages if m[0] == QUERY or m[0] == EXECUTE)
             self.outstanding += sum(1 for m in messages if m[0] in _AWAITED)
             return
         start = len(buf)
         buf += _BLANK_HDR
         awaited = stmts = 0
         for typ, body, length in messages:
-            if typ == _Q:
+            if typ == QUERY:
                 awaited += 1
                 stmts += 1
-            elif typ == _E:
+            elif typ == EXECUTE:
                 stmts += 1
-            elif typ in (_S, _F):
+            elif typ in (SYNC, FUNCTION_CALL):
                 awaited += 1
             buf += _pack_msg(typ, length, len(body))
             buf += body
@@ -127,7 +127,7 @@ class RemoteSession:
         if not link.scheduled:
             link.schedule()
 
-    def from_server(self, messages: list[wire.Message], now_us: int) -> None:
+    def from_server(self, messages: list[Message], now_us: int) -> None:
         link = self.link
         buf = link.buf
         track = True
@@ -137,11 +137,11 @@ class RemoteSession:
         if track:
             buf += _BLANK_HDR
         for typ, body, length in messages:
-            if typ == _Z:
+            if typ == READY:
                 self.outstanding = self.outstanding - 1 if self.outstanding > 0 else 0
-                self._status = body[0] if body else _IDLE
-            elif typ == _K and len(body) >= 4:
-                self._pid(body)
+                self._status = body[0] if body else TXN_IDLE
+            elif typ == BACKEND_KEY and len(body) >= 4:
+                self.backend_pid = parse_backend_key(body)[0]
             if track:
                 buf += _pack_msg(typ, length, len(body))
                 buf += body
@@ -150,9 +150,6 @@ class RemoteSession:
             link.records += 1
             if not link.scheduled:
                 link.schedule()
-
-    def _pid(self, body: bytes) -> None:
-        self.backend_pid = int.from_bytes(body[:4], "big", signed=True)
 
     def close(self, now_us: int) -> None:
         if self.closed:

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import params as _params
-from . import sqltext, wire
+from . import sqltext
 from .events import (
     AUTOCOMMIT,
     COMMITTED,
@@ -48,14 +48,44 @@ from .events import (
     CaptureOptions,
 )
 from .redact import Hidden, Redactor
+from .seams import Emit
+from .wire import (
+    BACKEND_KEY,
+    BIND,
+    CLOSE,
+    COMMAND_COMPLETE,
+    COPY_DONE,
+    COPY_FAIL,
+    COPY_IN,
+    DESCRIBE,
+    EMPTY_QUERY,
+    ERROR,
+    EXECUTE,
+    FUNCTION_CALL,
+    PARAMETER_DESCRIPTION,
+    PARAMETER_STATUS,
+    PARSE,
+    PARSE_COMPLETE,
+    PORTAL_SUSPENDED,
+    QUERY,
+    READY,
+    SYNC,
+    TXN_IDLE,
+    Message,
+    parse_backend_key,
+    parse_command_complete,
+    parse_fields,
+    parse_parameter_description,
+    parse_parameter_status,
+)
 
 # Message types the decoders keep; everything else is skipped by length, unread. PasswordMessage
 # ('p', also SASL) is never among them, nor DataRow, CopyData or the Authentication requests.
-#   frontend: Query, Parse, Bind, Execute, Describe, Close, Sync, FunctionCall, CopyDone, CopyFail
-#   backend:  BackendKeyData, ParameterStatus, ReadyForQuery, CommandComplete, ErrorResponse,
-#             EmptyQueryResponse, ParseComplete, PortalSuspended, ParameterDescription, CopyInResponse
-FRONTEND_WANTED = "QPBEDCSFcf"
-BACKEND_WANTED = "KSZCEI1stG"
+# The type bytes are plain ints compared per message: module-level ints, no enum lookups.
+FRONTEND_WANTED = "".join(map(chr, (QUERY, PARSE, BIND, EXECUTE, DESCRIBE, CLOSE, SYNC, FUNCTION_CALL, COPY_DONE,
+                                    COPY_FAIL)))
+BACKEND_WANTED = "".join(map(chr, (BACKEND_KEY, PARAMETER_STATUS, READY, COMMAND_COMPLETE, ERROR, EMPTY_QUERY,
+                                   PARSE_COMPLETE, PORTAL_SUSPENDED, PARAMETER_DESCRIPTION, COPY_IN)))
 
 # FIFO entry kinds. Kinds up to _FUNC are answered by ReadyForQuery.
 _LOGIN, _QUERY, _SYNC, _FUNC, _EXEC, _PARSE, _DESC, _COPYEND = range(8)
@@ -73,7 +103,6 @@ _ST_SQL, _ST_OIDS, _ST_PTYPES, _ST_RED, _ST_SEQ, _ST_NAME = range(6)
 # Portal: [statement|None, Bind body, Bind length, offset of the formats, run start, run rows, last]
 _P_ST, _P_BODY, _P_LEN, _P_POS, _P_START, _P_ROWS, _P_LAST = range(7)
 
-_STATUS_IDLE = 73  # 'I'
 _CONTROL_TAGS = frozenset((
     "BEGIN", "START TRANSACTION", "COMMIT", "ROLLBACK", "PREPARE TRANSACTION", "SAVEPOINT", "RELEASE",
     "DISCARD ALL", "DEALLOCATE", "DEALLOCATE ALL",
@@ -105,21 +134,6 @@ def _oids(body: bytes, pos: int, count: int) -> list[int]:
     if unpack is None:
         unpack = _OID_STRUCTS[count] = struct.Struct(f"!{count}I").unpack_from
     return list(unpack(body, pos))
-
-
-def _tag(body: bytes) -> tuple[str, str | None]:
-    """CommandComplete → (tag words, row count text or None). ``INSERT 0 5`` → ('INSERT', '5')."""
-    end = body.find(0)
-    text = body[: end if end >= 0 else len(body)].decode("ascii", "replace")
-    sp = text.rfind(" ")
-    if sp > 0:
-        tail = text[sp + 1 :]
-        if tail.isdigit():
-            head = text[:sp]
-            if head.startswith("INSERT "):
-                head = "INSERT"
-            return head, tail
-    return text, None
 
 
 def _idents(sql: str) -> list[str]:
@@ -164,7 +178,7 @@ class Session:
         client: str,
         params: dict[str, str],
         *,
-        emit: Callable[[dict[str, str]], None] | None = None,
+        emit: Emit | None = None,
         options: CaptureOptions | None = None,
     ) -> None:
         opts = options or CaptureOptions()
@@ -180,7 +194,7 @@ class Session:
         # Requests awaiting answers; the login is answered by the first ReadyForQuery.
         self._queue: deque[Any] = deque((_LOGIN_ENTRY,))
         self.outstanding = 1  # Query, Sync and FunctionCall (and the login) awaiting ReadyForQuery
-        self._status = _STATUS_IDLE
+        self._status = TXN_IDLE
         self._stmts: dict[bytes, list[Any]] = {}
         self._portals: dict[bytes, list[Any]] = {}
         self._suspended: list[list[Any]] = []  # portals with a run stopped at PortalSuspended
@@ -215,7 +229,7 @@ class Session:
     @property
     def idle(self) -> bool:
         """Nothing in flight and no transaction open: closing now loses no work."""
-        return self.outstanding <= 0 and self._status == _STATUS_IDLE
+        return self.outstanding <= 0 and self._status == TXN_IDLE
 
     @property
     def status(self) -> str:
@@ -240,18 +254,18 @@ class Session:
 
     # -- client → server ------------------------------------------------------------------------
 
-    def from_client(self, messages: list[wire.Message], now_us: int) -> None:
+    def from_client(self, messages: list[Message], now_us: int) -> None:
         """Messages the client sent (already forwarded)."""
         q = self._queue
         portals = self._portals
         for typ, body, length in messages:
             if self._skip:
-                if typ == 83:  # Sync ends the skipping
+                if typ == SYNC:  # Sync ends the skipping
                     self._skip = False
                     q.append(_SYNC_ENTRY)
                     self.outstanding += 1
                 continue
-            if typ == 66:  # Bind
+            if typ == BIND:
                 i = body.find(0)
                 j = body.find(0, i + 1)
                 if j < 0:
@@ -261,17 +275,17 @@ class Session:
                 if old is not None and old[_P_START]:
                     self._abandon(old)
                 portals[name] = [self._stmts.get(body[i + 1 : j]), body, length, j + 1, 0, 0, 0]
-            elif typ == 69:  # Execute
+            elif typ == EXECUTE:
                 i = body.find(0)
                 limit = _i32(body, i + 1)[0] if 0 <= i <= len(body) - 5 else 0
                 q.append([_EXEC, now_us, portals.get(body[:i]), limit, self._seq])
-            elif typ == 83:  # Sync
+            elif typ == SYNC:
                 if not self._copy_wait:
                     q.append(_SYNC_ENTRY)
                     self.outstanding += 1
-            elif typ == 80:  # Parse
+            elif typ == PARSE:
                 self._parse(body, length, now_us)
-            elif typ == 81:  # Query
+            elif typ == QUERY:
                 end = body.find(0)
                 if end >= 0:
                     sql = body[:end].decode("utf-8", "replace")
@@ -279,11 +293,11 @@ class Session:
                     sql = body.decode("utf-8", "ignore") + f"…[truncated {length - len(body)} bytes]"
                 q.append([_QUERY, now_us, sql, None, 0, self._seq, False])
                 self.outstanding += 1
-            elif typ == 68:  # Describe: only a statement's answer (ParameterDescription) matters
+            elif typ == DESCRIBE:  # only a statement's answer (ParameterDescription) matters
                 if body[:1] == b"S":
                     end = body.find(0, 1)
                     q.append([_DESC, self._stmts.get(body[1 : end if end >= 0 else len(body)])])
-            elif typ == 67:  # Close
+            elif typ == CLOSE:
                 end = body.find(0, 1)
                 name = body[1 : end if end >= 0 else len(body)]
                 if body[:1] == b"S":
@@ -292,10 +306,10 @@ class Session:
                     old = portals.pop(name, None)
                     if old is not None and old[_P_START]:
                         self._abandon(old)
-            elif typ == 70:  # FunctionCall: answered by ReadyForQuery like a Query
+            elif typ == FUNCTION_CALL:  # answered by ReadyForQuery like a Query
                 q.append(_FUNC_ENTRY)
                 self.outstanding += 1
-            elif typ == 99 or typ == 102:  # CopyDone / CopyFail
+            elif typ in (COPY_DONE, COPY_FAIL):
                 if self._copy_wait:
                     self._copy_wait = False
                 else:
@@ -327,11 +341,11 @@ class Session:
 
     # -- server → client ------------------------------------------------------------------------
 
-    def from_server(self, messages: list[wire.Message], now_us: int) -> None:
+    def from_server(self, messages: list[Message], now_us: int) -> None:
         """Messages the backend sent (already forwarded)."""
         q = self._queue
         for typ, body, _length in messages:
-            if typ == 67:  # CommandComplete
+            if typ == COMMAND_COMPLETE:
                 if not q:
                     continue
                 e = q[0]
@@ -350,31 +364,31 @@ class Session:
                             self._exec_done(e, body, None, now_us)
                         elif not e[6]:
                             self._simple_done(e, body, None, now_us)
-            elif typ == 90:  # ReadyForQuery
+            elif typ == READY:
                 self._ready(body, now_us)
-            elif typ == 49:  # ParseComplete
+            elif typ == PARSE_COMPLETE:
                 if q and q[0][0] == _PARSE:
                     q.popleft()
                 else:
                     e = self._realign(_PARSE)
                     if e is not None and e[0] == _PARSE:
                         q.popleft()
-            elif typ == 115:  # PortalSuspended
+            elif typ == PORTAL_SUSPENDED:
                 self._suspend(now_us)
-            elif typ == 69:  # ErrorResponse
+            elif typ == ERROR:
                 self._error(body, now_us)
-            elif typ == 116:  # ParameterDescription
+            elif typ == PARAMETER_DESCRIPTION:
                 e = q[0] if q and q[0][0] == _DESC else self._realign(_DESC)
                 if e is not None and e[0] == _DESC:
                     q.popleft()
                     st = e[1]
                     if st is not None:
                         try:
-                            st[_ST_OIDS] = wire.parse_parameter_description(body)
+                            st[_ST_OIDS] = parse_parameter_description(body)
                         except struct.error:
                             continue
                         st[_ST_PTYPES] = None
-            elif typ == 73:  # EmptyQueryResponse: no event
+            elif typ == EMPTY_QUERY:  # no event
                 e = q[0] if q and q[0][0] in (_EXEC, _QUERY) else self._realign(_EXEC)
                 if e is not None and e[0] == _EXEC:
                     q.popleft()
@@ -382,17 +396,16 @@ class Session:
                     if p is not None and p[_P_START]:
                         self._abandon(p)
                 self._last_done = now_us
-            elif typ == 83:  # ParameterStatus
-                i = body.find(0)
-                if body[:i] == b"application_name":
-                    end = body.find(0, i + 1)
-                    self.app = body[i + 1 : end if end >= 0 else len(body)].decode("utf-8", "replace")
+            elif typ == PARAMETER_STATUS:
+                name, value = parse_parameter_status(body)
+                if name == b"application_name":
+                    self.app = value.decode("utf-8", "replace")
                     self._rebase()
-            elif typ == 75:  # BackendKeyData
+            elif typ == BACKEND_KEY:
                 if len(body) >= 4:
-                    self.backend_pid = _i32(body, 0)[0]
+                    self.backend_pid = parse_backend_key(body)[0]
                     self._rebase()
-            elif typ == 71:  # CopyInResponse
+            elif typ == COPY_IN:
                 self._copy_in()
 
     def _realign(self, want: int) -> list[Any] | None:
@@ -417,10 +430,10 @@ class Session:
         self.outstanding = self.outstanding - 1 if self.outstanding > 0 else 0
         if not q:
             self.outstanding = 0
-        status = body[0] if body else _STATUS_IDLE
+        status = body[0] if body else TXN_IDLE
         self._status = status
         self._last_done = now_us
-        if status == _STATUS_IDLE:
+        if status == TXN_IDLE:
             if self._suspended:
                 for p in list(self._suspended):
                     self._abandon(p)
@@ -462,7 +475,7 @@ class Session:
         self._copy_wait = True
 
     def _error(self, body: bytes, now_us: int) -> None:
-        fields = wire.parse_fields(body)
+        fields = parse_fields(body)
         err = (fields.get("C", ""), fields.get("M", ""))
         self._copy_wait = False
         q = self._queue
@@ -515,7 +528,7 @@ class Session:
         start = e[1] if e[1] > self._last_done else self._last_done
         self._last_done = now_us
         if body is not None:
-            tag, rows = _tag(body)
+            tag, rows = parse_command_complete(body)
         else:
             tag = rows = None
         if not self._in_txn:
@@ -538,7 +551,7 @@ class Session:
         p = e[2]
         tag = rows = None
         if body is not None:
-            tag, rows = _tag(body)
+            tag, rows = parse_command_complete(body)
         if p is None:
             self._finish(start, now_us, "extended", UNKNOWN_SQL, None, None, tag, rows, err, e[4])
             return
@@ -767,7 +780,7 @@ class Session:
             self._abandon(p)
         if self._in_txn:
             outcome = ROLLED_BACK
-            if self._status == _STATUS_IDLE and not (self._explicit or self._txn_err or self._ext):
+            if self._status == TXN_IDLE and not (self._explicit or self._txn_err or self._ext):
                 # Simple Queries: the server commits a Query's implicit transaction before its last
                 # CommandComplete, so a fully answered Query is committed even without its ReadyForQuery.
                 q = self._queue

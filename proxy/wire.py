@@ -59,6 +59,10 @@ COMMAND_COMPLETE, ERROR, NOTICE, EMPTY_QUERY = (ord(c) for c in "CENI")
 PARSE_COMPLETE, BIND_COMPLETE, CLOSE_COMPLETE, PORTAL_SUSPENDED, NO_DATA = (ord(c) for c in "123sn")
 PARAMETER_DESCRIPTION, ROW_DESCRIPTION, DATA_ROW = (ord(c) for c in "tTD")
 COPY_IN, COPY_OUT, COPY_BOTH, NOTIFICATION, NEGOTIATE_VERSION = (ord(c) for c in "GHWAv")
+# ReadyForQuery's transaction status: idle, in a transaction block, in a failed one.
+TXN_IDLE, TXN_BLOCK, TXN_FAILED = (ord(c) for c in "ITE")
+# Authentication request codes the proxy reads (in the AUTH message's first four bytes).
+AUTH_OK, AUTH_SASL = 0, 10
 
 
 class ProtocolViolation(Exception):
@@ -267,11 +271,23 @@ def _startup_kind(packet: bytes) -> int:
 
 
 # -- decoding message bodies -------------------------------------------------------------------
+#
+# Only bodies read off the hot path, or read once a statement anyway, are decoded here. Query, Parse,
+# Bind, Execute, Describe, Close and ReadyForQuery are read in place by ``proxy.session`` (a call a
+# message would cost more than the reading), and Bind values by ``proxy.params`` when an event is built.
 
 
 def _cstr(body: bytes, pos: int) -> tuple[str, int]:
     end = body.index(0, pos)
     return body[pos:end].decode("utf-8", "replace"), end + 1
+
+
+def _field(body: bytes, pos: int) -> tuple[bytes, int]:
+    """The bytes from ``pos`` up to the next NUL (or the end of ``body``), and the position after it."""
+    end = body.find(0, pos)
+    if end < 0:
+        return body[pos:], len(body)
+    return body[pos:end], end + 1
 
 
 def parse_startup(packet: bytes) -> tuple[int, dict[str, str]]:
@@ -288,100 +304,22 @@ def parse_startup(packet: bytes) -> tuple[int, dict[str, str]]:
     return version, params
 
 
-def parse_cancel(packet: bytes) -> tuple[int, int]:
-    """CancelRequest → (backend pid, secret key)."""
-    return _unpack_int32(packet, 8)[0], _unpack_int32(packet, 12)[0]
+def parse_command_complete(body: bytes) -> tuple[str, str | None]:
+    """CommandComplete → (tag words, row count as text or None). ``INSERT 0 5`` → ('INSERT', '5').
 
-
-def parse_query(body: bytes) -> str:
+    The count stays text: events carry it as text.
+    """
     end = body.find(0)
-    return body[: end if end >= 0 else len(body)].decode("utf-8", "replace")
-
-
-def parse_parse(body: bytes) -> tuple[str, str, list[int]]:
-    """Parse → (statement name, SQL, parameter type OIDs)."""
-    name, pos = _cstr(body, 0)
-    sql, pos = _cstr(body, pos)
-    count = _unpack_int16(body, pos)[0]
-    oids = list(struct.unpack_from(f"!{count}I", body, pos + 2)) if count > 0 else []
-    return name, sql, oids
-
-
-class Bind:
-    """A decoded Bind. Parameter values stay raw bytes; ``None`` is SQL NULL."""
-
-    __slots__ = ("formats", "portal", "statement", "truncated", "values")
-
-    def __init__(
-        self, portal: str, statement: str, formats: list[int], values: list[bytes | None], truncated: bool
-    ) -> None:
-        self.portal = portal
-        self.statement = statement
-        self.formats = formats
-        self.values = values
-        self.truncated = truncated
-
-    def format_of(self, index: int) -> int:
-        """0 text, 1 binary; one format code applies to every parameter."""
-        if not self.formats:
-            return 0
-        return self.formats[0] if len(self.formats) == 1 else self.formats[index]
-
-
-def parse_bind(body: bytes, length: int | None = None) -> Bind:
-    """Bind → its parts. A body cut short by the decoder's ``keep`` yields the values it holds."""
-    truncated = length is not None and length > len(body)
-    portal, pos = _cstr(body, 0)
-    statement, pos = _cstr(body, pos)
-    nformats = _unpack_int16(body, pos)[0]
-    formats = list(struct.unpack_from(f"!{nformats}h", body, pos + 2)) if nformats > 0 else []
-    pos += 2 + 2 * max(nformats, 0)
-    values: list[bytes | None] = []
-    try:
-        count = _unpack_int16(body, pos)[0]
-        pos += 2
-        for _ in range(count):
-            size = _unpack_int32(body, pos)[0]
-            pos += 4
-            if size < 0:
-                values.append(None)
-                continue
-            if pos + size > len(body):
-                if not truncated:
-                    raise ProtocolViolation("Bind parameter runs past the end of the message")
-                values.append(body[pos:])
-                break
-            values.append(body[pos : pos + size])
-            pos += size
-    except struct.error:
-        if not truncated:
-            raise ProtocolViolation("malformed Bind message") from None
-    return Bind(portal, statement, formats, values, truncated)
-
-
-def parse_execute(body: bytes) -> tuple[str, int]:
-    """Execute → (portal, row limit; 0 is no limit)."""
-    portal, pos = _cstr(body, 0)
-    return portal, _unpack_int32(body, pos)[0]
-
-
-def parse_close(body: bytes) -> tuple[str, str]:
-    """Close or Describe → (kind 'S' statement or 'P' portal, name)."""
-    return chr(body[0]), _cstr(body, 1)[0]
-
-
-parse_describe = parse_close
-
-
-def parse_command_complete(body: bytes) -> tuple[str, int | None]:
-    """CommandComplete → (command tag, rows or None). ``INSERT 0 5`` → ('INSERT', 5)."""
-    tag = parse_query(body)
-    head, _, tail = tag.rpartition(" ")
-    if head and tail.isdigit():
-        if head.startswith("INSERT "):
-            head = "INSERT"
-        return head, int(tail)
-    return tag, None
+    text = body[: end if end >= 0 else len(body)].decode("ascii", "replace")
+    sp = text.rfind(" ")
+    if sp > 0:
+        tail = text[sp + 1 :]
+        if tail.isdigit():
+            head = text[:sp]
+            if head.startswith("INSERT "):
+                head = "INSERT"
+            return head, tail
+    return text, None
 
 
 def parse_fields(body: bytes) -> dict[str, str]:
@@ -397,28 +335,24 @@ def parse_fields(body: bytes) -> dict[str, str]:
     return fields
 
 
-def parse_ready(body: bytes) -> str:
-    """ReadyForQuery → transaction status: 'I' idle, 'T' in a transaction, 'E' failed transaction."""
-    return chr(body[0]) if body else "I"
-
-
 def parse_parameter_description(body: bytes) -> list[int]:
+    """ParameterDescription → parameter type OIDs; struct.error when the body is short."""
     count = _unpack_int16(body, 0)[0]
     return list(struct.unpack_from(f"!{count}I", body, 2)) if count > 0 else []
 
 
-def parse_parameter_status(body: bytes) -> tuple[str, str]:
-    name, pos = _cstr(body, 0)
-    return name, _cstr(body, pos)[0]
+def parse_parameter_status(body: bytes) -> tuple[bytes, bytes]:
+    """ParameterStatus → (name, value), undecoded: the session compares the name as bytes."""
+    name, pos = _field(body, 0)
+    return name, _field(body, pos)[0]
 
 
-def parse_backend_key(body: bytes) -> tuple[int, int]:
-    return _unpack_int32(body, 0)[0], _unpack_int32(body, 4)[0]
+def parse_backend_key(body: bytes) -> tuple[int, bytes]:
+    """BackendKeyData → (backend pid, secret key); the key is 4 bytes in protocol 3.0, up to 256 in 3.2.
 
-
-def parse_auth_code(body: bytes) -> int:
-    """Authentication request code only (0 is AuthenticationOk); SASL payloads are never read."""
-    return _unpack_int32(body, 0)[0]
+    struct.error when the body is shorter than the pid.
+    """
+    return _unpack_int32(body, 0)[0], body[4:]
 
 
 # -- building messages the proxy sends itself ---------------------------------------------------

@@ -1,4 +1,4 @@
-"""The sans-I/O decoder, driven without sockets: framing, startup packets, limits, and fuzzing."""
+"""The sans-I/O decoder, driven without sockets: framing, startup packets, body decoders, limits, fuzzing."""
 
 from __future__ import annotations
 
@@ -45,11 +45,8 @@ def test_frontend_messages_and_startup() -> None:
     version, params = wire.parse_startup(msgs[0][1])
     assert version == wire.PROTOCOL_3
     assert params == {"user": "alice", "database": "shop", "application_name": "web"}
-    assert wire.parse_query(msgs[1][1]) == "select 1; select 2"
-    assert wire.parse_parse(msgs[2][1]) == ("s1", "select $1::int", [23])
-    bind = wire.parse_bind(msgs[3][1])
-    assert (bind.portal, bind.statement, bind.values, bind.format_of(0)) == ("", "s1", [b"\0\0\0\x2a"], 1)
-    assert wire.parse_execute(msgs[4][1]) == ("", 5)
+    assert msgs[1][1] == b"select 1; select 2\0"
+    assert msgs[3][1] == b"\0s1\0\0\x01\0\x01\0\x01\0\0\0\x04\0\0\0\x2a\0\x00"
 
 
 def test_password_and_copy_data_are_never_surfaced() -> None:
@@ -76,13 +73,6 @@ def test_oversized_wanted_message_keeps_a_prefix_only() -> None:
     assert msgs[1][1] == body[:100]
 
 
-def test_truncated_bind_yields_the_values_it_holds() -> None:
-    big = b"z" * 1000
-    body = b"\0\0\0\0\0\x02" + struct.pack("!i", 3) + b"abc" + struct.pack("!i", len(big)) + big + b"\0\0"
-    bind = wire.parse_bind(body[:50], len(body))
-    assert bind.truncated and bind.values[0] == b"abc" and bind.values[1].startswith(b"zzz")
-
-
 @pytest.mark.parametrize(
     ("data", "needle"),
     [
@@ -107,13 +97,15 @@ def test_untyped_requests() -> None:
     assert not dec.started
     cancel = struct.pack("!iiii", 16, wire.CANCEL_REQUEST_CODE, 4242, -7)
     msgs = wire.FrontendDecoder(FRONT).feed(cancel)
-    assert msgs[0][0] == wire.CANCEL_REQUEST and wire.parse_cancel(msgs[0][1]) == (4242, -7)
+    assert msgs[0][0] == wire.CANCEL_REQUEST and msgs[0][1] == cancel
 
 
 def test_backend_messages() -> None:
     data = b"".join([
         wire.message("R", struct.pack("!i", 0)),
         wire.message("K", struct.pack("!ii", 77, 99)),
+        wire.message("S", b"application_name\0web\0"),
+        wire.message("t", struct.pack("!hII", 2, 23, 25)),
         wire.message("T", b"\0\1" + b"x" * 30),
         wire.message("D", b"\0\1\0\0\0\1" + b"1"),
         wire.message("C", b"INSERT 0 5\0"),
@@ -121,20 +113,34 @@ def test_backend_messages() -> None:
         wire.message("Z", b"T"),
     ])
     msgs = wire.BackendDecoder(BACK).feed(data)
-    assert [chr(m[0]) for m in msgs] == ["R", "K", "C", "E", "Z"]
-    assert wire.parse_auth_code(msgs[0][1]) == 0
-    assert wire.parse_backend_key(msgs[1][1]) == (77, 99)
-    assert wire.parse_command_complete(msgs[2][1]) == ("INSERT", 5)
-    assert wire.parse_fields(msgs[3][1])["C"] == "23505"
-    assert wire.parse_ready(msgs[4][1]) == "T"
+    assert [m[0] for m in msgs] == [wire.AUTH, wire.BACKEND_KEY, wire.PARAMETER_STATUS, wire.PARAMETER_DESCRIPTION,
+                                    wire.COMMAND_COMPLETE, wire.ERROR, wire.READY]
+    assert msgs[0][1] == wire.AUTH_OK.to_bytes(4, "big")
+    assert wire.parse_backend_key(msgs[1][1]) == (77, (99).to_bytes(4, "big"))
+    assert wire.parse_parameter_status(msgs[2][1]) == (b"application_name", b"web")
+    assert wire.parse_parameter_description(msgs[3][1]) == [23, 25]
+    assert wire.parse_command_complete(msgs[4][1]) == ("INSERT", "5")
+    assert wire.parse_fields(msgs[5][1])["C"] == "23505"
+    assert msgs[6][1] == bytes((wire.TXN_BLOCK,))
+
+
+def test_backend_key_of_protocol_3_2_keeps_the_whole_secret() -> None:
+    secret = bytes(range(32))
+    assert wire.parse_backend_key(struct.pack("!i", 77) + secret) == (77, secret)
+
+
+def test_parameter_status_without_terminators_reads_to_the_end() -> None:
+    assert wire.parse_parameter_status(b"application_name\0web") == (b"application_name", b"web")
+    assert wire.parse_parameter_status(b"application_name") == (b"application_name", b"")
 
 
 @pytest.mark.parametrize(
     ("tag", "expected"),
-    [("SELECT 3", ("SELECT", 3)), ("UPDATE 0", ("UPDATE", 0)), ("BEGIN", ("BEGIN", None)),
-     ("COPY 12", ("COPY", 12)), ("MERGE 2", ("MERGE", 2)), ("CREATE TABLE", ("CREATE TABLE", None))],
+    [("SELECT 3", ("SELECT", "3")), ("UPDATE 0", ("UPDATE", "0")), ("BEGIN", ("BEGIN", None)),
+     ("COPY 12", ("COPY", "12")), ("MERGE 2", ("MERGE", "2")), ("CREATE TABLE", ("CREATE TABLE", None)),
+     ("INSERT 0 5", ("INSERT", "5")), ("FETCH 10", ("FETCH", "10")), ("SELECT", ("SELECT", None))],
 )
-def test_command_tags(tag: str, expected: tuple[str, int | None]) -> None:
+def test_command_tags(tag: str, expected: tuple[str, str | None]) -> None:
     assert wire.parse_command_complete(tag.encode() + b"\0") == expected
 
 
@@ -161,17 +167,16 @@ def test_fuzz_frontend_only_messages_or_violation(data: bytes, cuts: list[int]) 
 @given(st.binary(max_size=600), st.lists(st.integers(min_value=0, max_value=600), max_size=8))
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # budget: the profile (tests/conftest.py)
 def test_fuzz_backend_and_body_parsers(data: bytes, cuts: list[int]) -> None:
-    """Body parsers meet arbitrary bodies too: they may raise only ProtocolViolation or ValueError-kin."""
+    """Body decoders meet arbitrary bodies too: only those of fixed layout may raise, and only struct.error."""
     dec = wire.BackendDecoder(BACK, max_message=4096, keep=64)
     try:
         msgs = feed_in_pieces(dec, b"C" + struct.pack("!i", len(data) + 4) + data, cuts)
     except wire.ProtocolViolation:
         return
-    for _typ, body, length in msgs:
+    for _typ, body, _length in msgs:
         wire.parse_command_complete(body)
         wire.parse_fields(body)
-        for parse in (wire.parse_parse, wire.parse_execute, wire.parse_parameter_description):
-            with contextlib.suppress(ValueError, IndexError, struct.error, wire.ProtocolViolation):
+        wire.parse_parameter_status(body)
+        for parse in (wire.parse_parameter_description, wire.parse_backend_key):
+            with contextlib.suppress(struct.error):
                 parse(body)
-        with contextlib.suppress(ValueError, IndexError, struct.error, wire.ProtocolViolation):
-            wire.parse_bind(body, length)
