@@ -5,17 +5,16 @@ consumer*. If another worker has reclaimed one (we were slow, not dead), nothing
 the caller recomputes the batch without the lost entries — so an entry's effects land exactly once
 whether a worker is killed (its entries stay pending, unapplied, and are reclaimed) or merely stalls.
 A batch read less than half the group's claim floor ago skips that check: nobody may have taken any
-of it yet (`claim_floor`; the XPENDING reply was a fifth of Redis's time a statement).
+of it yet (`claim_floor`; the XPENDING reply is a large share of Redis's time a statement).
 
-Writes are a small op language (flat string arguments) so Python can aggregate a batch before
-sending it: one HINCRBY per (key, field) instead of one per statement. Ops that must keep their
-order (transaction groups and their end markers) and conditional ops nest their children.
-Business events of one statement travel as one `B` op (the field names live in the script, the
-statement's fields once, five strings a match) and a distinct rule's members as one `DS` op per set:
-the events are most of a batch's arguments and of the script's calls. Their stream is trimmed to its
-cap once a script, not at every XADD (a batch's events replayed: 1.14 → 0.99 ms). Parked writes keep the older
-`X`/`D` forms (`portable`), which every version of the script replays, so a worker of the previous
-release can still apply a transaction parked by this one.
+Writes are a small op language (flat string arguments, declared in ops.py; the script is commit.lua) so
+Python can aggregate a batch before sending it: one HINCRBY per (key, field) instead of one per statement.
+Ops that must keep their order (transaction groups and their end markers) and conditional ops nest their
+children. Business events of one statement travel as one `B` op (the field names live in the script, the
+statement's fields once, five strings a match) and a distinct rule's members as one `DS` op per set: the
+events are most of a batch's arguments and of the script's calls. Their stream is trimmed to its cap once
+a script, not at every XADD. Parked writes keep the older `X`/`D` forms (`portable`), which every version
+of the script replays, so a worker of the previous release can still apply a transaction parked by this one.
 
 Two ops serve bounded growth (retention.py): `EA` (EXPIREAT, absolute) for business day keys, sent
 once per key and process; `L`, per fingerprint of a batch, records when it and each of its fp|db|app
@@ -38,192 +37,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 from redis.connection import Connection
 
-LUA = r"""
--- outcome values: 'committed', 'committed;a-b,c-d' (statements a…b sent early, then undone by
--- ROLLBACK TO SAVEPOINT), 'rolled_back' …
-local function split_outcome(v)
-  if not v then return nil, '' end
-  local base, undone = string.match(v, '^([^;]*);?(.*)$')
-  return base, undone
-end
-local function is_undone(undone, seq)
-  if undone == '' or not seq then return false end
-  for lo, hi in string.gmatch(undone, '(%d+)-(%d+)') do
-    if seq >= tonumber(lo) and seq <= tonumber(hi) then return true end
-  end
-  return false
-end
-local undescribed = {}  -- fingerprints whose description (stats:fp) is gone: evicted while a worker knew them
-local caps = {}  -- business event stream → its MAXLEN: trimmed once at the end, not at every XADD
-local run
-run = function(a, i, stop)
-  while i <= stop do
-    local op = a[i]
-    if op == 'H' then
-      redis.call('HINCRBY', a[i+1], a[i+2], a[i+3]); i = i + 4
-    elseif op == 'Z' then
-      redis.call('ZINCRBY', a[i+1], a[i+3], a[i+2]); i = i + 4
-    elseif op == 'MAX' or op == 'MIN' then
-      local cur = redis.call('HGET', a[i+1], a[i+2])
-      local v = tonumber(a[i+3])
-      if (not cur) or (op == 'MAX' and v > tonumber(cur)) or (op == 'MIN' and v < tonumber(cur)) then
-        redis.call('HSET', a[i+1], a[i+2], a[i+3])
-      end
-      i = i + 4
-    elseif op == 'NX' then
-      redis.call('HSETNX', a[i+1], a[i+2], a[i+3]); i = i + 4
-    elseif op == 'HS' then
-      redis.call('HSET', a[i+1], a[i+2], a[i+3]); i = i + 4
-    elseif op == 'S' then
-      redis.call('SADD', a[i+1], a[i+2]); i = i + 3
-    elseif op == 'D' then
-      redis.call('SADD', a[i+1], a[i+4])
-      redis.call('HSET', a[i+2], a[i+3], redis.call('SCARD', a[i+1]))
-      i = i + 5
-    elseif op == 'DS' then
-      local n = tonumber(a[i+4])
-      for k = i + 5, i + 4 + n, 1000 do
-        redis.call('SADD', a[i+1], unpack(a, k, math.min(k + 999, i + 4 + n)))
-      end
-      redis.call('HSET', a[i+2], a[i+3], redis.call('SCARD', a[i+1]))
-      i = i + 5 + n
-    elseif op == 'E' then
-      redis.call('EXPIRE', a[i+1], a[i+2]); i = i + 3
-    elseif op == 'EA' then
-      redis.call('EXPIREAT', a[i+1], a[i+2]); i = i + 3
-    elseif op == 'L' then
-      -- a fingerprint's statements in this batch: last seen (for the cap) and its fp|db|app members; a
-      -- member new to the set while the description is missing means the fingerprint was evicted and is back;
-      -- each fp|db|app entry's last-seen second goes to the entries index (the entry cap)
-      local n, added = tonumber(a[i+7]), 0
-      redis.call('ZADD', a[i+1], 'GT', a[i+3], a[i+2])
-      for k = i + 8, i + 7 + n, 1000 do
-        added = added + redis.call('SADD', a[i+5], unpack(a, k, math.min(k + 999, i + 7 + n)))
-      end
-      for k = i + 8, i + 7 + n do redis.call('ZADD', a[i+6], 'GT', a[k + n], a[i+2] .. '|' .. a[k]) end
-      if added > 0 and redis.call('EXISTS', a[i+4]) == 0 then undescribed[#undescribed + 1] = a[i+2] end
-      i = i + 8 + 2 * n
-    elseif op == 'X' then
-      local n = tonumber(a[i+3])
-      redis.call('XADD', a[i+1], 'MAXLEN', '~', a[i+2], '*', unpack(a, i + 4, i + 3 + n))
-      i = i + 4 + n
-    elseif op == 'B' then
-      local key, ts, sid, txid, app, fp, comment = a[i+1], a[i+3], a[i+4], a[i+5], a[i+6], a[i+7], a[i+8]
-      caps[key] = a[i+2]
-      local j = i + 10
-      for _ = 1, tonumber(a[i+9]) do
-        if comment == '' and a[j+3] == '' and a[j+4] == '' then
-          redis.call('XADD', key, '*', 'rule', a[j], 'value', a[j+1], 'labels', a[j+2], 'ts', ts, 'sid', sid,
-            'txid', txid, 'app', app, 'fp', fp)
-        else
-          local f = {'rule', a[j], 'value', a[j+1], 'labels', a[j+2], 'ts', ts, 'sid', sid, 'txid', txid, 'app', app,
-            'fp', fp}
-          if comment ~= '' then f[#f + 1] = 'comment'; f[#f + 1] = comment end
-          if a[j+3] ~= '' then f[#f + 1] = 'count'; f[#f + 1] = a[j+3] end
-          if a[j+4] ~= '' then f[#f + 1] = 'rows_only'; f[#f + 1] = a[j+4] end
-          redis.call('XADD', key, '*', unpack(f))
-        end
-        j = j + 5
-      end
-      i = j
-    elseif op == 'IFNX' then
-      local n = tonumber(a[i+3])
-      if redis.call('SET', a[i+1], '1', 'NX', 'EX', a[i+2]) then run(a, i + 4, i + 3 + n) end
-      i = i + 4 + n
-    elseif op == 'IFADD' then
-      local n = tonumber(a[i+3])
-      if redis.call('SADD', a[i+1], a[i+2]) == 1 then run(a, i + 4, i + 3 + n) end
-      i = i + 4 + n
-    elseif op == 'IFAGE' then
-      local n = tonumber(a[i+5])
-      redis.call('HSETNX', a[i+1], a[i+2], a[i+3])
-      local since = tonumber(redis.call('HGET', a[i+1], a[i+2]))
-      if tonumber(a[i+3]) - since >= tonumber(a[i+4]) then run(a, i + 6, i + 5 + n) end
-      i = i + 6 + n
-    elseif op == 'G' or op == 'GN' then
-      -- GN carries the statement's number in its transaction (after ttl), kept with what is parked
-      local outcome_key, parked_key, ttl, seq, c = a[i+1], a[i+2], a[i+3], nil, i + 4
-      if op == 'GN' then seq = tonumber(a[c]); c = c + 1 end
-      local n = tonumber(a[c])
-      local outcome, undone = split_outcome(redis.call('GET', outcome_key))
-      if outcome == 'committed' then
-        if not is_undone(undone, seq) then run(a, c + 1, c + n) end
-      elseif not outcome then
-        local sub = {}
-        for k = c + 1, c + n do sub[#sub + 1] = a[k] end
-        -- the number travels as a second msgpack object: a script that knows only one still replays it
-        redis.call('RPUSH', parked_key, seq and cmsgpack.pack(sub, seq) or cmsgpack.pack(sub))
-        redis.call('EXPIRE', parked_key, ttl)
-      end
-      i = c + 1 + n
-    elseif op == 'C' then
-      redis.call('SET', a[i+1], a[i+3], 'EX', a[i+4])
-      local outcome, undone = split_outcome(a[i+3])
-      if outcome == 'committed' then
-        for _, blob in ipairs(redis.call('LRANGE', a[i+2], 0, -1)) do
-          local sub, seq = cmsgpack.unpack(blob)
-          if not is_undone(undone, seq) then run(sub, 1, #sub) end
-        end
-      end
-      redis.call('DEL', a[i+2])
-      i = i + 5
-    else
-      error('fasterdata: unknown op ' .. tostring(op))
-    end
-  end
-end
+from . import ops, scripts
 
-local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
-local ids = cjson.decode(ARGV[5])
-local nids = #ids
--- ARGV[7], ARGV[8]: when the batch was read (ms, this server's clock, before the read ran) and the
--- group's claim floor key. No consumer takes an entry idle for less than the floor, so a batch read
--- less than half of it ago is still wholly ours and needs no entry-by-entry check.
-local fresh = false
-if ARGV[7] then
-  local floor = redis.call('GET', ARGV[8])
-  if floor then
-    local t = redis.call('TIME')
-    fresh = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[7]) < tonumber(floor) / 2
-  end
-end
-if nids > 0 and not fresh then
-  local pend = redis.call('XPENDING', stream, group, ARGV[3], ARGV[4], nids + 10000, consumer)
-  local owned = {}
-  for _, p in ipairs(pend) do owned[p[1]] = true end
-  local missing = {}
-  for k = 1, nids do
-    if not owned[ids[k]] then missing[#missing + 1] = ids[k] end
-  end
-  if #missing > 0 then
-    table.insert(missing, 1, 0)
-    return missing
-  end
-end
-for k = 1, nids, 1000 do
-  redis.call('XACK', stream, group, unpack(ids, k, math.min(k + 999, nids)))
-end
-local ops = cjson.decode(ARGV[6])
-run(ops, 1, #ops)
-for key, maxlen in pairs(caps) do redis.call('XTRIM', key, 'MAXLEN', '~', maxlen) end
-return {1, nids, undescribed, fresh and 0 or 1}
-"""
-
-# Sets the group's claim floor (ms) to a claimer's min-idle when that is lower, or when the floor has
-# lapsed: a floor outlives its setter by PX, which the setter renews at every claim pass.
-FLOOR_LUA = r"""
-local cur = redis.call('GET', KEYS[1])
-if (not cur) or tonumber(ARGV[1]) <= tonumber(cur) then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-end
-return redis.call('GET', KEYS[1])
-"""
+LUA = ops.render(scripts.read("commit.lua"))  # its dispatcher built from ops.OPS; redis-py takes its SHA
+FLOOR_LUA = scripts.read("claim_floor.lua")
 
 
 def _num(value: Any) -> str:
@@ -231,10 +54,10 @@ def _num(value: Any) -> str:
 
 
 class Writes:
-    """Redis writes of one batch, in the op language of `LUA`; aggregated where order does not matter."""
+    """Redis writes of one batch, in the op language of `ops.OPS`; aggregated where order does not matter."""
 
-    __slots__ = ("declared", "distincts", "expire_ats", "expires", "extremes", "incr", "nested", "nx", "ordered",
-                 "portable", "sadd", "touches", "undescribed", "zincr")
+    __slots__ = ("declared", "distincts", "expire_ats", "expires", "extremes", "incr", "nested", "noted", "nx",
+                 "ordered", "portable", "sadd", "touches", "undescribed", "zincr")
 
     def __init__(self, portable: bool = False) -> None:
         self.incr: dict[tuple[str, str], int] = {}
@@ -247,9 +70,10 @@ class Writes:
         self.expire_ats: dict[str, int] = {}  # key → epoch seconds (EXPIREAT)
         self.touches: list[str] = []  # `L` ops, flat: run last, after the descriptions (NX) they check
         self.undescribed: list[str] = []  # after the commit: fingerprints the script found without stats:fp
+        self.noted: list[str] = []  # after the commit: what the `note`s that ran reported
         self.ordered: list[Any] = []  # str args, or (header list, child Writes)
         self.nested = False  # any child in `ordered`: without one, args() copies it in one step
-        self.declared: set[str] = set()  # keys named by the flat ops in `ordered` (the rest: in the dicts)
+        self.declared: set[str] = set()  # keys of the ops in `ordered` (the rest: in the dicts, and `touches`)
         self.portable = portable  # parked for later: only ops every release of the script knows (X, D)
 
     def hincr(self, key: str, field: str, n: int) -> None:
@@ -275,9 +99,16 @@ class Writes:
     def setnx(self, key: str, field: str, value: str) -> None:
         self.nx.setdefault((key, field), value)
 
+    def _keep(self, op: Sequence[str]) -> None:
+        """Append an op to `ordered`, declaring its keys (where the declaration puts them). A caller that
+        appends to `ordered` itself declares the keys of what it appends."""
+        declared = self.declared
+        for k in ops.KEY_OFFSETS[op[0]]:
+            declared.add(op[k])
+        self.ordered.extend(op)
+
     def hset(self, key: str, field: str, value: str) -> None:
-        self.declared.add(key)
-        self.ordered.extend(("HS", key, field, value))
+        self._keep(("HS", key, field, value))
 
     def add(self, key: str, member: str) -> None:
         self.sadd.add((key, member))
@@ -311,15 +142,21 @@ class Writes:
         self.touches.extend(map(str, seconds))
 
     def xadd(self, key: str, maxlen: int, fields: dict[str, str]) -> None:
-        self.declared.add(key)
         args = ["X", key, str(maxlen), str(2 * len(fields))]
         for f, v in fields.items():
             args.append(f)
             args.append(v)
-        self.ordered.extend(args)
+        self._keep(args)
 
-    def _child(self, header: list[str], *keys: str, portable: bool = False) -> Writes:
-        self.declared.update(keys)
+    def note(self, what: str) -> None:
+        """Have the commit's reply carry `what` if this op runs: inside a conditional child, only when its
+        condition held. Never in parked writes (a previous release's script does not know the op)."""
+        if self.portable:
+            raise ValueError("a parked write cannot carry a note")
+        self.ordered.extend(("N", what))
+
+    def _child(self, header: list[str], portable: bool = False) -> Writes:
+        self.declared.update(header[k] for k in ops.KEY_OFFSETS[header[0]])
         child = Writes(portable or self.portable)
         self.ordered.append((header, child))
         self.nested = True
@@ -329,32 +166,33 @@ class Writes:
         """Writes of a statement whose transaction is still open: applied when it commits, unless its
         number ``seq`` (the event's ``n``) is among those the commit says a ROLLBACK TO SAVEPOINT undid."""
         header = ["GN", outcome_key, pending_key, str(ttl), seq] if seq else ["G", outcome_key, pending_key, str(ttl)]
-        return self._child(header, outcome_key, pending_key, portable=True)
+        return self._child(header, portable=True)
 
     def txn_end(self, outcome_key: str, pending_key: str, outcome: str, ttl: int, undone: str = "") -> None:
         """The transaction's outcome; ``undone`` (ranges ``a-b,…``) names parked statements not to apply."""
-        self.declared.update((outcome_key, pending_key))
         if undone and outcome == "committed":
             outcome = f"{outcome};{undone}"
-        self.ordered.extend(("C", outcome_key, pending_key, outcome, str(ttl)))
+        self._keep(("C", outcome_key, pending_key, outcome, str(ttl)))
 
     def once(self, key: str, ttl: int) -> Writes:
         """Children run only if `key` did not exist (then it exists for ttl seconds): de-duplication."""
-        return self._child(["IFNX", key, str(max(1, ttl))], key)
+        return self._child(["IFNX", key, str(max(1, ttl))])
 
     def if_new_member(self, set_key: str, member: str) -> Writes:
-        return self._child(["IFADD", set_key, member], set_key)
+        return self._child(["IFADD", set_key, member])
 
     def if_older(self, hash_key: str, field: str, now: int, min_age: int) -> Writes:
         """Children run if `field` (set to now when absent) is at least min_age old."""
-        return self._child(["IFAGE", hash_key, field, str(now), str(min_age)], hash_key)
+        return self._child(["IFAGE", hash_key, field, str(now), str(min_age)])
 
     def __bool__(self) -> bool:
         return bool(self.incr or self.zincr or self.extremes or self.nx or self.sadd or self.distincts
                     or self.expires or self.expire_ats or self.touches or self.ordered)
 
     def key_names(self) -> set[str]:
-        """Every key the ops (children included) name: the script's KEYS when sharded."""
+        """Every key the ops (children included) name: the script's KEYS when sharded. The aggregates' keys
+        come from their dicts, the `L` ops' from walking them by the declaration (`ops.keys_in`); the ops in
+        `ordered` were declared as they were kept, which costs less than walking them."""
         names = set(self.declared)
         names.update(k for k, _ in self.incr)
         names.update(k for k, _ in self.zincr)
@@ -366,14 +204,7 @@ class Writes:
             names.add(hash_key)
         names.update(self.expires)
         names.update(self.expire_ats)
-        t = self.touches
-        i = 0
-        while i < len(t):  # L, last, fp, ts, fp_key, members_key, entries_key, n, n members, their n seconds
-            names.add(t[i + 1])
-            names.add(t[i + 4])
-            names.add(t[i + 5])
-            names.add(t[i + 6])
-            i += 8 + 2 * int(t[i + 7])
+        names |= ops.keys_in(self.touches)
         if self.nested:
             for item in self.ordered:
                 if isinstance(item, tuple):
@@ -468,6 +299,7 @@ class Committer:
     def _outcome(self, ids: list[str], writes: Writes, result: list[Any]) -> list[str]:
         if int(result[0]) == 1:
             writes.undescribed = list(result[2]) if len(result) > 2 else []
+            writes.noted = [str(x) for x in result[4]] if len(result) > 4 else []
             if ids and int(result[3]):
                 self.checked += 1
             return []

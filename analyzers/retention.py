@@ -17,7 +17,7 @@ this; the time a fingerprint was last seen keeps what the applications run now w
 Every commit records, per fingerprint in its batch, the newest event second (`stats:last`, ZADD GT) and
 the `<db>|<app>` members it wrote (`stats:members:<fp>`), in the same script as the counters, so
 whatever exists is indexed. A sweep, per shard: read the oldest entries beyond the cap (and those past
-the age), their member sets, then run `EVICT` over a few of them at a time. The script declares every
+the age), their member sets, then run `EVICT` (evict.lua) over a few of them at a time. The script declares every
 key it touches (all of one shard: its hash tag), so a cluster runs it on one slot, and it re-checks
 each fingerprint before removing anything: still over the cap (or past the age), not seen since it
 was chosen, and no member added that was not declared. So several workers may sweep at once: a
@@ -35,10 +35,10 @@ tools that add a connection number) would grow those without end under a fingerp
 the entries have a cap of their own (`stats_max_entries`, per shard; pg_stat_statements.max counts
 the same kind of entry, query × user × database), kept by the same rule: least recently seen first.
 Every commit records each entry's newest second in `stats:entries` (atomic.py, op `L`).
-`EVICT_ENTRIES` removes an entry's counters and top members; the fingerprint leaves the application's
-`seen` set when no other database of that application still has it, the application's first-seen mark
-goes with its last `seen` member (so a name that returns is learnt anew, not alerted on shape by
-shape), and a fingerprint left without entries goes whole, as if the fingerprint cap had evicted it.
+`EVICT_ENTRIES` (evict_entries.lua) removes an entry's counters and top members; the fingerprint leaves
+the application's `seen` set when no other database of that application still has it, the application's
+first-seen mark goes with its last `seen` member (so a name that returns is learnt anew, not alerted on
+shape by shape), and a fingerprint left without entries goes whole, as if the fingerprint cap had evicted it.
 
 Entries written before this version that never recur again are in no index and are not evicted.
 """
@@ -51,85 +51,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from . import scripts
 from .keys import Keys
 
 log = logging.getLogger("fasterdata.analyze")
 
-EVICT = r"""
--- KEYS[1] stats:last, KEYS[2..4] stats:top:time|calls|errors, KEYS[5] stats:entries, then every key the victims
--- name (declared)
--- ARGV: cap (0: none), age cutoff (epoch s, 0: none), q prefix, seen prefix, fp prefix, members prefix, then per
--- victim: fp, the score it was chosen with, n, n members (<db>|<app>)
-local last, cap, cutoff = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
-local qp, sp, fpp, mp = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local evicted = {}
-local i = 7
-while i <= #ARGV do
-  local fp, chosen, n = ARGV[i], tonumber(ARGV[i+1]), tonumber(ARGV[i+2])
-  local declared = {}
-  for k = i + 3, i + 2 + n do declared[ARGV[k]] = true end
-  i = i + 3 + n
-  local score = tonumber(redis.call('ZSCORE', last, fp))
-  local due = score and score <= chosen
-    and ((cap > 0 and redis.call('ZCARD', last) > cap) or (cutoff > 0 and score <= cutoff))
-  local members = due and redis.call('SMEMBERS', mp .. fp) or {}
-  for _, m in ipairs(members) do
-    if not declared[m] then due = false end  -- a member written since: next sweep
-  end
-  if due then
-    for _, m in ipairs(members) do
-      local member = fp .. '|' .. m
-      redis.call('DEL', qp .. member)
-      redis.call('ZREM', KEYS[2], member)
-      redis.call('ZREM', KEYS[3], member)
-      redis.call('ZREM', KEYS[4], member)
-      redis.call('ZREM', KEYS[5], member)
-      local app = string.match(m, '^[^|]*|(.*)$')
-      if app then redis.call('SREM', sp .. app, fp) end
-    end
-    redis.call('DEL', mp .. fp, fpp .. fp)
-    redis.call('ZREM', last, fp)
-    evicted[#evicted + 1] = fp
-  end
-end
-return evicted
-"""
-
-EVICT_ENTRIES = r"""
--- KEYS[1] stats:entries, KEYS[2..4] stats:top:time|calls|errors, KEYS[5] stats:last, KEYS[6] seen:apps, then the
--- q, members, fp and seen keys the victims name (declared)
--- ARGV: cap, q prefix, seen prefix, members prefix, fp prefix, then per victim: fp|db|app, the score it was chosen with
-local entries, cap = KEYS[1], tonumber(ARGV[1])
-local qp, sp, mp, fpp = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local evicted = {}
-for i = 6, #ARGV, 2 do
-  local entry, chosen = ARGV[i], tonumber(ARGV[i+1])
-  local score = tonumber(redis.call('ZSCORE', entries, entry))
-  if score and score <= chosen and redis.call('ZCARD', entries) > cap then
-    local fp, member = string.match(entry, '^([^|]*)|(.*)$')
-    local app = string.match(member, '^[^|]*|(.*)$')
-    redis.call('DEL', qp .. entry)
-    for k = 2, 4 do redis.call('ZREM', KEYS[k], entry) end
-    redis.call('ZREM', entries, entry)
-    redis.call('SREM', mp .. fp, member)
-    local others = redis.call('SMEMBERS', mp .. fp)
-    local still = false
-    for _, m in ipairs(others) do
-      if string.match(m, '^[^|]*|(.*)$') == app then still = true end
-    end
-    if app and not still then
-      redis.call('SREM', sp .. app, fp)
-      if redis.call('EXISTS', sp .. app) == 0 then redis.call('HDEL', KEYS[6], app) end
-    end
-    if #others == 0 then
-      redis.call('DEL', fpp .. fp)
-      redis.call('ZREM', KEYS[5], fp)
-    end
-    evicted[#evicted + 1] = entry
-  end
-end
-return evicted
-"""
+EVICT = scripts.read("evict.lua")  # the fingerprint cap's
+EVICT_ENTRIES = scripts.read("evict_entries.lua")  # the entry cap's
 
 MAX_PER_SWEEP = 2000  # fingerprints considered per shard and sweep: bounded work
 KEYS_PER_CALL = 400  # keys one EVICT call names at most (a short script: commits wait while it runs)
