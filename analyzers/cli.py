@@ -15,7 +15,7 @@ from typing import Any
 
 from fasterdata.config.analyzer_settings import AnalyzerSettings
 from fasterdata.config.redisurl import redacted
-from fasterdata.config.settings import ConfigError, add_common_arguments, load, split_hostport
+from fasterdata.config.settings import ConfigError, add_common_arguments, add_metrics_access_arguments, load
 
 from .rules import RulesError
 from .rules import load as load_rules
@@ -41,6 +41,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--claim-idle", type=float, metavar="SECONDS",
                    help="reclaim entries pending this long in another consumer [30]")
     p.add_argument("--block", type=float, metavar="SECONDS", help="how long one read waits [1]")
+    add_metrics_access_arguments(p)
     add_common_arguments(p)
     p.set_defaults(command="analyze")
 
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = load("analyze", args.config, _flags(args))
     except ConfigError as exc:
-        print(f"fasterdata: configuration error:\n{exc}", file=sys.stderr)
+        print(exc.describe(), file=sys.stderr)
         return 2
     assert isinstance(settings, AnalyzerSettings)
     logs.setup(settings.log_level, settings.log_format)
@@ -91,14 +92,16 @@ def run_analyze(settings: AnalyzerSettings) -> int:
     import redis
     from prometheus_client import CollectorRegistry
 
-    from .metrics import MetricsHTTP, WorkerCollector
+    from fasterdata.proxy.httpd import EndpointError, serve_in_thread
+
+    from .metrics import WorkerCollector
     from .redisconn import ShardingError
     from .worker import Worker, tune_gc
 
     try:
         rules = load_rules(settings.rules)
     except RulesError as exc:
-        print(f"fasterdata: rules error:\n{exc}", file=sys.stderr)
+        print(exc.describe(), file=sys.stderr)
         return 2
     try:
         worker = Worker(settings, rules)
@@ -108,18 +111,15 @@ def run_analyze(settings: AnalyzerSettings) -> int:
     except redis.ConnectionError as exc:
         print(f"fasterdata analyze: cannot reach Redis at {redacted(settings.redis)}: {exc}", file=sys.stderr)
         return 1
-    http = None
-    if settings.metrics:
-        registry = CollectorRegistry()
-        registry.register(WorkerCollector(worker.counters, worker.consumer))
-        registry.register(worker.stats)
-        registry.register(worker.biz_metrics)
-        http = MetricsHTTP(registry, worker.health, worker.ready)
-        try:
-            http.start(*split_hostport(settings.metrics))
-        except OSError as exc:
-            log.error("cannot serve metrics on %s: %s", settings.metrics, exc.strerror or exc)
-            return 1
+    registry = CollectorRegistry()
+    registry.register(WorkerCollector(worker.counters, worker.consumer))
+    registry.register(worker.stats)
+    registry.register(worker.biz_metrics)
+    try:
+        http = serve_in_thread(settings, registry, ready=worker.ready, health=worker.health)
+    except EndpointError as exc:
+        log.error("%s", exc)
+        return 1
 
     def stop(signum: int, _frame: Any) -> None:
         log.info("signal %d: finishing the current batch", signum)

@@ -1,21 +1,16 @@
-"""The worker's Prometheus endpoint (/metrics, /healthz, /readyz) on a daemon thread.
+"""The worker's own Prometheus series: counters the loop bumps, read by a collector at scrape time.
 
-The worker loop is synchronous (one Redis round trip per batch), so a thread serves scrapes;
-collectors read plain counters under a lock at scrape time.
+The worker loop is synchronous (one Redis round trip per batch); the endpoint (proxy/httpd.py)
+serves scrapes from a thread of its own, so collectors read plain counters under a lock.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-
-log = logging.getLogger("fasterdata.analyze")
 
 
 class WorkerCounters:
@@ -123,48 +118,3 @@ class WorkerCollector(Collector):
         for rule, n in sorted(rows_only.items()):
             ro.add_metric([rule], n)
         yield ro
-
-
-class MetricsHTTP:
-    """/metrics, /healthz (loop alive), /readyz (Redis reachable) on a daemon thread."""
-
-    def __init__(self, registry: CollectorRegistry, health: Callable[[], str | None],
-                 ready: Callable[[], str | None]) -> None:
-        self.registry = registry
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?")[0]
-                if path == "/metrics":
-                    status, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest(outer.registry)
-                elif path in ("/healthz", "/readyz"):
-                    problem = health() if path == "/healthz" else ready()
-                    status, ctype = (200 if problem is None else 503), "text/plain"
-                    body = (problem or "ok").encode() + b"\n"
-                else:
-                    status, ctype, body = 404, "text/plain", b"not found\n"
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.handler = Handler
-        self.server: ThreadingHTTPServer | None = None
-
-    def start(self, host: str, port: int) -> int:
-        self.server = ThreadingHTTPServer((host, port), self.handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True).start()
-        port = self.server.server_address[1]
-        log.info("metrics on http://%s:%d/metrics", host, port)
-        return port
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()

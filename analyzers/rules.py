@@ -1,7 +1,9 @@
 """The rules file (config/rules.yaml): business rules, security policy, anomaly detection.
 
 Validated with pydantic so a typo stops start-up with the rule's name and the bad key, instead of
-a rule that silently never matches.
+a rule that silently never matches. Problems are told in the file's words (the rule, its key, what
+is expected, the spelling probably meant), one a line; `problems` lists them without raising, for
+`fasterdata config check`.
 """
 
 from __future__ import annotations
@@ -13,11 +15,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fasterdata.config.explain import ProblemsError, did_you_mean
+from fasterdata.config.explain import problems as explain
+
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 
-class RulesError(Exception):
-    """The rules file is unreadable or invalid; the message says where."""
+class RulesError(ProblemsError):
+    """The rules file is unreadable or invalid; one problem a line, each saying where."""
+
+    kind = "rules"
 
 
 class _Strict(BaseModel):
@@ -32,7 +39,8 @@ class Rule(_Strict):
     table: str = Field(description="Table name (unqualified, as in the SQL; case-insensitive unless quoted)")
     operation: Literal["insert", "update", "delete", "copy", "select"]
     value: str | dict[str, str] = Field(
-        "rows", description="'rows' (row count), a column name, {column: c} or {delta: c} for SET c = c ± x")
+        "rows", description="'rows' (the row count), a column name, {column: <name>}, or {delta: <name>} for "
+        "SET c = c ± x")
     labels: list[str] = Field(default_factory=list, description="Columns (or @app/@db/@user/@<comment key>)")
     aggregate: Literal["count", "sum", "min", "max", "distinct"] = "sum"
     match: dict[str, str] = Field(default_factory=dict, description="Only rows whose column equals the value")
@@ -43,7 +51,7 @@ class Rule(_Strict):
     @classmethod
     def _name(cls, value: str) -> str:
         if not _NAME.match(value):
-            raise ValueError(f"rule name must match {_NAME.pattern}, not {value!r}")
+            raise ValueError(f"must be lower-case letters, digits and _ (it names a metric), not {value!r}")
         return value
 
     @field_validator("table")
@@ -54,15 +62,19 @@ class Rule(_Strict):
 
     @model_validator(mode="after")
     def _value(self) -> Rule:
+        if isinstance(self.value, dict) and set(self.value) not in ({"delta"}, {"column"}):
+            keys = ", ".join(repr(k) for k in self.value)
+            hint = "".join(did_you_mean(k, ("column", "delta")) for k in self.value if k not in ("column", "delta"))
+            raise ValueError(f"value: a mapping holds one key, column or delta, not {keys}{hint}")
         kind, col = self.value_kind, self.value_column
         if kind == "delta" and self.operation != "update":
-            raise ValueError(f"rule {self.name}: a delta value needs operation: update")
+            raise ValueError(f"value: a delta needs operation: update, not {self.operation}")
         if kind == "column" and self.operation in ("copy", "select", "delete"):
-            raise ValueError(f"rule {self.name}: operation {self.operation} has no column values; use value: rows")
+            raise ValueError(f"value: operation {self.operation} has no column values; use value: rows")
         if kind == "column" and not col:
-            raise ValueError(f"rule {self.name}: empty value column")
+            raise ValueError("value: the column name is empty")
         if kind == "rows" and self.aggregate in ("min", "max", "distinct"):
-            raise ValueError(f"rule {self.name}: aggregate {self.aggregate} needs a column value")
+            raise ValueError(f"aggregate: {self.aggregate} needs a column value (value: <column>), not rows")
         return self
 
     @property
@@ -72,7 +84,7 @@ class Rule(_Strict):
                 return "delta"
             if set(self.value) == {"column"}:
                 return "column"
-            raise ValueError(f"rule {self.name}: value must be 'rows', a column, {{column: c}} or {{delta: c}}")
+            raise ValueError("value must be 'rows', a column, {column: c} or {delta: c}")
         return "rows" if self.value == "rows" else "column"
 
     @property
@@ -136,6 +148,7 @@ class RulesFile(_Strict):
 
 
 def parse(data: Any, source: str = "rules") -> RulesFile:
+    """Validate the file's content; RulesError listing every problem."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -143,20 +156,32 @@ def parse(data: Any, source: str = "rules") -> RulesFile:
     try:
         return RulesFile(**data)
     except ValidationError as exc:
-        lines = []
-        for item in exc.errors():
-            loc = item["loc"]
-            where = ".".join(str(p) for p in loc)
-            if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
-                rules = data.get("rules") or []
-                name = rules[loc[1]].get("name") if loc[1] < len(rules) and isinstance(rules[loc[1]], dict) \
-                    else None
-                where = f"rule {name or loc[1]!r}" + ("." + ".".join(str(p) for p in loc[2:]) if loc[2:] else "")
-            msg = item["msg"].removeprefix("Value error, ")
-            if item["type"] == "extra_forbidden":
-                msg = "unknown key"
-            lines.append(f"{source}: {where}: {msg}")
-        raise RulesError("\n".join(lines)) from None
+        raise RulesError(*(f"{source}: {line}" for line in _in_rule_words(exc, data))) from None
+
+
+def _in_rule_words(error: ValidationError, data: dict[str, Any]) -> list[str]:
+    lines = []
+    for p in explain(error, RulesFile):
+        where = _where(p.path, data)
+        if p.unknown and not p.path:
+            lines.append(f"unknown section {p.key!r}{did_you_mean(p.key, RulesFile.model_fields)}")
+        elif p.key is None or p.unknown:
+            lines.append(f"{where}: {p.message}" if where else p.message)
+        else:
+            lines.append(f"{where}: {p.key}: {p.message}" if where else f"{p.key}: {p.message}")
+    return lines
+
+
+def _where(path: tuple[str | int, ...], data: dict[str, Any]) -> str:
+    """'rule 'sales_amount'' for a rule (by its name, else its place), 'security.injection' for a policy."""
+    if len(path) >= 2 and path[0] == "rules" and isinstance(path[1], int):
+        rules = data.get("rules")
+        rule = rules[path[1]] if isinstance(rules, list) and path[1] < len(rules) else None
+        name = rule.get("name") if isinstance(rule, dict) else None
+        rest = ".".join(str(p) for p in path[2:])
+        return (f"rule {name!r}" if isinstance(name, str) else f"rule {path[1] + 1} (no name)") + \
+            (f" {rest}" if rest else "")
+    return ".".join(str(p) for p in path)
 
 
 def load(path: str | Path | None) -> RulesFile:
@@ -168,5 +193,5 @@ def load(path: str | Path | None) -> RulesFile:
     except OSError as exc:
         raise RulesError(f"cannot read rules file {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise RulesError(f"{path}: not valid YAML: {exc}") from None
+        raise RulesError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     return parse(data, str(path))

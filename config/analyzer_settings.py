@@ -1,8 +1,4 @@
-"""Settings of `fasterdata analyze` (and `fasterdata top`): the `analyze:` section of the config file.
-
-Importing this module registers the model as `config.settings.COMMANDS["analyze"]`, so
-`config.settings.load("analyze", …)` and the config file's `analyze:` section work.
-"""
+"""Settings of `fasterdata analyze` (and `fasterdata top`): the `analyze:` section of the config file."""
 
 from __future__ import annotations
 
@@ -11,13 +7,12 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from fasterdata.config import settings
-from fasterdata.config.settings import Common, _hostport
+from fasterdata.config.common import Served, hostport
 
 SHIPPED_RULES = str(Path(__file__).resolve().parent / "rules.yaml")
 
 
-class AnalyzerSettings(Common):
+class AnalyzerSettings(Served):
     """`fasterdata analyze`."""
 
     metrics: str = Field("127.0.0.1:9931", description="Address of /metrics, /healthz and /readyz ('' disables)")
@@ -60,21 +55,18 @@ class AnalyzerSettings(Common):
     @field_validator("metrics")
     @classmethod
     def _metrics(cls, value: str) -> str:
-        return value and _hostport(value, "metrics")
+        return value and hostport(value, "127.0.0.1:9931")
 
     @field_validator("start_id")
     @classmethod
     def _start(cls, value: str) -> str:
         if value != "$" and not value.replace("-", "").isdigit():
-            raise ValueError(f"start_id must be '0', '$' or a stream id, not {value!r}")
+            raise ValueError(f"must be '0', '$' or a stream id, not {value!r}")
         return value
 
     @field_validator("consumer")
     @classmethod
     def _consumer(cls, value: Any) -> Any:
         if value is not None and (not value or any(c.isspace() for c in value)):
-            raise ValueError("consumer must be a non-empty name without spaces")
+            raise ValueError("must be a non-empty name without spaces")
         return value
-
-
-settings.COMMANDS.setdefault("analyze", AnalyzerSettings)

@@ -12,13 +12,13 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from fasterdata.config import settings as _settings
-from fasterdata.config.settings import Common, _hostport
+from fasterdata.config.common import Served, hostport
+from fasterdata.config.loader import load_model
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
 
 
-class GLSettings(Common):
+class GLSettings(Served):
     """`fasterdata gl warm|get|journal|stats|serve|follow`."""
 
     dsn: str = Field("host=127.0.0.1 port=5432 dbname=postgres",
@@ -55,42 +55,32 @@ class GLSettings(Common):
 
     @field_validator("table", "date_column", "debit_column", "credit_column", "amount_column")
     @classmethod
-    def _ident(cls, value: str, info: Any) -> str:
+    def _ident(cls, value: str) -> str:
         if not _IDENT.match(value):
-            raise ValueError(f"{info.field_name} must be a plain SQL identifier (schema.table allowed), "
-                             f"not {value!r}")
+            raise ValueError(f"must be a plain SQL identifier (schema.table allowed), not {value!r}")
         return value
 
     @field_validator("key_column")
     @classmethod
     def _key(cls, value: str) -> str:
         if value and not _IDENT.match(value):
-            raise ValueError(f"key_column must be a plain SQL identifier or '', not {value!r}")
+            raise ValueError(f"must be a plain SQL identifier or '', not {value!r}")
         return value
 
     @field_validator("flight")
     @classmethod
     def _flight(cls, value: str) -> str:
-        return _hostport(value, "flight")
+        return hostport(value, "127.0.0.1:8815")
 
     @field_validator("metrics")
     @classmethod
     def _metrics(cls, value: str) -> str:
-        return value and _hostport(value, "metrics")
-
-
-def register() -> None:
-    """Make `gl` a known command (and YAML section) of config.settings.load."""
-    _settings.COMMANDS.setdefault("gl", GLSettings)
+        return value and hostport(value, "127.0.0.1:9932")
 
 
 def load_gl(file: str | Path | None = None, flags: Mapping[str, Any] | None = None,
             environ: Mapping[str, str] | None = None) -> GLSettings:
     """GLSettings from file (`gl:` section) < FASTERDATA_* environment < flags."""
-    register()
-    result = _settings.load("gl", file, flags, environ)
+    result = load_model(GLSettings, "gl", file, flags, environ)
     assert isinstance(result, GLSettings)
     return result
-
-
-register()

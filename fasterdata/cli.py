@@ -27,7 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("config", help="check a settings file, or show the settings in force",
                        description="Settings come from a YAML file < FASTERDATA_* environment < flags.")
     csub = c.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    check = csub.add_parser("check", help="validate FILE for every command; exit 2 naming each problem")
+    check = csub.add_parser(
+        "check", help="validate a settings FILE for every command, and the rules file it names (or a rules "
+        "FILE itself); exit 2 naming each problem",
+        description="Offline: reads FILE, and for a settings file the rules file `analyze` would read; the "
+        "environment is not consulted. A rules file is known by its top-level rules:, security: or anomaly:.")
     check.add_argument("file", metavar="FILE")
     show = csub.add_parser("show", help="print the effective settings of every command, secrets masked")
     show.add_argument("--config", metavar="FILE", help="YAML settings file")
@@ -68,24 +72,21 @@ def config_command(args: argparse.Namespace) -> int:
 
     from fasterdata.config import settings as config_settings
 
+    from .config_check import check
+
     try:
         if args.config_command == "check":
-            problems = []
-            for command in config_settings.SECTIONS:
-                try:
-                    config_settings.load(command, args.file)
-                except ConfigError as exc:
-                    problems.append(str(exc))
-            if problems:
-                print("\n".join(dict.fromkeys(problems)), file=sys.stderr)
+            report = check(args.file)
+            if report.problems:
+                print("\n".join(report.problems), file=sys.stderr)
                 return 2
-            print(f"{args.file}: ok")
+            print("\n".join(report.checked))
         elif args.config_command == "show":
             print(yaml.safe_dump(config_settings.effective(args.config), sort_keys=False), end="")
         else:
             print(config_settings.reference_markdown())
     except ConfigError as exc:
-        print(f"fasterdata: configuration error:\n{exc}", file=sys.stderr)
+        print(exc.describe(), file=sys.stderr)
         return 2
     return 0
 

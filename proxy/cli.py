@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = load("proxy", args.config, _flags(args, ProxySettings))
     except ConfigError as exc:
-        print(f"fasterdata: configuration error:\n{exc}", file=sys.stderr)
+        print(exc.describe(), file=sys.stderr)
         return 2
     logs.setup(settings.log_level, settings.log_format)
     return run_proxy(settings)

@@ -1,4 +1,10 @@
-"""A small asyncio HTTP endpoint for /metrics, /healthz and /readyz (no threads in the proxy)."""
+"""The one HTTP endpoint of every process kind: /metrics, /healthz and /readyz.
+
+It is asyncio. The proxy runs it in its own event loop, so the proxy has no threads for it; the
+analyzer and `gl serve|follow`, whose loops are synchronous, run it on a loop of its own thread
+(`MetricsThread`). Either way the same code answers, and basic auth and TLS apply alike: metrics
+reveal statement counts, client addresses and business figures.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +13,46 @@ import base64
 import hmac
 import logging
 import ssl
+import threading
 from collections.abc import Callable
+from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from fasterdata.config.common import split_hostport
+
 log = logging.getLogger("fasterdata.http")
+
+Probe = Callable[[], str | None]  # None: fine; else the reason, served with a 503
+
+
+def _fine() -> str | None:
+    return None
+
+
+class EndpointError(Exception):
+    """The endpoint cannot start: the message says what (an unreadable certificate, an address in use)."""
+
+
+class Access(Protocol):
+    """The settings that guard the endpoint (config.common.Served)."""
+
+    metrics: str
+    metrics_user: str | None
+    metrics_password: str | None
+    metrics_tls_cert: str | None
+    metrics_tls_key: str | None
 
 
 class MetricsServer:
-    """Serves the registry; ``ready`` decides /readyz (503 with a reason when not ready)."""
+    """Serves the registry; ``health`` decides /healthz and ``ready`` /readyz (503 with the reason)."""
 
-    def __init__(self, registry: CollectorRegistry, ready: Callable[[], str | None], user: str | None = None,
-                 password: str | None = None, tls_cert: str | None = None, tls_key: str | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry, ready: Probe = _fine, user: str | None = None,
+                 password: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
+                 health: Probe = _fine) -> None:
         self.registry = registry
         self.ready = ready
-        # Metrics reveal statement counts and client addresses: optionally behind basic auth and TLS.
+        self.health = health
         self._auth = (b"Basic " + base64.b64encode(f"{user}:{password}".encode())) if user and password else None
         self._tls: ssl.SSLContext | None = None
         if tls_cert and tls_key:
@@ -52,24 +83,25 @@ class MetricsServer:
             self._server.close()
             await self._server.wait_closed()
 
+    def _answer(self, request: bytes) -> tuple[str, str, bytes, str]:
+        """(status, content type, body, extra headers) for one request."""
+        path = request.split(b" ", 2)[1].split(b"?")[0].decode("latin-1")
+        if not self._authorized(request):
+            return ("401 Unauthorized", "text/plain", b"unauthorized\n",
+                    'WWW-Authenticate: Basic realm="fasterdata", charset="UTF-8"\r\n')
+        if path == "/metrics":
+            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry), ""
+        if path in ("/healthz", "/readyz"):
+            problem = self.health() if path == "/healthz" else self.ready()
+            status = "200 OK" if problem is None else "503 Service Unavailable"
+            fine = "ok" if path == "/healthz" else "ready"
+            return status, "text/plain", (problem or fine).encode() + b"\n", ""
+        return "404 Not Found", "text/plain", b"not found\n", ""
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            path = request.split(b" ", 2)[1].split(b"?")[0].decode("latin-1")
-            extra = ""
-            if not self._authorized(request):
-                status, ctype, body = "401 Unauthorized", "text/plain", b"unauthorized\n"
-                extra = 'WWW-Authenticate: Basic realm="fasterdata", charset="UTF-8"\r\n'
-            elif path == "/metrics":
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
-            elif path == "/healthz":
-                status, ctype, body = "200 OK", "text/plain", b"ok\n"
-            elif path == "/readyz":
-                problem = self.ready()
-                status = "200 OK" if problem is None else "503 Service Unavailable"
-                ctype, body = "text/plain", (problem or "ready").encode() + b"\n"
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
+            status, ctype, body, extra = self._answer(request)
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n{extra}"
                 "Connection: close\r\n\r\n".encode() + body)
@@ -79,3 +111,59 @@ class MetricsServer:
             pass
         finally:
             writer.close()
+
+
+def server_for(settings: Access, registry: CollectorRegistry, ready: Probe = _fine,
+               health: Probe = _fine) -> MetricsServer:
+    """The endpoint as the settings guard it; EndpointError when the certificate does not load."""
+    try:
+        return MetricsServer(registry, ready, user=settings.metrics_user, password=settings.metrics_password,
+                             tls_cert=settings.metrics_tls_cert, tls_key=settings.metrics_tls_key, health=health)
+    except (OSError, ssl.SSLError) as exc:
+        raise EndpointError(f"cannot load the metrics certificate {settings.metrics_tls_cert}: "
+                            f"{getattr(exc, 'strerror', None) or exc}") from None
+
+
+class MetricsThread:
+    """A MetricsServer on an event loop of its own daemon thread, for a process whose loop is synchronous.
+
+    A scrape runs the collectors on that thread; they read what the main loop counts under its locks.
+    """
+
+    def __init__(self, server: MetricsServer) -> None:
+        self.server = server
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="metrics", daemon=True)
+
+    def start(self, host: str, port: int) -> int:
+        """Listen and serve; the port bound. OSError (address in use …) as start_server raises it."""
+        self._thread.start()
+        try:
+            return asyncio.run_coroutine_threadsafe(self.server.start(host, port), self._loop).result()
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.server.close(), self._loop).result(timeout=10)
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+
+def serve_in_thread(settings: Access, registry: CollectorRegistry, ready: Probe = _fine,
+                    health: Probe = _fine) -> MetricsThread | None:
+    """Serve `settings.metrics` ('' : nothing) on a thread; EndpointError, one line, when it cannot."""
+    if not settings.metrics:
+        return None
+    endpoint = MetricsThread(server_for(settings, registry, ready, health))
+    try:
+        endpoint.start(*split_hostport(settings.metrics))
+    except OSError as exc:
+        raise EndpointError(f"cannot serve metrics on {settings.metrics}: {exc.strerror or exc}") from None
+    return endpoint

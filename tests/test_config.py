@@ -42,9 +42,9 @@ def test_flags_win_over_environment_over_file(tmp_path: Path) -> None:
     [
         ("proxy:\n  listn: 1.2.3.4:5\n", "unknown setting 'listn'"),
         ("colour: blue\n", "unknown setting 'colour'"),
-        ("proxy:\n  upstream: nowhere\n", "upstream must be HOST:PORT"),
+        ("proxy:\n  upstream: nowhere\n", "upstream: must be HOST:PORT"),
         ("proxy:\n  connect_timeout: -1\n", "connect_timeout"),
-        ("redis: http://x\n", "redis must be a redis://"),
+        ("redis: http://x\n", "redis: must be a redis://"),
         ("- a\n- b\n", "expected a mapping"),
         ("proxy: [\n", "not valid YAML"),
     ],
@@ -54,9 +54,53 @@ def test_bad_file_names_the_key(tmp_path: Path, text: str, message: str) -> None
         load("proxy", write(tmp_path, text), environ={})
 
 
-def test_bad_environment_value() -> None:
-    with pytest.raises(ConfigError, match="max_client_conn"):
+def test_bad_environment_value_names_the_variable() -> None:
+    """The person set FASTERDATA_WORKERS, not `workers`: the message names what they wrote."""
+    with pytest.raises(ConfigError) as caught:
+        load("proxy", environ={"FASTERDATA_WORKERS": "abc"})
+    assert caught.value.problems == ["FASTERDATA_WORKERS: expected a whole number, not 'abc'"]
+    with pytest.raises(ConfigError, match="FASTERDATA_MAX_CLIENT_CONN: expected a whole number"):
         load("proxy", environ={"FASTERDATA_MAX_CLIENT_CONN": "lots"})
+
+
+def test_bad_port_is_said_once_on_one_line() -> None:
+    """`--listen 127.0.0.1:99999` gets one line that names the setting and the value once each."""
+    run = cli("proxy", "--listen", "127.0.0.1:99999")
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [
+        "fasterdata: configuration error: listen: port 99999 is out of range (0 to 65535) in '127.0.0.1:99999'"]
+
+
+def test_unknown_setting_suggests_the_spelling_meant(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown setting 'listn' \(did you mean 'listen'\?\)"):
+        load("proxy", write(tmp_path, "proxy:\n  listn: 1.2.3.4:5\n"), environ={})
+    with pytest.raises(ConfigError, match=r"unknown setting 'prefx' \(did you mean 'prefix'\?\)"):
+        load("proxy", write(tmp_path, "prefx: x\n"), environ={})
+
+
+def test_every_problem_of_a_file_is_reported(tmp_path: Path) -> None:
+    f = write(tmp_path, "colour: blue\nproxy:\n  workers: many\n  log_level: loud\n")
+    with pytest.raises(ConfigError) as caught:
+        load("proxy", f, environ={})
+    assert [p.split(": ", 1)[1] for p in caught.value.problems] == [
+        "unknown setting 'colour'",
+        "log_level: must be one of 'debug', 'info', 'warning' or 'error', not 'loud'",
+        "workers: expected a whole number, not 'many'"]
+
+
+def test_models_import_without_the_registry() -> None:
+    """Each command's model stands alone; the registry (settings.py) imports them, never the reverse, and
+    knows every command without an import having happened first."""
+    code = ("import sys\n"
+            "import fasterdata.config.proxy_settings, fasterdata.config.analyzer_settings, "
+            "fasterdata.config.gl_settings\n"
+            "assert 'fasterdata.config.settings' not in sys.modules, 'a model imports the registry'\n"
+            "from fasterdata.config import settings\n"
+            "print(sorted(settings.COMMANDS), [settings.load(c, environ={}).__class__.__name__ "
+            "for c in settings.SECTIONS])\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "['analyze', 'gl', 'proxy'] ['ProxySettings', 'AnalyzerSettings', 'GLSettings']"
 
 
 def test_cli_reports_config_errors_and_exits_2(tmp_path: Path) -> None:
@@ -90,11 +134,69 @@ def test_config_check_names_the_problem(tmp_path: Path) -> None:
 
 
 def test_config_show_masks_secrets(tmp_path: Path) -> None:
-    f = write(tmp_path, "redis: redis://app:s3cr3t-pw@127.0.0.1:6379/0\ngl:\n  dsn: host=db password=hunter2\n")
+    f = write(tmp_path, "redis: redis://app:s3cr3t-pw@127.0.0.1:6379/0\ngl:\n  dsn: host=db password=hunter2\n"
+                        "analyze:\n  metrics_user: scraper\n  metrics_password: scrape-pw\n")
     shown = cli("config", "show", "--config", str(f))
     assert shown.returncode == 0, shown.stderr
-    assert "s3cr3t-pw" not in shown.stdout and "hunter2" not in shown.stdout
+    assert "s3cr3t-pw" not in shown.stdout and "hunter2" not in shown.stdout and "scrape-pw" not in shown.stdout
+    assert "metrics_user: scraper" in shown.stdout
     assert "redis://app:***@127.0.0.1:6379/0" in shown.stdout and "listen: 127.0.0.1:6432" in shown.stdout
+
+
+RULES_WITH_TWO_MISTAKES = """\
+rules:
+  - name: orders_placed
+    table: orders
+    operation: upsert
+    aggregat: sum
+"""
+
+
+def test_config_check_checks_the_rules_file_a_settings_file_names(tmp_path: Path) -> None:
+    """`analyze` would refuse to start on this rules file, so `config check` of the settings must not say ok."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES_WITH_TWO_MISTAKES)
+    settings = write(tmp_path, f"analyze:\n  rules: {rules}\n")
+    run = cli("config", "check", str(settings))
+    assert run.returncode == 2, run.stdout
+    assert run.stderr.splitlines() == [
+        f"{rules}: rule 'orders_placed': operation: must be one of 'insert', 'update', 'delete', 'copy' or "
+        "'select', not 'upsert' (did you mean 'insert'?)",
+        f"{rules}: rule 'orders_placed': unknown key 'aggregat' (did you mean 'aggregate'?)"]
+    rules.write_text("rules:\n  - {name: orders_placed, table: orders, operation: insert, aggregate: sum}\n")
+    run = cli("config", "check", str(settings))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [f"{settings}: ok", f"{rules}: ok (rules)"]
+
+
+def test_config_check_of_settings_and_rules_problems_together(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES_WITH_TWO_MISTAKES)
+    settings = write(tmp_path, f"proxy:\n  workers: many\nanalyze:\n  rules: {rules}\n  batch: 0\n")
+    run = cli("config", "check", str(settings))
+    assert run.returncode == 2
+    lines = run.stderr.splitlines()
+    assert lines[:2] == [f"{settings}: workers: expected a whole number, not 'many'",
+                         f"{settings}: batch: must be at least 1, not 0"]
+    assert len(lines) == 4 and all(line.startswith(f"{rules}: rule 'orders_placed': ") for line in lines[2:])
+    missing = write(tmp_path, "analyze:\n  rules: /nonexistent/rules.yaml\n")
+    run = cli("config", "check", str(missing))
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == ["cannot read rules file /nonexistent/rules.yaml: No such file or directory"]
+
+
+def test_config_check_of_a_rules_file(tmp_path: Path) -> None:
+    """A rules file is known by its top-level rules: (not 'unknown setting rules')."""
+    shipped = Path(__file__).resolve().parents[1] / "config" / "rules.yaml"
+    run = cli("config", "check", str(shipped))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [f"{shipped}: ok (rules)"]
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES_WITH_TWO_MISTAKES)
+    run = cli("config", "check", str(rules))
+    assert run.returncode == 2
+    assert "unknown setting" not in run.stderr and len(run.stderr.splitlines()) == 2
+    assert "(did you mean 'aggregate'?)" in run.stderr
 
 
 def test_readme_reference_is_generated_from_the_model() -> None:

@@ -19,12 +19,18 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 from fasterdata.config.gl_settings import GLSettings, load_gl
-from fasterdata.config.settings import ConfigError, add_common_arguments, split_hostport
+from fasterdata.config.settings import (
+    ConfigError,
+    add_common_arguments,
+    add_metrics_access_arguments,
+    split_hostport,
+)
 
 log = logging.getLogger("fasterdata.glcache")
 
 _FLAGS = ("dsn", "redis", "prefix", "table", "date_column", "key_column", "ttl", "memory_bytes", "flight",
-          "metrics", "group", "consumer", "log_level", "log_format")
+          "metrics", "group", "consumer", "log_level", "log_format", "metrics_user", "metrics_password",
+          "metrics_tls_cert", "metrics_tls_key")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -74,12 +80,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--metrics", metavar="HOST:PORT", help="Prometheus address, '' disables [127.0.0.1:9932]")
     p.add_argument("--no-follow", dest="follow", action="store_const", const=False,
                    help="do not follow the statement stream")
+    add_metrics_access_arguments(p)
     _common(p)
 
     p = sub.add_parser("follow", help="follow <prefix>:statements (group glcache) to keep cached days fresh")
     p.add_argument("--metrics", metavar="HOST:PORT", help="Prometheus address, '' disables [127.0.0.1:9932]")
     p.add_argument("--group", help="consumer group [glcache]")
     p.add_argument("--consumer", help="consumer name [host-pid]")
+    add_metrics_access_arguments(p)
     _common(p)
     return gl
 
@@ -94,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from(args)
     except ConfigError as exc:
-        print(f"fasterdata gl: configuration error:\n{exc}", file=sys.stderr)
+        print(exc.describe("fasterdata gl"), file=sys.stderr)
         return 2
     from fasterdata.proxy import logs
 
@@ -229,12 +237,16 @@ def _stats(cache: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _metrics_server(address: str) -> None:
-    if address:
-        from prometheus_client import start_http_server
+def _metrics_server(settings: GLSettings) -> Any:
+    """The process's Prometheus series (the default registry) on the shared endpoint, on a thread."""
+    from prometheus_client import REGISTRY
 
-        host, port = split_hostport(address)
-        start_http_server(port, addr=host)
+    from fasterdata.proxy.httpd import EndpointError, serve_in_thread
+
+    try:
+        return serve_in_thread(settings, REGISTRY)
+    except EndpointError as exc:
+        raise SystemExit(f"fasterdata gl: {exc}") from None
 
 
 def _wait_for_signal() -> threading.Event:
@@ -249,7 +261,7 @@ def _serve(cache: Any, args: argparse.Namespace) -> int:
     from .follow import Follower, start_thread
 
     s = cache.settings
-    _metrics_server(s.metrics)
+    _metrics_server(s)
     stop = _wait_for_signal()
     follower = None
     if s.follow:
@@ -272,7 +284,7 @@ def _serve(cache: Any, args: argparse.Namespace) -> int:
 def _follow(cache: Any, args: argparse.Namespace) -> int:
     from .follow import Follower
 
-    _metrics_server(cache.settings.metrics)
+    _metrics_server(cache.settings)
     stop = _wait_for_signal()
     follower = Follower(cache)
     follower.ensure_group()

@@ -47,3 +47,64 @@ def test_shipped_rules_are_valid_and_documented() -> None:
 def test_bad_rules_are_reported_by_name(rule: dict, needle: str) -> None:
     with pytest.raises(RulesError, match=needle):
         parse({"rules": [rule]})
+
+
+def problems_of(data: dict) -> list[str]:
+    with pytest.raises(RulesError) as caught:
+        parse(data, "r.yaml")
+    return caught.value.problems
+
+
+def test_rules_errors_are_in_the_rules_words() -> None:
+    """Not pydantic's `value.dict[str,str].delta: Input should be a valid string`: the rule, its key, what
+    is expected, the value given."""
+    [problem] = problems_of({"rules": [{"name": "stock_moves", "table": "inventory", "operation": "update",
+                                        "value": {"delta": 5}}]})
+    assert problem == ("r.yaml: rule 'stock_moves': value: expected 'rows' (the row count), a column name, "
+                       "{column: <name>}, or {delta: <name>} for SET c = c ± x, not {'delta': 5}")
+    assert problems_of({"rules": [{"name": "x", "table": "t", "operation": "insert", "labels": "region",
+                                   "scale": 20}]}) == [
+        "r.yaml: rule 'x': labels: expected a list, not 'region'",
+        "r.yaml: rule 'x': scale: must be at most 12, not 20"]
+    assert problems_of({"rules": [{"table": "t", "operation": "insert"}]}) == [
+        "r.yaml: rule 1 (no name): name: is required"]
+    assert problems_of({"security": {"max_rows": "many"}}) == [
+        "r.yaml: security: max_rows: expected a whole number, not 'many'"]
+
+
+def test_rules_errors_suggest_the_spelling_meant() -> None:
+    assert problems_of({"rules": [{"name": "x", "table": "t", "operation": "insert", "value": "total",
+                                   "aggregat": "sum", "aggregate": "distnct"}]}) == [
+        "r.yaml: rule 'x': aggregate: must be one of 'count', 'sum', 'min', 'max' or 'distinct', not 'distnct' "
+        "(did you mean 'distinct'?)",
+        "r.yaml: rule 'x': unknown key 'aggregat' (did you mean 'aggregate'?)"]
+    assert problems_of({"rulez": [], "security": {"injection": {"enabld": False}}}) == [
+        "r.yaml: unknown section 'rulez' (did you mean 'rules'?)",
+        "r.yaml: security.injection: unknown key 'enabld' (did you mean 'enabled'?)"]
+    assert problems_of({"rules": [{"name": "x", "table": "t", "operation": "insert", "value": {"colum": "c"}}]}) == [
+        "r.yaml: rule 'x': value: a mapping holds one key, column or delta, not 'colum' (did you mean 'column'?)"]
+
+
+def test_analyze_refuses_a_bad_rules_file_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - {name: x, table: t, operation: upsert}\n")
+    run = subprocess.run([sys.executable, "-m", "fasterdata", "analyze", "--rules", str(rules), "--metrics", ""],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [
+        f"fasterdata: rules error: {rules}: rule 'x': operation: must be one of 'insert', 'update', 'delete', "
+        "'copy' or 'select', not 'upsert' (did you mean 'insert'?)"]
+
+
+def test_metrics_access_settings_of_analyze() -> None:
+    s = load_settings("analyze", None, {"metrics_user": "u", "metrics_password": "p"},
+                      environ={"FASTERDATA_METRICS_TLS_CERT": "c.pem", "FASTERDATA_METRICS_TLS_KEY": "k.pem"})
+    assert isinstance(s, AnalyzerSettings)
+    assert (s.metrics_user, s.metrics_password, s.metrics_tls_cert, s.metrics_tls_key) == ("u", "p", "c.pem", "k.pem")
+    with pytest.raises(ConfigError, match="metrics_user and metrics_password must be set together"):
+        load_settings("analyze", None, {"metrics_user": "u"}, environ={})
+    with pytest.raises(ConfigError, match="metrics_tls_cert and metrics_tls_key must be set together"):
+        load_settings("gl", None, {"metrics_tls_cert": "c.pem"}, environ={})

@@ -206,7 +206,7 @@ def test_cli_reports_bad_rules_and_settings(tmp_path, capsys: pytest.CaptureFixt
     bad = tmp_path / "rules.yaml"
     bad.write_text("rules:\n  - name: x\n    table: t\n    operation: upsert\n")
     assert cli.main(["analyze", "--rules", str(bad), "--metrics", ""]) == 2
-    assert "rule 'x'.operation" in capsys.readouterr().err
+    assert "rule 'x': operation:" in capsys.readouterr().err
     assert cli.main(["analyze", "--batch", "0"]) == 2
     assert "batch" in capsys.readouterr().err
     cfg = tmp_path / "fasterdata.yaml"

@@ -29,9 +29,8 @@ import pytest
 import redis
 import yaml
 
-import fasterdata.config.analyzer_settings  # noqa: F401  (registers the `analyze:` section)
-from fasterdata.config.settings import COMMANDS, load
 from fasterdata.cli import build_parser
+from fasterdata.config.settings import COMMANDS, load
 from tests.conftest import REDIS_URL, ProxyProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,5 +1,6 @@
-"""Who may talk to the proxy: the client allow-list, the guarded metrics endpoint, and certificate
-rotation on SIGHUP. Loopback only: an allow-list that excludes 127.0.0.1 stands in for a foreign client.
+"""Who may talk to the proxy: the client allow-list, the guarded metrics endpoints (the proxy's, the
+analyzer's and `gl serve`'s: one implementation, so one guard), and certificate rotation on SIGHUP.
+Loopback only: an allow-list that excludes 127.0.0.1 stands in for a foreign client.
 """
 
 from __future__ import annotations
@@ -9,13 +10,17 @@ import shutil
 import signal
 import socket
 import ssl
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from fasterdata.proxy import wire
-from tests.conftest import PG_USER, wait_port, wait_until
+from tests.analyzers.kit import WorkerProcess
+from tests.conftest import PG_USER, REDIS_URL, free_port, wait_port, wait_until
 from tests.proxy.pxkit import RawClient, StartProxy, errors
 from tests.sink.kit import make_certs
 
@@ -52,26 +57,90 @@ def test_allow_list_from_environment(start_proxy: StartProxy) -> None:
         psycopg.connect(proxy.dsn(), connect_timeout=10)
 
 
-def test_metrics_basic_auth_and_tls(start_proxy: StartProxy, tmp_path: Path) -> None:
-    """With user/password and a certificate, every endpoint wants HTTPS and the right credentials."""
+GOOD = "Basic " + base64.b64encode(b"scraper:s3cret pw").decode()
+GUARD = ("--metrics-user", "scraper", "--metrics-password", "s3cret pw")
+
+
+def guarded_certs(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "pki").mkdir()
-    certs = make_certs(tmp_path / "pki")
-    proxy = start_proxy("--no-capture", "--metrics-user", "scraper", "--metrics-password", "s3cret pw",
-                        "--metrics-tls-cert", certs["cert"], "--metrics-tls-key", certs["key"])
-    ctx = ssl.create_default_context(cafile=certs["ca"])
-    base = f"https://127.0.0.1:{proxy.metrics_port}"
-    good = "Basic " + base64.b64encode(b"scraper:s3cret pw").decode()
+    return make_certs(tmp_path / "pki")
+
+
+def assert_guarded(port: int, ca: str, series: str) -> None:
+    """Every endpoint wants HTTPS and the right credentials; with them, /metrics holds `series`."""
+    ctx = ssl.create_default_context(cafile=ca)
+    base = f"https://127.0.0.1:{port}"
     bad = "Basic " + base64.b64encode(b"scraper:wrong").decode()
     for path in ("/metrics", "/healthz", "/readyz"):
         status, headers, _ = http(base + path, ctx)
         assert status == 401 and headers.get("WWW-Authenticate", "").startswith("Basic "), path
         assert http(base + path, ctx, auth=bad)[0] == 401, path
-        status, _, body = http(base + path, ctx, auth=good)
+        status, _, body = http(base + path, ctx, auth=GOOD)
         assert status == 200, (path, body)
-    assert "fasterdata_proxy_connections_total" in http(base + "/metrics", ctx, auth=good)[2]
+    assert series in http(base + "/metrics", ctx, auth=GOOD)[2]
     with pytest.raises(OSError):  # plain HTTP gets no answer from a TLS port (URLError or a reset)
-        http(f"http://127.0.0.1:{proxy.metrics_port}/healthz", auth=good)
+        http(f"http://127.0.0.1:{port}/healthz", auth=GOOD)
+
+
+def test_metrics_basic_auth_and_tls(start_proxy: StartProxy, tmp_path: Path) -> None:
+    """With user/password and a certificate, every endpoint wants HTTPS and the right credentials."""
+    certs = guarded_certs(tmp_path)
+    proxy = start_proxy("--no-capture", *GUARD, "--metrics-tls-cert", certs["cert"], "--metrics-tls-key", certs["key"])
+    assert_guarded(proxy.metrics_port, certs["ca"], "fasterdata_proxy_connections_total")
     assert "s3cret" not in proxy.log()
+
+
+def test_analyzer_metrics_basic_auth_and_tls(tmp_path: Path) -> None:
+    """The analyzer's endpoint is guarded as the proxy's: flags, then the environment, as every setting."""
+    certs = guarded_certs(tmp_path)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules: []\n")
+    worker = WorkerProcess(tmp_path, f"fdtest-access-{uuid.uuid4().hex[:8]}", rules, "w1", *GUARD,
+                           env={"FASTERDATA_METRICS_TLS_CERT": certs["cert"],
+                                "FASTERDATA_METRICS_TLS_KEY": certs["key"]})
+    try:
+        wait_port(worker.metrics_port, timeout=30)
+        assert_guarded(worker.metrics_port, certs["ca"], "fasterdata_analyzer_entries_total")
+        assert "s3cret" not in worker.log()
+    finally:
+        assert worker.stop() == 0, worker.log()
+
+
+def test_gl_serve_metrics_basic_auth_and_tls(tmp_path: Path) -> None:
+    """`gl serve` (Flight, no follower) serves its series behind the same guard."""
+    certs = guarded_certs(tmp_path)
+    port, flight = free_port(), free_port()
+    log = open(tmp_path / "gl.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "fasterdata", "gl", "serve", "--no-follow", "--redis", REDIS_URL,
+                             "--prefix", f"fdtest-access-{uuid.uuid4().hex[:8]}", "--flight", f"127.0.0.1:{flight}",
+                             "--metrics", f"127.0.0.1:{port}", *GUARD, "--metrics-tls-cert", certs["cert"],
+                             "--metrics-tls-key", certs["key"]], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port, timeout=30)
+        assert_guarded(port, certs["ca"], "fasterdata_gl_hits_total")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+        log.close()
+    assert rc == 0, (tmp_path / "gl.log").read_text()
+
+
+def test_analyzer_metrics_certificate_that_does_not_load(tmp_path: Path) -> None:
+    """One line naming the file, exit 1, not a traceback."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules: []\n")
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n")
+    worker = WorkerProcess(tmp_path, f"fdtest-access-{uuid.uuid4().hex[:8]}", rules, "w1",
+                           "--metrics-tls-cert", str(bad), "--metrics-tls-key", str(bad))
+    assert worker.proc.wait(60) == 1, worker.log()
+    errors = [line for line in worker.log().splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and f"cannot load the metrics certificate {bad}" in errors[0], worker.log()
+    assert "Traceback" not in worker.log()
 
 
 def test_metrics_basic_auth_without_tls(start_proxy: StartProxy) -> None:
