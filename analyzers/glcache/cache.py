@@ -14,22 +14,25 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pyarrow as pa
+from psycopg import sql
 
 from fasterdata.config.gl_settings import GLSettings
 
 from . import ipc, metrics
 from .catalog import TableInfo, day_predicate, describe
+from .fresh import Freshener
 from .journal import journal_totals, trial_balance
-from .load import DictPolicy, Progress, connect, estimate_rows, load_day
+from .load import DictPolicy, Progress, connect, estimate_rows, load_day, read_where
 from .memory import Entry, MemoryTier
 from .patch import apply as apply_patch
 from .store import RedisDown, Snapshot, Store
+from .tail import Tail, read_tail
 
 if TYPE_CHECKING:
     import polars as pl
@@ -68,9 +71,8 @@ class GLCache:
         self._writers: list[threading.Thread] = []
         self._missed = False
         self._labels = {"table": s.table}
-        from .fresh import Freshener
-
-        self.fresh = Freshener(self)
+        self.fresh = Freshener(self, trust_values=s.patch_mode == "values", compact_after=s.compact_after,
+                               stats=self.stats)
 
     # -- PostgreSQL ---------------------------------------------------------------------------------
     def info(self) -> TableInfo:
@@ -80,6 +82,23 @@ class GLCache:
                 self._info = describe(conn, self.settings.table, self.settings.date_column,
                                       self.settings.key_column)
         return self._info
+
+    def forget_info(self) -> None:
+        """The table changed shape (ALTER, DROP): read the catalog again before the next use."""
+        self._info = None
+
+    def read_keys(self, keys: Sequence[Any]) -> pa.Table:
+        """Current rows for the keys, straight from PostgreSQL (after the event's commit)."""
+        info = self.info()
+        where = sql.SQL("{} = ANY({})").format(sql.Identifier(info.key_column), sql.Literal(list(keys)))
+        with self.connection() as conn:
+            return read_where(conn, info, where, DictPolicy("none"))
+
+    def read_tail(self, day: str, above: Any) -> Tail:
+        """The day's rows above a key, with its row count and key sum, in one snapshot (see tail)."""
+        info = self.info()
+        with self.connection() as conn:
+            return read_tail(conn, info, day, above)
 
     def connection(self) -> _Borrow:
         """The long-lived connection for small queries (catalog, re-reads), one user at a time."""
@@ -94,6 +113,16 @@ class GLCache:
 
             return pl.from_arrow(table)
         return table
+
+    def held(self, day: str) -> pa.Table | None:
+        """The day as cached now (memory, else Redis; patches applied); None if only a load could say."""
+        d = day_str(day)
+        entry = self.memory.get(d)
+        if entry is not None:
+            entry = self._refresh(d, entry)
+        if entry is None:
+            entry = self._from_redis(d)
+        return entry.table if entry is not None else None
 
     def _count(self, tier: str, hit: bool) -> None:
         self.stats[f"{'hits' if hit else 'misses'}_{tier}"] += 1

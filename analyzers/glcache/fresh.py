@@ -1,535 +1,182 @@
-"""Keep cached days fresh from statement events: patch what an event tells us exactly, re-read what it
-names by key, invalidate what it leaves open.
+"""Keep cached days fresh from statement events: carry out what plan.py planned, through a narrow
+interface to the cache (``Ledger``), so this module knows nothing of the cache's tiers.
 
-Per statement on the ledger table (or one of its partitions), committed or autocommit only:
-
-- INSERT … VALUES with literals or bound parameters covering every column: the rows are built from the
-  event (exact decimals, rounded as PostgreSQL rounds) and upserted into their days. Columns with
-  defaults left out, casts with modifiers, functions, triggers on the table, ON CONFLICT: the keys are
-  known, so those rows are re-read from PostgreSQL by key instead.
-- UPDATE … WHERE key = …/IN/ANY: the named rows are re-read by key and replace the cached ones (a row
-  that moved to another day leaves its old day). DELETE … WHERE key = …: the keys leave every cached day.
-- Anything else (arbitrary WHERE, INSERT … SELECT, COPY FROM, TRUNCATE, MERGE, ALTER): the days it can
-  touch are invalidated — the day pinned by ``date_column = '…'`` if there is one, else every cached day.
-
-Rolled-back and failed statements never apply. Writes in a transaction still ``open`` are remembered by
-(sid, txid) and invalidated when its ``txn_end`` event says it committed.
+Committed and autocommit statements apply at once; rolled-back and failed ones never. Writes in a
+transaction still ``open`` (or ``prepared``) are remembered by (sid, txid) and applied when its ``txn_end``
+event says it committed. Outcomes: ``patched`` (a patch was appended to a cached day), ``invalidated``
+(a day must be loaded again) or ``ignored``.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import logging
-import re
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import sqlglot
-from psycopg import sql
-from sqlglot import exp
 
 from . import ipc
-from .catalog import Column, TableInfo
-from .load import DictPolicy, read_where
+from .catalog import TableInfo
 from .patch import only_day
-
-if TYPE_CHECKING:
-    from .cache import GLCache
+from .plan import Action, OpenTransactions, Planner, row_days
+from .tail import Tail, complete, holding_of
 
 log = logging.getLogger("fasterdata.glcache")
 
 PATCHED, INVALIDATED, IGNORED = "patched", "invalidated", "ignored"
-_FLOAT_OIDS = {700, 701}
-_WRITE_NODES = (exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.TruncateTable, exp.Copy, exp.Alter,
-                exp.Drop)
-_UNKNOWN = object()
 
 
-@dataclass
-class Action:
-    """What one statement asks for: rows to upsert, keys to re-read or delete, days or all to invalidate."""
+class PatchLog(Protocol):
+    """The patch log of the table's days (store.Store)."""
 
-    kind: str  # none | rows | reread | delete | days | all
-    rows: pa.Table | None = None
-    keys: list[Any] = field(default_factory=list)
-    days: set[str] = field(default_factory=set)
+    def patch_targets(self) -> list[str]:
+        """Days that are cached or being loaded."""
+        ...
 
-
-NONE = Action("none")
-ALL = Action("all")
+    def append_patches(self, payloads: dict[str, bytes]) -> dict[str, int]:
+        """Append one patch per day; each day's patch number (0: the day is not cached)."""
+        ...
 
 
-@lru_cache(maxsize=4096)
-def _parse(text: str) -> tuple[exp.Expression, ...] | None:
-    """sqlglot once per distinct statement text (prepared statements repeat theirs)."""
-    try:
-        return tuple(e for e in sqlglot.parse(text, read="postgres") if e is not None)
-    except (sqlglot.errors.ParseError, sqlglot.errors.TokenError, ValueError):
-        return None
+class Ledger(Protocol):
+    """What keeping days fresh needs of the cache."""
 
+    @property
+    def store(self) -> PatchLog: ...
 
-def _rows_from_tag(event: dict[str, str]) -> int | None:
-    raw = event.get("rows", "")
-    if raw.strip().lstrip("-").isdigit():
-        return int(raw)
-    parts = event.get("tag", "").split()
-    return int(parts[-1]) if parts and parts[-1].isdigit() else None
+    def info(self) -> TableInfo:
+        """The table's columns (from the catalog)."""
+        ...
+
+    def forget_info(self) -> None:
+        """The table changed shape: read the catalog again before the next use."""
+        ...
+
+    def invalidate(self, days: list[str]) -> list[str]:
+        """Forget days everywhere; they load again on their next read."""
+        ...
+
+    def compact(self, day: str) -> bool:
+        """Fold a day's patch log into a new base."""
+        ...
+
+    def held(self, day: str) -> pa.Table | None:
+        """The day as cached now (patches applied), None if it cannot be read without loading it."""
+        ...
+
+    def read_keys(self, keys: Sequence[Any]) -> pa.Table:
+        """The current rows with these keys, from PostgreSQL."""
+        ...
+
+    def read_tail(self, day: str, above: Any) -> Tail:
+        """The day's rows above a key, with the day's count and key sum, in one snapshot (tail.py)."""
+        ...
 
 
 class Freshener:
-    """Turns statement events into patches and invalidations for one GLCache."""
+    """Turns statement events into patches and invalidations for one cached table."""
 
-    def __init__(self, cache: GLCache, open_limit: int = 10000):
-        self.cache = cache
-        self._open: OrderedDict[str, set[str] | None] = OrderedDict()
-        self._open_limit = open_limit
+    def __init__(self, ledger: Ledger, trust_values: bool = True, compact_after: int = 64,
+                 stats: Counter[str] | None = None, open_limit: int = 10000):
+        self.ledger = ledger
+        self.planner = Planner(trust_values)
+        self.compact_after = compact_after
+        self.stats: Counter[str] = stats if stats is not None else Counter()
+        self.open = OpenTransactions(open_limit)
         self.last_invalidated: list[str] = []
 
-    # -- entry point ---------------------------------------------------------------------------------
     def apply(self, event: dict[str, str]) -> str:
+        """One event's outcome: 'patched', 'invalidated' or 'ignored'."""
         self.last_invalidated = []
-        kind = event.get("kind", "stmt") or "stmt"
-        if kind == "txn_end":
-            return self._txn_end(event)
-        if kind != "stmt" or event.get("err") or event.get("txn") == "rolled_back":
-            return IGNORED
-        info = self.cache.info()
-        if event.get("db") and info.dbname and event["db"] != info.dbname:
-            return IGNORED
-        text = event.get("sql", "")
-        if not self._mentions(text, info):
-            return IGNORED
-        actions = self._plan_all(text, event, info)
+        txid = f'{event.get("sid", "")}:{event.get("txid", "")}'
+        if (event.get("kind", "stmt") or "stmt") == "txn_end":
+            committed = event.get("txn") in ("committed", "autocommit")
+            return self._run(self.open.finish(txid, committed))
+        info = self.ledger.info()
+        actions = self.planner.plan(event, info)
+        if any(a.shape_changed for a in actions):
+            self.ledger.forget_info()
         if all(a.kind == "none" for a in actions):
             return IGNORED
-        txn = event.get("txn", "")
-        if txn in ("open", "prepared"):
-            self._remember(f'{event.get("sid", "")}:{event.get("txid", "")}', actions)
+        if event.get("txn", "") in ("open", "prepared"):
+            self.open.remember(txid, actions, info)
             return IGNORED
+        return self._run(actions)
+
+    def _run(self, actions: list[Action]) -> str:
+        if not actions:
+            return IGNORED
+        info = self.ledger.info()
         outcomes = [self._execute(a, info) for a in actions]
         for outcome in (INVALIDATED, PATCHED):
             if outcome in outcomes:
                 return outcome
         return IGNORED
 
-    # -- which statements matter ------------------------------------------------------------------------
-    @staticmethod
-    def _mentions(text: str, info: TableInfo) -> bool:
-        lowered = text.lower()
-        if "commit prepared" in lowered:
-            return True
-        return any(re.search(rf"\b{re.escape(name.lower())}\b", lowered) for _, name in info.relations)
-
-    @staticmethod
-    def _ours(table: exp.Expression | None, info: TableInfo) -> bool:
-        if isinstance(table, exp.Schema):
-            table = table.this
-        if not isinstance(table, exp.Table):
-            return False
-        name, schema = table.name, table.db
-        return any(name == n and (not schema or schema == s) for s, n in info.relations)
-
-    def _plan_all(self, text: str, event: dict[str, str], info: TableInfo) -> list[Action]:
-        if "commit prepared" in text.lower():
-            return [ALL]
-        statements = _parse(text)
-        if statements is None:
-            verb = event.get("tag", "").split(" ")[0].upper()
-            return [NONE] if verb in ("SELECT", "SHOW", "FETCH", "EXPLAIN") else [ALL]
-        rows = _rows_from_tag(event)
-        if len(statements) == 1 and rows == 0 and event.get("tag", "").split(" ")[0].upper() in (
-                "INSERT", "UPDATE", "DELETE", "COPY", "MERGE"):
-            return [NONE]
-        return [self._plan(st, event, info) for st in statements]
-
-    def _plan(self, st: exp.Expression, event: dict[str, str], info: TableInfo) -> Action:
-        if isinstance(st, exp.Insert) and self._ours(st.this, info):
-            return self._plan_insert(st, event, info)
-        if isinstance(st, exp.Update) and self._ours(st.this, info) and not st.args.get("from_"):
-            return self._plan_update(st, event, info)
-        if isinstance(st, exp.Delete) and self._ours(st.this, info):
-            return self._plan_delete(st, event, info)
-        if isinstance(st, exp.Copy):
-            return ALL if st.args.get("kind") and self._ours(st.this, info) else NONE
-        if isinstance(st, exp.TruncateTable):
-            return ALL if any(self._ours(t, info) for t in st.expressions) else NONE
-        if isinstance(st, (exp.Alter, exp.Drop)):
-            if self._ours(st.this, info):
-                self.cache._info = None  # the table changed shape: read the catalog again
-                return ALL
-            return NONE
-        for node in st.find_all(*_WRITE_NODES):
-            target = node.this if not isinstance(node, exp.TruncateTable) else None
-            if target is None or self._ours(target, info) or isinstance(node, exp.Merge):
-                return ALL
-        return NONE
-
-    # -- INSERT -----------------------------------------------------------------------------------------
-    def _plan_insert(self, st: exp.Insert, event: dict[str, str], info: TableInfo) -> Action:
-        values = st.expression
-        if not isinstance(values, exp.Values):
-            return ALL
-        target = st.this
-        if isinstance(target, exp.Schema) and target.expressions:
-            names = [e.name for e in target.expressions]
-        else:
-            names = info.names
-        if len(set(names)) != len(names) or any(n not in info.names for n in names):
-            return ALL
-        params = self._params(event)
-        ptypes = self._ptypes(event)
-        trusted = (self.cache.settings.patch_mode == "values" and not info.triggers
-                   and not st.args.get("conflict") and info.key_unique)
-        rows: list[dict[str, Any]] = []
-        for tup in values.expressions:
-            exprs = tup.expressions if isinstance(tup, exp.Tuple) else [tup]
-            if len(exprs) != len(names):
-                return ALL
-            row: dict[str, Any] = {}
-            for name, node in zip(names, exprs, strict=True):
-                col = info.column(name)
-                raw, oid = self._value(node, params, ptypes, col)
-                if raw is _DEFAULT:
-                    value = _UNKNOWN if col.has_default else None
-                elif raw is _UNKNOWN:
-                    value = _UNKNOWN
-                else:
-                    value = _convert(col, raw, oid)
-                row[name] = value
-            for col in info.columns:
-                if col.name not in row:
-                    row[col.name] = _UNKNOWN if col.has_default else None
-            rows.append(row)
-        key, date = info.key_column, info.date_column
-        if trusted and all(v is not _UNKNOWN for r in rows for v in r.values()):
-            table = pa.Table.from_pylist(rows, schema=info.plain_schema())
-            return Action("rows", rows=table)
-        if info.key_unique and rows and all(r[key] is not _UNKNOWN and r[key] is not None for r in rows):
-            return Action("reread", keys=[r[key] for r in rows])
-        days = {_day_of(r[date]) for r in rows}
-        if rows and None not in days:
-            return Action("days", days={d for d in days if d})
-        return ALL
-
-    @staticmethod
-    def _params(event: dict[str, str]) -> list[Any]:
-        try:
-            params = json.loads(event.get("params") or "[]", parse_float=Decimal)
-        except ValueError:
-            return []
-        return params if isinstance(params, list) else []
-
-    @staticmethod
-    def _ptypes(event: dict[str, str]) -> list[int]:
-        try:
-            ptypes = json.loads(event.get("ptypes") or "[]")
-        except ValueError:
-            return []
-        return [int(t) if isinstance(t, (int, str)) and str(t).isdigit() else 0 for t in ptypes] \
-            if isinstance(ptypes, list) else []
-
-    def _value(self, node: exp.Expression, params: list[Any], ptypes: list[int],
-               col: Column | None = None) -> tuple[Any, int]:
-        """A literal or parameter's value and the parameter's type OID (0 when none): else _UNKNOWN.
-
-        A cast is looked through only when it cannot change the value the column ends up with.
-        """
-        if isinstance(node, exp.Parameter) and isinstance(node.this, exp.Literal) and not node.this.is_string:
-            try:
-                n = int(node.this.this)
-            except ValueError:
-                return _UNKNOWN, 0
-            if 1 <= n <= len(params):
-                return params[n - 1], (ptypes[n - 1] if n <= len(ptypes) else 0)
-            return _UNKNOWN, 0
-        if isinstance(node, exp.Literal):
-            return (node.this if node.is_string else _number(node.this)), 0
-        if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal) and not node.this.is_string:
-            value = _number(node.this.this)
-            return (-value if value is not _UNKNOWN else _UNKNOWN), 0
-        if isinstance(node, exp.Null):
-            return None, 0
-        if isinstance(node, exp.Boolean):
-            return bool(node.this), 0
-        if isinstance(node, exp.Var) and node.name.upper() == "DEFAULT":
-            return _DEFAULT, 0
-        if isinstance(node, exp.Cast) and not node.to.expressions and _cast_keeps(node.to, col):
-            return self._value(node.this, params, ptypes, col)
-        return _UNKNOWN, 0
-
-    # -- UPDATE / DELETE --------------------------------------------------------------------------------
-    def _plan_update(self, st: exp.Update, event: dict[str, str], info: TableInfo) -> Action:
-        assigned = {e.this.name for e in st.expressions
-                    if isinstance(e, exp.EQ) and isinstance(e.this, exp.Column)}
-        if len(assigned) != len(st.expressions):
-            return ALL
-        where = st.args.get("where")
-        keys = self._keys(where.this if where else None, event, info, pure=False)
-        if keys is not None and info.key_unique and info.key_column not in assigned:
-            return Action("reread", keys=keys)
-        if info.date_column not in assigned:
-            days = self._where_days(where.this if where else None, event, info)
-            if days:
-                return Action("days", days=days)
-        return ALL
-
-    def _plan_delete(self, st: exp.Delete, event: dict[str, str], info: TableInfo) -> Action:
-        where = st.args.get("where")
-        cond = where.this if where else None
-        if info.key_unique and not st.args.get("using"):
-            keys = self._keys(cond, event, info, pure=True)
-            if keys is not None:
-                return Action("delete", keys=keys)
-        keys = self._keys(cond, event, info, pure=False)
-        if keys is not None and info.key_unique:
-            return Action("reread", keys=keys)
-        days = self._where_days(cond, event, info)
-        return Action("days", days=days) if days else ALL
-
-    def _conjuncts(self, cond: exp.Expression | None) -> list[exp.Expression]:
-        if cond is None:
-            return []
-        while isinstance(cond, exp.Paren):
-            cond = cond.this
-        if isinstance(cond, exp.And):
-            return self._conjuncts(cond.this) + self._conjuncts(cond.expression)
-        return [cond]
-
-    def _column_values(self, pred: exp.Expression, column: str, event: dict[str, str]) -> list[Any] | None:
-        """Values v of `column = v`, `column IN (…)`, `column = ANY(array)`; None if not that shape."""
-        params, ptypes = self._params(event), self._ptypes(event)
-
-        def is_col(e: exp.Expression) -> bool:
-            return isinstance(e, exp.Column) and e.name == column
-
-        values: list[Any] = []
-        if isinstance(pred, exp.EQ):
-            other = pred.expression if is_col(pred.this) else pred.this if is_col(pred.expression) else None
-            if other is None:
-                return None
-            if isinstance(other, exp.Any):
-                inner = other.this.this if isinstance(other.this, exp.Paren) else other.this
-                if isinstance(inner, exp.Array):
-                    nodes = inner.expressions
-                else:
-                    value, _ = self._value(inner, params, ptypes)
-                    if isinstance(value, str) and value.startswith("{") and value.endswith("}"):
-                        value = [v.strip().strip('"') for v in value[1:-1].split(",") if v.strip()]
-                    return list(value) if isinstance(value, list) else None
-            else:
-                nodes = [other]
-        elif isinstance(pred, exp.In) and is_col(pred.this) and pred.expressions:
-            nodes = pred.expressions
-        else:
-            return None
-        for node in nodes:
-            value, _ = self._value(node, params, ptypes)
-            if value is _UNKNOWN or value is _DEFAULT or value is None:
-                return None
-            values.append(value)
-        return values
-
-    def _keys(self, cond: exp.Expression | None, event: dict[str, str], info: TableInfo,
-              pure: bool) -> list[Any] | None:
-        """Keys the WHERE names (key = …, IN, ANY), converted to the key's type; None if it names none.
-
-        ``pure``: the key predicate must be the whole WHERE (so the named rows are exactly the deleted ones).
-        """
-        if not info.key_column:
-            return None
-        parts = self._conjuncts(cond)
-        col = info.column(info.key_column)
-        for pred in parts:
-            values = self._column_values(pred, info.key_column, event)
-            if values is None:
-                continue
-            if pure and len(parts) != 1:
-                return None
-            converted = [_convert(col, v, 0) for v in values]
-            if any(v is _UNKNOWN or v is None for v in converted):
-                return None
-            return converted
-        return None
-
-    def _where_days(self, cond: exp.Expression | None, event: dict[str, str], info: TableInfo) -> set[str]:
-        """Days pinned by `date_column = …` / IN in the WHERE (empty if it pins none)."""
-        col = info.column(info.date_column)
-        if col.pg_type != "date":
-            return set()
-        for pred in self._conjuncts(cond):
-            values = self._column_values(pred, info.date_column, event)
-            if values is None:
-                continue
-            days = {_day_of(_convert(col, v, 0)) for v in values}
-            if None not in days:
-                return {d for d in days if d}
-        return set()
-
-    # -- doing it ----------------------------------------------------------------------------------------
     def _execute(self, action: Action, info: TableInfo) -> str:
-        store = self.cache.store
+        store = self.ledger.store
         if action.kind == "none":
             return IGNORED
         if action.kind == "rows":
             assert action.rows is not None
-            payloads = self._by_day(action.rows, info, delete=[])
-            return self._appended(store.append_patches(payloads))
+            return self._appended(store.append_patches(self._by_day(action.rows, info)))
         targets = store.patch_targets()
         if action.kind in ("reread", "delete"):
             if not targets:
                 return IGNORED
             empty = info.plain_schema().empty_table()
-            rows = self._reread(action.keys, info) if action.kind == "reread" else empty
+            rows = self.ledger.read_keys(action.keys) if action.kind == "reread" else empty
+            if action.kind == "reread":
+                self.stats["rereads"] += 1
             payloads = {}
             for day in targets:
                 mine = only_day(rows, info.date_column, datetime.date.fromisoformat(day))
                 payloads[day] = ipc.encode_patch(mine, delete=action.keys)
             return self._appended(store.append_patches(payloads))
+        if action.kind == "tail":
+            days = sorted(action.days & set(targets)) if action.days else targets
+            return self._tails(days, info)
         days = sorted(action.days & set(targets)) if action.kind == "days" else targets
-        for day in days:
-            self.cache.memory.drop(day)
+        return self._invalidate(days)
+
+    def _invalidate(self, days: list[str]) -> str:
         if not days:
             return IGNORED
-        store.invalidate(days)
-        self.last_invalidated = days
+        self.ledger.invalidate(days)
+        self.last_invalidated = sorted(set(self.last_invalidated) | set(days))
         return INVALIDATED
+
+    def _tails(self, days: list[str], info: TableInfo) -> str:
+        """Each day's new rows patched in when the check holds (tail.py); the others invalidated."""
+        payloads: dict[str, bytes] = {}
+        stale: list[str] = []
+        for day in days:
+            held = self.ledger.held(day)
+            if held is None:  # being loaded elsewhere, or gone: nothing to add the rows to
+                stale.append(day)
+                continue
+            holding = holding_of(held, info.key_column)
+            tail = self.ledger.read_tail(day, holding.key_max)
+            self.stats["tail_reads"] += 1
+            if not complete(holding, tail, info.key_column):
+                self.stats["tail_mismatches"] += 1
+                log.debug("glcache: %s holds rows the cache lacks below its largest key; reloading it", day)
+                stale.append(day)
+            elif tail.rows.num_rows:
+                payloads[day] = ipc.encode_patch(tail.rows)
+        outcome = self._appended(self.ledger.store.append_patches(payloads)) if payloads else IGNORED
+        return self._invalidate(stale) if stale else outcome
 
     def _appended(self, results: dict[str, int]) -> str:
         """Outcome of appended patches; every compact_after-th patch of a day folds the log into its base."""
-        every = self.cache.settings.compact_after
         for day, n in results.items():
-            if n and n % every == 0:
-                self.cache.compact(day)
+            if n and n % self.compact_after == 0:
+                self.ledger.compact(day)
         return PATCHED if any(results.values()) else IGNORED
 
-    def _by_day(self, rows: pa.Table, info: TableInfo, delete: list[Any]) -> dict[str, bytes]:
-        dates = rows.column(info.date_column)
-        if pa.types.is_timestamp(dates.type):
-            dates = pc.cast(dates, pa.date32())
-        out = {}
-        for value in pc.unique(dates).to_pylist():
-            if value is None:
-                continue
-            out[value.isoformat()] = ipc.encode_patch(only_day(rows, info.date_column, value), delete)
-        return out
-
-    def _reread(self, keys: list[Any], info: TableInfo) -> pa.Table:
-        """Current rows for the keys, straight from PostgreSQL (after the event's commit)."""
-        where = sql.SQL("{} = ANY({})").format(sql.Identifier(info.key_column), sql.Literal(keys))
-        with self.cache.connection() as conn:
-            table = read_where(conn, info, where, DictPolicy("none"))
-        self.cache.stats["rereads"] += 1
-        return table
-
-    # -- open transactions ------------------------------------------------------------------------------
-    def _remember(self, txid: str, actions: list[Action]) -> None:
-        """An open transaction wrote the ledger: invalidate what it touched once it commits."""
-        days: set[str] | None = set()
-        for a in actions:
-            if a.kind == "none":
-                continue
-            if a.kind == "days" and days is not None:
-                days |= a.days
-            elif a.kind == "rows" and a.rows is not None and days is not None:
-                days |= set(self._by_day(a.rows, self.cache.info(), []))
-            else:
-                days = None
-        prior = self._open.pop(txid, set())
-        self._open[txid] = None if days is None or prior is None else prior | days
-        while len(self._open) > self._open_limit:
-            self._open.popitem(last=False)
-
-    def _txn_end(self, event: dict[str, str]) -> str:
-        days = self._open.pop(f'{event.get("sid", "")}:{event.get("txid", "")}', set())
-        if event.get("txn") not in ("committed", "autocommit"):
-            return IGNORED
-        if days is None:
-            return self._execute(ALL, self.cache.info())
-        if days:
-            return self._execute(Action("days", days=days), self.cache.info())
-        return IGNORED
-
-
-_DEFAULT = object()
-
-
-_INTS = {exp.DataType.Type.INT, exp.DataType.Type.BIGINT, exp.DataType.Type.SMALLINT}
-_CASTS: dict[str, set[exp.DataType.Type]] = {
-    "decimal": {exp.DataType.Type.DECIMAL, *_INTS},
-    "integer": _INTS,
-    "date": {exp.DataType.Type.DATE},
-    "string": {exp.DataType.Type.TEXT, exp.DataType.Type.VARCHAR},
-    "bool": {exp.DataType.Type.BOOLEAN},
-}
-
-
-def _cast_keeps(to: exp.DataType, col: Column | None) -> bool:
-    """A cast to ``to`` then into ``col`` stores the same value as the uncast literal would."""
-    if col is None:
-        return False
-    t = col.arrow
-    kind = ("decimal" if pa.types.is_decimal(t) else "integer" if pa.types.is_integer(t)
-            else "date" if pa.types.is_date32(t) else "string" if pa.types.is_string(t)
-            else "bool" if pa.types.is_boolean(t) else "")
-    return to.this in _CASTS.get(kind, set())
-
-
-def _number(text: str) -> Any:
-    try:
-        return int(text) if re.fullmatch(r"[0-9]+", text) else Decimal(text)
-    except (InvalidOperation, ValueError):
-        return _UNKNOWN
-
-
-def _day_of(value: Any) -> str | None:
-    if isinstance(value, datetime.datetime):
-        return value.date().isoformat()
-    if isinstance(value, datetime.date):
-        return value.isoformat()
-    return None
-
-
-def _convert(col: Column, value: Any, oid: int) -> Any:
-    """A value as PostgreSQL would store it in ``col``, exactly; _UNKNOWN when we cannot be sure."""
-    if value is None or value is _UNKNOWN:
-        return value
-    t = col.arrow
-    try:
-        if pa.types.is_integer(t) and not isinstance(value, bool):
-            number = Decimal(str(value).strip())
-            if number != number.to_integral_value():
-                return _UNKNOWN
-            return int(number)
-        if pa.types.is_decimal(t) and not isinstance(value, bool) and oid not in _FLOAT_OIDS:
-            number = Decimal(str(value).strip())
-            if not number.is_finite():
-                return _UNKNOWN
-            rounded = number.quantize(Decimal(1).scaleb(-t.scale), rounding=ROUND_HALF_UP)
-            digits = len(rounded.as_tuple().digits)
-            if digits > t.precision and rounded != 0:
-                return _UNKNOWN
-            return rounded
-        if pa.types.is_date32(t):
-            if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
-                return value
-            if isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
-                return datetime.date.fromisoformat(value.strip())
-            return _UNKNOWN
-        if pa.types.is_boolean(t):
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            return {"t": True, "true": True, "f": False, "false": False}.get(text, _UNKNOWN)
-        if pa.types.is_float64(t) and isinstance(value, (int, Decimal)) and not isinstance(value, bool):
-            return float(value)
-        if pa.types.is_string(t) and col.pg_type in ("text", "varchar", "name") and isinstance(value, str):
-            return value
-    except (InvalidOperation, ValueError, TypeError):
-        return _UNKNOWN
-    return _UNKNOWN
+    @staticmethod
+    def _by_day(rows: pa.Table, info: TableInfo) -> dict[str, bytes]:
+        return {day.isoformat(): ipc.encode_patch(only_day(rows, info.date_column, day))
+                for day in row_days(rows, info.date_column)}

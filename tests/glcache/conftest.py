@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -136,3 +137,28 @@ def pg_rows(dsn: str, day: str, table: str = "gl_entries") -> list[dict[str, Any
 
 def arrow_rows(table: Any) -> list[dict[str, Any]]:
     return table.sort_by("id").to_pylist()
+
+
+def event(sql: str, tag: str, params: list[Any] | None = None, ptypes: list[int] | None = None,
+          txn: str = "autocommit", db: str = "", **extra: str) -> dict[str, str]:
+    """A statement event with every field of the contract, as flat strings."""
+    parts = tag.split()
+    rows = parts[-1] if parts and parts[-1].isdigit() else ""
+    fields = {
+        "v": "1", "kind": "stmt", "ts": "1710460800000000", "dur_us": "120", "sid": "s1",
+        "client": "127.0.0.1:50000", "user": "postgres", "db": db, "app": "test", "pid": "4242",
+        "proto": "extended" if params is not None else "simple", "stmt": "",
+        "sql": sql, "params": json.dumps(params or [], default=str), "ptypes": json.dumps(ptypes or []),
+        "tag": tag, "rows": rows, "err": "", "errmsg": "", "txid": "7", "txn": txn,
+    }
+    fields.update(extra)
+    return fields
+
+
+def execute(dsn: str, sql: str, params: Any = None) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql, params)
+
+
+def same(dsn: str, cache: GLCache, day: str = DAY) -> bool:
+    return arrow_rows(cache.get_day(day)) == pg_rows(dsn, day)

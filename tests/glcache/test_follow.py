@@ -12,8 +12,7 @@ import redis
 from fasterdata.analyzers.glcache.cache import GLCache
 from fasterdata.analyzers.glcache.follow import Follower, start_thread
 from tests.conftest import REDIS_URL
-from tests.glcache.conftest import DAY, arrow_rows, pg_rows
-from tests.glcache.test_fresh import event
+from tests.glcache.conftest import DAY, arrow_rows, event, pg_rows
 
 Make = Callable[..., GLCache]
 

@@ -6,7 +6,6 @@ that get_day equals PostgreSQL again — without a full reload where the event s
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from decimal import Decimal
@@ -16,30 +15,9 @@ import psycopg
 import pytest
 
 from fasterdata.analyzers.glcache.cache import GLCache
-from tests.glcache.conftest import DAY, OTHER_DAY, arrow_rows, pg_rows
+from tests.glcache.conftest import DAY, OTHER_DAY, arrow_rows, event, execute, pg_rows, same
 
 Make = Callable[..., GLCache]
-
-
-def event(sql: str, tag: str, params: list[Any] | None = None, ptypes: list[int] | None = None,
-          txn: str = "autocommit", db: str = "", **extra: str) -> dict[str, str]:
-    """A statement event with every field of the contract, as flat strings."""
-    parts = tag.split()
-    rows = parts[-1] if parts and parts[-1].isdigit() else ""
-    fields = {
-        "v": "1", "kind": "stmt", "ts": "1710460800000000", "dur_us": "120", "sid": "s1",
-        "client": "127.0.0.1:50000", "user": "postgres", "db": db, "app": "test", "pid": "4242",
-        "proto": "extended" if params is not None else "simple", "stmt": "",
-        "sql": sql, "params": json.dumps(params or [], default=str), "ptypes": json.dumps(ptypes or []),
-        "tag": tag, "rows": rows, "err": "", "errmsg": "", "txid": "7", "txn": txn,
-    }
-    fields.update(extra)
-    return fields
-
-
-def execute(dsn: str, sql: str, params: Any = None) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql, params)
 
 
 @pytest.fixture
@@ -50,10 +28,6 @@ def warm(fresh_ledger: str, make_cache: Make) -> tuple[str, GLCache]:
     cache.flush()
     assert cache.stats["loads"] == 2
     return fresh_ledger, cache
-
-
-def same(dsn: str, cache: GLCache, day: str = DAY) -> bool:
-    return arrow_rows(cache.get_day(day)) == pg_rows(dsn, day)
 
 
 def test_insert_literal_values_patches(warm: tuple[str, GLCache]) -> None:
@@ -92,7 +66,7 @@ def test_insert_bound_params_patches(warm: tuple[str, GLCache]) -> None:
 def test_insert_with_defaults_rereads_by_key(warm: tuple[str, GLCache]) -> None:
     dsn, cache = warm
     execute(dsn, "ALTER TABLE gl_entries ALTER COLUMN t_5 SET DEFAULT 'dflt'")
-    cache._info = None
+    cache.forget_info()
     sql = ("INSERT INTO gl_entries (id, trx_date, acc_debit, acc_credit, amount) "
            "VALUES (90004, '2024-03-15', '1', '2', 5)")
     execute(dsn, sql)
@@ -102,13 +76,14 @@ def test_insert_with_defaults_rereads_by_key(warm: tuple[str, GLCache]) -> None:
     assert cache.stats["loads"] == 2
 
 
-def test_insert_select_invalidates(warm: tuple[str, GLCache]) -> None:
+def test_insert_select_reads_the_new_rows(warm: tuple[str, GLCache]) -> None:
     dsn, cache = warm
-    sql = ("INSERT INTO gl_entries SELECT id + 500000, trx_date, acc_debit, acc_credit, amount, "
-           "t_1, t_2, t_3, t_4, t_5 FROM gl_entries WHERE id < 50")
+    sql = ("INSERT INTO gl_entries SELECT id + 5000000, trx_date, acc_debit, acc_credit, amount, "
+           "t_1, t_2, t_3, t_4, t_5 FROM gl_entries WHERE id < 50 OR id > 1000040")
     execute(dsn, sql)
-    assert cache.apply_event(event(sql, "INSERT 0 49")) == "invalidated"
+    assert cache.apply_event(event(sql, "INSERT 0 15")) == "patched"  # every cached day's tail
     assert same(dsn, cache) and same(dsn, cache, OTHER_DAY)
+    assert cache.stats["loads"] == 2 and cache.stats["tail_reads"] == 2
 
 
 def test_update_by_id_rereads_and_moves_days(warm: tuple[str, GLCache]) -> None:
@@ -168,19 +143,21 @@ def test_open_transaction_applies_on_commit(warm: tuple[str, GLCache]) -> None:
     assert cache.apply_event(event(sql, "INSERT 0 1", txn="open", txid="55")) == "ignored"
     execute(dsn, sql)
     end = {"v": "1", "kind": "txn_end", "sid": "s1", "txid": "55", "txn": "committed", "stmts": "1"}
-    assert cache.apply_event(end) == "invalidated"
+    assert cache.apply_event(end) == "patched"  # the day's new rows, read at commit
     assert same(dsn, cache)
+    assert cache.stats["loads"] == 2
     assert cache.apply_event(event(sql, "INSERT 0 1", txn="open", txid="56")) == "ignored"
     assert cache.apply_event({**end, "txid": "56", "txn": "rolled_back"}) == "ignored"
 
 
-def test_truncate_and_copy_invalidate(warm: tuple[str, GLCache]) -> None:
+def test_copy_reads_the_new_rows_and_truncate_invalidates(warm: tuple[str, GLCache]) -> None:
     dsn, cache = warm
     copy_sql = "COPY gl_entries (id, trx_date, acc_debit, acc_credit, amount) FROM STDIN"
     with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor().copy(copy_sql) as cp:
         cp.write_row((95000, DAY, "1", "2", Decimal("7.77")))
-    assert cache.apply_event(event(copy_sql, "COPY 1")) == "invalidated"
+    assert cache.apply_event(event(copy_sql, "COPY 1")) == "patched"
     assert same(dsn, cache)
+    assert cache.stats["loads"] == 2
     execute(dsn, "TRUNCATE gl_entries")
     assert cache.apply_event(event("TRUNCATE gl_entries", "TRUNCATE TABLE")) == "invalidated"
     assert cache.get_day(DAY).num_rows == 0

@@ -16,7 +16,9 @@ from fasterdata.analyzers.glcache.follow import Follower, start_thread
 from tests.conftest import REDIS_URL
 from tests.glcache.conftest import DAY, arrow_rows, drop_prefix, pg_rows
 
-INSERT = "INSERT INTO gl_entries VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+# A column list: the proxy hides the values of an INSERT without one, and a patch from values needs them.
+INSERT = ("INSERT INTO gl_entries (id, trx_date, acc_debit, acc_credit, amount, t_1, t_2, t_3, t_4, t_5) "
+          "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)")
 
 
 def _wait(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
