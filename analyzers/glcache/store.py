@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, TypeVar
 
 import redis
@@ -52,29 +53,14 @@ _CLUSTER_FAILED = (ClusterError, RedisClusterException)
 _CLUSTER_REPLIES = (redis.exceptions.AskError, redis.exceptions.ClusterCrossSlotError)
 T = TypeVar("T")
 
-# KEYS: (day key, its lock key) per day; ARGV[1]: TTL in ms, ARGV[1 + i]: the patch of the i-th day.
-# One call for several days, atomic; returns each day's patch number (0: neither cached nor loading).
-_APPEND = """
-local out = {}
-for i = 1, #KEYS, 2 do
-  local n = 0
-  if redis.call('HEXISTS', KEYS[i], 'epoch') == 1 or redis.call('EXISTS', KEYS[i + 1]) == 1 then
-    n = redis.call('HINCRBY', KEYS[i], 'dn', 1)
-    redis.call('HSET', KEYS[i], 'd:' .. n, ARGV[1 + #out + 1])
-    if redis.call('PTTL', KEYS[i]) < 0 then redis.call('PEXPIRE', KEYS[i], ARGV[1]) end
-  end
-  out[#out + 1] = n
-end
-return out
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
+
+def _read_script(name: str) -> str:
+    """A Redis script kept beside this module (package data, so an editor and a Lua linter see it)."""
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+_SCRIPTS = {name: _read_script(file) for name, file in
+            (("append", "append_patch.lua"), ("release", "release_lock.lua"), ("renew", "renew_lock.lua"))}
 
 
 def _glob_escape(text: str) -> str:
@@ -131,8 +117,7 @@ class Store:
                         client.set_retry(Retry(NoBackoff(), 0))
                         log.info("glcache: Redis at %s is a cluster; the table's keys share the hash tag {%s}",
                                  self.where, self.table)
-                    self._scripts = {name: client.register_script(text) for name, text in
-                                     (("append", _APPEND), ("release", _RELEASE), ("renew", _RENEW))}
+                    self._scripts = {name: client.register_script(text) for name, text in _SCRIPTS.items()}
                     self._client = client
         return self._client
 
