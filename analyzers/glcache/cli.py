@@ -104,10 +104,15 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc.describe("fasterdata gl"), file=sys.stderr)
         return 2
+    from .cache import GLCache
+
+    problem = _bad_day(args)
+    if problem:
+        print(f"fasterdata gl {args.gl_command}: {problem}", file=sys.stderr)
+        return 2
     from fasterdata.proxy import logs
 
     logs.setup(settings.log_level, settings.log_format)
-    from .cache import GLCache
 
     with GLCache(settings) as cache:
         try:
@@ -128,6 +133,23 @@ def run(args: argparse.Namespace) -> int:
                 print(f"fasterdata gl: {exc}", file=sys.stderr)
                 return 1
             raise
+
+
+def _bad_day(args: argparse.Namespace) -> str:
+    """What is wrong with the DATE argument (or --invalidate's), '' if nothing."""
+    from .cache import day_str
+
+    given = [("DATE", getattr(args, "date", None))]
+    if getattr(args, "invalidate", None) not in (None, "all"):
+        given.append(("--invalidate DATE", args.invalidate))
+    for name, value in given:
+        if value is None:
+            continue
+        try:
+            day_str(value)
+        except ValueError:
+            return f"{name} must be a day as YYYY-MM-DD, not {value!r}"
+    return ""
 
 
 def _progress(cache: Any, day: str, wanted: bool | None) -> Any:
@@ -158,7 +180,12 @@ def _load(cache: Any, day: str, wanted: bool | None, force: bool) -> tuple[pa.Ta
 
 
 def _warm(cache: Any, args: argparse.Namespace) -> int:
+    """A warm that stored nothing failed at its purpose: say why and exit 1."""
     _, info = _load(cache, args.date, args.progress, force=True)
+    if not info["cached"]:
+        print(f"fasterdata gl warm: {info['date']} was read ({info['rows']} rows) but not cached: "
+              f"{info['not_cached']}", file=sys.stderr)
+        return 1
     print(json.dumps(info))
     return 0
 
@@ -204,6 +231,7 @@ def _journal(cache: Any, args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(result.to_pylist(), default=str))
     elif args.format == "csv":
+        import pyarrow as pa
         import pyarrow.csv as pacsv
 
         out = pa.BufferOutputStream()

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
+import psycopg
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
@@ -15,7 +19,7 @@ import pytest
 from fasterdata.analyzers.glcache import cli
 from fasterdata.config.gl_settings import GLSettings, load_gl
 from fasterdata.config.settings import ConfigError
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, free_port
 from tests.glcache.conftest import DAY, OTHER_DAY, arrow_rows, pg_rows
 
 
@@ -80,3 +84,44 @@ def test_settings_layers(tmp_path: Path) -> None:
     assert GLSettings().ttl == 36 * 3600 and GLSettings().table == "gl_entries"
     with pytest.raises(ConfigError):
         load_gl(None, {"chunk_bytes": 1 << 30})
+
+
+def fasterdata(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The real command line: `python -m fasterdata …` in a child process."""
+    return subprocess.run([sys.executable, "-m", "fasterdata", *argv], capture_output=True, text=True,
+                          timeout=timeout, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_journal_as_csv_through_the_real_cli(ledger_db: str, prefix: str) -> None:
+    done = fasterdata("gl", "journal", DAY, "--format", "csv", *flags(ledger_db, prefix))
+    assert done.returncode == 0, done.stderr
+    got = pacsv.read_csv(pa.py_buffer(done.stdout.encode()),
+                         convert_options=pacsv.ConvertOptions(column_types={"total": pa.string()}))
+    assert got.column_names == ["acc_debit", "acc_credit", "total", "entries"]
+    with psycopg.connect(ledger_db) as conn:
+        want = conn.execute("SELECT acc_debit, acc_credit, sum(amount)::text, count(*) FROM gl_entries "
+                            "WHERE trx_date = %s GROUP BY 1, 2 ORDER BY 1, 2", (DAY,)).fetchall()
+    rows = [(str(r["acc_debit"]), str(r["acc_credit"]), r["total"], r["entries"]) for r in got.to_pylist()]
+    assert rows == [tuple(w) for w in want]
+
+
+def test_warm_without_redis_fails_saying_why(ledger_db: str, prefix: str) -> None:
+    nobody = f"redis://127.0.0.1:{free_port()}/0"
+    done = fasterdata("gl", "warm", OTHER_DAY, "--no-progress", "--dsn", ledger_db, "--redis", nobody,
+                      "--prefix", prefix)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    last = done.stderr.strip().splitlines()[-1]
+    rows = len(pg_rows(ledger_db, OTHER_DAY))
+    assert last.startswith(f"fasterdata gl warm: {OTHER_DAY} was read ({rows} rows) but not cached: "
+                           f"Redis at {nobody} is unreachable (ConnectionError")
+
+
+@pytest.mark.parametrize("argv, named", [(["warm", "2026-13-45"], "DATE"),
+                                         (["get", "15.03.2024", "--out", "x.arrow"], "DATE"),
+                                         (["stats", "--invalidate", "2026-02-30"], "--invalidate DATE")])
+def test_a_bad_day_is_named(argv: list[str], named: str) -> None:
+    done = fasterdata("gl", *argv, "--redis", REDIS_URL)
+    assert done.returncode == 2
+    bad = argv[1] if argv[0] != "stats" else argv[2]
+    assert done.stderr.strip() == f"fasterdata gl {argv[0]}: {named} must be a day as YYYY-MM-DD, not {bad!r}"
