@@ -9,14 +9,9 @@ same result. Multi-row VALUES yield one match per row. Statements that carry no 
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
-
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from . import event
 from .fingerprint import Normalized
@@ -91,7 +86,7 @@ class Business:
     def describe(self) -> dict[str, str]:
         """rule → JSON description, stored in Redis for readers (top)."""
         return {r.name: json.dumps({"aggregate": r.aggregate, "scale": r.scale, "labels": r.labels,
-                                    "table": r.table, "operation": r.operation,
+                                    "value": r.value_kind, "table": r.table, "operation": r.operation,
                                     "description": r.description}) for r in self.rules}
 
     def candidates(self, shape: Shape) -> list[Rule] | None:
@@ -305,59 +300,11 @@ def _unescape(value: str) -> str:
     return value.replace("%3D", "=").replace("%7C", "|").replace("%25", "%")
 
 
-class BusinessCollector(Collector):
-    """fasterdata_business_<rule>: this worker's share since it started (sum() over workers).
-
-    sum and count rules add up across workers; min and max are this worker's extremes (use min()/max()
-    in PromQL); distinct rules report matches here — the exact distinct count is in Redis.
-    """
-
-    def __init__(self, rules: list[Rule]) -> None:
-        self.rules = rules
-        self.values: dict[str, dict[str, Decimal]] = {r.name: {} for r in rules}
-        self.lock = threading.Lock()
-
-    def replace(self, rules: list[Rule]) -> None:
-        """Rules reloaded: a rule kept as it was keeps its values; a new or changed one starts from zero."""
-        with self.lock:
-            before = {r.name: r for r in self.rules}
-            self.values = {r.name: self.values[r.name] if before.get(r.name) == r else {} for r in rules}
-            self.rules = rules
-
-    def merge(self, matches: list[Match]) -> None:
-        with self.lock:
-            for m in matches:
-                if m.rows_only:
-                    continue
-                rule = m.rule
-                cur = self.values[rule.name]
-                old = cur.get(m.labels)
-                agg = rule.aggregate
-                if agg == "sum":
-                    cur[m.labels] = (old or 0) + m.value
-                elif agg in ("count", "distinct"):
-                    cur[m.labels] = (old or 0) + m.count
-                elif agg == "max":
-                    cur[m.labels] = m.value if old is None or m.value > old else old
-                else:
-                    cur[m.labels] = m.value if old is None or m.value < old else old
-
-    def collect(self) -> Iterator[Metric]:
-        with self.lock:
-            snapshot = {name: dict(v) for name, v in self.values.items()}
-            rules = self.rules
-        for rule in rules:
-            names = [label.lstrip("@") for label in rule.labels]
-            fam = GaugeMetricFamily(f"fasterdata_business_{rule.name}",
-                                    (rule.description or f"{rule.aggregate} of {rule.table} {rule.operation}")
-                                    + f" ({rule.aggregate}, this worker since start)", labels=names)
-            for labels, value in snapshot[rule.name].items():
-                if not names:
-                    values = []
-                elif labels == OTHER:
-                    values = [OTHER] * len(names)
-                else:
-                    parsed = dict(part.split("=", 1) for part in labels.split("|"))
-                    values = [_unescape(parsed.get(n, "")) for n in names]
-                fam.add_metric(values, float(value))
-            yield fam
+def label_values(labels: str, names: list[str]) -> list[str]:
+    """The values of a canonical label string (`region=eu|currency=EUR`, "-", "other"), in `names` order."""
+    if not names:
+        return []
+    if labels == OTHER:
+        return [OTHER] * len(names)
+    parsed = dict(part.split("=", 1) for part in labels.split("|") if "=" in part)  # "-": a rule given labels today
+    return [_unescape(parsed.get(n, "")) for n in names]

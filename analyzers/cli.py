@@ -94,7 +94,6 @@ def run_analyze(settings: AnalyzerSettings) -> int:
 
     from fasterdata.proxy.httpd import EndpointError, serve_in_thread
 
-    from .metrics import WorkerCollector
     from .redisconn import ShardingError
     from .worker import Worker, tune_gc
 
@@ -112,9 +111,8 @@ def run_analyze(settings: AnalyzerSettings) -> int:
         print(f"fasterdata analyze: cannot reach Redis at {redacted(settings.redis)}: {exc}", file=sys.stderr)
         return 1
     registry = CollectorRegistry()
-    registry.register(WorkerCollector(worker.counters, worker.consumer))
-    registry.register(worker.stats)
-    registry.register(worker.biz_metrics)
+    for collector in worker.collectors():
+        registry.register(collector)
     try:
         http = serve_in_thread(settings, registry, ready=worker.ready, health=worker.health)
     except EndpointError as exc:

@@ -103,6 +103,15 @@ def biz_values(r: Any, shards: list[Keys], rule: str, day: str, aggregate: str) 
     return out
 
 
+def biz_decimals(r: Any, shards: list[Keys], rule: str, day: str, aggregate: str, scale: int) -> dict[str, Decimal]:
+    """A rule's day as exact decimals: labels → value (a sum in its own units, with its `scale` decimals; a
+    distinct rule's count of distinct values). What `top` shows and /metrics exports."""
+    values = biz_values(r, shards, rule, day, aggregate)
+    if aggregate == "sum":
+        return {labels: Decimal(int(v)).scaleb(-scale) for labels, v in values.items()}
+    return {labels: Decimal(v) for labels, v in values.items()}
+
+
 def biz_rows_only(r: Any, shards: list[Keys], rule: str, day: str) -> dict[str, int]:
     return hsum(r, [k.biz_rows_only(rule, day) for k in shards])
 

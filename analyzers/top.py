@@ -37,7 +37,8 @@ def _age(seconds: float | None) -> str:
 
 
 def _num(value: Decimal) -> str:
-    return f"{int(value):,}" if value == value.to_integral_value() else f"{value:,}"
+    """As exact as stored: a sum keeps its scale's decimals (12.50 stays 12.50)."""
+    return f"{value:,}"
 
 
 def _ms(us: float) -> str:
@@ -111,10 +112,10 @@ def snapshot(r: redis.Redis, prefix: str, n: int = 10, day: str | None = None, s
     for name, raw in sorted(r.hgetall(k.biz_rules).items()):
         desc = json.loads(raw)
         aggregate = desc.get("aggregate", "sum")
-        values = merged.biz_values(r, ks, name, day, aggregate)
-        scale = desc.get("scale", 0) if aggregate == "sum" else 0
-        parsed = sorted(((labels, Decimal(v).scaleb(-scale)) for labels, v in values.items()),
-                        key=lambda x: x[1], reverse=True)
+        values = merged.biz_decimals(r, ks, name, day, aggregate, desc.get("scale", 0))
+        if desc.get("value") == "rows":  # row counts are whole numbers, whatever the scale
+            values = {labels: v.to_integral_value() for labels, v in values.items()}
+        parsed = sorted(values.items(), key=lambda x: x[1], reverse=True)
         rows_only = merged.biz_rows_only(r, ks, name, day)
         business.append({"rule": name, "aggregate": desc.get("aggregate"), "values": parsed,
                          "rows_only": sum(rows_only.values())})

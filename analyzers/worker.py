@@ -22,37 +22,37 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import redis
+from prometheus_client.registry import Collector
 
 from fasterdata.config.analyzer_settings import AnalyzerSettings
 from fasterdata.proxy.streamkeys import other_layout_streams
 
 from . import event
-from .anomaly import Counter as AnomalyCounter
 from .anomaly import Evaluator, describe_series
 from .atomic import Committer, Writes, claim_floor
-from .business import Business, BusinessCollector, Match
+from .business import Match
+from .business_metrics import DayValues, WorkerTallies
 from .fingerprint import Normalized, Normalizer
 from .keys import Keys, shard_keys
-from .metrics import WorkerCounters
+from .metrics import WorkerCollector, WorkerCounters
 from .redisconn import clustered, connect, require_shards
 from .retention import Sweeper
-from .rules import Rule, RulesError, RulesFile
+from .rules import RulesError, RulesFile
 from .rules import load as load_rules
-from .security import Finding, Security
+from .ruleset import Plan, RuleSet
+from .security import Security
 from .shape import Shape, ShapeCache
 from .stats import BatchStats, StatsCollector
 from .streams import StreamSet, undelivered
 
 log = logging.getLogger("fasterdata.analyze")
 
-_CHECKED_OPS = frozenset({"select", "copy", "update", "delete", "ddl", "role"})
-
 
 def tune_gc(gen0: int = 50_000) -> None:
     """For a worker process, once set up. With the default threshold (700 allocations) every batch's
     containers (entry lists, events, matches: ~10k a batch) survive a few young collections and reach
-    the old generation, whose full scans then walk sqlglot, redis-py and every cache again: 2.2-2.9 µs
-    a statement. Frozen start-up objects leave those scans; a larger threshold lets batches die young."""
+    the old generation, whose full scans then walk sqlglot, redis-py and every cache again, at a cost
+    paid by every statement. Frozen start-up objects leave those scans; a larger threshold lets batches die young."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(gen0, *gc.get_threshold()[1:])
@@ -82,20 +82,6 @@ class Shard:
         self.keys = keys
         self.stream = keys.statements
         self.committer = committer
-
-
-class Plan:
-    """Per fingerprint: its shape, anomaly series, candidate business rules and which security checks apply."""
-
-    __slots__ = ("apps", "checked", "max_rows", "rules", "series", "shape")
-
-    def __init__(self, shape: Shape, series: str, rules: list[Rule] | None, checked: bool, max_rows: int) -> None:
-        self.shape = shape
-        self.series = series
-        self.rules = rules  # None: not a business statement
-        self.checked = checked  # Security.check applies to this operation
-        self.max_rows = max_rows  # large_read above this many rows; -1: cannot fire
-        self.apps: dict[str, bool] = {}  # application → whether any other check fires
 
 
 def _id_ms(entry_id: str) -> int:
@@ -129,50 +115,42 @@ class Worker:
     """The analyzer loop; `run()` until `stop` is set."""
 
     def __init__(self, settings: AnalyzerSettings, rules: RulesFile, client: redis.Redis | None = None) -> None:
-        self.s = settings
-        self.rules = rules
-        self.r = client or connect(settings.redis, decode_responses=True, health_check_interval=30)
-        require_shards(self.r, settings.stream_shards)
-        if not clustered(self.r):
-            _raw(self.r)
+        self.settings = settings
+        self.redis = client or connect(settings.redis, decode_responses=True, health_check_interval=30)
+        require_shards(self.redis, settings.stream_shards)
+        if not clustered(self.redis):
+            _raw(self.redis)
         self.keys = Keys(settings.prefix)  # unsharded: heartbeats, rule descriptions, the anomaly lock
         self.consumer = settings.consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.group = settings.group
         sharded = settings.stream_shards > 1
         # A cluster keeps the floor in another slot than the shards' scripts: there every batch is checked.
-        self.floor_key = None if clustered(self.r) else self.keys.claim_floor(self.group)
-        self.shards = [Shard(i, k, Committer(self.r, k.statements, self.group, self.consumer, declare=sharded,
+        self.floor_key = None if clustered(self.redis) else self.keys.claim_floor(self.group)
+        self.shards = [Shard(i, k, Committer(self.redis, k.statements, self.group, self.consumer, declare=sharded,
                                              floor_key=self.floor_key))
                        for i, k in enumerate(shard_keys(settings.prefix, settings.stream_shards))]
-        self.streams = StreamSet(self.r, [sh.stream for sh in self.shards], self.group, self.consumer)
+        self.streams = StreamSet(self.redis, [sh.stream for sh in self.shards], self.group, self.consumer)
         self.normalize = Normalizer(settings.cache_size)
         self.shapes = ShapeCache()
-        self.business = Business(rules.rules, self.keys, settings.events_maxlen, settings.business_retention_days)
-        self.security = Security(rules.security)
-        self.anomaly = AnomalyCounter(self.keys, rules.anomaly)
+        self.ruleset = self._ruleset(rules)
+        self.security = Security(self.ruleset.checks, settings.alerts_maxlen)
         all_keys = [sh.keys for sh in self.shards]
-        self.evaluator = Evaluator(self.r, all_keys, rules.anomaly, self.consumer, settings.alerts_maxlen,
-                                   describe_series(self.r, all_keys))
-        self.sweeper = Sweeper(self.r, all_keys, [rule.name for rule in rules.rules], settings.stats_max_fingerprints,
+        self.evaluator = Evaluator(self.redis, all_keys, rules.anomaly, self.consumer, settings.alerts_maxlen,
+                                   describe_series(self.redis, all_keys))
+        self.sweeper = Sweeper(self.redis, all_keys, self.ruleset.names, settings.stats_max_fingerprints,
                                settings.stats_retention_days, settings.business_retention_days,
                                settings.stats_max_entries)
         self.counters = WorkerCounters()
         self.stats = StatsCollector(settings.top_k, settings.top_apps)
-        self.biz_metrics = BusinessCollector(rules.rules)
+        self.business_days = DayValues(self.redis, all_keys, rules.rules)
+        self.business_tallies = WorkerTallies(rules.rules)
         self.known_fps: set[str] = set()
-        self.plans: dict[str, Plan] = {}
-        self.seen_pairs: set[tuple[str, str]] = set()
-        self.alerted: dict[tuple[str, str, str], float] = {}
-        self.last_simple: dict[str, tuple[int, str | None, str]] = {}  # sid → (end ts, txid, text)
-        self.window_us = rules.anomaly.window_seconds * 1_000_000
-        self.injection_on = rules.security.injection.enabled
-        self.new_fp_on = rules.security.new_fingerprint.enabled
         self.stop = threading.Event()
         self.last_tick = time.monotonic()
         self.last_error: str | None = None
         self._next_claim = 0.0
         self._next_periodic = 0.0
-        self._next_tidy = time.monotonic() + 60
+        self._next_consumer_check = time.monotonic() + 60
         self._next_sweep = time.monotonic() + settings.sweep_seconds
         self._rate = (time.monotonic(), 0)
         # Entries read at a time: about `batch` statements' worth, as a bundled entry holds several.
@@ -180,9 +158,11 @@ class Worker:
         self.count = max(1, settings.batch // 10)
         self._trim_logged = -60.0
         self._trim_reported = 0  # the group's trimmed-unread total when last logged
-        # One Redis: each commit is sent as soon as its batch is analysed and its reply read at the next
-        # settle (Committer.start). A cluster client routes by slot: there a helper thread commits.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit") if clustered(self.r) else None
+        # One Redis: each commit is sent as soon as its batch is analysed, and its reply read when the next
+        # batch has been analysed (Committer.start). A cluster client routes by slot: there a helper thread
+        # commits.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit") if clustered(self.redis) \
+            else None
         self._inflight: tuple[Shard, list, Batch, Callable[[], list[str]]] | None = None
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read")
         self._reading: Future | None = None
@@ -190,21 +170,32 @@ class Worker:
         self.reload = threading.Event()  # SIGHUP: read the rules file again between two batches
 
     # ── set-up ──────────────────────────────────────────────────────────────────────────────────
+    def _ruleset(self, rules: RulesFile) -> RuleSet:
+        s = self.settings
+        return RuleSet(rules, self.keys, s.events_maxlen, s.business_retention_days, s.cache_size)
+
+    def collectors(self) -> list[Collector]:
+        """What this worker puts on /metrics."""
+        return [WorkerCollector(self.counters, self.consumer), self.stats, self.business_days, self.business_tallies]
+
     def setup(self) -> None:
         """Create the group (and stream) on every shard if absent; publish rule descriptions for readers."""
-        for stream in self.streams.create_group(self.s.start_id):
+        for stream in self.streams.create_group(self.settings.start_id):
             log.info("created consumer group %s on %s", self.group, stream)
         self._check_shards()
-        described = self.business.describe()
+        self._describe_rules()
+
+    def _describe_rules(self) -> None:
+        described = self.ruleset.business.describe()
         if described:
-            self.r.hset(self.keys.biz_rules, mapping=described)
+            self.redis.hset(self.keys.biz_rules, mapping=described)
 
     def _check_shards(self) -> None:
         """Warn when the proxy seems to write streams this worker does not read (stream_shards differs)."""
-        n = self.s.stream_shards
-        p = self.s.prefix
+        n = self.settings.stream_shards
+        p = self.settings.prefix
         for stray in other_layout_streams(p, n):
-            if self.r.exists(stray):
+            if self.redis.exists(stray):
                 log.warning("%s exists but this worker reads %d stream(s): is stream_shards the same as the "
                             "proxy's?", stray, n)
 
@@ -221,14 +212,14 @@ class Worker:
                 if self.reload.is_set():
                     self.reload.clear()
                     self.reload_rules()
-                self.step()
+                self.run_once()
                 self.last_error = None
                 backoff = 0.5
             except redis.RedisError as exc:
                 # The batches read or being committed stay pending for this consumer: taken up again as
                 # soon as Redis answers, rather than by another worker after claim_idle.
                 self._reading = None
-                self._finish_inflight()
+                self._finish_commit_after_error()
                 self._recover = True
                 self.last_error = f"redis: {exc}"
                 if "NOGROUP" in str(exc) and self._recreate_group(exc):
@@ -254,33 +245,23 @@ class Worker:
     def reload_rules(self) -> bool:
         """Use the rules file as it is now from the next batch on (SIGHUP). What was already read is
         analysed and committed under the old rules first; a file that does not load keeps them."""
+        path = self.settings.rules
         try:
-            rules = load_rules(self.s.rules)
+            rules = load_rules(path)
         except (RulesError, OSError) as exc:
-            log.error("SIGHUP: rules file %s not loaded, the %d rules in force stay:\n%s", self.s.rules,
-                      len(self.rules.rules), exc)
+            log.error("SIGHUP: rules file %s not loaded, the %d rules in force stay:\n%s", path,
+                      len(self.ruleset.rules), exc)
             return False
         self.quiesce()
-        before = {r.name: r for r in self.rules.rules}
-        after = {r.name: r for r in rules.rules}
-        self.rules = rules
-        self.business = Business(rules.rules, self.keys, self.s.events_maxlen, self.s.business_retention_days)
-        self.security = Security(rules.security)
-        self.anomaly = AnomalyCounter(self.keys, rules.anomaly)
+        before, self.ruleset = self.ruleset, self._ruleset(rules)
+        self.security.use(self.ruleset.checks)
         self.evaluator.policy = rules.anomaly
-        self.sweeper.rules = list(after)
-        self.biz_metrics.replace(rules.rules)
-        self.plans.clear()  # a plan holds its fingerprint's candidate rules and security checks
-        self.window_us = rules.anomaly.window_seconds * 1_000_000
-        self.injection_on = rules.security.injection.enabled
-        self.new_fp_on = rules.security.new_fingerprint.enabled
-        described = self.business.describe()
-        if described:
-            self.r.hset(self.keys.biz_rules, mapping=described)
-        changed = sorted(n for n in after if n in before and before[n] != after[n])
-        log.info("SIGHUP: rules reloaded from %s: %d rules (added: %s; removed: %s; changed: %s)", self.s.rules,
-                 len(after), ", ".join(sorted(set(after) - set(before))) or "none",
-                 ", ".join(sorted(set(before) - set(after))) or "none", ", ".join(changed) or "none")
+        self.sweeper.rules = self.ruleset.names
+        self.business_days.replace(rules.rules)
+        self.business_tallies.replace(rules.rules)
+        self._describe_rules()
+        log.info("SIGHUP: rules reloaded from %s: %d rules (%s)", path, len(rules.rules),
+                 self.ruleset.changes(before))
         return True
 
     def _recreate_group(self, exc: redis.RedisError) -> bool:
@@ -294,25 +275,25 @@ class Worker:
             return False
         return True
 
-    def step(self) -> int:
+    def run_once(self) -> int:
         """One iteration: maybe reclaim, read one batch, commit it, maybe do periodic work."""
         now = time.monotonic()
         done = 0
         if now >= self._next_claim:
             done += self.claim()
-            self._next_claim = now + max(0.5, self.s.claim_idle / 2)
+            self._next_claim = now + max(0.5, self.settings.claim_idle / 2)
         reading, self._reading = self._reading, None
         if reading is not None and not reading.done():
-            self.settle()  # the read may block for `block` seconds: publish the last commit's counts first
+            self.finish_commit()  # the read may block for `block` seconds: publish the last commit's counts first
         got = reading.result() if reading is not None else self._read()
         if got:
             if not self.stop.is_set():  # read the next batch while this one is analysed
                 self._reading = self._reader.submit(self._read)
             for shard, entries, read_at in got:
-                self.process(shard, entries, wait=False, read_at=read_at)
+                self.analyse_and_commit(shard, entries, wait=False, read_at=read_at)
                 done += len(entries)
         else:
-            self.settle()
+            self.finish_commit()
         if time.monotonic() >= self._next_periodic:
             self.periodic()
             self._next_periodic = time.monotonic() + 1.0
@@ -324,13 +305,13 @@ class Worker:
         if self._reading is not None:
             got, self._reading = self._reading.result(), None
             for shard, entries, read_at in got:
-                self.process(shard, entries, read_at=read_at)
+                self.analyse_and_commit(shard, entries, read_at=read_at)
                 n += len(entries)
-        self.settle()
+        self.finish_commit()
         return n
 
     def _read(self) -> list[tuple[Shard, list[Entry], int | None]]:
-        read_at, got = self.streams.read_new(self.count, int(self.s.block * 1000))
+        read_at, got = self.streams.read_new(self.count, int(self.settings.block * 1000))
         return [(self.shards[i], _entries(entries), read_at) for i, entries in got]
 
     def _own_pending(self) -> None:
@@ -341,29 +322,29 @@ class Worker:
                 entries = _entries(got[0][1]) if got else []
                 if not entries:
                     break
-                self.process(shard, entries)
+                self.analyse_and_commit(shard, entries)
 
     def claim(self) -> int:
         """XAUTOCLAIM, on every shard, entries idle longer than claim_idle (their consumer is presumed dead)."""
         total = 0
-        idle_ms = int(self.s.claim_idle * 1000)
+        idle_ms = int(self.settings.claim_idle * 1000)
         if self.floor_key is not None:  # before taking anything: see atomic.claim_floor
-            claim_floor(self.r, self.floor_key, idle_ms)
+            claim_floor(self.redis, self.floor_key, idle_ms)
         for shard in self.shards:
             cursor = "0-0"
             for _ in range(100):
-                reply = self.r.execute_command("XAUTOCLAIM", shard.stream, self.group, self.consumer, idle_ms,
+                reply = self.redis.execute_command("XAUTOCLAIM", shard.stream, self.group, self.consumer, idle_ms,
                                                cursor, "COUNT", self.count)
                 cursor = reply[0]
                 entries = _entries(reply[1])
                 if len(reply) > 2 and reply[2]:  # Redis 7: pending entries no longer in the stream, now unpended
-                    self.trimmed(len(reply[2]))
+                    self.count_trimmed(len(reply[2]))
                 if entries:
-                    log.info("reclaimed %d entries idle > %.0fs from %s", len(entries), self.s.claim_idle,
+                    log.info("reclaimed %d entries idle > %.0fs from %s", len(entries), self.settings.claim_idle,
                              shard.stream)
                     with self.counters.lock:
                         self.counters.claimed += len(entries)
-                    self.process(shard, entries)
+                    self.analyse_and_commit(shard, entries)
                     total += len(entries)
                 if cursor == "0-0" or self.stop.is_set():
                     break
@@ -373,7 +354,7 @@ class Worker:
     def analyse(self, shard: Shard, entries: list[Entry]) -> Batch:
         """Everything a batch of one shard will write, computed in memory."""
         batch = Batch(shard.keys)
-        handle = self.handle
+        add_event = self.add_event
         for entry_id, flat in entries:
             if flat is None:  # delivered, then trimmed from the stream (stream_maxlen) before it was analysed
                 batch.trimmed += 1
@@ -387,23 +368,24 @@ class Worker:
             batch.statements += len(evs)
             for ev in evs:
                 try:
-                    handle(batch, ev)
+                    add_event(batch, ev)
                 except (event.BadEvent, ValueError) as exc:  # ValueError: a number field that is not one
                     batch.bad += 1
                     log.debug("bad event in %s: %s", entry_id, exc)
                 except Exception:
                     batch.failed += 1
                     log.exception("analysing an event of entry %s failed; skipped", entry_id)
-        self.stats_writes(batch)
+        self.write_stats(batch)
         return batch
 
-    def process(self, shard: Shard, entries: list[Entry], wait: bool = True, read_at: int | None = None) -> None:
+    def analyse_and_commit(self, shard: Shard, entries: list[Entry], wait: bool = True,
+                           read_at: int | None = None) -> None:
         """Analyse a batch and commit it. With wait=False the commit runs on a helper thread while the
         caller reads and analyses the next batch (Redis time overlaps Python time); commits stay in
-        order because a new one starts only after the previous one has settled. read_at: see
+        order because a new one starts only after the previous one has finished. read_at: see
         `Committer.commit` (None for reclaimed and re-read entries: those are always checked)."""
         batch = self.analyse(shard, entries)
-        self.settle()
+        self.finish_commit()
         ids = [e[0] for e in entries]
         if self._pool is None:
             outcome = shard.committer.start(ids, batch.writes, read_at)
@@ -411,9 +393,9 @@ class Worker:
             outcome = self._pool.submit(shard.committer.commit, ids, batch.writes, read_at).result
         self._inflight = (shard, entries, batch, outcome)
         if wait:
-            self.settle()
+            self.finish_commit()
 
-    def settle(self) -> None:
+    def finish_commit(self) -> None:
         """Wait for the commit in flight; on a reclaim race, recompute without the lost entries."""
         if self._inflight is None:
             return
@@ -432,22 +414,22 @@ class Worker:
             lost = shard.committer.commit([e[0] for e in entries], batch.writes)
         self.committed(batch, len(entries))
 
-    def _finish_inflight(self) -> None:
+    def _finish_commit_after_error(self) -> None:
         """After a Redis error elsewhere (the read-ahead): learn the commit in flight's outcome while its
         connection still answers, so its entries are not read again as pending ones. On a second error
         they are read again, and such batches are always checked for ownership."""
         try:
-            self.settle()
+            self.finish_commit()
         except redis.RedisError as exc:
             self._inflight = None
             log.warning("the commit in flight failed too (its entries stay pending): %s", exc)
 
-    def handle(self, batch: Batch, ev: dict[str, str]) -> None:
-        """One event's contributions to the batch (hot path: ~10 µs; keep it lean)."""
+    def add_event(self, batch: Batch, ev: dict[str, str]) -> None:
+        """One event's contributions to the batch (hot path: keep it lean)."""
         get = ev.get
         kind = get("kind", "stmt")
         if kind != "stmt":
-            self.txn_end(batch, ev, kind)
+            self.add_txn_end(batch, ev, kind)
             return
         if get("v", event.SCHEMA) != event.SCHEMA:
             raise event.BadEvent(f"unknown schema version {get('v')!r}")
@@ -456,7 +438,8 @@ class Worker:
             raise event.BadEvent("no sql")
         norm = self.normalize.cache.get(sql) or self.normalize(sql)
         fp = norm.fp
-        plan = self.plans.get(fp) or self._plan(norm)
+        ruleset = self.ruleset
+        plan = ruleset.plans.get(fp) or self._plan(norm)
         ts = int(get("ts") or 0)
         rows = int(get("rows") or 0)
         err = get("err", "")
@@ -465,12 +448,12 @@ class Worker:
         shape = plan.shape
         if fp not in self.known_fps and fp not in batch.new_fps:
             self.describe_fp(batch, norm, shape, ts)
-        window = ts // self.window_us
+        window = ts // ruleset.window_us
         anomaly = batch.anomaly
         if ts:
             key = (window, plan.series)
             anomaly[key] = anomaly.get(key, 0) + 1
-        self.security_checks(batch, ev, sql, norm, plan, rows, ts, app)
+        self.security.inspect(batch, ev, sql, norm, shape, plan.checks, rows, ts, app)
         if not shape.parsed:
             batch.unparsed += 1
             return
@@ -483,13 +466,14 @@ class Worker:
         elif txn == "open":
             sid, txid = get("sid", ""), get("txid", "")
             w = batch.writes.parked(batch.keys.txn_outcome(sid, txid), batch.keys.txn_parked(sid, txid),
-                                    self.s.txn_ttl, get("n", ""))
+                                    self.settings.txn_ttl, get("n", ""))
         else:
             return  # rolled back or prepared: not (yet) committed work
-        matches = self.business.evaluate(ev, norm, shape, rules)
+        business = ruleset.business
+        matches = business.evaluate(ev, norm, shape, rules)
         if not matches:
             return
-        self.business.write(w, matches, ev, norm, ts, batch.keys)
+        business.write(w, matches, ev, norm, ts, batch.keys)
         for m in matches:
             if m.rows_only:
                 batch.rows_only[m.rule.name] = batch.rows_only.get(m.rule.name, 0) + m.count
@@ -499,14 +483,14 @@ class Worker:
                 key = (window, "biz:" + m.rule.name)
                 anomaly[key] = anomaly.get(key, 0) + 1
 
-    def txn_end(self, batch: Batch, ev: dict[str, str], kind: str) -> None:
+    def add_txn_end(self, batch: Batch, ev: dict[str, str], kind: str) -> None:
         if kind != "txn_end":
             raise event.BadEvent(f"unknown kind {kind!r}")
         sid, txid, outcome = ev.get("sid"), ev.get("txid"), ev.get("txn")
         if not sid or not txid or not outcome:
             raise event.BadEvent("txn_end needs sid, txid and txn")
         batch.writes.txn_end(batch.keys.txn_outcome(sid, txid), batch.keys.txn_parked(sid, txid), outcome,
-                             self.s.txn_ttl, ev.get("undone", ""))
+                             self.settings.txn_ttl, ev.get("undone", ""))
 
     def describe_fp(self, batch: Batch, norm: Normalized, shape: Shape, ts: int) -> None:
         """First sight of a fingerprint in this process: store its text (HSETNX: first writer wins)."""
@@ -521,92 +505,11 @@ class Worker:
             w.setnx(k, "parse_error", shape.error)
 
     def _plan(self, norm: Normalized) -> Plan:
-        """What a fingerprint needs on every later statement, worked out on its first one."""
-        shape = self.shapes.get(norm.fp, norm.text)
-        rules = self.business.candidates(shape) if shape.parsed and shape.table in self.business.tables else None
-        plan = Plan(shape, "fp:" + norm.fp, rules, shape.op in _CHECKED_OPS, self.security.row_limited(shape))
-        if len(self.plans) >= self.s.cache_size:
-            self.plans.clear()
-        self.plans[norm.fp] = plan
-        return plan
+        return self.ruleset.plan(norm.fp, self.shapes.get(norm.fp, norm.text))
 
-    def security_checks(self, batch: Batch, ev: dict[str, str], sql: str, norm: Normalized, plan: Plan,
-                        rows: int, ts: int, app: str) -> None:
-        findings: list[Finding] | None = None
-        shape = plan.shape
-        if self.injection_on and ev.get("proto") == "simple":
-            # a later statement of one multi-statement Query (the proxy's `part` says i/n)
-            sid = ev.get("sid", "")
-            prev = self.last_simple.get(sid)
-            if prev is not None and ev.get("part", "1/").partition("/")[0] not in ("1", ""):
-                finding = self.security.stacked(prev[2], norm, shape)
-                if finding:
-                    findings = [finding]
-            if len(self.last_simple) > 20000:
-                self.last_simple.clear()
-            self.last_simple[sid] = (ts, ev.get("txid"), norm.text)
-            low = sql.lower()
-            # cheap substring tests decide whether the (slower) signature regexes run at all
-            if norm.stacked or " or " in low or "union" in low or "--" in sql or "pg_sleep" in low \
-                    or "'or " in low or "or\n" in low or "||" in low:
-                findings = (findings or []) + self.security.injection(sql, norm)
-        if plan.checked:
-            # every finding but large_read depends on the statement and the application only: asked once
-            static = plan.apps.get(app)
-            if static is None:
-                static = self.security.fires_for(norm, shape, app)
-                if len(plan.apps) >= 1000:
-                    plan.apps.clear()
-                plan.apps[app] = static
-            if static or rows > plan.max_rows >= 0:
-                more = self.security.check(ev, norm, shape, rows)
-                if more:
-                    findings = (findings or []) + more
-        fp = norm.fp
-        if self.new_fp_on and (app, fp) not in self.seen_pairs and (app, fp) not in batch.new_pairs:
-            policy = self.rules.security.new_fingerprint
-            batch.new_pairs.add((app, fp))
-            child = batch.writes.if_new_member(batch.keys.seen(app), fp)
-            child = child.if_older(batch.keys.seen_since, app, ts // 1_000_000, int(policy.learn_seconds))
-            self.alert(child, batch, Finding("new_fingerprint", policy.severity,
-                                             f"first {shape.op} of this shape from application {app!r}"),
-                       ev, norm, ts, dedup=False)
-            batch.findings.pop()  # counted by Redis only when it really is new
-        if findings:
-            for f in findings:
-                self.alert(batch.writes, batch, f, ev, norm, ts)
-
-    def alert(self, writes: Writes, batch: Batch, f: Finding, ev: dict[str, str], norm: Normalized, ts: int,
-              dedup: bool = True) -> None:
-        """A finding: counted always; written to the alerts stream once per dedup window."""
-        batch.findings.append((f.rule, f.severity))
-        keys = batch.keys
-        writes.hincr(keys.alert_counts, f.rule, 1)
-        app = ev.get("app", "")
-        window = self.rules.security.dedup_seconds
-        if dedup and window > 0:
-            key = (f.rule, norm.fp, app)
-            now = time.monotonic()
-            if self.alerted.get(key, 0) > now:
-                return
-            self.alerted[key] = now + window
-            if len(self.alerted) > 50000:
-                self.alerted = {k: v for k, v in self.alerted.items() if v > now}
-            writes = writes.once(keys.alert_dedup(f.rule, norm.fp, app), int(window))
-        fields = {"kind": "security", "rule": f.rule, "severity": f.severity, "ts": str(ts),
-                  "at": str(int(time.time() * 1e6)), "sid": ev.get("sid", ""), "client": ev.get("client", ""),
-                  "user": ev.get("user", ""), "db": ev.get("db", ""), "app": app, "fp": norm.fp,
-                  "text": norm.text[:300], "evidence": f.evidence}
-        if norm.comment:
-            fields["comment"] = json.dumps(norm.comment, sort_keys=True)
-            for key in ("traceparent", "route", "controller", "action"):
-                if key in norm.comment:
-                    fields[key] = norm.comment[key]
-        writes.xadd(keys.alerts, self.s.alerts_maxlen, fields)
-
-    def stats_writes(self, batch: Batch) -> None:
+    def write_stats(self, batch: Batch) -> None:
         batch.stats.write(batch.writes, batch.keys)
-        self.anomaly.write(batch.writes, batch.anomaly, batch.keys)
+        self.ruleset.anomaly.write(batch.writes, batch.anomaly, batch.keys)
         if batch.unparsed:
             batch.writes.hincr(batch.keys.stats_totals, "unparsed", batch.unparsed)
         if batch.bad:
@@ -618,22 +521,23 @@ class Worker:
         for fp, (norm, shape) in batch.new_fps.items():
             self.known_fps.add(fp)
             self.stats.describe_fp(fp, shape.op, norm.text)
-        self.seen_pairs.update(batch.new_pairs)
+        findings = self.security.committed(batch)
         if batch.writes.undescribed:
-            self.undescribed(batch, batch.writes.undescribed)
+            self.describe_again(batch, batch.writes.undescribed)
         if batch.trimmed:
-            self.trimmed(batch.trimmed)
+            self.count_trimmed(batch.trimmed)
         if batch.writes.expire_ats:
-            self.business.remember(batch.writes.expire_ats, time.time())
+            self.ruleset.business.remember(batch.writes.expire_ats, time.time())
         if len(self.known_fps) > 200000:
             self.known_fps.clear()
-        if len(self.seen_pairs) > 200000:
-            self.seen_pairs.clear()
-        self.biz_metrics.merge(batch.matches)
+        if batch.matches:
+            self.business_tallies.merge(batch.matches)
+            self.business_days.changed()
         c = self.counters
+        settings = self.settings
         if n and batch.statements:  # read about `batch` statements at a time, whatever an entry holds
             self.per_entry = (self.per_entry + batch.statements / n) / 2
-            self.count = max(1, min(self.s.batch, round(self.s.batch / self.per_entry)))
+            self.count = max(1, min(settings.batch, round(settings.batch / self.per_entry)))
         with c.lock:
             c.entries += n
             c.statements += batch.statements
@@ -642,19 +546,19 @@ class Worker:
             c.bad += batch.bad
             c.failed += batch.failed
             c.shapes = len(self.shapes.shapes)
-            for key in batch.findings:
+            for key in findings:
                 c.findings[key] = c.findings.get(key, 0) + 1
             for rule, rows in batch.rows_only.items():
                 c.rows_only[rule] = c.rows_only.get(rule, 0) + rows
 
-    def trimmed(self, n: int) -> None:
+    def count_trimmed(self, n: int) -> None:
         """Count and say delivered entries that the stream cap removed before they were analysed."""
         with self.counters.lock:
             self.counters.trimmed_pending += n
         log.warning("%d stream entries delivered to group %s were trimmed from the stream (stream_maxlen) before "
                     "they were analysed: their statements are not counted anywhere", n, self.group)
 
-    def undescribed(self, batch: Batch, fps: list[str]) -> None:
+    def describe_again(self, batch: Batch, fps: list[str]) -> None:
         """Fingerprints a sweep evicted while this process knew them (the commit found their description
         gone): describe them again in their next batch, and ask again whether the shape is new to each
         application (its `seen` entry went with them)."""
@@ -662,20 +566,20 @@ class Worker:
         self.known_fps -= gone
         for fp, _db, app in batch.stats.data:
             if fp in gone:
-                self.seen_pairs.discard((app, fp))
+                self.security.forget_pair(app, fp)
 
     # ── periodic: lag, heartbeat, anomalies, sweeps ─────────────────────────────────────────────
     def periodic(self) -> None:
         self.measure_lag()
         self.heartbeat()
         now = time.monotonic()
-        if now >= self._next_tidy:
-            self._next_tidy = now + 300
-            self.tidy()
+        if now >= self._next_consumer_check:
+            self._next_consumer_check = now + 300
+            self.forget_idle_consumers()
         if now >= self._next_sweep:
             self.sweep()
-            self._next_sweep = time.monotonic() + (1.0 if self.sweeper.more else self.s.sweep_seconds)
-        if self.rules.anomaly.enabled:
+            self._next_sweep = time.monotonic() + (1.0 if self.sweeper.more else self.settings.sweep_seconds)
+        if self.ruleset.file.anomaly.enabled:
             c = self.counters
             caught_up = c.pending == 0 and c.lag_entries == 0
             n = self.evaluator.run(now_us=int(time.time() * 1e6) if caught_up else None)
@@ -687,14 +591,14 @@ class Worker:
         """Apply the performance summary's cap and the business days' retention (retention.py); what this
         worker evicted leaves its own memos too, so a fingerprint that comes back is described again."""
         evicted, days = self.sweeper.run()
-        self.business.forget_expired(time.time())
+        self.ruleset.business.forget_expired(time.time())
         if evicted:
             gone = set(evicted)
             self.known_fps -= gone
-            self.seen_pairs = {pair for pair in self.seen_pairs if pair[1] not in gone}
+            self.security.forget(gone)
         for entry in self.sweeper.entries:  # fp|db|app: the application may have lost the shape from `seen`
             fp, _, member = entry.partition("|")
-            self.seen_pairs.discard((member.partition("|")[2], fp))
+            self.security.forget_pair(member.partition("|")[2], fp)
         with self.counters.lock:
             self.counters.evicted_fingerprints += len(evicted)
             self.counters.evicted_entries += len(self.sweeper.entries)
@@ -711,7 +615,7 @@ class Worker:
                 per[shard.i] = got
         if not per:
             return
-        trimmed = sum(int(self.r.hget(shard.keys.trimmed, self.group) or 0) for shard in self.shards)
+        trimmed = sum(int(self.redis.hget(shard.keys.trimmed, self.group) or 0) for shard in self.shards)
         now = time.monotonic()
         if trimmed > self._trim_reported and now - self._trim_logged >= 60:  # at most once a minute
             log.warning("%d statements were trimmed from the stream (stream_maxlen) before group %s read them "
@@ -727,39 +631,39 @@ class Worker:
 
     def _shard_lag(self, stream: str) -> tuple[int, int, float] | None:
         """(pending, undelivered, age of the oldest unprocessed event) of one stream."""
-        groups = {g["name"]: g for g in self.r.xinfo_groups(stream)}
+        groups = {g["name"]: g for g in self.redis.xinfo_groups(stream)}
         g = groups.get(self.group)
         if g is None:
             return None
         pending = int(g.get("pending") or 0)
         oldest_ms = None
         if pending:
-            summary = self.r.xpending(stream, self.group)
+            summary = self.redis.xpending(stream, self.group)
             if summary and summary.get("min"):
                 oldest_ms = _id_ms(summary["min"])
         last = g.get("last-delivered-id") or "0-0"
-        nxt = self.r.xrange(stream, min="(" + last, count=1)
+        nxt = self.redis.xrange(stream, min="(" + last, count=1)
         if nxt:
             ms = _id_ms(nxt[0][0])
             oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
         age = max(0.0, time.time() - oldest_ms / 1000) if oldest_ms else 0.0
         return pending, undelivered(g, bool(nxt)), age
 
-    def tidy(self, max_idle: float = 3600) -> None:
+    def forget_idle_consumers(self, max_idle: float = 3600) -> None:
         """Forget consumers (restarted workers get new names) idle for an hour with nothing pending."""
         for shard in self.shards:
-            for c in self.r.xinfo_consumers(shard.stream, self.group):
+            for c in self.redis.xinfo_consumers(shard.stream, self.group):
                 if c["name"] != self.consumer and not c["pending"] and c["idle"] > max_idle * 1000:
-                    self.r.xgroup_delconsumer(shard.stream, self.group, c["name"])
+                    self.redis.xgroup_delconsumer(shard.stream, self.group, c["name"])
                     log.info("removed idle consumer %s from %s", c["name"], shard.stream)
         cutoff = time.time() - 86400
-        for name, raw in self.r.hgetall(self.keys.workers).items():
+        for name, raw in self.redis.hgetall(self.keys.workers).items():
             try:
                 stale = json.loads(raw).get("ts", 0) < cutoff
             except ValueError:
                 stale = True
             if stale:
-                self.r.hdel(self.keys.workers, name)
+                self.redis.hdel(self.keys.workers, name)
 
     def heartbeat(self) -> None:
         now = time.monotonic()
@@ -771,13 +675,13 @@ class Worker:
                 "pending": c.pending,
                 "lag_entries": c.lag_entries, "lag_seconds": round(c.lag_seconds, 3), "unparsed": c.unparsed,
                 "pid": os.getpid(), "host": socket.gethostname()}
-        self.r.hset(self.keys.workers, self.consumer, json.dumps(beat))
+        self.redis.hset(self.keys.workers, self.consumer, json.dumps(beat))
 
     # ── health ──────────────────────────────────────────────────────────────────────────────────
     def health(self) -> str | None:
         """None when the loop is alive (it ticks at least every `block` seconds)."""
         quiet = time.monotonic() - self.last_tick
-        limit = max(60.0, self.s.block * 10)
+        limit = max(60.0, self.settings.block * 10)
         if quiet > limit:
             return f"loop stalled for {quiet:.0f}s"
         return None

@@ -110,7 +110,7 @@ def main() -> int:
             prof.enable()
         entries, want = 0, -(-args.events // args.per_entry)
         while entries < want:
-            entries += worker.step()
+            entries += worker.run_once()
         entries += worker.quiesce()
         done = worker.counters.statements
         if prof:

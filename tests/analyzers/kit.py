@@ -168,7 +168,11 @@ def rules_file(**overrides: Any) -> RulesFile:
     return parse(data, "test rules")
 
 
-def make_worker(prefix: str, rules: RulesFile | None = None, consumer: str = "w1", **kw: Any) -> Worker:
+def make_worker(prefix: str, rules: RulesFile | None = None, consumer: str = "w1", rules_path: str | None = None,
+                **kw: Any) -> Worker:
+    """An in-process worker (rules_path: the file a reload reads)."""
+    if rules_path is not None:
+        kw["rules"] = rules_path
     settings = AnalyzerSettings(redis=REDIS_URL, prefix=prefix, metrics="", consumer=consumer, block=0.05, **kw)
     worker = Worker(settings, rules or rules_file())
     worker.setup()
@@ -188,9 +192,9 @@ def drain(worker: Worker, limit: int = 1000) -> int:
     """Step until the group has nothing undelivered and nothing pending; returns entries processed."""
     total = 0
     for _ in range(limit):
-        total += worker.step()
+        total += worker.run_once()
         total += worker.quiesce()  # no read-ahead left behind to swallow entries a later test step adds
-        if group_done(worker.r, worker.streams.names, worker.group):
+        if group_done(worker.redis, worker.streams.names, worker.group):
             return total
     raise AssertionError("stream not drained")
 

@@ -176,7 +176,7 @@ def test_a_reclaimed_batch_is_applied_once(r: redis.Redis, prefix: str, packed_e
     # the slow worker stalls; the other reclaims and commits everything
     time.sleep(0.01)  # > claim_idle
     assert fast.claim() == 20
-    slow.process(slow.shards[0], taken)  # wakes up: the script refuses, nothing is applied twice
+    slow.analyse_and_commit(slow.shards[0], taken)  # wakes up: the script refuses, nothing is applied twice
     assert slow.counters.conflicts == 20 and slow.counters.entries == 0
     assert biz(r, prefix, "sales") == {"region=eu": 2000}
     assert r.xpending(stream, "analyzers")["pending"] == 0
@@ -200,8 +200,8 @@ def test_a_commit_whose_connection_dies_before_its_reply_counts_once(r: redis.Re
     [(shard, entries, read_at)] = w._read()
     assert r.client_kill_filter(_id=cid) == 1
     with pytest.raises(redis.ConnectionError):
-        w.process(shard, entries, wait=False, read_at=read_at)
-        w.settle()
+        w.analyse_and_commit(shard, entries, wait=False, read_at=read_at)
+        w.finish_commit()
     assert biz(r, prefix, "sales") == {"region=eu": 100}
     assert r.xpending(f"{prefix}:statements", "analyzers")["pending"] == 5
     w._own_pending()
@@ -242,13 +242,13 @@ def test_a_young_batch_skips_the_entry_check_and_an_old_one_does_not(r: redis.Re
         for i in range(10, 15):
             events.stmt(INSERT_EXT, [i, i, "eu", "1.00"], tag="INSERT", rows=1)
     [(shard, entries, read_at)] = w._read()
-    w.process(shard, entries, read_at=read_at - 16_000)  # read 16 s ago by the server's clock
+    w.analyse_and_commit(shard, entries, read_at=read_at - 16_000)  # read 16 s ago by the server's clock
     assert committer.checked == 1
     with events:
         events.stmt(INSERT_EXT, [15, 15, "eu", "1.00"], tag="INSERT", rows=1)
     r.delete(f"{prefix}:claim_floor:analyzers")  # no floor (lapsed, or deleted): nothing is taken on trust
     [(shard, entries, read_at)] = w._read()
-    w.process(shard, entries, read_at=read_at)
+    w.analyse_and_commit(shard, entries, read_at=read_at)
     assert committer.checked == 2
     assert biz(r, prefix, "sales") == {"region=eu": 1600}
 
@@ -268,7 +268,7 @@ def test_a_lower_claim_idle_lowers_the_floor_before_it_takes_anything(r: redis.R
     time.sleep(0.01)  # > claim_idle
     assert fast.claim() == 20
     assert r.get(f"{prefix}:claim_floor:analyzers") == "1"
-    slow.process(shard, taken, read_at=read_at)
+    slow.analyse_and_commit(shard, taken, read_at=read_at)
     assert slow.counters.conflicts == 20 and slow.counters.entries == 0
     assert biz(r, prefix, "sales") == {"region=eu": 2000}
 

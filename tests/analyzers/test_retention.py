@@ -249,10 +249,10 @@ def test_two_workers_sweeping_at_once(r: redis.Redis, prefix: str, packed_events
         try:
             start.wait()
             for _ in range(400):
-                w.step()
+                w.run_once()
                 w.quiesce()
                 evicted[w.consumer] += w.sweep()[0]
-                if group_done(w.r, w.streams.names) and len(produced) == 2:
+                if group_done(w.redis, w.streams.names) and len(produced) == 2:
                     break
             start.wait()  # both finished committing: a last sweep, at the same moment
             evicted[w.consumer] += w.sweep()[0]

@@ -127,10 +127,15 @@ def test_new_fingerprint_per_application_after_learning(r: redis.Redis, prefix: 
     events.stmt("SELECT * FROM orders WHERE id = 3", app="billing", ts=later)  # same shape, simple
     events.stmt("SELECT * FROM orders WHERE id = $1", [2], app="reports", ts=t0 + 1)  # new app: learning
     events.stmt("SELECT email FROM customers WHERE id = $1", [9], app="billing", ts=later + 1)  # new shape!
-    drain(make_worker(prefix, rules_file(security=policy), consumer="w2"))  # another worker: shared state
+    assert w.counters.findings == {}
+    w2 = make_worker(prefix, rules_file(security=policy), consumer="w2")
+    drain(w2)  # another worker: shared state
     found = alerts(r, prefix)
     assert [(a["rule"], a["app"]) for a in found] == [("new_fingerprint", "billing")]
     assert "customers" in found[0]["text"]
+    # fasterdata_security_findings_total sees it as the alert counts do: once, the one that fired
+    assert w2.counters.findings == {("new_fingerprint", "info"): 1}
+    assert r.hget(f"{prefix}:alerts:counts", "new_fingerprint") == "1"
 
 
 def test_checks_decided_once_per_fingerprint_still_follow_app_and_rows(r: redis.Redis, prefix: str,
@@ -146,3 +151,11 @@ def test_checks_decided_once_per_fingerprint_still_follow_app_and_rows(r: redis.
     drain(make_worker(prefix, rules_file(security=SECURITY)))
     found = sorted((a["rule"], a["app"], a["evidence"]) for a in alerts(r, prefix))
     assert found == [("ddl", "web", "DROP TABLE orders"), ("large_read", "web", "5000 rows > 1000")]
+
+
+def test_evidence_counts_one_row_in_the_singular(r: redis.Redis, prefix: str, events: Events) -> None:
+    events.stmt("DELETE FROM orders", tag="DELETE", rows=1)
+    events.stmt("UPDATE orders SET total = 0", tag="UPDATE", rows=2)
+    drain(make_worker(prefix, rules_file(security=SECURITY)))
+    assert [a["evidence"] for a in alerts(r, prefix)] == ["DELETE of orders without WHERE (1 row)",
+                                                          "UPDATE of orders without WHERE (2 rows)"]

@@ -47,6 +47,11 @@ def test_once_prints_one_frame(r: redis.Redis, prefix: str, events: Events) -> N
     for needle in ("Top fingerprints by total time", "INSERT INTO orders", "sales", "region=eu", "300",
                    "sqli_tautology", "statements stream", "42P01"):
         assert needle in frame, needle
+    business = {line.split()[0]: line.split()[-1] for line in frame.split("Business metrics")[1]
+                .split("Latest alerts")[0].splitlines() if line.split() and line.split()[0] in (
+                    "sales", "orders_placed", "biggest", "customers")}
+    # sums keep their decimals, row counts are whole, extremes are as stored, distinct counts are counts
+    assert business == {"sales": "300.00", "orders_placed": "30", "biggest": "10.00", "customers": "30"}
     assert "trimmed before analysis" not in frame
     r.hset(f"{prefix}:statements:trimmed", "analyzers", 1234)  # as the proxy's stream trims count them
     out = io.StringIO()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -159,6 +160,7 @@ def test_metrics_health_and_sigterm(r: redis.Redis, prefix: str, events: Events,
 
     s = wait_for(done, what=f"metrics to show 42 statements\n{w.log()}")
     assert s[("fasterdata_business_sales", (("region", "eu"),))] == 100.0
+    assert s[("fasterdata_business_sales_processed_total", (("region", "eu"),))] == 100.0
     assert s[("fasterdata_analyzer_unparsed_total", ())] == 1
     assert ("fasterdata_analyzer_lag_seconds", ()) in s and ("fasterdata_analyzer_pending", ()) in s
     calls = {k[1]: v for k, v in s.items() if k[0] == "fasterdata_statements_total"}
@@ -169,6 +171,22 @@ def test_metrics_health_and_sigterm(r: redis.Redis, prefix: str, events: Events,
     assert scrape(w.metrics_port, "/healthz") == (200, "ok\n")
     assert scrape(w.metrics_port, "/readyz")[0] == 200
     assert w.stop(signal.SIGTERM) == 0, w.log()
+
+    again = start_worker("m1")  # restarted: the day's values are Redis's, not this process's
+    s = wait_for(lambda: samples(scrape(again.metrics_port)[1]) if port_open(again.metrics_port) else None,
+                 what=f"metrics of the restarted worker\n{again.log()}")
+    assert s[("fasterdata_business_sales", (("region", "eu"),))] == 100.0
+    assert not any(name.endswith("_processed_total") and name.startswith("fasterdata_business_") and value
+                   for (name, _), value in s.items())
+    assert again.stop(signal.SIGTERM) == 0, again.log()
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def test_prometheus_fingerprints_are_capped_to_top_k() -> None:
@@ -206,7 +224,8 @@ def test_cli_reports_bad_rules_and_settings(tmp_path, capsys: pytest.CaptureFixt
     bad = tmp_path / "rules.yaml"
     bad.write_text("rules:\n  - name: x\n    table: t\n    operation: upsert\n")
     assert cli.main(["analyze", "--rules", str(bad), "--metrics", ""]) == 2
-    assert "rule 'x': operation:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "rule 'x'" in err and "operation" in err
     assert cli.main(["analyze", "--batch", "0"]) == 2
     assert "batch" in capsys.readouterr().err
     cfg = tmp_path / "fasterdata.yaml"
@@ -223,7 +242,7 @@ def test_idle_consumers_without_pending_entries_are_forgotten(r: redis.Redis, pr
     r.xreadgroup("analyzers", "gone-with-work", {stream: ">"}, count=1)
     r.xgroup_createconsumer(stream, "analyzers", "gone-idle")
     time.sleep(0.01)
-    w.tidy(max_idle=0.001)
+    w.forget_idle_consumers(max_idle=0.001)
     names = {c["name"] for c in r.xinfo_consumers(stream, "analyzers")}
     assert "gone-idle" not in names and "gone-with-work" in names  # its entry still needs reclaiming
 
