@@ -56,7 +56,8 @@ def _wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30
 
 
 def business_metrics(metrics_port: int) -> dict[str, float]:
-    """Sum each fasterdata_business_* family from the analyzer's /metrics (all label sets)."""
+    """Sum each fasterdata_business_<rule> family (the day's value from Redis) from the analyzer's /metrics
+    (all label sets); this worker's tallies (`…_processed_total`, rows_only) are left out."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as resp:
             text = resp.read().decode()
@@ -66,7 +67,8 @@ def business_metrics(metrics_port: int) -> dict[str, float]:
     for line in text.splitlines():
         if line.startswith("fasterdata_business_"):
             name = line.split("{", 1)[0].split(" ", 1)[0]
-            if name.endswith(("_created", "_bucket")):
+            if name.endswith(("_created", "_bucket", "_processed_total")) \
+                    or name == "fasterdata_business_rows_only_total":
                 continue
             with contextlib.suppress(ValueError):
                 totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
