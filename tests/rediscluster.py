@@ -102,6 +102,23 @@ class Cluster:
                 return i
         raise AssertionError(f"node {master} has no replica")
 
+    def replicates(self, i: int, master: int) -> bool:
+        """Node ``i`` is a replica of node ``master`` with its replication link up (a WAIT can count it).
+
+        False, never an error, while ``i`` is still loading, still a master, or still syncing: a restarted
+        node answers PING before the cluster's UPDATE message turns it into a replica."""
+        try:
+            with self.node(i) as r:
+                info = r.info("replication")
+        except redis.RedisError:
+            return False
+        return (info.get("role") == "slave" and int(info.get("master_port", 0)) == self.ports[master]
+                and info.get("master_link_status") == "up")
+
+    def wait_replica(self, i: int, master: int, timeout: float = 60.0) -> None:
+        """Wait for node ``i`` to replicate node ``master`` (see `replicates`)."""
+        wait_until(lambda: self.replicates(i, master), f"node {i} to replicate node {master}", timeout)
+
     def slot(self, key: str) -> int:
         with self.node(0) as r:
             return int(r.execute_command("CLUSTER", "KEYSLOT", key))

@@ -340,8 +340,11 @@ def test_failover_to_a_replica_loses_no_confirmed_statement(start_proxy: StartPr
     with c.node(replica) as r:
         r.execute_command("CLUSTER", "FAILOVER", "TAKEOVER")
     wait_until(lambda: c.node(replica).info("replication")["role"] == "master", "the replica to take over")
-    c.start(master)  # comes back as the new master's replica: WAIT can be satisfied again
-    wait_until(lambda: c.replica_of(replica) == master, "the old master to rejoin as a replica", timeout=60)
+    # The old master restarts with its nodes.conf, as the master of its slots at its old configEpoch; the
+    # cluster's UPDATE message (the new master's claim has the higher epoch) makes it the new master's
+    # replica a moment after it answers PING, and it syncs before a WAIT can count it.
+    c.start(master)
+    c.wait_replica(master, replica)
     settle(proxy, timeout=90)
     with c.node(replica) as r:
         got = [fields["sql"] for _id, fields in entries(r, stream) if fields.get("app") == app]
