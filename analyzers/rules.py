@@ -2,7 +2,7 @@
 
 Validated with pydantic so a typo stops start-up with the rule's name and the bad key, instead of
 a rule that silently never matches. Problems are told in the file's words (the rule, its key, what
-is expected, the spelling probably meant), one a line; `problems` lists them without raising, for
+is expected, the spelling probably meant), one a line; RulesError.problems lists them, for
 `fasterdata config check`.
 """
 
