@@ -11,16 +11,20 @@ import contextlib
 import importlib.resources
 import logging
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import psycopg
 import redis
+import yaml
 
 from . import shop
 from .services import Services, find_or_start
@@ -30,6 +34,31 @@ log = logging.getLogger("fasterdata.demo")
 PREFIX = "fasterdata-demo"
 OWNER = f"{PREFIX}:owner"  # one demo per Redis: its clean-up deletes every {PREFIX}:* key
 OWNER_TTL = 30  # seconds; renewed every 5 s while the demo runs
+
+
+def fasterdata_command() -> str:
+    """How a shell runs this install's `fasterdata`: the bare name only when PATH finds this very script
+    (an inactive virtualenv's is not on PATH), else its absolute path, else the interpreter with -m."""
+    script = Path(sys.executable).parent / "fasterdata"
+    if script.is_file() and os.access(script, os.X_OK):
+        found = shutil.which("fasterdata")
+        if found and Path(found).resolve() == script.resolve():
+            return "fasterdata"
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m fasterdata"
+
+
+def demo_rules(directory: Path) -> Path:
+    """The shipped rules with the demo's schema setup allowed to run DDL: its CREATE TABLEs are no finding."""
+    shipped = importlib.resources.files("fasterdata.config") / "rules.yaml"
+    rules = yaml.safe_load(shipped.read_text()) or {}
+    security = rules.setdefault("security", {})
+    allowed = security.setdefault("ddl_allowed_apps", [])
+    if shop.SETUP_APP not in allowed:
+        allowed.append(shop.SETUP_APP)
+    path = directory / "rules.yaml"
+    path.write_text(yaml.safe_dump(rules, sort_keys=False))
+    return path
 
 
 def _port(preferred: int) -> int:
@@ -85,6 +114,7 @@ class Demo:
         self.services: Services | None = None
         self.database = f"fasterdata_demo_{os.getpid()}"
         self.owner: redis.Redis | None = None  # set once this demo holds OWNER
+        self.scratch: Path | None = None  # the demo's own files (its rules)
 
     def start_child(self, what: str, args: list[str]) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, "-m", "fasterdata", *args],
@@ -110,7 +140,8 @@ class Demo:
         proxy = self.start_child("proxy", [
             "proxy", "--listen", f"127.0.0.1:{port}", "--upstream", s.pg_upstream,
             "--metrics", f"127.0.0.1:{proxy_metrics}", *common])
-        rules = importlib.resources.files("fasterdata.config") / "rules.yaml"
+        self.scratch = Path(tempfile.mkdtemp(prefix="fasterdata-demo-"))
+        rules = demo_rules(self.scratch)
         analyzer = self.start_child("analyzer", [
             "analyze", "--metrics", f"127.0.0.1:{analyzer_metrics}", "--rules", str(rules), *common])
         _wait_port(port, proxy, "proxy")
@@ -130,7 +161,7 @@ fasterdata demo is running ({s.pg_origin}; {s.redis_origin}).
   SQL as captured (newest):   {newest_sql}
   Business events:            {redis_cli} XREVRANGE {PREFIX}:events + - COUNT 3
   Alerts:                     {redis_cli} XREVRANGE {PREFIX}:alerts + - COUNT 3
-  Live view:                  fasterdata top --redis {s.redis_url} --prefix {PREFIX}
+  Live view:                  {fasterdata_command()} top --redis {shlex.quote(s.redis_url)} --prefix {PREFIX}
 
 Press Ctrl-C to stop; everything the demo created is removed.
 """, flush=True)
@@ -173,6 +204,8 @@ Press Ctrl-C to stop; everything the demo created is removed.
                 log.warning("the %s did not stop in 30 s; killing it", what)
                 proc.kill()
                 proc.wait()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
         s = self.services
         if s is None:
             return

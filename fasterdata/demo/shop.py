@@ -38,6 +38,7 @@ CREATE TABLE gl_entries (id bigserial PRIMARY KEY, trx_date date NOT NULL, acc_d
 CREATE INDEX ON gl_entries (trx_date);
 """
 
+SETUP_APP = "fasterdata-demo-setup"  # application_name of the schema setup (its DDL is allowed)
 REGIONS = ("north", "south", "east", "west")
 CURRENCY = {"north": "EUR", "south": "EUR", "east": "USD", "west": "USD"}
 PRODUCTS = [(f"SKU-{i:03d}", f"Product {i}", Decimal(5 + (i * 7) % 95) + Decimal("0.99")) for i in range(1, 41)]
@@ -54,7 +55,7 @@ class ShopStats:
 
 
 async def create_schema(dsn: str, customers: int = 200) -> None:
-    async with await AsyncConnection.connect(dsn, autocommit=True) as conn:
+    async with await AsyncConnection.connect(dsn, autocommit=True, application_name=SETUP_APP) as conn:
         await conn.execute(SCHEMA)
         async with conn.cursor() as cur:
             await cur.executemany(
