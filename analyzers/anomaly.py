@@ -48,7 +48,7 @@ def score(b: Baseline, x: float) -> float:
     return (x - b.mean) / std
 
 
-def step(b: Baseline, x: float, policy: AnomalyPolicy) -> tuple[Baseline, float | None]:
+def fold(b: Baseline, x: float, policy: AnomalyPolicy) -> tuple[Baseline, float | None]:
     """Fold one window's count into the baseline; returns the z-score when it is alert-worthy."""
     if b.n == 0:
         return Baseline(1, float(x), 0.0), None
@@ -94,7 +94,7 @@ class Evaluator:
 
     def __init__(self, client: redis.Redis, shards: list[Keys], policy: AnomalyPolicy, consumer: str,
                  alerts_maxlen: int = 100000, describe=None) -> None:
-        self.r = client
+        self.redis = client
         self.shards = shards
         self.keys = shards[0]  # where the evaluator's own writes go
         self.policy = policy
@@ -110,8 +110,8 @@ class Evaluator:
         then silence itself closes windows, so traffic that stops entirely is seen as a drop.
         """
         k = self.keys
-        meta = self.r.hgetall(k.anomaly_meta)
-        metas = [meta] + [self.r.hgetall(s.anomaly_meta) for s in self.shards[1:]]
+        meta = self.redis.hgetall(k.anomaly_meta)
+        metas = [meta] + [self.redis.hgetall(s.anomaly_meta) for s in self.shards[1:]]
         marks = [int(m["watermark"]) for m in metas if "watermark" in m]
         if not marks:
             return 0
@@ -122,18 +122,18 @@ class Evaluator:
         closed = watermark - 2  # the newest window and the one before may still be filling
         if last >= closed:
             return 0
-        if not self.r.set(k.anomaly_lock, self.consumer, nx=True, ex=30):
+        if not self.redis.set(k.anomaly_lock, self.consumer, nx=True, ex=30):
             return 0
         done = 0
         try:
             if closed - last > max_windows * 20:
                 last = closed - max_windows  # a long gap: the baseline would only learn zeros
-            state = {s: Baseline.load(v) for s, v in self.r.hgetall(k.anomaly_state).items()}
+            state = {s: Baseline.load(v) for s, v in self.redis.hgetall(k.anomaly_state).items()}
             while last < closed and done < max_windows:
                 w = last + 1
-                counts = merged.window_counts(self.r, self.shards, w)
+                counts = merged.window_counts(self.redis, self.shards, w)
                 alerts, changed, dropped = self.evaluate(state, counts)
-                pipe = self.r.pipeline(transaction=True)
+                pipe = self.redis.pipeline(transaction=True)
                 if changed:
                     pipe.hset(k.anomaly_state, mapping={s: b.dump() for s, b in changed.items()})
                 if dropped:
@@ -154,8 +154,8 @@ class Evaluator:
                 last = w
                 done += 1
         finally:
-            if self.r.get(k.anomaly_lock) == self.consumer:
-                self.r.delete(k.anomaly_lock)
+            if self.redis.get(k.anomaly_lock) == self.consumer:
+                self.redis.delete(k.anomaly_lock)
         return done
 
     def evaluate(self, state: dict[str, Baseline], counts: dict[str, int]):
@@ -169,7 +169,7 @@ class Evaluator:
                     continue
                 b = Baseline()
             x = counts.get(series, 0)
-            nb, z = step(b, x, self.policy)
+            nb, z = fold(b, x, self.policy)
             if z is not None:
                 alerts.append((series, x, z, b))
             state[series] = nb

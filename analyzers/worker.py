@@ -6,12 +6,16 @@ analyse it in memory, then apply every Redis effect of the batch together with i
 script (`atomic`). Killed at any point, the worker leaves either nothing or everything of a batch.
 Many workers can run; Redis hands each entry to one of them. A batch holds one shard's entries and
 writes only that shard's keys (keys.py), so its commit touches one Redis Cluster slot.
+
+What a statement contributes is decided elsewhere: the rules file's business rules, checks and anomaly
+counter (ruleset.py, rebuilt on SIGHUP), findings (security.py), statement stats (stats.py); the
+group's lag and this worker's heartbeat are upkeep.py's; what /metrics shows, metrics.py's,
+stats.py's and business_metrics.py's.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import socket
@@ -43,7 +47,8 @@ from .ruleset import Plan, RuleSet
 from .security import Security
 from .shape import Shape, ShapeCache
 from .stats import BatchStats, StatsCollector
-from .streams import StreamSet, undelivered
+from .streams import StreamSet
+from .upkeep import GroupUpkeep
 
 log = logging.getLogger("fasterdata.analyze")
 
@@ -82,10 +87,6 @@ class Shard:
         self.keys = keys
         self.stream = keys.statements
         self.committer = committer
-
-
-def _id_ms(entry_id: str) -> int:
-    return int(entry_id.partition("-")[0])
 
 
 class Batch:
@@ -141,6 +142,7 @@ class Worker:
                                settings.stats_retention_days, settings.business_retention_days,
                                settings.stats_max_entries)
         self.counters = WorkerCounters()
+        self.upkeep = GroupUpkeep(self.redis, self.shards, self.group, self.consumer, self.keys, self.counters)
         self.stats = StatsCollector(settings.top_k, settings.top_apps)
         self.business_days = DayValues(self.redis, all_keys, rules.rules)
         self.business_tallies = WorkerTallies(rules.rules)
@@ -152,12 +154,9 @@ class Worker:
         self._next_periodic = 0.0
         self._next_consumer_check = time.monotonic() + 60
         self._next_sweep = time.monotonic() + settings.sweep_seconds
-        self._rate = (time.monotonic(), 0)
         # Entries read at a time: about `batch` statements' worth, as a bundled entry holds several.
         self.per_entry = 10.0
         self.count = max(1, settings.batch // 10)
-        self._trim_logged = -60.0
-        self._trim_reported = 0  # the group's trimmed-unread total when last logged
         # One Redis: each commit is sent as soon as its batch is analysed, and its reply read when the next
         # batch has been analysed (Committer.start). A cluster client routes by slot: there a helper thread
         # commits.
@@ -570,12 +569,13 @@ class Worker:
 
     # ── periodic: lag, heartbeat, anomalies, sweeps ─────────────────────────────────────────────
     def periodic(self) -> None:
-        self.measure_lag()
-        self.heartbeat()
+        upkeep = self.upkeep
+        upkeep.measure_lag()
+        upkeep.heartbeat()
         now = time.monotonic()
         if now >= self._next_consumer_check:
             self._next_consumer_check = now + 300
-            self.forget_idle_consumers()
+            upkeep.forget_idle_consumers()
         if now >= self._next_sweep:
             self.sweep()
             self._next_sweep = time.monotonic() + (1.0 if self.sweeper.more else self.settings.sweep_seconds)
@@ -604,78 +604,6 @@ class Worker:
             self.counters.evicted_entries += len(self.sweeper.entries)
             self.counters.expired_days += days
         return evicted, days
-
-    def measure_lag(self) -> None:
-        """Pending and undelivered entries (summed over shards, and per shard) and the age of the oldest
-        event not yet processed anywhere."""
-        per: dict[int, tuple[int, int, float]] = {}
-        for shard in self.shards:
-            got = self._shard_lag(shard.stream)
-            if got is not None:
-                per[shard.i] = got
-        if not per:
-            return
-        trimmed = sum(int(self.redis.hget(shard.keys.trimmed, self.group) or 0) for shard in self.shards)
-        now = time.monotonic()
-        if trimmed > self._trim_reported and now - self._trim_logged >= 60:  # at most once a minute
-            log.warning("%d statements were trimmed from the stream (stream_maxlen) before group %s read them "
-                        "(%d in all; HGETALL <stream>:trimmed): start more workers or raise stream_maxlen",
-                        trimmed - self._trim_reported, self.group, trimmed)
-            self._trim_logged, self._trim_reported = now, trimmed
-        with self.counters.lock:
-            self.counters.trimmed_unread = trimmed
-            self.counters.pending = sum(p for p, _, _ in per.values())
-            self.counters.lag_entries = sum(lag for _, lag, _ in per.values())
-            self.counters.lag_seconds = max(age for _, _, age in per.values())
-            self.counters.shards = per if len(self.shards) > 1 else {}
-
-    def _shard_lag(self, stream: str) -> tuple[int, int, float] | None:
-        """(pending, undelivered, age of the oldest unprocessed event) of one stream."""
-        groups = {g["name"]: g for g in self.redis.xinfo_groups(stream)}
-        g = groups.get(self.group)
-        if g is None:
-            return None
-        pending = int(g.get("pending") or 0)
-        oldest_ms = None
-        if pending:
-            summary = self.redis.xpending(stream, self.group)
-            if summary and summary.get("min"):
-                oldest_ms = _id_ms(summary["min"])
-        last = g.get("last-delivered-id") or "0-0"
-        nxt = self.redis.xrange(stream, min="(" + last, count=1)
-        if nxt:
-            ms = _id_ms(nxt[0][0])
-            oldest_ms = ms if oldest_ms is None else min(oldest_ms, ms)
-        age = max(0.0, time.time() - oldest_ms / 1000) if oldest_ms else 0.0
-        return pending, undelivered(g, bool(nxt)), age
-
-    def forget_idle_consumers(self, max_idle: float = 3600) -> None:
-        """Forget consumers (restarted workers get new names) idle for an hour with nothing pending."""
-        for shard in self.shards:
-            for c in self.redis.xinfo_consumers(shard.stream, self.group):
-                if c["name"] != self.consumer and not c["pending"] and c["idle"] > max_idle * 1000:
-                    self.redis.xgroup_delconsumer(shard.stream, self.group, c["name"])
-                    log.info("removed idle consumer %s from %s", c["name"], shard.stream)
-        cutoff = time.time() - 86400
-        for name, raw in self.redis.hgetall(self.keys.workers).items():
-            try:
-                stale = json.loads(raw).get("ts", 0) < cutoff
-            except ValueError:
-                stale = True
-            if stale:
-                self.redis.hdel(self.keys.workers, name)
-
-    def heartbeat(self) -> None:
-        now = time.monotonic()
-        t0, n0 = self._rate
-        c = self.counters
-        rate = (c.statements - n0) / (now - t0) if now > t0 else 0.0
-        self._rate = (now, c.statements)
-        beat = {"ts": time.time(), "entries": c.entries, "statements": c.statements, "rate": round(rate, 1),
-                "pending": c.pending,
-                "lag_entries": c.lag_entries, "lag_seconds": round(c.lag_seconds, 3), "unparsed": c.unparsed,
-                "pid": os.getpid(), "host": socket.gethostname()}
-        self.redis.hset(self.keys.workers, self.consumer, json.dumps(beat))
 
     # ── health ──────────────────────────────────────────────────────────────────────────────────
     def health(self) -> str | None:

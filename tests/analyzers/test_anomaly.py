@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from fasterdata.analyzers import merged
-from fasterdata.analyzers.anomaly import Baseline, step
+from fasterdata.analyzers.anomaly import Baseline, fold
 from fasterdata.analyzers.keys import shard_keys
 from fasterdata.analyzers.rules import AnomalyPolicy, RulesFile
 from fasterdata.analyzers.worker import Worker
@@ -21,7 +21,7 @@ POLICY = AnomalyPolicy(window_seconds=60, alpha=0.2, z=4.0, warmup_windows=5, mi
 def feed(counts: list[int]) -> list[float | None]:
     b, out = Baseline(), []
     for x in counts:
-        b, z = step(b, x, POLICY)
+        b, z = fold(b, x, POLICY)
         out.append(z)
     return out
 
@@ -95,7 +95,7 @@ def test_silence_is_a_drop_once_the_group_is_caught_up(r: redis.Redis, prefix: s
                             ts=base + window * 60_000_000 + i)
     w = make_worker(prefix, rules_file(anomaly=policy))
     drain(w)
-    w.measure_lag()
+    w.upkeep.measure_lag()
     w.periodic()  # caught up: the silent windows since then close by the clock
     found = [a for _, a in r.xrange(f"{prefix}:alerts")]
     assert [a["rule"] for a in found] == ["rate_drop"]

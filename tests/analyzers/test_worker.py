@@ -99,15 +99,15 @@ def test_lag_counts_entries_and_the_age_of_the_oldest(r: redis.Redis, prefix: st
     for i in range(3):
         r.xadd(stream, {"v": "1", "kind": "stmt", "ts": str(old_ms * 1000), "sql": "SELECT 1", "proto": "simple"},
                id=f"{old_ms}-{i}")
-    w.measure_lag()
+    w.upkeep.measure_lag()
     assert w.counters.lag_entries == 3
     assert w.counters.lag_seconds >= 120
     r.xreadgroup("analyzers", "ghost", {stream: ">"}, count=2)  # delivered to a worker that then died
-    w.measure_lag()
+    w.upkeep.measure_lag()
     assert w.counters.pending == 2 and w.counters.lag_entries == 1 and w.counters.lag_seconds >= 120
     time.sleep(0.01)  # > claim_idle
     drain(w)
-    w.measure_lag()
+    w.upkeep.measure_lag()
     assert (w.counters.pending, w.counters.lag_entries, w.counters.lag_seconds) == (0, 0, 0.0)
 
 
@@ -132,7 +132,7 @@ def test_statements_trimmed_before_analysis_are_counted_and_said(r: redis.Redis,
     assert w.counters.trimmed_pending == 4
     assert r.xpending(stream, "analyzers")["pending"] == 0
     r.hset(f"{stream}:trimmed", mapping={"analyzers": 7, "glcache": 3})  # as the proxy's trims count them
-    w.measure_lag()
+    w.upkeep.measure_lag()
     assert w.counters.trimmed_unread == 7
     said = [rec.getMessage() for rec in caplog.records if "trimmed" in rec.getMessage()]
     assert any(m.startswith("4 stream entries delivered to group analyzers were trimmed") for m in said), said
@@ -242,7 +242,7 @@ def test_idle_consumers_without_pending_entries_are_forgotten(r: redis.Redis, pr
     r.xreadgroup("analyzers", "gone-with-work", {stream: ">"}, count=1)
     r.xgroup_createconsumer(stream, "analyzers", "gone-idle")
     time.sleep(0.01)
-    w.forget_idle_consumers(max_idle=0.001)
+    w.upkeep.forget_idle_consumers(max_idle=0.001)
     names = {c["name"] for c in r.xinfo_consumers(stream, "analyzers")}
     assert "gone-idle" not in names and "gone-with-work" in names  # its entry still needs reclaiming
 
