@@ -169,13 +169,14 @@ def check_command(argv: list[str], files: dict[str, str] | None = None,
 
 @pytest.fixture(scope="module")
 def help_texts() -> dict[str, str]:
-    """`fasterdata proxy --help` and `fasterdata analyze --help`, as operators read them."""
+    """`fasterdata proxy --help`, `fasterdata analyze --help` and `fasterdata gl serve --help` (under "gl"),
+    as operators read them."""
     out = {}
-    for command in ("proxy", "analyze"):
-        done = subprocess.run([sys.executable, "-m", "fasterdata", command, "--help"], cwd=ROOT,
+    for command in (["proxy"], ["analyze"], ["gl", "serve"]):
+        done = subprocess.run([sys.executable, "-m", "fasterdata", *command, "--help"], cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
-        out[command] = done.stdout
+        out[command[0]] = done.stdout
     return out
 
 
@@ -272,7 +273,7 @@ def compose_mounts(service: dict[str, Any]) -> dict[str, Path]:
 def test_compose_services_and_files() -> None:
     """The compose file has every service, and mounts and builds only files that exist."""
     services = compose()["services"]
-    assert set(services) >= {"postgres", "redis", "proxy", "analyzer", "prometheus", "grafana"}
+    assert set(services) >= {"postgres", "redis", "proxy", "analyzer", "glcache", "prometheus", "grafana"}
     for name, service in services.items():
         for target, source in compose_mounts(service).items():
             assert source.exists(), f"{name}: {source} (mounted at {target}) does not exist"
@@ -367,7 +368,8 @@ def test_kubernetes_manifests() -> None:
     for obj in objects:
         by_kind.setdefault(obj["kind"], {})[obj["metadata"]["name"]] = obj
     assert set(by_kind["ConfigMap"]) == {"fasterdata-config"}
-    for name in ("fasterdata-proxy", "fasterdata-analyzer"):
+    components = ("fasterdata-proxy", "fasterdata-analyzer", "fasterdata-glcache")
+    for name in components:
         deployment, service, monitor = (by_kind[k][name] for k in ("Deployment", "Service", "ServiceMonitor"))
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
         selector = deployment["spec"]["selector"]["matchLabels"]
@@ -375,9 +377,10 @@ def test_kubernetes_manifests() -> None:
         assert service["spec"]["selector"].items() <= pod_labels.items(), f"{name}: Service selects no pod"
         assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items(), \
             f"{name}: ServiceMonitor selects no Service"
-        other = "fasterdata-analyzer" if name == "fasterdata-proxy" else "fasterdata-proxy"
-        other_pods = by_kind["Deployment"][other]["spec"]["template"]["metadata"]["labels"]
-        assert not service["spec"]["selector"].items() <= other_pods.items(), f"{name}: Service selects {other}"
+        for other in components:
+            other_pods = by_kind["Deployment"][other]["spec"]["template"]["metadata"]["labels"]
+            if other != name:
+                assert not service["spec"]["selector"].items() <= other_pods.items(), f"{name}: selects {other}"
         service_ports = {p["name"] for p in service["spec"]["ports"]}
         for endpoint in monitor["spec"]["endpoints"]:
             assert endpoint["port"] in service_ports, f"{name}: ServiceMonitor port {endpoint['port']}"
@@ -557,6 +560,37 @@ def test_compose_command_lines(help_texts: dict[str, str]) -> None:
     assert {"6432", "9930"} <= published
 
 
+def test_compose_analyzer_reads_the_mounted_rules_file(help_texts: dict[str, str]) -> None:
+    """The analyzer's --rules names a file the compose file mounts, and that file is a valid rules file."""
+    from fasterdata.analyzers import rules
+
+    service = compose()["services"]["analyzer"]
+    mounts = compose_mounts(service)
+    files = {target: str(source) for target, source in mounts.items()}
+    settings = check_command(service["command"], files)
+    assert settings.rules in mounts, f"--rules {settings.rules} is not mounted into the analyzer"
+    assert mounts[settings.rules] == DEPLOY / "compose" / "rules.yaml"
+    assert rules.load(mounts[settings.rules]).rules, "the mounted rules file has no business rules"
+
+
+def test_compose_gl_serve(help_texts: dict[str, str]) -> None:
+    """`gl serve` parses with the real CLI, loads the mounted file's `gl:` section, reads PostgreSQL
+    directly with the password from the environment, and publishes Flight."""
+    services = compose()["services"]
+    service = services["glcache"]
+    argv = service["command"]
+    assert argv[:2] == ["gl", "serve"]
+    assert_flags_documented(argv, help_texts)
+    files = {target: str(source) for target, source in compose_mounts(service).items()}
+    settings = check_command(argv, files)
+    assert settings.flight == "0.0.0.0:8815" and settings.metrics == "0.0.0.0:9932"
+    assert "host=postgres" in settings.dsn and "password" not in settings.dsn
+    assert settings.redis.startswith("redis://redis:") and settings.follow is True
+    assert service["environment"]["PGPASSWORD"] == services["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    assert "8815:8815" in service["ports"]
+    assert "9932" in service["healthcheck"]["test"][-1]
+
+
 def test_dockerfile_default_command(help_texts: dict[str, str]) -> None:
     """The image's default command is a proxy reachable from outside the container."""
     line = next(line for line in (DEPLOY / "Dockerfile").read_text().splitlines() if line.startswith("CMD "))
@@ -590,6 +624,9 @@ def env_file(path: Path) -> dict[str, str]:
             key, _, value = line.partition("=")
             out[key] = value
     return out
+
+
+SYSTEMD_UNITS = ("fasterdata-proxy.service", "fasterdata-analyzer@.service", "fasterdata-glcache.service")
 
 
 def systemd_argv(name: str, instance: str = "9931") -> tuple[list[str], dict[str, str]]:
@@ -643,10 +680,26 @@ def test_systemd_env_example_names_real_settings() -> None:
         if key.startswith("FASTERDATA_"):
             assert key.removeprefix("FASTERDATA_").lower() in fields, f"{key} is no fasterdata setting"
         else:
-            assert f"${{{key}}}" in "".join(unit(n)["ExecStart"][0] for n in
-                                             ("fasterdata-proxy.service", "fasterdata-analyzer@.service")), key
+            assert f"${{{key}}}" in "".join(unit(n)["ExecStart"][0] for n in SYSTEMD_UNITS), key
     assert "FASTERDATA_METRICS" not in env_file(DEPLOY / "systemd" / "env.example"), \
         "one FASTERDATA_METRICS would give the proxy and the analyzers the same port"
+
+
+def test_systemd_gl_serve_unit(help_texts: dict[str, str]) -> None:
+    """The ledger cache's ExecStart, expanded with env.example, is a `gl serve` the real CLI accepts."""
+    service = unit("fasterdata-glcache.service")
+    assert service["EnvironmentFile"] == ["/etc/fasterdata/env"]
+    assert service["Restart"] == ["on-failure"] and service["KillSignal"] == ["SIGTERM"]
+    assert "ExecReload" not in service, "gl serve has no reload: SIGHUP would end it"
+    assert service["DynamicUser"] == ["yes"] and service["ProtectSystem"] == ["strict"]
+    argv, env = systemd_argv("fasterdata-glcache.service")
+    assert argv[0] == "/opt/fasterdata/bin/fasterdata" and argv[1:3] == ["gl", "serve"]
+    assert_flags_documented(argv[1:], help_texts)
+    fasterdata_env = {k: v for k, v in env.items() if k.startswith("FASTERDATA_")}
+    settings = check_command(argv[1:], environ=fasterdata_env)
+    assert settings.flight == env["GL_FLIGHT"] and settings.metrics == env["GL_METRICS"]
+    assert settings.dsn == env["FASTERDATA_DSN"]
+    assert settings.consumer == f"{socket.gethostname()}-glcache", "a consumer name that survives restarts"
 
 
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
@@ -659,7 +712,7 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
         pytest.skip("no `fasterdata` console script next to this Python (pip install -e .)")
     for path in (DEPLOY / "systemd").glob("*.service"):
         (tmp_path / path.name).write_text(path.read_text().replace("/opt/fasterdata/bin/fasterdata", binary))
-    units = ["./fasterdata-proxy.service", "./fasterdata-analyzer@9931.service"]
+    units = ["./fasterdata-proxy.service", "./fasterdata-analyzer@9931.service", "./fasterdata-glcache.service"]
     done = subprocess.run([tool, "verify", *units], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     ours = [line for line in (done.stdout + done.stderr).splitlines() if "fasterdata" in line]
     assert done.returncode == 0 and not ours, "\n".join(ours) or done.stderr
@@ -673,7 +726,8 @@ def test_kubernetes_command_lines(tmp_path: Path, help_texts: dict[str, str]) ->
     for key, text in configmap["data"].items():
         (tmp_path / key).write_text(text)
         files[f"/etc/fasterdata/{key}"] = str(tmp_path / key)
-    expected = {"fasterdata-proxy": ("proxy", "0.0.0.0:9930"), "fasterdata-analyzer": ("analyze", "0.0.0.0:9931")}
+    expected = {"fasterdata-proxy": ("proxy", "0.0.0.0:9930"), "fasterdata-analyzer": ("analyze", "0.0.0.0:9931"),
+                "fasterdata-glcache": ("gl", "0.0.0.0:9932")}
     for obj in objects:
         if obj["kind"] != "Deployment":
             continue
@@ -697,22 +751,27 @@ def test_kubernetes_command_lines(tmp_path: Path, help_texts: dict[str, str]) ->
             assert settings.spool_dir.startswith(state), "the spool must be on the state volume"
         else:
             assert settings.consumer == "pod-name"
+        if command == "gl":
+            assert argv[1] == "serve" and int(settings.flight.rsplit(":", 1)[1]) in ports
+            assert settings.dsn.startswith("host=") and "password" not in settings.dsn
 
 
-def test_config_files_load_for_both_commands() -> None:
-    """The shipped config files are valid for `proxy` and `analyze` alike (unknown keys would stop start-up)."""
+def test_config_files_load_for_every_command() -> None:
+    """The shipped config files are valid for `proxy`, `analyze` and `gl` alike (unknown keys would stop
+    start-up)."""
     assert load("proxy", DEPLOY / "compose" / "fasterdata.yaml", environ={}).upstream == "postgres:5432"
     assert load("analyze", DEPLOY / "compose" / "fasterdata.yaml", environ={}).metrics == "0.0.0.0:9931"
+    assert load("gl", DEPLOY / "compose" / "fasterdata.yaml", environ={}).metrics == "0.0.0.0:9932"
 
 
 def test_prometheus_scrapes_both_jobs() -> None:
     """prometheus.yml scrapes the jobs the alert rules select on."""
     config = yaml_docs(PROM / "prometheus.yml")[0]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert {"fasterdata-proxy", "fasterdata-analyzer"} <= set(jobs)
+    assert {"fasterdata-proxy", "fasterdata-analyzer", "fasterdata-glcache"} <= set(jobs)
     ports = {name: {sd["port"] for sd in jobs[name]["dns_sd_configs"]} for name in
-             ("fasterdata-proxy", "fasterdata-analyzer")}
-    assert ports == {"fasterdata-proxy": {9930}, "fasterdata-analyzer": {9931}}
+             ("fasterdata-proxy", "fasterdata-analyzer", "fasterdata-glcache")}
+    assert ports == {"fasterdata-proxy": {9930}, "fasterdata-analyzer": {9931}, "fasterdata-glcache": {9932}}
     assert config["rule_files"] == ["alerts.yml"]
     for rule in alert_rules():
         for pattern in re.findall(r'job=~?"([^"]+)"', rule["expr"]):
