@@ -2,13 +2,13 @@
 
 Bytes are written to the other side inside ``data_received``, before anything looks at them;
 decoding runs afterwards on the same bytes object, and a failure in it can only end the tap,
-never the session (hot-path rule 1 of the design).
+never the session. What to answer during startup is decided in ``proxy.startup``; this module
+performs it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import itertools
 import logging
@@ -16,14 +16,15 @@ import os
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from fasterdata.config.settings import ProxySettings, split_hostport
 
-from . import tls, wire
+from . import startup, tls, wire
 from .capture import Capture
 from .events import CaptureOptions
 from .logs import Throttled
+from .seams import SessionFactory, Tap
 from .session import BACKEND_WANTED, FRONTEND_WANTED, Session
 from .stats import ProxyStats
 
@@ -59,20 +60,14 @@ class ClientProtocol(asyncio.Protocol):
         self.upstream: UpstreamProtocol | None = None
         self.state = STARTUP
         self.decoder = wire.FrontendDecoder(FRONTEND_WANTED, self.settings.max_message_size)
-        self.session: Session | None = None
+        self.negotiation = startup.Negotiation(self.decoder)
+        self.session: Tap | None = None
         self.peer = ""
-        self._startup_raw = bytearray()  # raw bytes since the last startup packet consumed
         self._early: list[bytes] = []  # client bytes that arrived while the upstream was connecting
         self._login_timer: asyncio.TimerHandle | None = None
-        self._tls = False
-        self._tls_pending = False  # 'S' sent or a direct TLS hello seen, handshake not finished
-        self._first = True  # no byte received yet: a first 0x16 means direct TLS
-        self._direct = False  # the client started TLS directly, without SSLRequest
-        self._hello: bytearray | None = None  # the first TLS record read so far (direct TLS or after 'S')
         self._lost = False  # connection_lost has run
         self.draining = False
         self.refused = False  # over max_client_conn: gets 53300 once its StartupMessage arrives
-        self.denied = False  # outside allow_clients: gets 28000 once its StartupMessage arrives
 
     # -- asyncio callbacks --------------------------------------------------------------------
 
@@ -84,17 +79,19 @@ class ClientProtocol(asyncio.Protocol):
         if isinstance(peer, tuple) and not self.server.client_allowed(peer[0]):
             stats.connections_denied += 1
             self.server.denied_log.warning("denied %s: not in allow_clients", self.peer)
-            self.denied = True  # told after its StartupMessage, for the same reason as a refusal below
+            # Told in answer to its StartupMessage (see proxy.startup); its CancelRequests are dropped.
+            self.negotiation.refuse(startup.Fail(f"fasterdata: connections from {peer[0]} are not allowed",
+                                                 "28000"), may_cancel=False)
         stats.connections_total += 1
         if len(self.server.clients) - self.server.refusing >= self.settings.max_client_conn:
             stats.connections_refused += 1
             self.server.refused_log.warning("refused %s: max_client_conn (%d) reached", self.peer,
                                             self.settings.max_client_conn)
-            # Refused after the StartupMessage, as PostgreSQL does: an ErrorResponse sent before it
-            # reaches libpq as the answer to its SSLRequest ("server sent an error response during
-            # SSL exchange") and the reason is lost. CancelRequests are still forwarded.
+            # Told in answer to its StartupMessage, as PostgreSQL does; its CancelRequests are still forwarded.
             self.refused = True
             self.server.refusing += 1
+            self.negotiation.refuse(startup.Fail(f"too many connections: the fasterdata proxy allows "
+                                                 f"{self.settings.max_client_conn}", "53300"))
         self.server.clients.add(self)
         self._login_timer = asyncio.get_running_loop().call_later(
             self.settings.client_login_timeout, self._login_timeout)
@@ -112,7 +109,7 @@ class ClientProtocol(asyncio.Protocol):
                 try:
                     self.session.from_client(messages, _now_us())
                 except Exception:
-                    self._tap_failed()
+                    self.tap_failed()
             return
         if self.state == STARTUP:
             self._startup_data(data)
@@ -150,114 +147,46 @@ class ClientProtocol(asyncio.Protocol):
     # -- startup --------------------------------------------------------------------------------
 
     def _startup_data(self, data: bytes) -> None:
-        if self._first:
-            self._first = False
-            if data[0] == wire.TLS_HANDSHAKE_BYTE:
-                self._direct = True
-                self._hello = bytearray()
-        if self._hello is not None:
-            self._client_hello(data)
+        """Perform what proxy.startup decides for the client's bytes before its session begins."""
+        step = self.negotiation.feed(data, self.server.tls_context is not None)
+        if step.reply:
+            self.transport.write(step.reply)  # type: ignore[union-attr]
+        outcome = step.outcome
+        if outcome is None:
             return
-        self._startup_raw += data
-        try:
-            packets = self.decoder.feed(data)
-        except wire.ProtocolViolation as exc:
-            self.fail(str(exc))
+        if isinstance(outcome, startup.Handshake):
+            self.transport.pause_reading()  # type: ignore[union-attr]
+            asyncio.get_running_loop().create_task(self._start_tls(outcome.hello))
             return
-        consumed = 0
-        for kind, packet, length in packets:
-            if kind == wire.SSL_REQUEST:
-                consumed += length
-                if self.server.tls_context is not None and not self._tls:
-                    if len(self._startup_raw) > consumed:
-                        # Bytes sent before the answer would be read as if they had come through TLS: a
-                        # man in the middle could inject them (CVE-2021-23214). PostgreSQL refuses too.
-                        self.fail("received unencrypted data after SSL request")
-                        return
-                    self.transport.write(b"S")  # type: ignore[union-attr]
-                    self._tls_pending = True
-                    self._hello = bytearray()  # the ClientHello comes next: _client_hello judges its ALPN
-                    del self._startup_raw[:consumed]
-                    return
-                self.transport.write(b"N")  # type: ignore[union-attr]
-            elif kind == wire.GSSENC_REQUEST:
-                consumed += length
-                self.transport.write(b"N")  # type: ignore[union-attr]
-            elif kind == wire.CANCEL_REQUEST:
-                self._cancel_login_timer()
-                if not self.denied:
-                    self.server.forward_cancel(packet)
-                self.state = CLOSED
-                self.transport.close()  # type: ignore[union-attr]
-                return
-            elif kind == wire.STARTUP:
-                self._cancel_login_timer()
-                if self.denied:
-                    host = self.peer.rpartition(":")[0]
-                    self.fail(f"fasterdata: connections from {host} are not allowed", "28000")
-                    return
-                if self.refused:
-                    self.fail(f"too many connections: the fasterdata proxy allows "
-                              f"{self.settings.max_client_conn}", "53300")
-                    return
-                _version, params = wire.parse_startup(packet)
-                server = self.server
-                factory = server.session_factory
-                self.session = factory(self.sid, self.peer, params) if factory is not None else Session(
-                    self.sid, self.peer, params, emit=server.capture.emit if server.capture else None,
-                    options=server.capture_options)
-                self.state = CONNECTING
-                self._early.append(bytes(self._startup_raw[consumed:]))
-                self._startup_raw = bytearray()
-                self.log.log(self.server.connection_level, "client %s user=%s database=%s application=%s%s",
-                             self.peer, self.session.user, self.session.database, self.session.app or "-",
-                             (" (TLS, direct)" if self._direct else " (TLS)") if self._tls else "")
-                # The tap sees the typed messages that came with the startup packet, if any.
-                typed = [m for m in packets if m[0] >= 0]
-                if typed:
-                    self.session.from_client(typed, _now_us())
-                asyncio.get_running_loop().create_task(self._connect_upstream())
-                return
-        del self._startup_raw[:consumed]
+        self._cancel_login_timer()
+        if isinstance(outcome, startup.Start):
+            self._begin(outcome)
+        elif isinstance(outcome, startup.Cancel):
+            if outcome.packet is not None:
+                self.server.forward_cancel(outcome.packet)
+            self.state = CLOSED
+            self.transport.close()  # type: ignore[union-attr]
+        elif isinstance(outcome, startup.Fail):
+            self.fail(outcome.message, outcome.sqlstate)
+        else:
+            self._close_startup(outcome.reason)
 
-    def _client_hello(self, data: bytes) -> None:
-        """The first TLS record: after 'S' to an SSLRequest, or as the connection's first bytes when the
-        client skipped SSLRequest (sslnegotiation=direct).
-
-        As PostgreSQL 17 does: a ClientHello offering ALPN protocols but not "postgresql" gets the
-        no_application_protocol alert, on either path. For direct TLS also: without a certificate the
-        connection is closed, and one without ALPN is closed once the handshake completes (see
-        _start_tls). Otherwise startup continues inside TLS. The first record is collected here (at most
-        16 KiB, within client_login_timeout) and handed to the TLS layer whole.
-        """
-        hello = self._hello
-        assert hello is not None
-        hello += data
-        if self.server.tls_context is None:
-            self._close_startup("client started TLS directly (sslnegotiation=direct) but the proxy has no tls_cert")
-            return
-        self._tls_pending = True
-        size = tls.first_record_size(hello)
-        limit = 5 + tls.MAX_RECORD_PAYLOAD  # a larger record is no ClientHello: OpenSSL will say so
-        if size is None or len(hello) < size <= limit:
-            return  # the rest of the first record is still on its way
-        offered = None
-        if size <= limit:
-            # Not a plain ClientHello (fragmented, malformed): the handshake will judge it.
-            with contextlib.suppress(ValueError):
-                offered = tls.client_hello_alpn(hello[:size])
-        if offered is not None and tls.ALPN_PROTOCOL not in offered:
-            self.transport.write(tls.NO_APPLICATION_PROTOCOL_ALERT)  # type: ignore[union-attr]
-            how = "direct TLS (sslnegotiation=direct)" if self._direct else "TLS after SSLRequest"
-            self._close_startup(f"{how} offering ALPN {offered} without {tls.ALPN_PROTOCOL!r}; sent the "
-                                "no_application_protocol alert")
-            return
-        self._hello = None
-        self.transport.pause_reading()  # type: ignore[union-attr]
-        asyncio.get_running_loop().create_task(self._start_tls(bytes(hello)))
+    def _begin(self, start: startup.Start) -> None:
+        """The StartupMessage arrived: open the session and connect to the upstream."""
+        self.session = self.server.open_session(self.sid, self.peer, start.params)
+        self.state = CONNECTING
+        self._early.append(start.forward)
+        negotiation = self.negotiation
+        self.log.log(self.server.connection_level, "client %s user=%s database=%s application=%s%s",
+                     self.peer, self.session.user, self.session.database, self.session.app or "-",
+                     (" (TLS, direct)" if negotiation.direct else " (TLS)") if negotiation.tls else "")
+        # The tap sees the typed messages that came with the startup packet, if any.
+        if start.typed:
+            self.session.from_client(start.typed, _now_us())
+        asyncio.get_running_loop().create_task(self._connect_upstream())
 
     async def _start_tls(self, hello: bytes) -> None:
-        """Server-side TLS handshake, once _client_hello has the first record.
+        """Server-side TLS handshake, once the negotiation has the first record.
 
         ``hello`` holds the bytes data_received already consumed (the ClientHello). start_tls swaps the
         transport's protocol for its SSL protocol before it first waits, and queues that protocol's
@@ -288,14 +217,11 @@ class ClientProtocol(asyncio.Protocol):
             self.connection_lost(None)
             return
         self.transport = transport
-        self._tls_pending = False
-        self._startup_raw.clear()
-        self._tls = True
         ssl_object = transport.get_extra_info("ssl_object")
-        if self._direct and (ssl_object is None or ssl_object.selected_alpn_protocol() != tls.ALPN_PROTOCOL):
-            # PostgreSQL 17: "received direct SSL connection request without ALPN protocol negotiation
-            # extension", and the connection is closed.
-            self._close_startup(f"direct TLS (sslnegotiation=direct) without ALPN {tls.ALPN_PROTOCOL!r}")
+        refusal = self.negotiation.tls_established(
+            ssl_object.selected_alpn_protocol() if ssl_object is not None else None)
+        if refusal is not None:
+            self._close_startup(refusal.reason)
             return
         transport.resume_reading()
 
@@ -321,12 +247,11 @@ class ClientProtocol(asyncio.Protocol):
         self.log.warning("closing connection from %s: %s", self.peer, reason)
         self._cancel_login_timer()
         self.state = CLOSED
-        self._hello = None
         self.transport.close()  # type: ignore[union-attr]
 
     async def _connect_upstream(self) -> None:
         try:
-            self.upstream = await self.server.open_upstream(lambda: UpstreamProtocol(self))
+            self.upstream = await self.server.open_upstream(lambda: UpstreamProtocol(self, self.server.stats))
         except UpstreamError as exc:
             self.log.warning("%s", exc)
             self.fail(str(exc), exc.sqlstate)
@@ -335,8 +260,8 @@ class ClientProtocol(asyncio.Protocol):
             self.upstream.close()
             return
         self.state = FORWARDING
-        # A client on plaintext cannot use channel binding; see UpstreamProtocol._drop_scram_plus.
-        self.upstream.drop_scram_plus = self.upstream.tls and not self._tls
+        # A client on plaintext cannot use channel binding; see proxy.startup.drop_scram_plus.
+        self.upstream.drop_scram_plus = self.upstream.tls and not self.negotiation.tls
         self.server.stats.bytes_in += sum(map(len, self._early))
         self.upstream.transport.writelines(self._early)  # type: ignore[union-attr]
         self._early = []
@@ -367,14 +292,15 @@ class ClientProtocol(asyncio.Protocol):
         if self.upstream is not None:
             self.upstream.close()
 
-    def _tap_failed(self) -> None:
+    def tap_failed(self) -> None:
+        """Capture raised: this session goes on uncaptured (call from the except block: it logs the traceback)."""
         self.log.exception("statement capture failed; this session goes on without it")
         self.server.stats.tap_errors += 1
         self.session = None
 
     def _login_timeout(self) -> None:
         self._login_timer = None
-        if self.state == STARTUP and self._tls_pending:  # an ErrorResponse would be garbage to TLS
+        if self.state == STARTUP and self.negotiation.tls_pending:  # an ErrorResponse would be garbage to TLS
             self._close_startup("timeout: TLS handshake not completed within client_login_timeout")
         elif self.state == STARTUP:
             self.fail("timeout: no startup packet within client_login_timeout", "08006")
@@ -397,12 +323,50 @@ class ClientProtocol(asyncio.Protocol):
             self.upstream.transport.write(wire.message("X"))
         self.fail("terminating connection: the fasterdata proxy is shutting down", "57P01")
 
+    # -- what the upstream leg calls (see ClientLeg) --------------------------------------------
+
+    def upstream_broken(self, exc: wire.ProtocolViolation) -> None:
+        """The upstream sent bytes that are not the PostgreSQL protocol: the client is told, both sides close."""
+        self.log.error("upstream sent malformed data (%s); ending the session", exc)
+        self.fail(f"upstream protocol error: {exc}", "08P01")
+
+    def upstream_closed(self) -> None:
+        """The upstream connection ended: so does the client's, once forwarding had begun.
+
+        While CONNECTING, open_upstream reports the failure (a failed TLS handshake closes the upstream
+        transport before start_tls raises) and the client must still get that error message.
+        """
+        if self.state == FORWARDING and self.transport is not None:
+            self.state = CLOSED
+            self.transport.close()
+
+
+class ClientLeg(Protocol):
+    """What the upstream leg needs of the client leg it serves.
+
+    The per-chunk path reads attributes (where to write, the tap to feed, whether the server drains);
+    everything else is a call.
+    """
+
+    transport: asyncio.Transport | None
+    session: Tap | None
+    draining: bool
+
+    def tap_failed(self) -> None: ...
+
+    def terminate(self) -> None: ...
+
+    def upstream_broken(self, exc: wire.ProtocolViolation) -> None: ...
+
+    def upstream_closed(self) -> None: ...
+
 
 class UpstreamProtocol(asyncio.Protocol):
     """Server side of one session."""
 
-    def __init__(self, client: ClientProtocol) -> None:
+    def __init__(self, client: ClientLeg, stats: ProxyStats) -> None:
         self.client = client
+        self.stats = stats
         self.transport: asyncio.Transport | None = None
         self.decoder = wire.BackendDecoder(BACKEND_WANTED)
         self.negotiation: asyncio.Future[bytes] | None = None
@@ -424,53 +388,30 @@ class UpstreamProtocol(asyncio.Protocol):
             self.answer_timer.cancel()
             self.answer_timer = None
         if self.drop_scram_plus:
-            data = self._drop_scram_plus(data)
-            if not data:
+            first = startup.drop_scram_plus(self._first + data)
+            if first is None:  # held back until complete
+                self._first += data
                 return
+            self.drop_scram_plus = False
+            self._first = b""
+            data = first
         client = self.client
         client.transport.write(data)  # type: ignore[union-attr]
-        client.server.stats.bytes_out += len(data)
+        self.stats.bytes_out += len(data)
         try:
             messages = self.decoder.feed(data)
         except wire.ProtocolViolation as exc:
-            client.log.error("upstream sent malformed data (%s); ending the session", exc)
-            client.fail(f"upstream protocol error: {exc}", "08P01")
+            client.upstream_broken(exc)
             return
         session = client.session
         if messages and session is not None:
             try:
                 session.from_server(messages, _now_us())
             except Exception:
-                client._tap_failed()
+                client.tap_failed()
                 return
             if client.draining and session.idle:
                 client.terminate()
-
-    def _drop_scram_plus(self, data: bytes) -> bytes:
-        """Client leg plaintext, upstream leg TLS: remove SCRAM-SHA-256-PLUS from the server's offer.
-
-        The server offers channel binding because its own connection (to the proxy) is TLS. libpq
-        treats that offer on a connection it sees as unencrypted as a stripped-TLS attack and gives
-        up ("server offered SCRAM-SHA-256-PLUS authentication over a non-SSL connection"), although
-        plain SCRAM-SHA-256 (gs2 flag 'n') is accepted by the server. This first server message,
-        only in this leg combination, is the one thing the proxy ever rewrites; held back until
-        complete, then passed on (everything after it is forwarded untouched).
-        """
-        buf = self._first + data
-        end = 1 + int.from_bytes(buf[1:5], "big") if len(buf) >= 5 else 5
-        if len(buf) < end <= wire.MAX_STARTUP_PACKET:  # incomplete (and not absurdly long): wait
-            self._first = buf
-            return b""
-        self.drop_scram_plus = False
-        self._first = b""
-        if buf[:1] != b"R" or end < 9 or int.from_bytes(buf[5:9], "big") != 10:  # not AuthenticationSASL
-            return buf
-        mechanisms = [m for m in buf[9:end].split(b"\0") if m]
-        kept = [m for m in mechanisms if m != b"SCRAM-SHA-256-PLUS"]
-        if kept == mechanisms or not kept:
-            return buf
-        body = b"\0\0\0\x0a" + b"".join(m + b"\0" for m in kept) + b"\0"
-        return b"R" + (len(body) + 4).to_bytes(4, "big") + body + buf[end:]
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.negotiation is not None and not self.negotiation.done():
@@ -480,12 +421,7 @@ class UpstreamProtocol(asyncio.Protocol):
         if self.answer_timer is not None:
             self.answer_timer.cancel()
             self.answer_timer = None
-        client = self.client
-        # While CONNECTING, open_upstream reports the failure (a failed TLS handshake closes this
-        # transport before start_tls raises) and the client must still get that error message.
-        if client.state == FORWARDING and client.transport is not None:
-            client.state = CLOSED
-            client.transport.close()
+        self.client.upstream_closed()
 
     def pause_writing(self) -> None:
         if self.client.transport is not None:
@@ -532,7 +468,7 @@ class ProxyServer:
         self.capture = capture
         self.capture_options = capture_options(settings)
         # capture_mode=process: proxy.captap.CaptureLink.session, a stand-in that ships messages away.
-        self.session_factory: Callable[[str, str, dict[str, str]], Any] | None = None
+        self.session_factory: SessionFactory | None = None
         self.clients: set[ClientProtocol] = set()
         self.refusing = 0  # of those, clients over max_client_conn waiting to be told so
         self.refused_log = Throttled(log)
@@ -593,6 +529,13 @@ class ProxyServer:
             return
         self.tls_context = context
         log.info("SIGHUP: TLS certificate %s reloaded", cert)
+
+    def open_session(self, sid: str, peer: str, params: dict[str, str]) -> Tap:
+        """The tap of a new client session: session_factory's, else an inline Session."""
+        if self.session_factory is not None:
+            return self.session_factory(sid, peer, params)
+        return Session(sid, peer, params, emit=self.capture.emit if self.capture else None,
+                       options=self.capture_options)
 
     def session_ended(self, client: ClientProtocol) -> None:
         if not self.clients:

@@ -5,8 +5,9 @@ the same bytes here afterwards, so nothing in this module can delay or alter tra
 
 A message is a plain ``(type, body, length)`` tuple rather than an object: the proxy decodes tens
 of thousands of messages a second and allocations are its main cost. ``type`` is the message's
-type byte as an int (``ord('Q')``) or one of the negative ``STARTUP_*`` codes for the untyped
-packets a client sends before its StartupMessage. ``length`` is the body length announced on the
+type byte as an int, named below (``QUERY``, ``BIND`` …: plain module-level ints, cheaper to compare
+per message than enum members), or one of the negative startup codes (``STARTUP``, ``SSL_REQUEST`` …)
+for the untyped packets a client sends before its StartupMessage. ``length`` is the body length announced on the
 wire; ``len(body)`` is smaller when the message was larger than ``keep`` and only a prefix was kept.
 Messages whose type is not in ``wanted`` are skipped by length without being buffered, which is
 how DataRow bodies, CopyData and password messages pass through untouched and unread.

@@ -7,7 +7,7 @@ so whenever both legs are TLS and the two certificates differ, binding cannot su
 what binding is for (it detects exactly this man in the middle). The tests below record:
 
 * client plaintext + upstream TLS: works (libpq needs the proxy to hide the server's -PLUS offer,
-  see ``UpstreamProtocol._drop_scram_plus``);
+  see ``proxy.startup.drop_scram_plus``);
 * client TLS + upstream plaintext: works (the server offers no -PLUS);
 * both TLS: works with the client's ``channel_binding=disable``, or when the proxy presents the
   upstream's own certificate; fails with libpq's default ``channel_binding=prefer``.
