@@ -7,15 +7,21 @@ The planner is also tested on its own, without PostgreSQL or Redis: planning is 
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable
+from decimal import Decimal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from psycopg import sql as pgsql
 
 from fasterdata.analyzers.glcache.cache import GLCache
 from fasterdata.analyzers.glcache.catalog import Column, TableInfo
+from fasterdata.analyzers.glcache.fresh import Freshener
+from fasterdata.analyzers.glcache.ipc import decode_patch
 from fasterdata.analyzers.glcache.plan import OpenTransactions, Planner
+from fasterdata.analyzers.glcache.tail import Tail
 from tests.glcache.conftest import DAY, OTHER_DAY, arrow_rows, event, execute, pg_rows, same
 
 Make = Callable[..., GLCache]
@@ -167,3 +173,68 @@ def test_open_transactions_fold_to_their_days() -> None:
     pending.remember("s:2", planner.plan(event(DEFAULT_ID, "INSERT 0 1"), info), info)
     assert pending.finish("s:2", committed=False) == []
     assert pending.finish("s:3", committed=True) == []  # never seen
+
+
+# -- the executor through its narrow interface, without PostgreSQL or Redis --------------------------
+
+class PaperLedger:
+    """A Ledger (fresh.py) holding one cached day in memory and a PostgreSQL day given as a table."""
+
+    def __init__(self, cached: pa.Table, in_postgres: pa.Table):
+        self.cached, self.in_postgres = cached, in_postgres
+        self.store = self
+        self.appended: list[dict[str, bytes]] = []
+        self.invalidated: list[str] = []
+
+    def info(self) -> TableInfo:
+        return ledger()
+
+    def forget_info(self) -> None:
+        pass
+
+    def patch_targets(self) -> list[str]:
+        return [DAY]
+
+    def append_patches(self, payloads: dict[str, bytes]) -> dict[str, int]:
+        self.appended.append(payloads)
+        return {day: len(self.appended) for day in payloads}
+
+    def invalidate(self, days: list[str]) -> list[str]:
+        self.invalidated += days
+        return days
+
+    def compact(self, day: str) -> bool:
+        return True
+
+    def held(self, day: str) -> pa.Table | None:
+        return self.cached
+
+    def read_keys(self, keys: object) -> pa.Table:
+        raise AssertionError("a tail reads no keys")
+
+    def read_tail(self, day: str, above: object) -> Tail:
+        ids = self.in_postgres.column("id")
+        rows = self.in_postgres.filter(pc.greater(ids, above)) if above is not None else self.in_postgres
+        return Tail(rows, self.in_postgres.num_rows, pc.sum(ids).as_py() or 0)
+
+
+def day_table(ids: list[int]) -> pa.Table:
+    return pa.table({"id": pa.array(ids, pa.int64()), "trx_date": pa.array([datetime.date(2024, 3, 15)] * len(ids)),
+                     "amount": pa.array([Decimal(1)] * len(ids), pa.decimal128(18, 2)),
+                     "memo": pa.array(["m"] * len(ids))})
+
+
+def test_freshener_patches_exactly_the_tail() -> None:
+    paper = PaperLedger(day_table([1, 2, 3]), day_table([1, 2, 3, 7, 8]))
+    assert Freshener(paper).apply(event(DEFAULT_ID, "INSERT 0 2")) == "patched"
+    ((day, payload),) = paper.appended[0].items()
+    rows, delete = decode_patch(payload)
+    assert day == DAY and rows.column("id").to_pylist() == [7, 8] and delete == []
+    assert paper.invalidated == []
+
+
+def test_freshener_reloads_a_day_whose_tail_does_not_account_for_it() -> None:
+    """PostgreSQL holds key 2, committed after 3 was cached: not above the maximum, so the day reloads."""
+    paper = PaperLedger(day_table([1, 3]), day_table([1, 2, 3, 4]))
+    assert Freshener(paper).apply(event(DEFAULT_ID, "INSERT 0 1")) == "invalidated"
+    assert paper.invalidated == [DAY] and paper.appended == []
