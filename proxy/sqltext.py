@@ -304,6 +304,7 @@ def _lists(text: str) -> list[list[tuple[int, int]]]:
     toks = tokens(text)
     match = _brackets(text, toks)
     out: list[list[tuple[int, int]]] = []
+    rows_folded = False  # the fingerprint folds the rows of one VALUES: the first with two alike
     for i, (kind, start, end) in enumerate(toks):
         if kind != IDENT or i + 1 >= len(toks):
             continue
@@ -314,8 +315,9 @@ def _lists(text: str) -> list[list[tuple[int, int]]]:
             continue
         if opener is not None and text[nxt[1]] == opener:
             elems = _literal_items(text, toks, i + 2, j)
-        elif word == "values" and text[nxt[1]] == "(":
+        elif word == "values" and text[nxt[1]] == "(" and not rows_folded:
             elems = _alike_rows(text, toks, match, i + 1)
+            rows_folded = len(elems) >= 2
         else:
             continue
         if len(elems) >= 3:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fasterdata.analyzers.fingerprint import normalize
 from fasterdata.proxy import sqltext
@@ -138,3 +140,36 @@ def test_fit_drops_only_rows_of_the_first_row_form() -> None:
 ])
 def test_fit_never_shortens_what_the_fingerprint_does_not_fold(text: str) -> None:
     assert "more */" not in sqltext.fit(text, LIMIT)
+
+
+def test_fit_shortens_the_rows_of_the_first_values_only() -> None:
+    """The fingerprint folds one VALUES list: the first with two rows alike. A later one keeps its rows."""
+    later = ", ".join(f"({i}, 'x')" for i in range(4000))
+    text = f"WITH k (v) AS (VALUES (1), (2)) INSERT INTO t (a, b) VALUES {later}"
+    fitted = sqltext.fit(text, LIMIT)
+    assert "more */" not in fitted
+    assert fitted.endswith(f"…[truncated {len(text) - LIMIT} chars]")
+
+
+_LITERALS = st.one_of(
+    st.integers(-10**6, 10**6).map(str),
+    st.decimals(-1000, 1000, places=2, allow_nan=False).map(str),
+    st.text(alphabet="ab' ,()[]$-/*;\\é", max_size=8).map(lambda v: "'" + v.replace("'", "''") + "'"),
+    st.sampled_from(["NULL", "true", "FALSE", "$1", "$22", "E'x\\'y'", "$$a,b$$", "-5", "- 7"]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(form=st.sampled_from(["({0}, {1})", "({0},{1}, now())", "( {0} , lower({1}) )", "({0}, {1}::text)"]),
+       values=st.lists(st.tuples(_LITERALS, _LITERALS), min_size=3, max_size=300),
+       in_values=st.lists(_LITERALS, min_size=3, max_size=300),
+       limit=st.integers(120, 1200))
+def test_fit_never_changes_the_fingerprint(form: str, values: list, in_values: list, limit: int) -> None:
+    """Whatever the literals and the limit: a shortened text has the fingerprint of the whole one."""
+    rows = ", ".join(form.format(a, b) for a, b in values)
+    text = (f"INSERT INTO t (a, b) SELECT * FROM (VALUES {rows}) v WHERE a IN ({', '.join(in_values)})"
+            " RETURNING a")
+    fitted = sqltext.fit(text, limit)
+    if "truncated" not in fitted:
+        assert len(fitted) <= limit
+        assert normalize(fitted).fp == normalize(text).fp, (text, fitted)
