@@ -4,9 +4,8 @@
 in Redis: every worker's committed work, so the same number on every worker, before and after a
 restart — the number to show. A sum keeps its decimals (the float of the exact decimal), a
 distinct rule is its count of distinct values, min and max the day's extremes. Read at scrape time,
-at most once per `refresh` seconds and after each of this worker's commits that counted business
-work: one HGETALL per rule and shard (a distinct rule over several
-shards unions its member sets instead).
+again once `refresh` seconds have passed or this worker has committed business work since the last
+read: one HGETALL per rule and shard (a distinct rule over several shards unions its member sets).
 
 `fasterdata_business_<rule>_processed_total` (`WorkerTallies`) is what this worker processed since
 it started — summed values for sum rules, matches for count rules, matching rows for distinct
