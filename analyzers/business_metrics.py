@@ -35,6 +35,22 @@ log = logging.getLogger("fasterdata.analyze")
 _ADDITIVE = frozenset({"sum", "count", "distinct"})
 
 
+def _tallied(rules: list[Rule]) -> list[Rule]:
+    """The rules that get a tally: additive ones whose tally's name is not another rule's day value
+    (a rule `x_processed` next to a rule `x`)."""
+    names = {r.name for r in rules}
+    out = []
+    for rule in rules:
+        if rule.aggregate not in _ADDITIVE:
+            continue
+        if f"{rule.name}_processed" in names:
+            log.warning("rule %s: no fasterdata_business_%s_processed_total, as rule %s_processed has that "
+                        "name", rule.name, rule.name, rule.name)
+            continue
+        out.append(rule)
+    return out
+
+
 def _what(rule: Rule) -> str:
     return rule.description or f"{rule.aggregate} of {rule.table} {rule.operation}"
 
@@ -106,7 +122,7 @@ class WorkerTallies(Collector):
     distinct rules; min and max have only their day's value)."""
 
     def __init__(self, rules: list[Rule]) -> None:
-        self.rules = [r for r in rules if r.aggregate in _ADDITIVE]
+        self.rules = _tallied(rules)
         self.values: dict[str, dict[str, Decimal]] = {r.name: {} for r in self.rules}
         self.lock = threading.Lock()
 
@@ -114,7 +130,7 @@ class WorkerTallies(Collector):
         """Rules reloaded: a rule kept as it was keeps its values; a new or changed one starts from zero."""
         with self.lock:
             before = {r.name: r for r in self.rules}
-            self.rules = [r for r in rules if r.aggregate in _ADDITIVE]
+            self.rules = _tallied(rules)
             self.values = {r.name: self.values[r.name] if before.get(r.name) == r else {} for r in self.rules}
 
     def merge(self, matches: list[Match]) -> None:

@@ -142,3 +142,10 @@ def test_worker_tallies_are_named_as_this_workers_and_keep_decimals() -> None:
     kept = parse({"rules": [r for r in RULES["rules"] if r["name"] != "order_count"]}).rules
     tallies.replace(kept)
     assert tallies.values["sales"] == {"region=eu": Decimal("0.30")} and "order_count" not in tallies.values
+
+
+def test_a_tally_never_takes_another_rules_name() -> None:
+    rules = parse({"rules": [{"name": "sales", "table": "orders", "operation": "insert", "value": "total"},
+                             {"name": "sales_processed", "table": "orders", "operation": "insert",
+                              "value": "rows"}]}).rules
+    assert [fam.name for fam in WorkerTallies(rules).collect()] == ["fasterdata_business_sales_processed_processed"]
