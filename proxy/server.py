@@ -218,10 +218,10 @@ class ClientProtocol(asyncio.Protocol):
             return
         self.transport = transport
         ssl_object = transport.get_extra_info("ssl_object")
-        refusal = self.negotiation.tls_established(
+        close = self.negotiation.tls_established(
             ssl_object.selected_alpn_protocol() if ssl_object is not None else None)
-        if refusal is not None:
-            self._close_startup(refusal.reason)
+        if close is not None:
+            self._close_startup(close.reason)
             return
         transport.resume_reading()
 
