@@ -102,7 +102,6 @@ class Planner:
             return []
         return self._plan_all(text, event, info)
 
-
     # -- which statements matter ------------------------------------------------------------------------
     @staticmethod
     def _mentions(text: str, info: TableInfo) -> bool:
