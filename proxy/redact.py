@@ -3,23 +3,42 @@
 Passwords must never leave the proxy (``CREATE/ALTER ROLE … PASSWORD '…'``, user-mapping options),
 and neither should values of sensitive columns. The analysis works on tokens (``sqltext.tokens``)
 rather than a parser: it is cheap, never fails on SQL it does not understand, and runs at most once
-per distinct text. A statement that mentions nothing sensitive costs one regex search on a cache
-miss, and a dict lookup on a hit.
+per distinct text. A statement that mentions nothing sensitive and holds no INSERT costs a few
+substring tests on a cache miss, and a dict lookup on a hit; an INSERT that names its columns adds
+one regex match.
 
 Recognised places of a sensitive value (a *sensitive name* is an identifier matching the column
 regex, or the keyword PASSWORD):
 
 * ``name 'lit'`` — PASSWORD 'x', OPTIONS (password 'x');
 * ``name = expr`` / ``expr = name`` and the other comparisons, LIKE/ILIKE, ``SET name TO expr``, in
-  WHERE, SET, ON … — every literal and ``$n`` inside the expression;
+  WHERE, SET, ON CONFLICT … DO UPDATE SET — every literal and ``$n`` inside the expression;
 * ``name IN (…)`` — every literal and ``$n`` in the list;
 * ``INSERT INTO t (c1, c2, …) VALUES (…), (…)`` — the expressions at the positions of sensitive
-  columns, in every row.
+  columns, in every row, and any expression past the last named column.
 
-Where a statement mentions something sensitive but its values cannot be tied to columns — an INSERT
-without a column list, a row-valued ``SET (a, b) = (…)`` — every literal and parameter of it is
-hidden. SQL-level ``EXECUTE name(args)`` is always hidden whole: its arguments' columns live in an
-earlier PREPARE.
+Where the column of a value cannot be known, the value is hidden:
+
+* ``INSERT INTO t VALUES (…)`` without a column list, whatever the table is called: every value,
+  unless the session has learned t's column order (below); then by position, and every value past
+  the learned columns;
+* an INSERT whose rows come from a query (``INSERT … SELECT``, ``WITH``, ``TABLE``) when it has no
+  column list or its list names a sensitive column: every literal and parameter of the statement;
+* ``INSERT VALUES`` in MERGE without a column list, a row-valued ``SET (a, b) = (…)``, a VALUES list
+  outside an INSERT in a statement that mentions a sensitive name: those values (the first two:
+  every value of the statement);
+* SQL-level ``EXECUTE name(args)``: every value (its arguments' columns live in an earlier PREPARE).
+
+Learning a column order: the session hands ``learn`` each RowDescription with its statement's text,
+once the process has met an INSERT without a column list (``learns``; before, RowDescriptions cost
+nothing more). Only ``SELECT * FROM t [WHERE …]`` and ``INSERT INTO t … RETURNING *`` teach, since
+their field names are t's columns in order (the latter teaches its own event). The order is kept per
+session (as a search_path and temporary tables are) and keyed by t as written. The session forgets
+what it learned when it runs DDL, SET, RESET, DISCARD or a ROLLBACK (``FORGET_TAGS``); DDL it does
+not see (another connection) is covered for added columns (values past the learned ones are
+hidden), not for columns dropped and re-added in another order, until the next ``SELECT *``.
+
+CopyData is never decoded (``session.FRONTEND_WANTED``): COPY FROM STDIN rows do not leave the proxy.
 
 Mode ``all`` hides every literal and every parameter.
 """
@@ -27,6 +46,7 @@ Mode ``all`` hides every literal and every parameter.
 from __future__ import annotations
 
 import re
+import struct
 
 from . import sqltext
 from .sqltext import IDENT, NUMBER, OP, PARAM, PUNCT, QIDENT, STRING
@@ -54,6 +74,20 @@ ALL_PARAMS = AllParams()
 Hidden = frozenset[int] | AllParams | None
 """0-based indexes of hidden parameters, ``ALL_PARAMS``, or None when nothing is hidden."""
 
+Orders = dict[str, tuple[bool, ...]]
+"""A session's learned column orders: table as written (folded) → sensitivity of each column."""
+
+
+class Provisional(tuple):  # type: ignore[type-arg]
+    """A (text, hidden) pair worked out from a session's learned column orders: valid for this
+    execution only, so not to be kept on a prepared statement."""
+
+    __slots__ = ()
+
+
+# Command tags after which a session's learned column orders may be wrong.
+FORGET_TAGS = ("CREATE", "ALTER", "DROP", "SET", "RESET", "DISCARD", "ROLLBACK", "IMPORT")
+
 _WORDS = re.compile(r"\w+(?:\|\w+)*")
 _COMPARE = frozenset(("=", "<>", "!=", "<", ">", "<=", ">=", "~~", "~~*", "!~~", "!~~*", "~", "~*"))
 _COMPARE_WORDS = frozenset(("like", "ilike", "to"))
@@ -63,89 +97,120 @@ _STOP_WORDS = frozenset((
     "else", "when", "end", "having", "window", "union", "intersect", "except", "using", "set",
     "values", "select", "into", "for", "fetch", "do", "conflict", "not", "is", "in", "between",
 ))
+_QUERY_WORDS = frozenset(("select", "values", "with", "table"))
+_VALUE = frozenset((STRING, NUMBER, PARAM))
+
+_NAME = r'(?:"(?:[^"]|"")*"|[^\W\d][\w$]*)'
+_QNAME = rf"{_NAME}(?:\s*\.\s*{_NAME})*"
+_NAME_WORD = re.compile(_NAME)
+# After INSERT, on lowered text: INTO name [AS alias] ( — a column list, not a parenthesised query.
+_NAMED_COLUMNS = re.compile(rf"\s+into\s+{_QNAME}(?:\s+as\s+{_NAME})?\s*\(\s*(?!(?:select|values|with|table)\b|\()")
+# Statements whose RowDescription lists a table's columns in their order.
+_TEACHES = re.compile(
+    rf"\s*(?:select\s+\*\s+from\s+(?P<s>{_QNAME})\s*(?:;|$|(?:where|order|limit|offset|fetch|for)\b)"
+    rf"|insert\s+into\s+(?P<i>{_QNAME})(?![\w$\"])(?:(?!--|/\*)[^;])*\breturning\s+\*\s*;?\s*$)",
+    re.IGNORECASE | re.DOTALL,
+)
+_i16 = struct.Struct("!h").unpack_from
+_MAX_ORDERS = 256  # tables a session remembers
 
 
 class Redactor:
     """Redacts SQL texts; one per proxy process (the cache is shared by its sessions)."""
 
-    __slots__ = ("_all", "_cache", "_cache_size", "_column", "_prefilter", "_words")
+    __slots__ = ("_all", "_cache", "_cache_size", "_column", "_words", "learns")
 
     def __init__(self, mode: str = "columns", columns: str = "", cache_size: int = 4096) -> None:
         self._all = mode == "all"
         self._column = re.compile(columns, re.IGNORECASE) if columns else None
-        # The prefilter runs on every statement text not in the cache. A case-insensitive regex
-        # alternation costs ~3 µs on a short statement; substring tests on the lowered text ~0.3 µs,
-        # so a column regex made only of words joined by '|' (the default) is tested that way.
+        # The prefilter runs on every statement text not in the cache. A column regex made only of
+        # words joined by '|' (the default) is tested as substrings of the lowered text, the
+        # cheapest test; any other regex is searched in each name-like word of the text, as it is
+        # meant for names (``^pin$`` must match the column pin, not the text).
         self._words: tuple[str, ...] | None = None
         if not columns or _WORDS.fullmatch(columns):
             self._words = tuple(dict.fromkeys(("password", *columns.lower().split("|")) if columns
                                               else ("password",)))
-            self._prefilter = None
-        else:
-            self._prefilter = re.compile(f"password|(?:{columns})", re.IGNORECASE)
-        self._cache: dict[str, tuple[str, Hidden]] = {}
+        self._cache: dict[str, tuple[str, Hidden] | _Plan] = {}
         self._cache_size = max(cache_size, 1)
+        # Whether column orders are worth learning: from the first INSERT without a column list on,
+        # so traffic without one pays nothing for its RowDescriptions.
+        self.learns = False
 
-    def __call__(self, sql: str, remember: bool = False) -> tuple[str, Hidden]:
+    def __call__(self, sql: str, remember: bool = False, orders: Orders | None = None) -> tuple[str, Hidden]:
         """(redacted text, hidden parameter indexes) for one statement's text. Never raises.
 
         Texts that need redaction are always cached. ``remember`` caches clean texts too: worth it
         for texts that recur (Parse of an unnamed statement), not for literal-laden simple Queries
-        that would only push useful entries out.
+        that would only push useful entries out. ``orders``: the session's learned column orders;
+        a result that used them is a ``Provisional``.
         """
         cache = self._cache
         hit = cache.get(sql)
         if hit is not None:
-            return hit
+            return hit if hit.__class__ is tuple else hit.resolve(orders)  # type: ignore[union-attr,return-value]
+        result: tuple[str, Hidden] | _Plan
         if self._all:
-            result = self._redact(sql, everything=True)
+            result = self._redact(sql, everything=True, mentions=True)
         else:
+            low = sql.lower()
             words = self._words
-            clean = True
+            mentions = False
             if words is not None:
-                low = sql.lower()
                 for word in words:
                     if word in low:
-                        clean = False
+                        mentions = True
                         break
             else:
-                clean = self._prefilter.search(sql) is None  # type: ignore[union-attr]
-            if clean and sql.lstrip()[:7].lower() == "execute":
+                mentions = "password" in low or _names_match(self._column, sql)  # type: ignore[arg-type]
+            clean = not mentions
+            if clean and low.lstrip()[:7] == "execute":
                 clean = False  # SQL-level EXECUTE: its arguments' columns are in an earlier PREPARE
+            if clean and "insert" in low and _bare_insert(low):
+                clean = False  # an INSERT whose values' columns the text does not name
             if clean:
                 result = (sql, None)
                 if not remember:
                     return result
             else:
-                result = self._redact(sql, everything=False)
+                result = self._redact(sql, everything=False, mentions=mentions)
         if len(cache) >= self._cache_size:
             cache.clear()  # bounded; a burst of misses after a clear is cheaper than LRU bookkeeping
         cache[sql] = result
-        return result
+        return result if result.__class__ is tuple else result.resolve(orders)  # type: ignore[union-attr,return-value]
 
-    def _redact(self, sql: str, everything: bool) -> tuple[str, Hidden]:
+    def learn(self, orders: Orders, sql: str, row_description: bytes) -> None:
+        """A RowDescription answered ``sql``: if its fields are a table's columns in order, keep them."""
+        if "*" not in sql or self._all:
+            return
+        m = _TEACHES.match(sql)
+        if m is None:
+            return
+        table = _fold(m.group("s") or m.group("i"))
+        if len(orders) >= _MAX_ORDERS and table not in orders:
+            orders.clear()
+        orders[table] = tuple(self._name_is_sensitive(name) for name in _field_names(row_description))
+
+    def _name_is_sensitive(self, name: str) -> bool:
+        if name.lower() == "password":
+            return True
+        return self._column is not None and self._column.search(name) is not None
+
+    def _redact(self, sql: str, everything: bool, mentions: bool) -> tuple[str, Hidden] | _Plan:
         try:
             toks = sqltext.tokens(sql)
-            if everything:
-                spans = [(s, e) for k, s, e in toks if k in (STRING, NUMBER)]
-                return _apply(sql, spans), ALL_PARAMS
-            if _unmappable(sql, toks):
-                spans = [(s, e) for k, s, e in toks if k in (STRING, NUMBER)]
-                return _apply(sql, spans), ALL_PARAMS
-            hidden_toks = self._sensitive(sql, toks)
+            if everything or _unmappable(sql, toks):
+                return _hide_all(sql, toks)
+            hide = self._sensitive(sql, toks) if mentions else set()
+            slots = self._inserts(sql, toks, hide, mentions)
+            if slots is None:
+                return _hide_all(sql, toks)
         except Exception:  # redaction must not break capture: hide it all instead
             return "/* redaction failed */", ALL_PARAMS
-        spans = []
-        params: set[int] = set()
-        for i in sorted(hidden_toks):
-            kind, start, end = toks[i]
-            if kind == PARAM:
-                digits = sql[start + 1 : end]
-                if digits.isdigit():
-                    params.add(int(digits) - 1)
-            else:
-                spans.append((start, end))
-        return _apply(sql, spans), (frozenset(params) if params else None)
+        if slots:
+            self.learns = True
+            return _Plan(sql, toks, hide, slots)
+        return _result(sql, toks, hide)
 
     def _is_sensitive(self, sql: str, tok: tuple[int, int, int]) -> bool:
         kind, start, end = tok
@@ -157,7 +222,7 @@ class Redactor:
         return self._column is not None and self._column.search(name) is not None
 
     def _sensitive(self, sql: str, toks: list[tuple[int, int, int]]) -> set[int]:
-        """Indexes of the literal and parameter tokens to hide."""
+        """Indexes of the literal and parameter tokens to hide for the names the statement mentions."""
         hide: set[int] = set()
         n = len(toks)
 
@@ -190,14 +255,14 @@ class Redactor:
                         return i
                 elif kind == IDENT and depth == 0 and text(i).lower() in _STOP_WORDS:
                     return i
-                elif kind in (STRING, NUMBER, PARAM):
+                elif kind in _VALUE:
                     hide.add(i)
                 i += 1
             return i
 
         for i in range(n):
             kind = toks[i][0]
-            if kind in (STRING, NUMBER, PARAM):
+            if kind in _VALUE:
                 # name 'lit'  (PASSWORD 'x', OPTIONS (password 'x'))  or  'lit' = name
                 after_name = i and kind != PARAM and self._is_sensitive(sql, toks[i - 1])
                 if after_name or (is_compare(i + 1) and i + 2 < n and self._is_sensitive(sql, toks[i + 2])):
@@ -212,95 +277,208 @@ class Redactor:
                 expr_values(j + 1)
             elif word(j) == "in" and j + 1 < n and text(j + 1) == "(":
                 expr_values(j + 1)  # from the '(' so the list's commas are inside it
-        self._insert_values(sql, toks, hide)
         return hide
 
-    def _insert_values(self, sql: str, toks: list[tuple[int, int, int]], hide: set[int]) -> None:
-        """INSERT INTO t (cols) VALUES (…), (…): hide values at the positions of sensitive columns."""
+    def _inserts(self, sql: str, toks: list[tuple[int, int, int]], hide: set[int],
+                 mentions: bool) -> list[tuple[str, int, int]] | None:
+        """Values of INSERTs and VALUES lists: hidden by column, or slots (table, position, token)
+        for rows of INSERTs without a column list. None: every value of the statement must go."""
         n = len(toks)
-        i = 0
-        while i < n:
-            kind, start, end = toks[i]
-            if not (kind == IDENT and sql[start:end].lower() == "insert"):
-                i += 1
-                continue
-            # Find the column list: the first '(' after INSERT INTO name.
-            j = i + 1
-            while j < n and not (toks[j][0] == PUNCT and sql[toks[j][1]] == "("):
-                if toks[j][0] == IDENT and sql[toks[j][1] : toks[j][2]].lower() in ("values", "select",
-                                                                                     "default"):
-                    break
+        slots: list[tuple[str, int, int]] = []
+        consumed: set[int] = set()  # VALUES keywords whose rows are accounted for
+
+        def word(i: int) -> str:
+            return sql[toks[i][1] : toks[i][2]].lower() if 0 <= i < n and toks[i][0] == IDENT else ""
+
+        def punct(i: int, ch: str) -> bool:
+            return 0 <= i < n and toks[i][0] == PUNCT and sql[toks[i][1]] == ch
+
+        def rows(j: int, each: dict[int, list[int]]) -> None:
+            """VALUES (…), (…) from the token after VALUES: each value token by its position."""
+            while punct(j, "("):
                 j += 1
-            if j >= n or toks[j][0] != PUNCT:
-                i = j
-                continue
-            columns: list[bool] = []
-            j += 1
-            while j < n and not (toks[j][0] == PUNCT and sql[toks[j][1]] == ")"):
-                # a column name: an identifier right after '(' or ','
-                if toks[j][0] in (IDENT, QIDENT) and toks[j - 1][0] == PUNCT and sql[toks[j - 1][1]] in "(,":
-                    columns.append(self._is_sensitive(sql, toks[j]))
-                j += 1
-            if not any(columns):
-                i = j
-                continue
-            # Skip to VALUES.
-            while j < n and not (toks[j][0] == IDENT and sql[toks[j][1] : toks[j][2]].lower() == "values"):
-                if toks[j][0] == IDENT and sql[toks[j][1] : toks[j][2]].lower() in ("select", "insert"):
-                    break
-                j += 1
-            if j >= n or sql[toks[j][1] : toks[j][2]].lower() != "values":
-                i = j
-                continue
-            j += 1
-            # Rows: ( e, e, … ) , ( … ) …
-            while j < n and toks[j][0] == PUNCT and sql[toks[j][1]] == "(":
-                j += 1
-                pos = 0
-                depth = 0
+                pos = depth = 0
                 while j < n:
                     kind = toks[j][0]
-                    ch = sql[toks[j][1]] if kind == PUNCT else ""
-                    if ch in ("(", "["):
-                        depth += 1
-                    elif ch in (")", "]"):
-                        if depth == 0:
-                            break
-                        depth -= 1
-                    elif ch == "," and depth == 0:
-                        pos += 1
-                    elif kind in (STRING, NUMBER, PARAM) and pos < len(columns) and columns[pos]:
-                        hide.add(j)
+                    if kind == PUNCT:
+                        ch = sql[toks[j][1]]
+                        if ch in "([":
+                            depth += 1
+                        elif ch in ")]":
+                            if depth == 0:
+                                break
+                            depth -= 1
+                        elif ch == "," and depth == 0:
+                            pos += 1
+                    elif kind in _VALUE:
+                        each.setdefault(pos, []).append(j)
                     j += 1
-                j += 1  # past ')'
-                if j < n and toks[j][0] == PUNCT and sql[toks[j][1]] == ",":
+                if not punct(j + 1, ","):
+                    return
+                j += 2
+
+        for i in range(n):
+            if word(i) != "insert":
+                continue
+            j = i + 1
+            table = ""
+            if word(j) == "into":
+                j += 1
+                parts = []
+                while j < n and toks[j][0] in (IDENT, QIDENT):
+                    parts.append(sqltext.ident_name(sql, *toks[j]))
                     j += 1
+                    if not punct(j, "."):
+                        break
+                    j += 1
+                table = ".".join(parts)
+                if word(j) == "as":
+                    j += 2
+            columns: list[bool] | None = None
+            if punct(j, "(") and word(j + 1) not in _QUERY_WORDS and not punct(j + 1, "("):
+                columns = []
+                j += 1
+                expect = True  # a column name comes after '(' or ','
+                while j < n and not punct(j, ")"):
+                    if expect and toks[j][0] in (IDENT, QIDENT):
+                        columns.append(self._is_sensitive(sql, toks[j]))
+                    expect = punct(j, ",")
+                    j += 1
+                j += 1
+            if word(j) == "overriding":
+                j += 3
+            if word(j) == "default":
+                continue  # DEFAULT VALUES
+            if word(j) != "values":  # the rows come from a query
+                if columns is None or any(columns):
+                    return None
+                continue
+            consumed.add(j)
+            each: dict[int, list[int]] = {}
+            rows(j + 1, each)
+            for pos, found in each.items():
+                if columns is not None:
+                    if pos >= len(columns) or columns[pos]:
+                        hide.update(found)
+                elif table:
+                    slots.extend((table, pos, t) for t in found)
                 else:
-                    break
-            i = j
+                    hide.update(found)  # MERGE … INSERT VALUES: the target is not followed here
+        if mentions:  # other VALUES lists (FROM (VALUES …) AS v(id, password)): columns not followed
+            for i in range(n):
+                if word(i) == "values" and i not in consumed:
+                    each = {}
+                    rows(i + 1, each)
+                    for found in each.values():
+                        hide.update(found)
+        return slots
+
+
+class _Plan:
+    """The redaction of an INSERT without a column list, to be completed by a session's orders."""
+
+    __slots__ = ("_memo", "hide", "slots", "sql", "tables", "toks")
+
+    def __init__(self, sql: str, toks: list[tuple[int, int, int]], hide: set[int],
+                 slots: list[tuple[str, int, int]]) -> None:
+        self.sql = sql
+        self.toks = toks
+        self.hide = hide
+        self.slots = slots
+        self.tables = tuple(dict.fromkeys(t for t, _, _ in slots))
+        self._memo: tuple[object, Provisional] | None = None
+
+    def resolve(self, orders: Orders | None) -> Provisional:
+        """The result under these orders; the last one is remembered (a session inserts again)."""
+        key = tuple(orders.get(t) for t in self.tables) if orders else None
+        memo = self._memo
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        hide = set(self.hide)
+        for table, pos, tok in self.slots:
+            order = orders.get(table) if orders else None
+            if order is None or pos >= len(order) or order[pos]:
+                hide.add(tok)
+        result = Provisional(_result(self.sql, self.toks, hide))
+        self._memo = (key, result)
+        return result
+
+
+def _names_match(column: re.Pattern[str], sql: str) -> bool:
+    for m in _NAME_WORD.finditer(sql):
+        name = m.group()
+        if name[0] == '"':
+            name = name[1:-1].replace('""', '"')
+        if column.search(name) is not None:
+            return True
+    return False
+
+
+def _in_word(ch: str) -> bool:
+    return ch.isalnum() or ch in ("_", "$")  # '' (the text's edge) is not
+
+
+def _bare_insert(low: str) -> bool:
+    """The lowered text may hold an INSERT that does not name its columns (or hides them from a regex)."""
+    pos = low.find("insert")
+    while pos >= 0:
+        end = pos + 6
+        if (not _in_word(low[pos - 1 : pos]) and not _in_word(low[end : end + 1])
+                and _NAMED_COLUMNS.match(low, end) is None):
+            return True
+        pos = low.find("insert", end)
+    return False
 
 
 def _unmappable(sql: str, toks: list[tuple[int, int, int]]) -> bool:
-    """Values whose columns the text does not say: EXECUTE args, INSERT without columns, SET (a, b) = …"""
-    after_name = ("values", "select", "default", "overriding")
+    """Every value goes: SQL-level EXECUTE arguments, a row-valued SET (a, b) = …"""
     words = [(sql[s:e].lower() if k == IDENT else "", k, s) for k, s, e in toks]
     if words and words[0][0] == "execute":
         return True
     for i, (word, _kind, _start) in enumerate(words):
-        nxt = words[i + 1] if i + 1 < len(words) else ("", -1, 0)
-        if word == "set" and nxt[1] == PUNCT and sql[nxt[2]] == "(":
+        if word == "set" and i + 1 < len(words) and words[i + 1][1] == PUNCT and sql[words[i + 1][2]] == "(":
             return True
-        if word == "into" and i and words[i - 1][0] == "insert":
-            j = i + 1
-            while j < len(words):  # past the table name (maybe schema-qualified) and an alias
-                name_part = words[j][1] in (IDENT, QIDENT) and words[j][0] not in after_name
-                dot = words[j][1] == PUNCT and sql[words[j][2]] == "."
-                if not (name_part or dot):
-                    break
-                j += 1
-            if j < len(words) and words[j][0] in after_name:
-                return True
     return False
+
+
+def _fold(name: str) -> str:
+    """A (maybe qualified) name as written → the key INSERT targets are looked up by."""
+    return ".".join(sqltext.ident_name(name, k, s, e) for k, s, e in sqltext.tokens(name) if k in (IDENT, QIDENT))
+
+
+def _field_names(body: bytes) -> list[str]:
+    """RowDescription → field names, as far as the body goes (the decoder may keep a prefix only)."""
+    names: list[str] = []
+    try:
+        count = _i16(body, 0)[0]
+    except struct.error:
+        return names
+    pos = 2
+    for _ in range(count):
+        end = body.find(0, pos)
+        if end < 0 or end + 19 > len(body):  # name NUL, then table oid, attnum, type, size, typmod, format
+            break
+        names.append(body[pos:end].decode("utf-8", "replace"))
+        pos = end + 19
+    return names
+
+
+def _hide_all(sql: str, toks: list[tuple[int, int, int]]) -> tuple[str, Hidden]:
+    return _apply(sql, [(s, e) for k, s, e in toks if k in (STRING, NUMBER)]), ALL_PARAMS
+
+
+def _result(sql: str, toks: list[tuple[int, int, int]], hide: set[int]) -> tuple[str, Hidden]:
+    spans = []
+    params: set[int] = set()
+    for i in sorted(hide):
+        kind, start, end = toks[i]
+        if kind == PARAM:
+            digits = sql[start + 1 : end]
+            if digits.isdigit():
+                params.add(int(digits) - 1)
+        else:
+            spans.append((start, end))
+    return _apply(sql, spans), (frozenset(params) if params else None)
 
 
 def _apply(sql: str, spans: list[tuple[int, int]]) -> str:
@@ -314,4 +492,3 @@ def _apply(sql: str, spans: list[tuple[int, int]]) -> str:
         last = end
     parts.append(sql[last:])
     return "".join(parts)
-

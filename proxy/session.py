@@ -47,7 +47,7 @@ from .events import (
     SCHEMA_VERSION,
     CaptureOptions,
 )
-from .redact import Hidden, Redactor
+from .redact import FORGET_TAGS, Hidden, Orders, Provisional, Redactor
 from .seams import Emit
 from .wire import (
     BACKEND_KEY,
@@ -69,6 +69,7 @@ from .wire import (
     PORTAL_SUSPENDED,
     QUERY,
     READY,
+    ROW_DESCRIPTION,
     SYNC,
     TXN_IDLE,
     Message,
@@ -85,7 +86,8 @@ from .wire import (
 FRONTEND_WANTED = "".join(map(chr, (QUERY, PARSE, BIND, EXECUTE, DESCRIBE, CLOSE, SYNC, FUNCTION_CALL, COPY_DONE,
                                     COPY_FAIL)))
 BACKEND_WANTED = "".join(map(chr, (BACKEND_KEY, PARAMETER_STATUS, READY, COMMAND_COMPLETE, ERROR, EMPTY_QUERY,
-                                   PARSE_COMPLETE, PORTAL_SUSPENDED, PARAMETER_DESCRIPTION, COPY_IN)))
+                                   PARSE_COMPLETE, PORTAL_SUSPENDED, PARAMETER_DESCRIPTION, COPY_IN,
+                                   ROW_DESCRIPTION)))
 
 # FIFO entry kinds. Kinds up to _FUNC are answered by ReadyForQuery.
 _LOGIN, _QUERY, _SYNC, _FUNC, _EXEC, _PARSE, _DESC, _COPYEND = range(8)
@@ -165,8 +167,8 @@ class Session:
     """Protocol state of one client connection and the statement events it yields."""
 
     __slots__ = (
-        "_base", "_copy_wait", "_emit", "_explicit", "_ext", "_held", "_in_txn", "_last_done",
-        "_max_held", "_max_param", "_max_sql", "_open", "_portals", "_queue", "_rate", "_redactor",
+        "_base", "_copy_wait", "_described", "_emit", "_explicit", "_ext", "_held", "_in_txn", "_last_done",
+        "_max_held", "_max_param", "_max_sql", "_open", "_orders", "_portals", "_queue", "_rate", "_redactor",
         "_sampled", "_savepoints", "_seq", "_skip", "_status", "_stmts", "_suspended", "_txid",
         "_txid_s", "_txn_err", "_undone", "_want_params", "app", "backend_pid", "capture", "client", "closed",
         "database", "outstanding", "sid", "startup_options", "user",
@@ -209,6 +211,8 @@ class Session:
         self._max_sql = opts.max_sql_chars
         self._want_params = opts.capture_params
         self._redactor = redactor_for(opts)
+        self._orders: Orders = {}  # column orders of tables, learned from RowDescriptions
+        self._described: list[Any] | None = None  # statement whose RowDescription may come next
         # The transaction being captured.
         self._in_txn = False
         self._txid = 0
@@ -366,6 +370,11 @@ class Session:
                             self._simple_done(e, body, None, now_us)
             elif typ == READY:
                 self._ready(body, now_us)
+            elif typ == ROW_DESCRIPTION:  # as frequent as CommandComplete for queries
+                if self._redactor.learns:
+                    self._row_description(body)
+                else:
+                    self._described = None  # answered: must not be credited with a later one
             elif typ == PARSE_COMPLETE:
                 if q and q[0][0] == _PARSE:
                     q.popleft()
@@ -381,7 +390,7 @@ class Session:
                 e = q[0] if q and q[0][0] == _DESC else self._realign(_DESC)
                 if e is not None and e[0] == _DESC:
                     q.popleft()
-                    st = e[1]
+                    st = self._described = e[1]
                     if st is not None:
                         try:
                             st[_ST_OIDS] = parse_parameter_description(body)
@@ -407,6 +416,24 @@ class Session:
                     self._rebase()
             elif typ == COPY_IN:
                 self._copy_in()
+
+    def _row_description(self, body: bytes) -> None:
+        """A RowDescription may teach the redactor a table's column order (see ``Redactor.learn``)."""
+        st = self._described
+        if st is not None:  # after ParameterDescription: this answers that Describe, or follows its NoData
+            self._described = None
+        else:
+            q = self._queue
+            if not q:
+                return
+            e = q[0]
+            if e[0] == _EXEC:  # Describe of the portal about to run
+                st = e[2][_P_ST] if e[2] is not None else None
+            elif e[0] == _QUERY and not e[4]:  # the first statement of a simple Query
+                self._redactor.learn(self._orders, e[2], body)
+                return
+        if st is not None:
+            self._redactor.learn(self._orders, st[_ST_SQL], body)
 
     def _realign(self, want: int) -> list[Any] | None:
         """The FIFO head is not what an answer expects: drop stale entries that cannot be answered
@@ -606,7 +633,9 @@ class Session:
             if st is not None:
                 red = st[_ST_RED]
                 if red is None:
-                    red = st[_ST_RED] = self._redact(sql, True)
+                    red = self._redact(sql, True)
+                    if not isinstance(red, Provisional):  # one worked out from learned orders may change
+                        st[_ST_RED] = red
                 text, hidden = red
                 if st[_ST_NAME]:
                     ev["stmt"] = st[_ST_NAME]
@@ -652,14 +681,17 @@ class Session:
             self._txn_err = True
         if proto == "extended":
             self._ext = True
+        if self._orders and tag is not None and tag.startswith(FORGET_TAGS):
+            self._orders.clear()  # DDL, a search_path or a rollback may change what a table's columns are
         if tag is not None and tag in _CONTROL_TAGS:
             self._control(tag, sql, seq, end)
 
     def _redact(self, sql: str, remember: bool = False) -> tuple[str, Hidden]:
-        text, hidden = self._redactor(sql, remember)
+        text, hidden = red = self._redactor(sql, remember, self._orders)
         if len(text) > self._max_sql:
             text = sqltext.fit(text, self._max_sql)  # long lists shortened first: the shape stays one
-        return text, hidden
+            red = red.__class__((text, hidden))
+        return red
 
     # -- transactions ----------------------------------------------------------------------------
 

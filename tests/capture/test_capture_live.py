@@ -58,7 +58,7 @@ def count_rows(dbname: str) -> int:
 
 def test_every_event_keeps_the_contract(relay: Relay, db: str) -> None:
     with psycopg.connect(relay.dsn(db, application_name="live-test"), autocommit=True) as conn:
-        conn.execute("INSERT INTO t VALUES (%s, %s)", (1, "a"))
+        conn.execute("INSERT INTO t (id, note) VALUES (%s, %s)", (1, "a"))
         with pytest.raises(psycopg.errors.DivisionByZero):
             conn.execute("SELECT 1/0")
         pid = conn.info.backend_pid
@@ -80,21 +80,21 @@ def test_every_event_keeps_the_contract(relay: Relay, db: str) -> None:
 def test_simple_protocol_multi_statement(relay: Relay, db: str) -> None:
     with psycopg.connect(relay.dsn(db), autocommit=True) as conn:
         cur = psycopg.ClientCursor(conn)
-        cur.execute("INSERT INTO t VALUES (1), (2); UPDATE t SET note = 'x;y' WHERE id > 0; SELECT * FROM t")
+        cur.execute("INSERT INTO t (id) VALUES (1), (2); UPDATE t SET note = 'x;y' WHERE id > 0; SELECT * FROM t")
         with pytest.raises(psycopg.errors.DivisionByZero):
-            cur.execute("INSERT INTO t VALUES (3); SELECT 1/0; INSERT INTO t VALUES (4)")
+            cur.execute("INSERT INTO t (id) VALUES (3); SELECT 1/0; INSERT INTO t (id) VALUES (4)")
         cur.execute("")  # empty query: no event
     got = [(e["sql"], e.get("tag"), e.get("rows"), e.get("err"), e["txn"]) for e in stmts(relay, proto="simple")
            if e["sql"].startswith(("INSERT", "UPDATE", "SELECT"))]
     assert got == [
-        ("INSERT INTO t VALUES (1), (2)", "INSERT", "2", None, "autocommit"),
+        ("INSERT INTO t (id) VALUES (1), (2)", "INSERT", "2", None, "autocommit"),
         ("UPDATE t SET note = 'x;y' WHERE id > 0", "UPDATE", "2", None, "autocommit"),
         ("SELECT * FROM t", "SELECT", "2", None, "autocommit"),
-        ("INSERT INTO t VALUES (3)", "INSERT", "1", None, "rolled_back"),
+        ("INSERT INTO t (id) VALUES (3)", "INSERT", "1", None, "rolled_back"),
         ("SELECT 1/0", None, None, "22012", "rolled_back"),
     ]
     assert count_rows(db) == 2  # the server agrees: row 3 was rolled back, row 4 never inserted
-    first = stmts(relay, proto="simple", sql="INSERT INTO t VALUES (1), (2)")[0]
+    first = stmts(relay, proto="simple", sql="INSERT INTO t (id) VALUES (1), (2)")[0]
     second = stmts(relay, proto="simple", sql="UPDATE t SET note = 'x;y' WHERE id > 0")[0]
     assert int(second["ts"]) == int(first["ts"]) + int(first["dur_us"])  # starts when the first ended
 
@@ -123,7 +123,7 @@ def test_extended_params_text_and_binary(relay: Relay, db: str) -> None:
 def test_prepared_statements_and_deallocation(relay: Relay, db: str) -> None:
     with psycopg.connect(relay.dsn(db), autocommit=True, prepare_threshold=0) as conn:
         for i in range(3):
-            conn.execute("INSERT INTO t VALUES (%s, %s)", (i, f"n{i}"))
+            conn.execute("INSERT INTO t (id, note) VALUES (%s, %s)", (i, f"n{i}"))
         conn.execute("DEALLOCATE ALL")
         conn.execute("SELECT note FROM t WHERE id = %s", (2,))
         conn.execute("DISCARD ALL")
@@ -138,22 +138,22 @@ def test_prepared_statements_and_deallocation(relay: Relay, db: str) -> None:
 
 def test_explicit_transactions_and_savepoints(relay: Relay, db: str) -> None:
     with psycopg.connect(relay.dsn(db)) as conn:  # not autocommit: psycopg sends BEGIN
-        conn.execute("INSERT INTO t VALUES (1)")
+        conn.execute("INSERT INTO t (id) VALUES (1)")
         with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction():  # a savepoint
-            conn.execute("INSERT INTO t VALUES (2)")
-            conn.execute("INSERT INTO t VALUES (1)")
-        conn.execute("INSERT INTO t VALUES (3)")
+            conn.execute("INSERT INTO t (id) VALUES (2)")
+            conn.execute("INSERT INTO t (id) VALUES (1)")
+        conn.execute("INSERT INTO t (id) VALUES (3)")
         conn.commit()
-        conn.execute("INSERT INTO t VALUES (4)")
+        conn.execute("INSERT INTO t (id) VALUES (4)")
         conn.rollback()
     by_sql = {}
     for e in of_sql(relay, "INSERT"):
         by_sql.setdefault(e["sql"], []).append((e["txn"], e.get("err")))
     assert by_sql == {
-        "INSERT INTO t VALUES (1)": [("committed", None), ("rolled_back", "23505")],
-        "INSERT INTO t VALUES (2)": [("rolled_back", None)],
-        "INSERT INTO t VALUES (3)": [("committed", None)],
-        "INSERT INTO t VALUES (4)": [("rolled_back", None)],
+        "INSERT INTO t (id) VALUES (1)": [("committed", None), ("rolled_back", "23505")],
+        "INSERT INTO t (id) VALUES (2)": [("rolled_back", None)],
+        "INSERT INTO t (id) VALUES (3)": [("committed", None)],
+        "INSERT INTO t (id) VALUES (4)": [("rolled_back", None)],
     }
     with psycopg.connect(f"host={PG_HOST} port={PG_PORT} user=postgres dbname={db}") as conn:
         assert [r[0] for r in conn.execute("SELECT id FROM t ORDER BY id")] == [1, 3]  # the server agrees
@@ -164,13 +164,13 @@ def test_explicit_transactions_and_savepoints(relay: Relay, db: str) -> None:
 def test_commit_of_failed_transaction(relay: Relay, db: str) -> None:
     with psycopg.connect(relay.dsn(db), autocommit=True) as conn:
         conn.execute("BEGIN")
-        conn.execute("INSERT INTO t VALUES (1)")
+        conn.execute("INSERT INTO t (id) VALUES (1)")
         with pytest.raises(psycopg.errors.DivisionByZero):
             conn.execute("SELECT 1/0")
         conn.execute("COMMIT")
-    evs = [e for e in stmts(relay) if e["sql"] in ("BEGIN", "INSERT INTO t VALUES (1)", "SELECT 1/0", "COMMIT")]
+    evs = [e for e in stmts(relay) if e["sql"] in ("BEGIN", "INSERT INTO t (id) VALUES (1)", "SELECT 1/0", "COMMIT")]
     assert [(e["sql"], e.get("tag"), e["txn"]) for e in evs] == [
-        ("BEGIN", "BEGIN", "rolled_back"), ("INSERT INTO t VALUES (1)", "INSERT", "rolled_back"),
+        ("BEGIN", "BEGIN", "rolled_back"), ("INSERT INTO t (id) VALUES (1)", "INSERT", "rolled_back"),
         ("SELECT 1/0", None, "rolled_back"), ("COMMIT", "ROLLBACK", "rolled_back")]
     assert count_rows(db) == 0
 
@@ -178,13 +178,13 @@ def test_commit_of_failed_transaction(relay: Relay, db: str) -> None:
 def test_pipeline_error_rolls_back_the_implicit_transaction(relay: Relay, db: str) -> None:
     with psycopg.connect(relay.dsn(db), autocommit=True) as conn:
         with pytest.raises(psycopg.errors.UniqueViolation), conn.pipeline():
-            conn.execute("INSERT INTO t VALUES (%s)", (1,))
-            conn.execute("INSERT INTO t VALUES (%s)", (2,))
-            conn.execute("INSERT INTO t VALUES (%s)", (1,))
-            conn.execute("INSERT INTO t VALUES (%s)", (3,))
+            conn.execute("INSERT INTO t (id) VALUES (%s)", (1,))
+            conn.execute("INSERT INTO t (id) VALUES (%s)", (2,))
+            conn.execute("INSERT INTO t (id) VALUES (%s)", (1,))
+            conn.execute("INSERT INTO t (id) VALUES (%s)", (3,))
         with conn.pipeline():
-            conn.execute("INSERT INTO t VALUES (%s)", (10,))
-            conn.execute("INSERT INTO t VALUES (%s)", (11,))
+            conn.execute("INSERT INTO t (id) VALUES (%s)", (10,))
+            conn.execute("INSERT INTO t (id) VALUES (%s)", (11,))
     evs = of_sql(relay, "INSERT INTO t")
     assert [(json.loads(e["params"]), e.get("err"), e["txn"]) for e in evs] == [
         ([1], None, "rolled_back"), ([2], None, "rolled_back"), ([1], "23505", "rolled_back"),
@@ -246,7 +246,7 @@ def test_copy_from_stdin_simple_and_extended(relay: Relay, db: str) -> None:
 
 def test_close_with_open_transaction(relay: Relay, db: str) -> None:
     conn = psycopg.connect(relay.dsn(db))
-    conn.execute("INSERT INTO t VALUES (1)")
+    conn.execute("INSERT INTO t (id) VALUES (1)")
     conn.close()  # without commit: the server rolls back
     relay.wait_closed()
     [ev] = of_sql(relay, "INSERT")
@@ -278,7 +278,7 @@ def test_held_bound_sends_open_and_marker(db: str) -> None:
     try:
         with psycopg.connect(r.dsn(db)) as conn:
             for i in range(4):
-                conn.execute("INSERT INTO t VALUES (%s)", (i,))
+                conn.execute("INSERT INTO t (id) VALUES (%s)", (i,))
             conn.commit()
     finally:
         r.stop()
@@ -292,7 +292,7 @@ def test_held_bound_sends_open_and_marker(db: str) -> None:
 async def test_asyncpg_binary_params_and_described_types(relay: Relay, db: str) -> None:
     conn = await asyncpg.connect(host="127.0.0.1", port=relay.port, user="postgres", database=db, ssl=False)
     try:
-        await conn.execute("INSERT INTO t VALUES ($1, $2)", 5, "five")
+        await conn.execute("INSERT INTO t (id, note) VALUES ($1, $2)", 5, "five")
         row = await conn.fetchrow("SELECT $1::numeric + 1, $2::timestamp, $3::int[]", Decimal("1.5"),
                                   dt.datetime(2020, 5, 6, 7, 8, 9), [1, 2])
         assert row[0] == Decimal("2.5")

@@ -75,7 +75,7 @@ def test_parameter_description_gives_the_types() -> None:
 
 def test_binary_and_null_params_and_unspecified_types() -> None:
     h = Harness()
-    h.client(parse("INSERT INTO t VALUES ($1, $2, $3, $4)", oids=(20, 0, 17)),
+    h.client(parse("INSERT INTO t (a, b, c, d) VALUES ($1, $2, $3, $4)", oids=(20, 0, 17)),
              bind([struct.pack("!q", -5), None, b"\x00\xff", b"plain"], formats=(1, 0, 1, 0)),
              execute(), sync())
     h.server(parse_complete(), bind_complete(), complete("INSERT 0 1"), ready())
@@ -95,7 +95,7 @@ def test_sensitive_params_are_hidden() -> None:
 
 def test_pipeline_one_sync_is_one_implicit_transaction() -> None:
     h = Harness()
-    stmts = [f"INSERT INTO t VALUES ({i})" for i in range(3)]
+    stmts = [f"INSERT INTO t (a) VALUES ({i})" for i in range(3)]
     h.client(*[m for s in stmts for m in (parse(s), bind(), execute())], sync(), at=2_000_000)
     h.server(parse_complete(), bind_complete(), complete("INSERT 0 1"), at=2_000_100)
     h.server(parse_complete(), bind_complete(), complete("INSERT 0 1"), at=2_000_250)
@@ -109,17 +109,17 @@ def test_pipeline_one_sync_is_one_implicit_transaction() -> None:
 
 def test_pipeline_error_drops_requests_until_sync() -> None:
     h = Harness()
-    h.client(parse("INSERT INTO t VALUES (1)"), bind(), execute(),
-             parse("INSERT INTO t VALUES (1/0)"), bind(), execute(),
-             parse("INSERT INTO t VALUES (3)"), bind(), execute(), sync(),
+    h.client(parse("INSERT INTO t (a) VALUES (1)"), bind(), execute(),
+             parse("INSERT INTO t (a) VALUES (1/0)"), bind(), execute(),
+             parse("INSERT INTO t (a) VALUES (3)"), bind(), execute(), sync(),
              parse("SELECT 4"), bind(), execute(), sync())
     h.server(parse_complete(), bind_complete(), complete("INSERT 0 1"),
              parse_complete(), bind_complete(), error("22012", "division by zero"), ready(),
              *OK_SELECT, ready())
     evs = h.take()
     assert [(e["sql"], e.get("err"), e["txn"], e["txid"]) for e in evs] == [
-        ("INSERT INTO t VALUES (1)", None, "rolled_back", "1"),
-        ("INSERT INTO t VALUES (1/0)", "22012", "rolled_back", "1"),
+        ("INSERT INTO t (a) VALUES (1)", None, "rolled_back", "1"),
+        ("INSERT INTO t (a) VALUES (1/0)", "22012", "rolled_back", "1"),
         ("SELECT 4", None, "autocommit", "2"),
     ]
     assert h.session.idle

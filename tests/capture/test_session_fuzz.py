@@ -60,7 +60,7 @@ def test_random_traffic_never_raises(steps: list[tuple[bool, int]], options: Cap
 # -- conversations: every message valid, the order a server could really answer in -------------------
 
 Step = tuple[bool, bytes]  # (from the client, one whole message)
-SIMPLE = [("SELECT 1", "SELECT 1"), ("INSERT INTO t VALUES (1)", "INSERT 0 1"), ("UPDATE t SET a = 2", "UPDATE 3"),
+SIMPLE = [("SELECT 1", "SELECT 1"), ("INSERT INTO t (a) VALUES (1)", "INSERT 0 1"), ("UPDATE t SET a = 2", "UPDATE 3"),
           ("DELETE FROM t", "DELETE 0"), ("SELECT $$a;b$$", "SELECT 1"), ("CREATE TABLE u (a int)", "CREATE TABLE")]
 NAMES = ["", "s1", "s2"]
 

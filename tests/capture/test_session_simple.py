@@ -56,7 +56,7 @@ def test_single_statement_event_fields() -> None:
 
 def test_multi_statement_query_one_event_each_with_own_rows_and_latency() -> None:
     h = Harness()
-    h.client(query("INSERT INTO t VALUES (1), (2); UPDATE t SET a = 3; SELECT 'x;y' FROM t"), at=2_000_100)
+    h.client(query("INSERT INTO t (a) VALUES (1), (2); UPDATE t SET a = 3; SELECT 'x;y' FROM t"), at=2_000_100)
     h.server(complete("INSERT 0 2"), at=2_000_150)
     h.server(complete("UPDATE 2"), at=2_000_400)
     h.server(row_description("?column?"), data_row(b"x;y"), data_row(b"x;y"), complete("SELECT 2"),
@@ -64,7 +64,7 @@ def test_multi_statement_query_one_event_each_with_own_rows_and_latency() -> Non
     h.server(ready(), at=2_001_001)
     evs = h.take()
     assert [(e["sql"], e["tag"], e["rows"], e["ts"], e["dur_us"]) for e in evs] == [
-        ("INSERT INTO t VALUES (1), (2)", "INSERT", "2", "2000100", "50"),
+        ("INSERT INTO t (a) VALUES (1), (2)", "INSERT", "2", "2000100", "50"),
         ("UPDATE t SET a = 3", "UPDATE", "2", "2000150", "250"),
         ("SELECT 'x;y' FROM t", "SELECT", "2", "2000400", "600"),
     ]
@@ -73,11 +73,11 @@ def test_multi_statement_query_one_event_each_with_own_rows_and_latency() -> Non
 
 def test_error_aborts_the_rest_and_rolls_back_the_implicit_transaction() -> None:
     h = Harness()
-    h.client(query("INSERT INTO t VALUES (1); SELECT 1/0; INSERT INTO t VALUES (2)"))
+    h.client(query("INSERT INTO t (a) VALUES (1); SELECT 1/0; INSERT INTO t (a) VALUES (2)"))
     h.server(complete("INSERT 0 1"), error("22012", "division by zero"), ready())
     evs = h.take()
     assert [(e["sql"], e.get("tag"), e.get("err"), e["txn"]) for e in evs] == [
-        ("INSERT INTO t VALUES (1)", "INSERT", None, "rolled_back"),
+        ("INSERT INTO t (a) VALUES (1)", "INSERT", None, "rolled_back"),
         ("SELECT 1/0", None, "22012", "rolled_back"),
     ]
     assert evs[1]["errmsg"] == "division by zero" and "rows" not in evs[1]

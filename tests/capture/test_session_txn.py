@@ -23,11 +23,11 @@ def outcomes(h: Harness) -> list[tuple[str, str, str]]:
 def test_commit() -> None:
     h = Harness()
     run(h, "BEGIN", complete("BEGIN"))
-    run(h, "INSERT INTO t VALUES (1)", complete("INSERT 0 1"))
+    run(h, "INSERT INTO t (a) VALUES (1)", complete("INSERT 0 1"))
     assert h.events == []  # held while the transaction is open
     run(h, "COMMIT", complete("COMMIT"), status="I")
     run(h, "SELECT 1", complete("SELECT 1"), status="I")
-    assert outcomes(h) == [("BEGIN", "committed", "1"), ("INSERT INTO t VALUES (1)", "committed", "1"),
+    assert outcomes(h) == [("BEGIN", "committed", "1"), ("INSERT INTO t (a) VALUES (1)", "committed", "1"),
                            ("COMMIT", "committed", "1"), ("SELECT 1", "autocommit", "2")]
 
 
@@ -42,8 +42,8 @@ def test_rollback_and_abort() -> None:
 def test_commit_of_a_failed_transaction_is_a_rollback() -> None:
     h = Harness()
     run(h, "BEGIN", complete("BEGIN"))
-    run(h, "INSERT INTO t VALUES (1)", complete("INSERT 0 1"))
-    run(h, "INSERT INTO t VALUES ('x')", error("22P02", "invalid input"), status="E")
+    run(h, "INSERT INTO t (a) VALUES (1)", complete("INSERT 0 1"))
+    run(h, "INSERT INTO t (a) VALUES ('x')", error("22P02", "invalid input"), status="E")
     run(h, "COMMIT", complete("ROLLBACK"), status="I")
     evs = h.take()
     assert [e["txn"] for e in evs] == ["rolled_back"] * 4
@@ -53,52 +53,52 @@ def test_commit_of_a_failed_transaction_is_a_rollback() -> None:
 def test_savepoints() -> None:
     h = Harness()
     run(h, "BEGIN", complete("BEGIN"))
-    run(h, "INSERT INTO t VALUES (1)", complete("INSERT 0 1"))
+    run(h, "INSERT INTO t (a) VALUES (1)", complete("INSERT 0 1"))
     run(h, "SAVEPOINT a", complete("SAVEPOINT"))
-    run(h, "INSERT INTO t VALUES (2)", complete("INSERT 0 1"))
+    run(h, "INSERT INTO t (a) VALUES (2)", complete("INSERT 0 1"))
     run(h, 'SAVEPOINT "B"', complete("SAVEPOINT"))
-    run(h, "INSERT INTO t VALUES (3)", complete("INSERT 0 1"))
+    run(h, "INSERT INTO t (a) VALUES (3)", complete("INSERT 0 1"))
     run(h, "SELECT 1/0", error("22012", "division by zero"), status="E")
     run(h, 'ROLLBACK TO SAVEPOINT "B"', complete("ROLLBACK"))
-    run(h, "INSERT INTO t VALUES (4)", complete("INSERT 0 1"))
+    run(h, "INSERT INTO t (a) VALUES (4)", complete("INSERT 0 1"))
     run(h, "RELEASE a", complete("RELEASE"))  # releases "B" too
     run(h, "COMMIT", complete("COMMIT"), status="I")
     assert [(sql, txn) for sql, txn, _ in outcomes(h)] == [
-        ("BEGIN", "committed"), ("INSERT INTO t VALUES (1)", "committed"), ("SAVEPOINT a", "committed"),
-        ("INSERT INTO t VALUES (2)", "committed"), ('SAVEPOINT "B"', "committed"),
-        ("INSERT INTO t VALUES (3)", "rolled_back"), ("SELECT 1/0", "rolled_back"),
-        ('ROLLBACK TO SAVEPOINT "B"', "committed"), ("INSERT INTO t VALUES (4)", "committed"),
+        ("BEGIN", "committed"), ("INSERT INTO t (a) VALUES (1)", "committed"), ("SAVEPOINT a", "committed"),
+        ("INSERT INTO t (a) VALUES (2)", "committed"), ('SAVEPOINT "B"', "committed"),
+        ("INSERT INTO t (a) VALUES (3)", "rolled_back"), ("SELECT 1/0", "rolled_back"),
+        ('ROLLBACK TO SAVEPOINT "B"', "committed"), ("INSERT INTO t (a) VALUES (4)", "committed"),
         ("RELEASE a", "committed"), ("COMMIT", "committed"),
     ]
     assert h.session._savepoints == []
     # Second transaction: a rollback to a savepoint that stays usable.
     run(h, "BEGIN", complete("BEGIN"))
     run(h, "SAVEPOINT s", complete("SAVEPOINT"))
-    run(h, "INSERT INTO t VALUES (5)", complete("INSERT 0 1"))
+    run(h, "INSERT INTO t (a) VALUES (5)", complete("INSERT 0 1"))
     run(h, "ROLLBACK TRANSACTION TO s", complete("ROLLBACK"))
-    run(h, "INSERT INTO t VALUES (6)", complete("INSERT 0 1"))
+    run(h, "INSERT INTO t (a) VALUES (6)", complete("INSERT 0 1"))
     run(h, "ROLLBACK WORK TO SAVEPOINT s", complete("ROLLBACK"))
-    run(h, "INSERT INTO t VALUES (7)", complete("INSERT 0 1"))
+    run(h, "INSERT INTO t (a) VALUES (7)", complete("INSERT 0 1"))
     run(h, "COMMIT", complete("COMMIT"), status="I")
     assert outcomes(h) == [
         ("BEGIN", "committed", "2"), ("SAVEPOINT s", "committed", "2"),
-        ("INSERT INTO t VALUES (5)", "rolled_back", "2"), ("ROLLBACK TRANSACTION TO s", "committed", "2"),
-        ("INSERT INTO t VALUES (6)", "rolled_back", "2"), ("ROLLBACK WORK TO SAVEPOINT s", "committed", "2"),
-        ("INSERT INTO t VALUES (7)", "committed", "2"), ("COMMIT", "committed", "2"),
+        ("INSERT INTO t (a) VALUES (5)", "rolled_back", "2"), ("ROLLBACK TRANSACTION TO s", "committed", "2"),
+        ("INSERT INTO t (a) VALUES (6)", "rolled_back", "2"), ("ROLLBACK WORK TO SAVEPOINT s", "committed", "2"),
+        ("INSERT INTO t (a) VALUES (7)", "committed", "2"), ("COMMIT", "committed", "2"),
     ]
 
 
 def test_savepoint_rollback_marks_only_statements_after_it() -> None:
     h = Harness()
-    run(h, "BEGIN; INSERT INTO t VALUES (1); SAVEPOINT sp; INSERT INTO t VALUES (2)",
+    run(h, "BEGIN; INSERT INTO t (a) VALUES (1); SAVEPOINT sp; INSERT INTO t (a) VALUES (2)",
         complete("BEGIN"), complete("INSERT 0 1"), complete("SAVEPOINT"), complete("INSERT 0 1"))
     run(h, "SELECT 1/0", error("22012", "division by zero"), status="E")
-    run(h, "ROLLBACK TO sp; INSERT INTO t VALUES (3); COMMIT",
+    run(h, "ROLLBACK TO sp; INSERT INTO t (a) VALUES (3); COMMIT",
         complete("ROLLBACK"), complete("INSERT 0 1"), complete("COMMIT"), status="I")
     assert [(sql, txn) for sql, txn, _ in outcomes(h)] == [
-        ("BEGIN", "committed"), ("INSERT INTO t VALUES (1)", "committed"), ("SAVEPOINT sp", "committed"),
-        ("INSERT INTO t VALUES (2)", "rolled_back"), ("SELECT 1/0", "rolled_back"),
-        ("ROLLBACK TO sp", "committed"), ("INSERT INTO t VALUES (3)", "committed"), ("COMMIT", "committed"),
+        ("BEGIN", "committed"), ("INSERT INTO t (a) VALUES (1)", "committed"), ("SAVEPOINT sp", "committed"),
+        ("INSERT INTO t (a) VALUES (2)", "rolled_back"), ("SELECT 1/0", "rolled_back"),
+        ("ROLLBACK TO sp", "committed"), ("INSERT INTO t (a) VALUES (3)", "committed"), ("COMMIT", "committed"),
     ]
 
 
@@ -116,19 +116,20 @@ def test_prepare_transaction() -> None:
 def test_multi_statement_query_with_transaction_control() -> None:
     h = Harness()
     # Statements before BEGIN join the explicit transaction; after COMMIT a new implicit one starts.
-    run(h, "INSERT INTO t VALUES (0); BEGIN; INSERT INTO t VALUES (1); COMMIT; INSERT INTO t VALUES (2); SELECT 1/0",
+    run(h, "INSERT INTO t (a) VALUES (0); BEGIN; INSERT INTO t (a) VALUES (1); COMMIT; "
+        "INSERT INTO t (a) VALUES (2); SELECT 1/0",
         complete("INSERT 0 1"), complete("BEGIN"), complete("INSERT 0 1"), complete("COMMIT"),
         complete("INSERT 0 1"), error("22012", "division by zero"), status="I")
     assert outcomes(h) == [
-        ("INSERT INTO t VALUES (0)", "committed", "1"), ("BEGIN", "committed", "1"),
-        ("INSERT INTO t VALUES (1)", "committed", "1"), ("COMMIT", "committed", "1"),
-        ("INSERT INTO t VALUES (2)", "rolled_back", "2"), ("SELECT 1/0", "rolled_back", "2"),
+        ("INSERT INTO t (a) VALUES (0)", "committed", "1"), ("BEGIN", "committed", "1"),
+        ("INSERT INTO t (a) VALUES (1)", "committed", "1"), ("COMMIT", "committed", "1"),
+        ("INSERT INTO t (a) VALUES (2)", "rolled_back", "2"), ("SELECT 1/0", "rolled_back", "2"),
     ]
 
 
 def test_begin_left_open_across_queries() -> None:
     h = Harness()
-    run(h, "INSERT INTO t VALUES (1); BEGIN; INSERT INTO t VALUES (2)",
+    run(h, "INSERT INTO t (a) VALUES (1); BEGIN; INSERT INTO t (a) VALUES (2)",
         complete("INSERT 0 1"), complete("BEGIN"), complete("INSERT 0 1"), status="T")
     assert h.events == []
     run(h, "COMMIT", complete("COMMIT"), status="I")
@@ -137,7 +138,7 @@ def test_begin_left_open_across_queries() -> None:
 
 def test_deferred_commit_failure_at_sync() -> None:
     h = Harness()
-    h.client(parse("INSERT INTO t VALUES (1)"), bind(), execute(), sync())
+    h.client(parse("INSERT INTO t (a) VALUES (1)"), bind(), execute(), sync())
     h.server(parse_complete(), bind_complete(), complete("INSERT 0 1"),
              error("23503", "violates foreign key constraint"), ready())
     [ev] = h.take()
@@ -148,9 +149,9 @@ def test_bound_on_held_events_sends_open_then_txn_end() -> None:
     h = Harness(CaptureOptions(max_held=3))
     run(h, "BEGIN", complete("BEGIN"))
     for i in range(3):
-        run(h, f"INSERT INTO t VALUES ({i})", complete("INSERT 0 1"))
+        run(h, f"INSERT INTO t (a) VALUES ({i})", complete("INSERT 0 1"))
     assert [e["txn"] for e in h.events] == ["open"] * 4
-    run(h, "INSERT INTO t VALUES (9)", complete("INSERT 0 1"))
+    run(h, "INSERT INTO t (a) VALUES (9)", complete("INSERT 0 1"))
     assert len(h.events) == 5  # past the bound, statements go out at once
     run(h, "COMMIT", complete("COMMIT"), status="I", )
     evs = h.take()
@@ -169,13 +170,13 @@ def test_rollback_to_savepoint_after_statements_went_out_open() -> None:
     h = Harness(CaptureOptions(max_held=2))
     run(h, "BEGIN", complete("BEGIN"))  # 1
     run(h, "SAVEPOINT a", complete("SAVEPOINT"))  # 2
-    run(h, "INSERT INTO t VALUES (1)", complete("INSERT 0 1"))  # 3: the bound is passed, 1-3 go out
+    run(h, "INSERT INTO t (a) VALUES (1)", complete("INSERT 0 1"))  # 3: the bound is passed, 1-3 go out
     run(h, "SAVEPOINT b", complete("SAVEPOINT"))  # 4
-    run(h, "INSERT INTO t VALUES (2)", complete("INSERT 0 1"))  # 5
+    run(h, "INSERT INTO t (a) VALUES (2)", complete("INSERT 0 1"))  # 5
     run(h, "ROLLBACK TO SAVEPOINT b", complete("ROLLBACK"))  # 6: undoes 5
-    run(h, "INSERT INTO t VALUES (3)", complete("INSERT 0 1"))  # 7
+    run(h, "INSERT INTO t (a) VALUES (3)", complete("INSERT 0 1"))  # 7
     run(h, "ROLLBACK TO a", complete("ROLLBACK"))  # 8: undoes 3-7
-    run(h, "INSERT INTO t VALUES (4)", complete("INSERT 0 1"))  # 9
+    run(h, "INSERT INTO t (a) VALUES (4)", complete("INSERT 0 1"))  # 9
     run(h, "COMMIT", complete("COMMIT"), status="I")  # 10
     evs = h.take()
     stmts = [e for e in evs if e["kind"] == "stmt"]
@@ -203,23 +204,23 @@ def test_savepoint_taken_before_the_bound_rolls_back_what_went_out() -> None:
 def test_close_inside_a_transaction_rolls_it_back() -> None:
     h = Harness()
     run(h, "BEGIN", complete("BEGIN"))
-    run(h, "INSERT INTO t VALUES (1)", complete("INSERT 0 1"))
+    run(h, "INSERT INTO t (a) VALUES (1)", complete("INSERT 0 1"))
     h.client(query("SELECT pg_sleep(10)"))  # still running: no event
     h.session.close(h.now)
     assert [(e["sql"], e["txn"]) for e in h.take()] == [("BEGIN", "rolled_back"),
-                                                        ("INSERT INTO t VALUES (1)", "rolled_back")]
+                                                        ("INSERT INTO t (a) VALUES (1)", "rolled_back")]
     h.session.close(h.now)
     assert h.events == []
 
 
 def test_close_after_complete_before_ready() -> None:
     h = Harness()
-    h.client(query("INSERT INTO t VALUES (1)"))
+    h.client(query("INSERT INTO t (a) VALUES (1)"))
     h.server(complete("INSERT 0 1"))  # the server committed before CommandComplete
     h.session.close(h.now)
     assert [e["txn"] for e in h.take()] == ["autocommit"]
     h = Harness()
-    h.client(parse("INSERT INTO t VALUES (1)"), bind(), execute(), sync())
+    h.client(parse("INSERT INTO t (a) VALUES (1)"), bind(), execute(), sync())
     h.server(parse_complete(), bind_complete(), complete("INSERT 0 1"))  # commit happens at Sync
     h.session.close(h.now)
     assert [e["txn"] for e in h.take()] == ["rolled_back"]
@@ -233,7 +234,8 @@ def test_sampling_zero_and_partial() -> None:
     h = Harness(CaptureOptions(sample_rate=0.5))
     for _ in range(40):
         run(h, "BEGIN", complete("BEGIN"))
-        run(h, "INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)", complete("INSERT 0 1"), complete("INSERT 0 1"))
+        run(h, "INSERT INTO t (a) VALUES (1); INSERT INTO t (a) VALUES (2)", complete("INSERT 0 1"),
+            complete("INSERT 0 1"))
         run(h, "COMMIT", complete("COMMIT"), status="I")
     evs = h.take()
     by_txn: dict[str, int] = {}

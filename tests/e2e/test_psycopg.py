@@ -61,20 +61,20 @@ def ids(db: str) -> set[int]:
 
 def test_autocommit_committed_and_rolled_back(proxy: ProxyProcess, rds: redis.Redis, db: str, app_name: str) -> None:
     def script(conn: psycopg.Connection) -> None:
-        conn.execute("INSERT INTO t VALUES (1, 'auto'), (2, 'auto')")
+        conn.execute("INSERT INTO t (id, note) VALUES (1, 'auto'), (2, 'auto')")
         conn.execute("UPDATE t SET note = %s WHERE id = %s", ("changed", 2))
         with conn.transaction():
-            conn.execute("INSERT INTO t VALUES (%s, %s)", (10, "kept"))
+            conn.execute("INSERT INTO t (id, note) VALUES (%s, %s)", (10, "kept"))
             conn.execute("DELETE FROM t WHERE id = 1")
         with conn.transaction(force_rollback=True):
-            conn.execute("INSERT INTO t VALUES (%s, %s)", (20, "undone"))
+            conn.execute("INSERT INTO t (id, note) VALUES (%s, %s)", (20, "undone"))
             conn.execute("UPDATE t SET note = 'undone' WHERE id = 2")
 
     events = run(proxy, rds, db, app_name, script)
     assert ids(db) == {2, 10}
     assert len(events) == 10, events  # 2 autocommit + BEGIN, 2, COMMIT + BEGIN, 2, ROLLBACK
 
-    ins = only(events, "INSERT INTO t VALUES (1, 'auto'), (2, 'auto')")
+    ins = only(events, "INSERT INTO t (id, note) VALUES (1, 'auto'), (2, 'auto')")
     assert (ins["proto"], ins["tag"], ins["rows"], ins["txn"]) == ("simple", "INSERT", "2", AUTOCOMMIT)
     assert "params" not in ins
     upd = only(events, "UPDATE t SET note = $1 WHERE id = $2")
@@ -83,8 +83,8 @@ def test_autocommit_committed_and_rolled_back(proxy: ProxyProcess, rds: redis.Re
     assert ins["txid"] != upd["txid"]
 
     committed = events[2:6]
-    assert [ev["sql"] for ev in committed] == ["BEGIN", "INSERT INTO t VALUES ($1, $2)", "DELETE FROM t WHERE id = 1",
-                                               "COMMIT"]
+    assert [ev["sql"] for ev in committed] == ["BEGIN", "INSERT INTO t (id, note) VALUES ($1, $2)",
+                                               "DELETE FROM t WHERE id = 1", "COMMIT"]
     assert [ev["tag"] for ev in committed] == ["BEGIN", "INSERT", "DELETE", "COMMIT"]
     assert [ev.get("rows") for ev in committed] == [None, "1", "1", None]
     assert {ev["txn"] for ev in committed} == {COMMITTED}
@@ -92,7 +92,7 @@ def test_autocommit_committed_and_rolled_back(proxy: ProxyProcess, rds: redis.Re
     assert json.loads(committed[1]["params"]) == [10, "kept"]
 
     undone = events[6:10]
-    assert [ev["sql"] for ev in undone] == ["BEGIN", "INSERT INTO t VALUES ($1, $2)",
+    assert [ev["sql"] for ev in undone] == ["BEGIN", "INSERT INTO t (id, note) VALUES ($1, $2)",
                                             "UPDATE t SET note = 'undone' WHERE id = 2", "ROLLBACK"]
     assert [ev.get("rows") for ev in undone] == [None, "1", "1", None]
     assert {ev["txn"] for ev in undone} == {ROLLED_BACK}
@@ -103,11 +103,11 @@ def test_autocommit_committed_and_rolled_back(proxy: ProxyProcess, rds: redis.Re
 def test_savepoint_rollback_to(proxy: ProxyProcess, rds: redis.Redis, db: str, app_name: str) -> None:
     def script(conn: psycopg.Connection) -> None:
         with conn.transaction():
-            conn.execute("INSERT INTO t VALUES (1, 'before the savepoint')")
+            conn.execute("INSERT INTO t (id, note) VALUES (1, 'before the savepoint')")
             with conn.transaction("sp1", force_rollback=True):  # SAVEPOINT … ROLLBACK TO SAVEPOINT
-                conn.execute("INSERT INTO t VALUES (2, 'after the savepoint')")
+                conn.execute("INSERT INTO t (id, note) VALUES (2, 'after the savepoint')")
                 conn.execute("UPDATE t SET note = 'touched after the savepoint' WHERE id = 1")
-            conn.execute("INSERT INTO t VALUES (3, 'after the rollback to')")
+            conn.execute("INSERT INTO t (id, note) VALUES (3, 'after the rollback to')")
 
     events = run(proxy, rds, db, app_name, script)
     assert ids(db) == {1, 3}
@@ -117,13 +117,13 @@ def test_savepoint_rollback_to(proxy: ProxyProcess, rds: redis.Redis, db: str, a
     # transaction (as do the savepoint statements themselves: they are part of the committed transaction).
     assert [(ev["sql"], ev["tag"], ev["txn"]) for ev in events] == [
         ("BEGIN", "BEGIN", COMMITTED),
-        ("INSERT INTO t VALUES (1, 'before the savepoint')", "INSERT", COMMITTED),
+        ("INSERT INTO t (id, note) VALUES (1, 'before the savepoint')", "INSERT", COMMITTED),
         ('SAVEPOINT "sp1"', "SAVEPOINT", COMMITTED),
-        ("INSERT INTO t VALUES (2, 'after the savepoint')", "INSERT", ROLLED_BACK),
+        ("INSERT INTO t (id, note) VALUES (2, 'after the savepoint')", "INSERT", ROLLED_BACK),
         ("UPDATE t SET note = 'touched after the savepoint' WHERE id = 1", "UPDATE", ROLLED_BACK),
         ('ROLLBACK TO "sp1"', "ROLLBACK", COMMITTED),
         ('RELEASE "sp1"', "RELEASE", COMMITTED),
-        ("INSERT INTO t VALUES (3, 'after the rollback to')", "INSERT", COMMITTED),
+        ("INSERT INTO t (id, note) VALUES (3, 'after the rollback to')", "INSERT", COMMITTED),
         ("COMMIT", "COMMIT", COMMITTED),
     ]
     assert len({ev["txid"] for ev in events}) == 1
@@ -132,15 +132,15 @@ def test_savepoint_rollback_to(proxy: ProxyProcess, rds: redis.Redis, db: str, a
 def test_pipeline_mode(proxy: ProxyProcess, rds: redis.Redis, db: str, app_name: str) -> None:
     def script(conn: psycopg.Connection) -> None:
         with conn.pipeline():
-            conn.execute("INSERT INTO t VALUES (%s, %s)", (1, "p1"))
-            conn.execute("INSERT INTO t VALUES (%s, %s)", (2, "p2"))
+            conn.execute("INSERT INTO t (id, note) VALUES (%s, %s)", (1, "p1"))
+            conn.execute("INSERT INTO t (id, note) VALUES (%s, %s)", (2, "p2"))
             conn.execute("UPDATE t SET note = %s WHERE id >= %s", ("px", 1))
         # An error inside a pipeline: the server skips what follows until Sync and undoes the implicit
         # transaction, so the statement before it is rolled back and the one after never ran.
         with pytest.raises(psycopg.errors.UniqueViolation), conn.pipeline():
-            conn.execute("INSERT INTO t VALUES (%s, %s)", (30, "undone by the error"))
-            conn.execute("INSERT INTO t VALUES (%s, %s)", (1, "duplicate"))
-            conn.execute("INSERT INTO t VALUES (%s, %s)", (31, "never ran"))
+            conn.execute("INSERT INTO t (id, note) VALUES (%s, %s)", (30, "undone by the error"))
+            conn.execute("INSERT INTO t (id, note) VALUES (%s, %s)", (1, "duplicate"))
+            conn.execute("INSERT INTO t (id, note) VALUES (%s, %s)", (31, "never ran"))
 
     events = run(proxy, rds, db, app_name, script)
     assert ids(db) == {1, 2}
@@ -193,19 +193,20 @@ def test_failing_statement(proxy: ProxyProcess, rds: redis.Redis, db: str, app_n
 
 
 def test_multi_statement_simple_query(proxy: ProxyProcess, rds: redis.Redis, db: str, app_name: str) -> None:
-    sql = ("INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c'); UPDATE t SET note = 'x' WHERE id >= 2;"
+    sql = ("INSERT INTO t (id, note) VALUES (1, 'a'), (2, 'b'), (3, 'c'); UPDATE t SET note = 'x' WHERE id >= 2;"
            " DELETE FROM t WHERE id = 3; SELECT * FROM t ORDER BY id")
 
     def script(conn: psycopg.Connection) -> None:
         conn.execute(sql)
         # The implicit transaction of a multi-statement Query: one error undoes it all.
         with pytest.raises(psycopg.errors.UniqueViolation):
-            conn.execute("INSERT INTO t VALUES (7, 'undone'); INSERT INTO t VALUES (1, 'duplicate'); SELECT 1")
+            conn.execute("INSERT INTO t (id, note) VALUES (7, 'undone'); "
+                         "INSERT INTO t (id, note) VALUES (1, 'duplicate'); SELECT 1")
 
     events = run(proxy, rds, db, app_name, script)
     assert ids(db) == {1, 2}
     assert [(ev["sql"], ev["tag"], ev["rows"], ev["txn"]) for ev in events[:4]] == [
-        ("INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c')", "INSERT", "3", AUTOCOMMIT),
+        ("INSERT INTO t (id, note) VALUES (1, 'a'), (2, 'b'), (3, 'c')", "INSERT", "3", AUTOCOMMIT),
         ("UPDATE t SET note = 'x' WHERE id >= 2", "UPDATE", "2", AUTOCOMMIT),
         ("DELETE FROM t WHERE id = 3", "DELETE", "1", AUTOCOMMIT),
         ("SELECT * FROM t ORDER BY id", "SELECT", "2", AUTOCOMMIT),
@@ -213,9 +214,10 @@ def test_multi_statement_simple_query(proxy: ProxyProcess, rds: redis.Redis, db:
     assert {ev["proto"] for ev in events} == {"simple"}
     assert len({ev["txid"] for ev in events[:4]}) == 1
     undone, dup = events[4:]
-    assert (undone["sql"], undone["tag"], undone["txn"]) == ("INSERT INTO t VALUES (7, 'undone')", "INSERT",
+    assert (undone["sql"], undone["tag"], undone["txn"]) == ("INSERT INTO t (id, note) VALUES (7, 'undone')", "INSERT",
                                                              ROLLED_BACK)
-    assert (dup["sql"], dup["err"], dup["txn"]) == ("INSERT INTO t VALUES (1, 'duplicate')", "23505", ROLLED_BACK)
+    assert (dup["sql"], dup["err"], dup["txn"]) == ("INSERT INTO t (id, note) VALUES (1, 'duplicate')", "23505",
+                                                    ROLLED_BACK)
 
 
 def test_bound_parameters_of_many_types(proxy: ProxyProcess, rds: redis.Redis, db: str, app_name: str) -> None:
@@ -227,8 +229,9 @@ def test_bound_parameters_of_many_types(proxy: ProxyProcess, rds: redis.Redis, d
     def script(conn: psycopg.Connection) -> None:
         conn.execute("CREATE TABLE typed (i int, n numeric, s text, ts timestamptz, u uuid, b bytea, a int[], "
                      "z text)")
-        conn.execute("INSERT INTO typed VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", values)  # text where it can
-        conn.execute("INSERT INTO typed VALUES (%b, %b, %b, %b, %b, %b, %b, %b)", values)  # binary format
+        insert = "INSERT INTO typed (i, n, s, ts, u, b, a, z) VALUES "
+        conn.execute(insert + "(%s, %s, %s, %s, %s, %s, %s, %s)", values)  # text where it can
+        conn.execute(insert + "(%b, %b, %b, %b, %b, %b, %b, %b)", values)  # binary format
         conn.execute("SELECT count(*) FROM typed WHERE i = %s AND n = %s AND u = %s AND ts = %s",
                      (42, amount, uid, when))
 

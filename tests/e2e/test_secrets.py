@@ -13,17 +13,18 @@ import hashlib
 import json
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 import redis
 from psycopg import sql
 
-from tests.conftest import ProxyProcess, direct_dsn
-from tests.pgcluster import PrivateCluster
+from tests.conftest import ProxyProcess, direct_dsn, wait_until
+from tests.pgcluster import PrivateCluster, free_port
 
 from .conftest import StartProxy
-from .kit import dump_prefix, scrape, settle, statements
+from .kit import dump_prefix, scrape, settle, statements, value
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,10 @@ def cluster() -> Iterator[PrivateCluster]:
         c.execute("CREATE DATABASE vault")
         c.execute("CREATE TABLE cards (id int PRIMARY KEY, password text, card_number text, note text)", "vault")
         c.execute("CREATE TABLE payments (id int PRIMARY KEY, cvv smallint)", "vault")
-        c.execute("GRANT ALL ON cards, payments TO md5user, scramuser", "vault")
+        # A table whose name matches nothing sensitive: only its column names say what it holds.
+        c.execute("CREATE TABLE users (id int PRIMARY KEY, email text, password text, card_number text, note text)",
+                  "vault")
+        c.execute("GRANT ALL ON cards, payments, users TO md5user, scramuser", "vault")
         yield c
     finally:
         c.destroy()
@@ -174,3 +178,123 @@ def test_sensitive_values_in_forms_redaction_does_not_follow(start_proxy: StartP
     settle(proxy)
     assert statements(rds, proxy.prefix, app=app_name)
     assert_absent(haystack(rds, proxy), {form: secret})
+
+
+class Needles:
+    """Secrets made up for one test, each named for where it was sent."""
+
+    def __init__(self) -> None:
+        self.tag = secrets.token_hex(4)
+        self.all: dict[str, str] = {}
+
+    def __call__(self, where: str) -> str:
+        value = f"S{len(self.all)}x{self.tag}"  # unique, and not a prefix of another
+        self.all[where] = f"{value}z"
+        return self.all[where]
+
+
+def unnamed_column_forms(conn: psycopg.Connection, s: Needles) -> None:
+    """Every way a value reaches a sensitive column of `users` without the text naming the column."""
+    row = 100
+
+    def values(form: str) -> tuple[int, str, str, str, str]:
+        nonlocal row
+        row += 1
+        return row, f"e{row}@example.org", s(f"password, {form}"), s(f"card, {form}"), "n"
+
+    def literal(form: str) -> str:
+        return "({}, '{}', '{}', '{}', '{}')".format(*values(form))
+
+    conn.execute(f"INSERT INTO users VALUES {literal('simple')}")
+    conn.execute(f"INSERT INTO users VALUES {literal('multi-row 1')}, {literal('multi-row 2')}")
+    conn.execute("INSERT INTO users VALUES (%s, %s, %s, %s, %s)", values("extended"))
+    conn.execute("INSERT INTO users VALUES (%b, %b, %b, %b, %b)", values("binary"))
+    conn.execute("INSERT INTO users VALUES (%s, %s, %s, %s, %s), (%s, %s, %s, %s, %s)",
+                 values("extended multi-row 1") + values("extended multi-row 2"))
+    for i in range(2):  # prepared server-side: a named statement, Bind/Execute only the second time
+        conn.execute("INSERT INTO users VALUES (%s, %s, %s, %s, %s)", values(f"prepared {i}"), prepare=True)
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO users VALUES (%s, %s, %s, %s, %s)", [values("executemany 1"),
+                                                                          values("executemany 2")])
+    psycopg.ClientCursor(conn).execute("INSERT INTO users VALUES (%s, %s, %s, %s, %s)", values("client-side"))
+    conn.execute(f"INSERT INTO users SELECT {literal('insert select')[1:-1]}")
+    conn.execute("INSERT INTO users SELECT %s, %s, %s, %s, %s", values("insert select params"))
+    named = values("named select")
+    conn.execute("INSERT INTO users (id, password, card_number) SELECT %s, %s, %s", (named[0], named[2], named[3]))
+    conn.execute("INSERT INTO users (id, email) VALUES (%s, 'x') ON CONFLICT (id) DO UPDATE "
+                 f"SET password = '{s('password, on conflict literal')}', card_number = %s",
+                 (101, s("card, on conflict param")))
+    conn.execute(f"INSERT INTO users VALUES {literal('on conflict 2')} ON CONFLICT (id) DO UPDATE "
+                 "SET password = EXCLUDED.password")
+    conn.execute(f"UPDATE users SET password = %s, card_number = '{s('card, update literal')}' WHERE id = 101",
+                 (s("password, update param"),))
+    conn.execute(f"UPDATE users SET (password, note) = ('{s('password, row update')}', 'n') WHERE id = 102")
+    conn.execute("UPDATE users u SET password = v.pw FROM (VALUES (102, %s)) AS v(id, pw) WHERE u.id = v.id",
+                 (s("password, update from values"),))
+    conn.execute("MERGE INTO users u USING (SELECT 900 AS id) m ON u.id = m.id WHEN NOT MATCHED THEN "
+                 f"INSERT VALUES (m.id, 'm', '{s('password, merge')}', '{s('card, merge')}', 'n')")
+    conn.execute("PREPARE ins AS INSERT INTO users VALUES ($1, $2, $3, $4, $5)")
+    conn.execute("EXECUTE ins({}, '{}', '{}', '{}', '{}')".format(*values("SQL EXECUTE")))
+    with conn.cursor().copy("COPY users FROM STDIN") as copy:
+        copy.write_row(values("COPY"))
+    with pytest.raises(psycopg.errors.InvalidTextRepresentation):  # the server quotes the bad value back
+        conn.execute("INSERT INTO users VALUES (%s, %s, %s, %s, %s)", (s("id echoed by an error"), "e", "p", "c", "n"))
+
+
+def test_unnamed_columns_never_leave_in_clear(start_proxy: StartProxy, rds: redis.Redis, cluster: PrivateCluster,
+                                              app_name: str) -> None:
+    """`INSERT INTO users VALUES (…)` names no column: the proxy hides its values, in every protocol and
+    statement form, until the session has seen users' columns (SELECT *); then it hides by column."""
+    proxy = start_proxy("--log-level", "debug", upstream=cluster.address)
+    s = Needles()
+    with psycopg.connect(proxy.dsn("vault"), autocommit=True, application_name=app_name) as conn, \
+            conn.transaction(force_rollback=True):
+        unnamed_column_forms(conn, s)
+    # Another session learns users' columns from a RowDescription: the harmless ones show, the others not.
+    learned_pw, learned_card = s("password, learned"), s("card, learned")
+    shown_email, shown_note = f"shown-email-{s.tag}", f"shown-note-{s.tag}"
+    with psycopg.connect(proxy.dsn("vault"), autocommit=True, application_name=app_name) as conn, \
+            conn.transaction(force_rollback=True):
+        conn.execute("SELECT * FROM users WHERE false")
+        conn.execute("INSERT INTO users VALUES (%s, %s, %s, %s, %s)", (1, shown_email, learned_pw, learned_card,
+                                                                        shown_note))
+        conn.execute(f"INSERT INTO users VALUES (2, '{shown_email}', '{learned_pw}', '{learned_card}', 'n')")
+    settle(proxy)
+
+    events = statements(rds, proxy.prefix, app=app_name)
+    # Positive controls: every form was captured, and harmless values do get out.
+    assert len(events) >= 30
+    places = haystack(rds, proxy)
+    assert shown_email in places["redis"] and shown_note in places["redis"]
+    assert_absent(places, s.all)
+    texts = [ev["sql"] for ev in events]
+    # What the capture records for each form: the statement, its values masked.
+    assert "INSERT INTO users VALUES ('***', '***', '***', '***', '***')" in texts
+    unlearned = [json.loads(ev["params"]) for ev in events
+                 if ev["sql"] == "INSERT INTO users VALUES ($1, $2, $3, $4, $5)" and shown_note not in ev["params"]]
+    assert len(unlearned) == 7 and all(p == ["***"] * 5 for p in unlearned), unlearned
+    copy = [ev for ev in events if ev.get("tag") == "COPY"]
+    assert [(ev["sql"], ev["rows"], "params" in ev) for ev in copy] == [("COPY users FROM STDIN", "1", False)]
+    assert {ev["errmsg"] for ev in events if ev.get("err") == "22P02"} == {
+        'invalid input syntax for type integer: "***"'}
+    learned = [ev for ev in events if shown_note in ev.get("params", "")]
+    assert [json.loads(ev["params"]) for ev in learned] == [[1, shown_email, "***", "***", shown_note]]
+    assert f"INSERT INTO users VALUES (2, '{shown_email}', '***', '***', 'n')" in texts
+
+
+def test_unnamed_columns_never_reach_the_spool_in_clear(start_proxy: StartProxy, cluster: PrivateCluster,
+                                                        tmp_path: Path, app_name: str) -> None:
+    """With Redis away, events wait in the spool on disk: redacted there too."""
+    spool = tmp_path / "spool"
+    proxy = start_proxy("--redis", f"redis://127.0.0.1:{free_port()}/0", upstream=cluster.address,
+                        env={"FASTERDATA_SPOOL_DIR": str(spool)})
+    s = Needles()
+    with psycopg.connect(proxy.dsn("vault"), autocommit=True, application_name=app_name) as conn, \
+            conn.transaction(force_rollback=True):
+        unnamed_column_forms(conn, s)
+    wait_until(lambda: value(scrape(proxy)[1], "fasterdata_proxy_connections_active") == 0, "the session to close")
+    assert proxy.stop() == 0  # what Redis never confirmed goes to the spool
+    on_disk = b"".join(f.read_bytes() for f in spool.rglob("*") if f.is_file())
+    assert app_name.encode() in on_disk and b"INSERT INTO users VALUES" in on_disk  # positive control
+    leaks = [where for where, needle in s.all.items() if needle.encode() in on_disk]
+    assert not leaks, f"secrets in the spool: {leaks}"
