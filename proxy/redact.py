@@ -14,6 +14,7 @@ regex, or the keyword PASSWORD):
 * ``name = expr`` / ``expr = name`` and the other comparisons, LIKE/ILIKE, ``SET name TO expr``, in
   WHERE, SET, ON CONFLICT … DO UPDATE SET — every literal and ``$n`` inside the expression;
 * ``name IN (…)`` — every literal and ``$n`` in the list;
+* ``expr AS name``, ``'lit' name`` — a value named for a column (a CTE or subquery feeding a write);
 * ``INSERT INTO t (c1, c2, …) VALUES (…), (…)`` — the expressions at the positions of sensitive
   columns, in every row, and any expression past the last named column.
 
@@ -260,16 +261,43 @@ class Redactor:
                 i += 1
             return i
 
+        def alias_values(i: int) -> None:
+            """Hide literals/params of the select-list expression ending at token i (walking back)."""
+            depth = 0
+            while i >= 0:
+                kind = toks[i][0]
+                if kind == PUNCT:
+                    ch = text(i)
+                    if ch in ")]":
+                        depth += 1
+                    elif ch in "([":
+                        if depth == 0:
+                            return
+                        depth -= 1
+                    elif ch in ",;" and depth == 0:
+                        return
+                elif kind == IDENT and depth == 0 and text(i).lower() in ("select", "distinct", "all", "returning"):
+                    return
+                elif kind in _VALUE:
+                    hide.add(i)
+                i -= 1
+
         for i in range(n):
             kind = toks[i][0]
             if kind in _VALUE:
-                # name 'lit'  (PASSWORD 'x', OPTIONS (password 'x'))  or  'lit' = name
+                # name 'lit'  (PASSWORD 'x', OPTIONS (password 'x')),  'lit' = name,  'lit' name (an alias)
                 after_name = i and kind != PARAM and self._is_sensitive(sql, toks[i - 1])
-                if after_name or (is_compare(i + 1) and i + 2 < n and self._is_sensitive(sql, toks[i + 2])):
+                if (after_name or (is_compare(i + 1) and i + 2 < n and self._is_sensitive(sql, toks[i + 2]))
+                        or (i + 1 < n and word(i + 1) not in _STOP_WORDS and self._is_sensitive(sql, toks[i + 1]))):
                     hide.add(i)
+                continue
+            if word(i) == "as" and i + 1 < n and self._is_sensitive(sql, toks[i + 1]):
+                alias_values(i - 1)  # expr AS password: a value named for a column (a CTE, a subquery)
                 continue
             if not self._is_sensitive(sql, toks[i]):
                 continue
+            if i >= 2 and toks[i - 1][0] == IDENT and text(i - 2) == "::":
+                alias_values(i - 1)  # 'lit'::type name: an alias too
             j = i + 1
             if word(j) == "not":
                 j += 1

@@ -156,6 +156,11 @@ def fields(*names: str) -> bytes:
      "MERGE INTO users u USING s ON true WHEN NOT MATCHED THEN INSERT (id, secret) VALUES (1, '***')"),
     ("SELECT 'insert into users values (1)' FROM t", "SELECT 'insert into users values (1)' FROM t"),
     ("SELECT * FROM (VALUES (1, 'x')) v(a, b)", "SELECT * FROM (VALUES (1, 'x')) v(a, b)"),
+    ("WITH v AS (SELECT 1 AS id, lower('pw') AS password) UPDATE users u SET password = v.password FROM v",
+     "WITH v AS (SELECT 1 AS id, lower('***') AS password) UPDATE users u SET password = v.password FROM v"),
+    ("UPDATE users u SET token = s.t FROM (SELECT 'a'::text token, 2 AS id) s WHERE u.id = s.id",
+     "UPDATE users u SET token = s.t FROM (SELECT '***'::text token, 2 AS id) s WHERE u.id = s.id"),
+    ("SELECT 'x' card_no, 'y' AS note", "SELECT '***' card_no, 'y' AS note"),
     ("COPY users FROM STDIN", "COPY users FROM STDIN"),
     ("COPY (SELECT id FROM users WHERE token = 'abc') TO STDOUT",
      "COPY (SELECT id FROM users WHERE token = '***') TO STDOUT"),
@@ -171,6 +176,8 @@ def test_unnamed_columns_hide_their_params(red: Redactor) -> None:
     assert red("INSERT INTO users (email, password) SELECT $1, $2 WHERE $3")[1] is ALL_PARAMS
     assert red("INSERT INTO users (email, note) SELECT $1, $2")[1] is None
     assert red("INSERT INTO users (email, note) VALUES ($1, $2)")[1] is None
+    assert red("UPDATE users u SET token = s.t FROM (SELECT $1::text AS token, $2 AS id) s")[1] == frozenset({0})
+    assert red("UPDATE users u SET token = s.t FROM (SELECT $1::text token, $2 AS id) s")[1] == frozenset({0})
     # Extra expressions past the column list: their column is unknown (the server will say so).
     assert red("INSERT INTO t (email, token) VALUES ($1, $2, $3)")[1] == frozenset({1, 2})
 

@@ -231,6 +231,8 @@ def unnamed_column_forms(conn: psycopg.Connection, s: Needles) -> None:
     conn.execute(f"UPDATE users SET (password, note) = ('{s('password, row update')}', 'n') WHERE id = 102")
     conn.execute("UPDATE users u SET password = v.pw FROM (VALUES (102, %s)) AS v(id, pw) WHERE u.id = v.id",
                  (s("password, update from values"),))
+    conn.execute("WITH v AS (SELECT 102 AS id, %s AS password) UPDATE users u SET password = v.password FROM v "
+                 "WHERE u.id = v.id", (s("password, named in a CTE"),))
     conn.execute("MERGE INTO users u USING (SELECT 900 AS id) m ON u.id = m.id WHEN NOT MATCHED THEN "
                  f"INSERT VALUES (m.id, 'm', '{s('password, merge')}', '{s('card, merge')}', 'n')")
     conn.execute("PREPARE ins AS INSERT INTO users VALUES ($1, $2, $3, $4, $5)")
