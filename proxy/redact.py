@@ -25,10 +25,10 @@ Where the column of a value cannot be known, the value is hidden:
   the learned columns;
 * an INSERT whose rows come from a query (``INSERT … SELECT``, ``WITH``, ``TABLE``) when it has no
   column list or its list names a sensitive column: every literal and parameter of the statement;
-* ``INSERT VALUES`` in MERGE without a column list, a row-valued ``SET (a, b) = (…)``, a VALUES list
-  outside an INSERT in a statement that mentions a sensitive name: those values (the first two:
-  every value of the statement);
-* SQL-level ``EXECUTE name(args)``: every value (its arguments' columns live in an earlier PREPARE).
+* MERGE's ``INSERT VALUES (…)`` without a column list, and a VALUES list outside an INSERT in a
+  statement that mentions a sensitive name: every value of that list;
+* a row-valued ``SET (a, b) = (…)`` and SQL-level ``EXECUTE name(args)`` (its arguments' columns live
+  in an earlier PREPARE): every value of the statement.
 
 Learning a column order: the session hands ``learn`` each RowDescription with its statement's text,
 once the process has met an INSERT without a column list (``learns``; before, RowDescriptions cost
