@@ -97,6 +97,8 @@ class Rule(_Strict):
 class InjectionPolicy(_Strict):
     enabled: bool = True
     severity: str = "high"
+    learn_seen: int = Field(5, ge=1, description="A shape is learnt after this many statements…")
+    learn_sessions: int = Field(2, ge=1, description="…from this many sessions, with no finding on any")
 
 
 class NewFingerprintPolicy(_Strict):

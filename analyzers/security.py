@@ -2,8 +2,9 @@
 oversized reads (`Checks`, one statement at a time), stacked statements and shapes new to an
 application (`Security`, which remembers what came before and writes the findings to a batch).
 
-Injection signatures only apply to the simple protocol: with bound parameters, user input never
-becomes SQL text. They look at the raw text, because the signature *is* the literal (OR 1=1).
+Injection is found in the statement's tokens and in the shapes each application is known to send
+(`injection.Injection`), on the simple and the extended protocol alike: a text an application built
+from its input and then prepared is as injectable as one it sent as a Query.
 
 Whether a shape is new to an application is decided in Redis (the `seen` sets are shared by every
 worker), inside the batch's commit; that finding is counted here only when the commit reports that
@@ -21,25 +22,13 @@ from typing import Protocol
 
 from .atomic import Writes
 from .fingerprint import Normalized
+from .injection import Hit, Injection, describe
 from .keys import Keys
 from .rules import SecurityPolicy
 from .shape import Shape
 
-_TAUTOLOGY = re.compile(
-    r"""(?ix)\b(?:or|\|\|)\s+(?:
-        (?P<n>\d+)\s*(?:=|>=|<=|like)\s*(?P=n)\b             # OR 1=1
-      | '(?P<s>[^']*)'\s*(?:=|like)\s*'(?P=s)'               # OR 'a'='a'
-      | (?P<c>[a-z_]\w*)\s*=\s*(?P=c)\b                      # OR x=x
-      | true\b | not\s+false\b                               # OR TRUE
-      | \d+\s*(?:--|;|/\*|$)                                 # OR 1 --
-    )""")
-_UNION = re.compile(r"(?i)\bunion\s+(?:all\s+)?select\b")
-_CATALOG = re.compile(r"(?i)\b(?:pg_catalog|information_schema|pg_shadow|pg_authid|pg_user|pg_roles|"
-                      r"pg_tables|pg_stat_activity|current_user|version\s*\()")
 _WHERE = re.compile(r"(?i)\bwhere\b")
-_SLEEP = re.compile(r"(?i)\b(?:pg_sleep|pg_sleep_for|pg_sleep_until)\s*\(")
 _PROGRAM = re.compile(r"(?i)\bcopy\b.*\b(?:to|from)\s+program\b", re.S)
-_LINE_COMMENT_AFTER_QUOTE = re.compile(r"'\s*--")
 _WRITES = frozenset({"update", "delete"})
 _STACKED_FOLLOWERS = frozenset({"insert", "update", "delete", "copy", "ddl", "role", "utility", "merge"})
 _READS = frozenset({"select", "copy"})
@@ -53,10 +42,7 @@ class Finding:
     rule: str
     severity: str
     evidence: str
-
-
-def _snippet(text: str, start: int, end: int, pad: int = 40) -> str:
-    return text[max(0, start - pad):end + pad].replace("\n", " ")[:200]
+    fields: dict[str, str] | None = None  # more alert fields (an injection's offset, fragment, shape)
 
 
 def _rows(n: int) -> str:
@@ -71,35 +57,6 @@ class Checks:
         self.ddl_allowed = frozenset(policy.ddl_allowed_apps)
         self.sensitive = frozenset(t.lower() for t in policy.sensitive_tables)
         self.sensitive_allowed = frozenset(policy.sensitive_allowed_apps)
-
-    def injection(self, sql: str, norm: Normalized) -> list[Finding]:
-        """Signatures of SQL injection in a simple-protocol text."""
-        sev = self.policy.injection.severity
-        out = []
-        m = _TAUTOLOGY.search(sql)
-        if m and _WHERE.search(sql, 0, m.start()):
-            out.append(Finding("sqli_tautology", sev, _snippet(sql, m.start(), m.end())))
-        m = _UNION.search(sql)
-        if m:
-            before = sql[:m.start()].rstrip()
-            after = sql[m.end():]
-            # UNION SELECT glued onto a WHERE literal, or reaching for the catalog
-            if _CATALOG.search(after) or (_WHERE.search(before) and before[-1:] in "'0123456789"):
-                out.append(Finding("sqli_union", sev, _snippet(sql, m.start(), m.end())))
-        if norm.stacked:
-            head, _, tail = norm.text.partition(";")
-            where = _WHERE.search(head)
-            if where and "$" in head[where.end():]:  # a literal in the WHERE clause, then more SQL
-                out.append(Finding("sqli_stacked", sev, "…" + tail.strip()[:160]))
-        if _LINE_COMMENT_AFTER_QUOTE.search(sql):
-            # the tokenizer decides: a -- comment that starts right after a closing quote
-            stripped = _quote_comment(sql)
-            if stripped is not None:
-                out.append(Finding("sqli_comment", sev, _snippet(sql, stripped, stripped + 2)))
-        m = _SLEEP.search(sql)
-        if m:
-            out.append(Finding("sqli_time", sev, _snippet(sql, m.start(), m.end())))
-        return out
 
     def stacked(self, previous: str, norm: Normalized, shape: Shape) -> Finding | None:
         """The proxy splits a multi-statement Query into one event per statement: `previous` is the
@@ -186,8 +143,9 @@ class Security:
         self.clock = clock  # dedup windows
         self.wall = wall  # the alert's `at`
         self.alerted: dict[tuple[str, str, str], float] = {}  # (rule, fp, app) → end of its dedup window
-        self.last_simple: dict[str, str] = {}  # session → normalised text of its last simple-protocol statement
+        self.last_simple: dict[str, Normalized] = {}  # session → its last simple-protocol statement
         self.seen_pairs: set[tuple[str, str]] = set()  # (application, fingerprint) Redis knows already
+        self.injection = Injection()
         self.use(checks)
 
     def use(self, checks: Checks) -> None:
@@ -195,6 +153,8 @@ class Security:
         self.checks = checks
         self.policy = checks.policy
         self.injection_on = checks.policy.injection.enabled
+        self.injection.learn_seen = checks.policy.injection.learn_seen
+        self.injection.learn_sessions = checks.policy.injection.learn_sessions
         self.new_fp_on = checks.policy.new_fingerprint.enabled
 
     def inspect(self, batch: FindingBatch, ev: dict[str, str], sql: str, norm: Normalized, shape: Shape,
@@ -202,22 +162,21 @@ class Security:
         """One statement's findings, added to the batch (hot path: the cheap tests decide what runs)."""
         findings: list[Finding] | None = None
         checks = self.checks
-        if self.injection_on and ev.get("proto") == "simple":
-            # a later statement of one multi-statement Query (the proxy's `part` says i/n)
+        if self.injection_on:
             sid = ev.get("sid", "")
-            prev = self.last_simple.get(sid)
-            if prev is not None and ev.get("part", "1/").partition("/")[0] not in ("1", ""):
-                finding = checks.stacked(prev, norm, shape)
-                if finding:
-                    findings = [finding]
-            if len(self.last_simple) > _MEMO:
-                self.last_simple.clear()
-            self.last_simple[sid] = norm.text
-            low = sql.lower()
-            # cheap substring tests decide whether the (slower) signature regexes run at all
-            if norm.stacked or " or " in low or "union" in low or "--" in sql or "pg_sleep" in low \
-                    or "'or " in low or "or\n" in low or "||" in low:
-                findings = (findings or []) + checks.injection(sql, norm)
+            if ev.get("proto") == "simple":
+                # a later statement of one multi-statement Query (the proxy's `part` says i/n)
+                prev = self.last_simple.get(sid)
+                if prev is not None and ev.get("part", "1/").partition("/")[0] not in ("1", ""):
+                    finding = checks.stacked(prev.text, norm, shape) or self._stacked_on_learnt(prev, norm, app)
+                    if finding:
+                        findings = [finding]
+                if len(self.last_simple) > _MEMO:
+                    self.last_simple.clear()
+                self.last_simple[sid] = norm
+            hits = self.injection.inspect(sql, norm.fp, app, sid)
+            if hits:
+                findings = (findings or []) + [self._injection_finding(h, ev, app, sid) for h in hits]
         if plan.checked:
             # every finding but large_read depends on the statement and the application only: asked once
             static = plan.apps.get(app)
@@ -236,6 +195,26 @@ class Security:
         if findings:
             for f in findings:
                 self.alert(batch.writes, batch, f, ev, norm, ts)
+
+    def _stacked_on_learnt(self, prev: Normalized, norm: Normalized, app: str) -> Finding | None:
+        """A statement the application never sent, appended in one Query to a shape it has learnt."""
+        learnt = self.injection.apps.get(app)
+        if learnt is None or prev.fp not in learnt.learnt or norm.fp in learnt.learnt:
+            return None
+        return Finding("sqli_stacked", self.policy.injection.severity,
+                       f"a statement appended in the same Query to learnt shape {prev.fp} ({prev.text[:100]}): "
+                       f"{norm.text[:120]}", {"shape": prev.fp})
+
+    def _injection_finding(self, hit: Hit, ev: dict[str, str], app: str, sid: str) -> Finding:
+        shape_text = ""
+        if hit.shape:
+            state = self.injection.apps.get(app)
+            shape_text = " ".join(state.learnt.get(hit.shape, ())) if state else ""
+        fields = {"offset": str(hit.offset), "fragment": hit.fragment}
+        if hit.shape:
+            fields["shape"] = hit.shape
+        return Finding(hit.rule, self.policy.injection.severity,
+                       describe(hit, app, sid, ev.get("client", ""), shape_text), fields)
 
     def _propose_new(self, batch: FindingBatch, ev: dict[str, str], norm: Normalized, shape: Shape, ts: int,
                      app: str) -> None:
@@ -274,6 +253,8 @@ class Security:
                   "at": str(int(self.wall() * 1e6)), "sid": ev.get("sid", ""), "client": ev.get("client", ""),
                   "user": ev.get("user", ""), "db": ev.get("db", ""), "app": app, "fp": norm.fp,
                   "text": norm.text[:300], "evidence": f.evidence}
+        if f.fields:
+            fields.update(f.fields)
         if norm.comment:
             fields["comment"] = json.dumps(norm.comment, sort_keys=True)
             for key in ("traceparent", "route", "controller", "action"):
@@ -305,20 +286,3 @@ class Security:
     def forget_pair(self, app: str, fp: str) -> None:
         self.seen_pairs.discard((app, fp))
 
-
-_QUOTED = re.compile(r"""'[^']*(?:''[^']*)*'|"[^"]*(?:""[^"]*)*"|/\*.*?\*/|--""", re.S)
-
-
-def _quote_comment(sql: str) -> int | None:
-    """Offset of a `--` comment that directly follows a string literal (`…'admin'--`), or None."""
-    last_end = -1
-    last_was_string = False
-    for m in _QUOTED.finditer(sql):
-        tok = m.group(0)
-        if tok == "--":
-            if last_was_string and sql[last_end:m.start()].strip() == "":
-                return m.start()
-            return None  # the rest of the line is a comment; a later quote is inside it
-        last_was_string = tok[0] == "'"
-        last_end = m.end()
-    return None

@@ -4,13 +4,21 @@ so a regression in either fails the test."""
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
 
+import psycopg
 import pytest
+import redis
 
 from fasterdata.analyzers.fingerprint import Normalizer
 from fasterdata.analyzers.injection import Hit, Injection, analyse, match, skeleton
+from fasterdata.analyzers.rules import parse
 from fasterdata.analyzers.sqllex import tokenize
+from fasterdata.analyzers.worker import Worker
+from fasterdata.config.analyzer_settings import AnalyzerSettings
+from fasterdata.proxy.events import events_of
 
 CHR = "(CHR(113)||CHR(107)||CHR(106)||CHR(120)||CHR(113))"
 ERR = f"CAST({CHR[:-1]}||(SELECT (CASE WHEN (2026=2026) THEN 1 ELSE 0 END))::text||CHR(113)) AS NUMERIC)"
@@ -262,3 +270,44 @@ def test_analyse_reports_offsets_into_the_text() -> None:
     rules = {h.rule: h for h in analyse(sql).hits}
     assert set(rules) == {"sqli_tautology", "sqli_comment"}
     assert sql[rules["sqli_tautology"].offset:].startswith("AND 9913=9464")
+
+
+def _statements(r: redis.Redis, stream: str) -> list[dict[str, str]]:
+    return [ev for _, fields in r.xrange(stream) for ev in events_of(fields)]
+
+
+def test_an_injected_text_prepared_by_the_driver_is_flagged_every_time(r: redis.Redis, start_proxy,
+                                                                       scratch_db: str) -> None:
+    """psycopg prepares a text it has run five times: the Parse's text is as injectable as a Query's."""
+    proxy = start_proxy()
+    prefix = proxy.prefix
+    stream = f"{prefix}:statements"
+    injected = "SELECT id, name FROM items WHERE id = 2 OR 1=1"
+    try:
+        with psycopg.connect(proxy.dsn(scratch_db), autocommit=True, application_name="shop",
+                             prepare_threshold=5) as conn:
+            conn.execute("CREATE TABLE items (id int, name text)")
+            for _ in range(8):
+                conn.execute(injected)
+        deadline = time.monotonic() + 30
+        while sum(ev.get("sql") == injected for ev in _statements(r, stream)) < 8:
+            assert time.monotonic() < deadline, "the proxy did not capture the 8 statements"
+            time.sleep(0.05)
+        sent = [ev for ev in _statements(r, stream) if ev.get("sql") == injected]
+        assert "extended" in {ev.get("proto") for ev in sent}
+        url = os.environ.get("FASTERDATA_TEST_REDIS", "redis://127.0.0.1:6379/0")
+        worker = Worker(AnalyzerSettings(redis=url, prefix=prefix, metrics="", consumer="w1", block=0.05),
+                        parse({"security": {"new_fingerprint": {"enabled": False}, "ddl_allowed_apps": ["shop"]}}))
+        worker.setup()
+        for _ in range(200):
+            if not worker.run_once() + worker.quiesce() and worker.counters.statements >= len(_statements(r, stream)):
+                break
+        assert r.hget(f"{prefix}:alerts:counts", "sqli_tautology") == "8"
+        assert worker.counters.findings[("sqli_tautology", "high")] == 8
+        [alert] = [f for _, f in r.xrange(f"{prefix}:alerts") if f["rule"] == "sqli_tautology"]  # deduplicated
+        assert alert["fragment"] == "OR 1=1" and alert["offset"] == str(injected.index("OR 1=1"))
+        assert alert["app"] == "shop" and "session" in alert["evidence"] and alert["client"]
+    finally:
+        assert proxy.stop() == 0, proxy.log()
+        for key in r.scan_iter(f"{prefix}:*"):
+            r.delete(key)

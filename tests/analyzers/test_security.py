@@ -22,8 +22,8 @@ S = {"proto": "simple"}
 CASES: list[tuple[str, str, dict[str, Any], str, dict[str, Any]]] = [
     ("sqli_tautology", "SELECT * FROM users WHERE name = 'x' OR 1=1", S,
      "SELECT * FROM users WHERE name = 'x' OR id = 1", S),
-    ("sqli_tautology", "SELECT * FROM users WHERE name = '' OR 'a'='a'", S,
-     "SELECT * FROM users WHERE name = '' OR 'a'='a'", {"proto": "extended"}),  # same text, bound: no input
+    ("sqli_tautology", "SELECT * FROM users WHERE name = '' OR 'a'='a'", {"proto": "extended"},  # a Parse's text
+     "SELECT * FROM users WHERE name = $1 OR 'a' = $2", {"proto": "extended", "params": ["", "a"]}),  # bound
     ("sqli_union", "SELECT name FROM products WHERE id = 1 UNION SELECT usename FROM pg_user", S,
      "SELECT name FROM products UNION SELECT name FROM archived_products", S),
     ("sqli_stacked", "SELECT * FROM users WHERE id = 1; DROP TABLE users", S,

@@ -112,8 +112,10 @@ def test_another_application_is_its_own_alert() -> None:
 
 def test_bound_parameters_carry_no_injection() -> None:
     feed, batch = Feed(), Batch()
-    feed.stmt(batch, "SELECT * FROM users WHERE name = '' OR 'a'='a'", proto="extended")
+    feed.stmt(batch, "SELECT * FROM users WHERE name = $1 OR 'a' = $2", proto="extended")
     assert batch.findings == [] and not batch.writes
+    feed.stmt(batch, "SELECT * FROM users WHERE name = '' OR 'a'='a'", proto="extended")  # input in a Parse's text
+    assert batch.findings == [("sqli_tautology", "high")]
 
 
 def test_a_stacked_statement_is_judged_with_the_one_before_it() -> None:
