@@ -141,10 +141,10 @@ class Redactor:
     def __call__(self, sql: str, remember: bool = False, orders: Orders | None = None) -> tuple[str, Hidden]:
         """(redacted text, hidden parameter indexes) for one statement's text. Never raises.
 
-        Texts that need redaction are always cached. ``remember`` caches clean texts too: worth it
-        for texts that recur (Parse of an unnamed statement), not for literal-laden simple Queries
-        that would only push useful entries out. ``orders``: the session's learned column orders;
-        a result that used them is a ``Provisional``.
+        Texts that need redaction are cached (an INSERT without a column list only when remembered).
+        ``remember`` caches clean texts too: worth it for texts that recur (Parse of an unnamed
+        statement), not for literal-laden simple Queries that would only push useful entries out.
+        ``orders``: the session's learned column orders; a result that used them is a ``Provisional``.
         """
         cache = self._cache
         hit = cache.get(sql)
@@ -175,6 +175,8 @@ class Redactor:
                     return result
             else:
                 result = self._redact(sql, everything=False, mentions=mentions)
+        if not remember and result.__class__ is not tuple:  # a plan (large) of a text unlikely to recur
+            return result.resolve(orders)  # type: ignore[union-attr]
         if len(cache) >= self._cache_size:
             cache.clear()  # bounded; a burst of misses after a clear is cheaper than LRU bookkeeping
         cache[sql] = result
@@ -211,7 +213,7 @@ class Redactor:
         if slots:
             self.learns = True
             return _Plan(sql, toks, hide, slots)
-        return _result(sql, toks, hide)
+        return _result(sql, [toks[i] for i in hide])
 
     def _is_sensitive(self, sql: str, tok: tuple[int, int, int]) -> bool:
         kind, start, end = tok
@@ -405,14 +407,14 @@ class Redactor:
 class _Plan:
     """The redaction of an INSERT without a column list, to be completed by a session's orders."""
 
-    __slots__ = ("_memo", "hide", "slots", "sql", "tables", "toks")
+    __slots__ = ("_memo", "fixed", "slots", "sql", "tables")
 
     def __init__(self, sql: str, toks: list[tuple[int, int, int]], hide: set[int],
                  slots: list[tuple[str, int, int]]) -> None:
         self.sql = sql
-        self.toks = toks
-        self.hide = hide
-        self.slots = slots
+        # Only the value tokens are kept: a plan can live in the cache for long.
+        self.fixed = [toks[i] for i in hide]
+        self.slots = [(table, pos, toks[i]) for table, pos, i in slots]
         self.tables = tuple(dict.fromkeys(t for t, _, _ in slots))
         self._memo: tuple[object, Provisional] | None = None
 
@@ -422,12 +424,12 @@ class _Plan:
         memo = self._memo
         if memo is not None and memo[0] == key:
             return memo[1]
-        hide = set(self.hide)
+        chosen = list(self.fixed)
         for table, pos, tok in self.slots:
             order = orders.get(table) if orders else None
             if order is None or pos >= len(order) or order[pos]:
-                hide.add(tok)
-        result = Provisional(_result(self.sql, self.toks, hide))
+                chosen.append(tok)
+        result = Provisional(_result(self.sql, chosen))
         self._memo = (key, result)
         return result
 
@@ -495,11 +497,11 @@ def _hide_all(sql: str, toks: list[tuple[int, int, int]]) -> tuple[str, Hidden]:
     return _apply(sql, [(s, e) for k, s, e in toks if k in (STRING, NUMBER)]), ALL_PARAMS
 
 
-def _result(sql: str, toks: list[tuple[int, int, int]], hide: set[int]) -> tuple[str, Hidden]:
+def _result(sql: str, hidden: list[tuple[int, int, int]]) -> tuple[str, Hidden]:
+    """The text with these value tokens masked, and the parameters among them."""
     spans = []
     params: set[int] = set()
-    for i in sorted(hide):
-        kind, start, end = toks[i]
+    for kind, start, end in sorted(hidden, key=_start):
         if kind == PARAM:
             digits = sql[start + 1 : end]
             if digits.isdigit():
@@ -507,6 +509,10 @@ def _result(sql: str, toks: list[tuple[int, int, int]], hide: set[int]) -> tuple
         else:
             spans.append((start, end))
     return _apply(sql, spans), (frozenset(params) if params else None)
+
+
+def _start(tok: tuple[int, int, int]) -> int:
+    return tok[1]
 
 
 def _apply(sql: str, spans: list[tuple[int, int]]) -> str:

@@ -213,6 +213,19 @@ def test_a_learned_column_order_hides_by_position(red: Redactor) -> None:
     assert red("INSERT INTO audit VALUES (1, 'login')", orders=orders)[0] == "INSERT INTO audit VALUES (1, 'login')"
 
 
+def test_plans_of_texts_that_recur_are_cached_and_follow_the_orders(red: Redactor) -> None:
+    red(ISSUE)  # a simple Query's literals: not kept
+    assert ISSUE not in red._cache
+    sql = "INSERT INTO users VALUES ($1, $2, $3)"
+    assert red(sql, True)[1] == frozenset({0, 1, 2}) and sql in red._cache
+    orders: Orders = {"users": (False, True, False)}
+    assert red(sql, True, orders)[1] == frozenset({1})
+    assert red(sql, True)[1] == frozenset({0, 1, 2})  # another session: its own orders
+    for i in range(200):
+        red(f"INSERT INTO users VALUES ($1, $2, {i})", True)
+    assert len(red._cache) <= 64
+
+
 @pytest.mark.parametrize(("sql", "table"), [
     ("SELECT * FROM users", "users"),
     ("select *\nfrom Public.\"Users\"\norder by 1 limit 5;", 'public.Users'),
