@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -95,6 +96,16 @@ class ProxySettings(Served):
     def _upstream(cls, value: str) -> str:
         """HOST:PORT, or a Unix socket: its file or the directory holding .s.PGSQL.5432."""
         return value if value.startswith("/") else hostport(value, "127.0.0.1:5432")
+
+    @field_validator("redact_columns")
+    @classmethod
+    def _redact_columns(cls, value: str) -> str:
+        # Checked here, so a typo stops start-up with its setting's name instead of every session's capture.
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"is not a valid regular expression ({exc})") from None
+        return value
 
     @field_validator("metrics")
     @classmethod

@@ -63,6 +63,14 @@ def test_bad_environment_value_names_the_variable() -> None:
         load("proxy", environ={"FASTERDATA_MAX_CLIENT_CONN": "lots"})
 
 
+def test_a_redact_columns_regex_that_does_not_compile_stops_start_up() -> None:
+    """Caught with the settings, not later as every session's capture failing on re.error."""
+    with pytest.raises(ConfigError) as caught:
+        load("proxy", environ={"FASTERDATA_REDACT_COLUMNS": "pass("})
+    (problem,) = caught.value.problems
+    assert problem.startswith("FASTERDATA_REDACT_COLUMNS: is not a valid regular expression")
+
+
 def test_bad_port_is_said_once_on_one_line() -> None:
     """`--listen 127.0.0.1:99999` gets one line that names the setting and the value once each."""
     run = cli("proxy", "--listen", "127.0.0.1:99999")
