@@ -56,11 +56,12 @@ def _num(value: Any) -> str:
 class Writes:
     """Redis writes of one batch, in the op language of `ops.OPS`; aggregated where order does not matter."""
 
-    __slots__ = ("declared", "distincts", "expire_ats", "expires", "extremes", "incr", "nested", "noted", "nx",
-                 "ordered", "portable", "sadd", "touches", "undescribed", "zincr")
+    __slots__ = ("declared", "distincts", "expire_ats", "expires", "extremes", "fincr", "incr", "nested", "noted",
+                 "nx", "ordered", "portable", "sadd", "touches", "undescribed", "zincr")
 
     def __init__(self, portable: bool = False) -> None:
         self.incr: dict[tuple[str, str], int] = {}
+        self.fincr: dict[tuple[str, str], float] = {}  # HINCRBYFLOAT
         self.zincr: dict[tuple[str, str], float] = {}
         self.extremes: dict[tuple[str, str, str], Any] = {}  # (op, key, field) → value
         self.nx: dict[tuple[str, str], str] = {}
@@ -79,6 +80,15 @@ class Writes:
     def hincr(self, key: str, field: str, n: int) -> None:
         k = (key, field)
         self.incr[k] = self.incr.get(k, 0) + n
+
+    def hincrf(self, key: str, field: str, x: float) -> None:
+        """A float hash counter (HINCRBYFLOAT): sums that would overflow an integer, such as squares."""
+        k = (key, field)
+        self.fincr[k] = self.fincr.get(k, 0) + x
+
+    def add_op(self, op: Sequence[str]) -> None:
+        """One op of `ops.OPS` (its tail included), kept in order with its keys declared."""
+        self._keep(op)
 
     def zincr_(self, key: str, member: str, x: float) -> None:
         k = (key, member)
@@ -186,7 +196,7 @@ class Writes:
         return self._child(["IFAGE", hash_key, field, str(now), str(min_age)])
 
     def __bool__(self) -> bool:
-        return bool(self.incr or self.zincr or self.extremes or self.nx or self.sadd or self.distincts
+        return bool(self.incr or self.fincr or self.zincr or self.extremes or self.nx or self.sadd or self.distincts
                     or self.expires or self.expire_ats or self.touches or self.ordered)
 
     def key_names(self) -> set[str]:
@@ -195,6 +205,7 @@ class Writes:
         `ordered` were declared as they were kept, which costs less than walking them."""
         names = set(self.declared)
         names.update(k for k, _ in self.incr)
+        names.update(k for k, _ in self.fincr)
         names.update(k for k, _ in self.zincr)
         names.update(k for _, k, _ in self.extremes)
         names.update(k for k, _ in self.nx)
@@ -228,6 +239,9 @@ class Writes:
         for (key, field), n in self.incr.items():
             if n:
                 out.extend(("H", key, field, str(n)))
+        for (key, field), x in self.fincr.items():
+            if x:
+                out.extend(("HF", key, field, repr(float(x))))
         for (key, member), x in self.zincr.items():
             if x:
                 out.extend(("Z", key, member, repr(x) if isinstance(x, float) else str(x)))

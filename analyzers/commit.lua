@@ -51,12 +51,16 @@ if (not cur) or tonumber(a[i+3]) > tonumber(cur) then redis.call('HSET', a[i+1],
 --- op MIN
 local cur = redis.call('HGET', a[i+1], a[i+2])
 if (not cur) or tonumber(a[i+3]) < tonumber(cur) then redis.call('HSET', a[i+1], a[i+2], a[i+3]) end
+--- op HF
+redis.call('HINCRBYFLOAT', a[i+1], a[i+2], a[i+3])
 --- op NX
 redis.call('HSETNX', a[i+1], a[i+2], a[i+3])
 --- op HS
 redis.call('HSET', a[i+1], a[i+2], a[i+3])
 --- op S
 redis.call('SADD', a[i+1], a[i+2])
+--- op ZGT
+redis.call('ZADD', a[i+1], 'GT', a[i+3], a[i+2])
 --- op D
 redis.call('SADD', a[i+1], a[i+4])
 redis.call('HSET', a[i+2], a[i+3], redis.call('SCARD', a[i+1]))
@@ -82,6 +86,13 @@ for k = j, j + n - 1 do redis.call('ZADD', a[i+6], 'GT', a[k + n], a[i+2] .. '|'
 if added > 0 and redis.call('EXISTS', a[i+4]) == 0 then undescribed[#undescribed + 1] = a[i+2] end
 --- op X
 redis.call('XADD', a[i+1], 'MAXLEN', '~', a[i+2], '*', unpack(a, j, last))
+--- op ZKEEP
+for k = j, last, 2 do redis.call('ZADD', a[i+1], a[k], a[k+1]) end
+redis.call('ZREMRANGEBYRANK', a[i+1], 0, -(tonumber(a[i+2]) + 1))
+--- op LKEEP
+redis.call('LPUSH', a[i+1], unpack(a, j, last))
+redis.call('LTRIM', a[i+1], 0, tonumber(a[i+2]) - 1)
+redis.call('ZADD', a[i+3], 'GT', a[i+5], a[i+4])
 --- op B
 local key, ts, sid, txid, app, fp, comment = a[i+1], a[i+3], a[i+4], a[i+5], a[i+6], a[i+7], a[i+8]
 caps[key] = a[i+2]

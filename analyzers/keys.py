@@ -84,6 +84,42 @@ class Keys:
         """Set of `<db>|<app>`: the stats:q members of one fingerprint, so an eviction finds them all."""
         return f"{self.p}:stats:members{self.t}:{fp}"
 
+    # drill-down (per fingerprint, removed with it by the drill sweep: drilldown.py)
+    def stats_users(self, fp: str) -> str:
+        """Hash: `<what>:<db>|<app>|<user>` → calls, total_us, rows, errors, max_us of one fingerprint per user."""
+        return f"{self.p}:stats:u{self.t}:{fp}"
+
+    def samples_slow(self, fp: str) -> str:
+        """Sorted set: the slowest executions of a fingerprint (JSON), by duration in µs."""
+        return f"{self.p}:samples:slow{self.t}:{fp}"
+
+    def samples_recent(self, fp: str) -> str:
+        """List: the most recent executions of a fingerprint (JSON), newest first."""
+        return f"{self.p}:samples:recent{self.t}:{fp}"
+
+    @property
+    def drill_index(self) -> str:
+        """Sorted set fp → epoch second of its newest drill-down write: what the drill sweep looks at."""
+        return f"{self.p}:samples:fps{self.t}"
+
+    def plan(self, fp: str) -> str:
+        """Hash: the EXPLAIN of a fingerprint's sample (status, plan JSON, sql, params, at …): plans.py."""
+        return f"{self.p}:plan{self.t}:{fp}"
+
+    # transaction shapes (txshapes.py)
+    def txshape(self, shape: str) -> str:
+        """Hash: app, fps, count, total_us, max_us, stmts, rolled_back, last_ts of one transaction shape."""
+        return f"{self.p}:txshape{self.t}:{shape}"
+
+    @property
+    def txshapes(self) -> str:
+        """Sorted set shape → epoch second it was last seen (the shape cap evicts the oldest)."""
+        return f"{self.p}:txshapes{self.t}"
+
+    def txshapes_of(self, fp: str) -> str:
+        """Set: the shapes a fingerprint appears in."""
+        return f"{self.p}:txshapes:fp{self.t}:{fp}"
+
     # business aggregates
     def biz(self, rule: str, day: str) -> str:
         return f"{self.p}:biz{self.t}:{rule}:{day}"
@@ -96,6 +132,15 @@ class Keys:
 
     def biz_days(self, rule: str) -> str:
         return f"{self.p}:biz{self.t}:{rule}:days"
+
+    def biz_labels(self, rule: str) -> str:
+        """Set of `name=value` label values a rule has seen (a new one is a new category: categories.py)."""
+        return f"{self.p}:biz:labels{self.t}:{rule}"
+
+    @property
+    def biz_labels_since(self) -> str:
+        """Hash rule → epoch second its label values were first learnt."""
+        return f"{self.p}:biz:labels:since{self.t}"
 
     @property
     def biz_rules(self) -> str:

@@ -58,9 +58,11 @@ OPS: tuple[Op, ...] = (
     Op("Z", ("key", "member", "by"), ("key",)),  # ZINCRBY
     Op("MAX", ("key", "field", "value"), ("key",)),  # HSET if higher (or absent)
     Op("MIN", ("key", "field", "value"), ("key",)),  # HSET if lower (or absent)
+    Op("HF", ("key", "field", "by"), ("key",)),  # HINCRBYFLOAT
     Op("NX", ("key", "field", "value"), ("key",)),  # HSETNX
     Op("HS", ("key", "field", "value"), ("key",)),  # HSET
     Op("S", ("key", "member"), ("key",)),  # SADD
+    Op("ZGT", ("key", "member", "score"), ("key",)),  # ZADD GT: a member's newest time
     Op("D", ("set", "hash", "field", "member"), ("set", "hash")),  # SADD, then the set's size into the hash
     Op("DS", ("set", "hash", "field", "n"), ("set", "hash"), count="n"),  # D of n members
     Op("E", ("key", "seconds"), ("key",)),  # EXPIRE
@@ -69,6 +71,10 @@ OPS: tuple[Op, ...] = (
     Op("L", ("last", "fp", "ts", "description", "members", "entries", "n"),
        ("last", "description", "members", "entries"), count="n", per=2),
     Op("X", ("stream", "maxlen", "n"), ("stream",), count="n"),  # XADD of n strings (field, value, …)
+    # n × (score, member) into a sorted set that keeps only its `keep` highest scores (the slowest samples)
+    Op("ZKEEP", ("key", "keep", "n"), ("key",), count="n", per=2),
+    # n members pushed to the head of a list that keeps its `keep` newest; `index` scores `member` `at` (ZADD GT)
+    Op("LKEEP", ("key", "keep", "index", "member", "at", "n"), ("key", "index"), count="n"),
     # a statement's business events, the shared fields once: n × (rule, value, labels, count, rows_only)
     Op("B", ("stream", "maxlen", "ts", "sid", "txid", "app", "fp", "comment", "n"), ("stream",), count="n",
        per=5),

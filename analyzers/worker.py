@@ -36,18 +36,24 @@ from .anomaly import Evaluator, describe_series
 from .atomic import Committer, Writes, claim_floor
 from .business import Match
 from .business_metrics import DayValues, WorkerTallies
+from .categories import Categories
+from .drilldown import DrillSweeper
+from .findings import Alerter
 from .fingerprint import Normalized, Normalizer
 from .keys import Keys, shard_keys
 from .metrics import WorkerCollector, WorkerCounters
+from .plans import PlanCollector, Planner
 from .redisconn import clustered, connect, require_shards
 from .retention import Sweeper
 from .rules import RulesError, RulesFile
 from .rules import load as load_rules
 from .ruleset import Plan, RuleSet
+from .samples import Item, Samples
 from .security import Security
 from .shape import Shape, ShapeCache
-from .stats import BatchStats, StatsCollector
+from .stats import BatchStats, StatsCollector, UserCap
 from .streams import StreamSet
+from .txshapes import Transactions
 from .upkeep import GroupUpkeep
 
 log = logging.getLogger("fasterdata.analyze")
@@ -92,8 +98,9 @@ class Shard:
 class Batch:
     """What one batch produced, kept apart until its commit succeeds."""
 
-    __slots__ = ("anomaly", "bad", "failed", "findings", "keys", "matches", "new_fps", "new_pairs", "rows_only",
-                 "statements", "stats", "trimmed", "unparsed", "writes")
+    __slots__ = ("anomaly", "bad", "entry_id", "failed", "findings", "keys", "matches", "new_fps", "new_labels",
+                 "new_pairs", "rows_only", "samples", "shapes", "slow_sent", "statements", "stats", "trimmed",
+                 "unparsed", "writes")
 
     def __init__(self, keys: Keys) -> None:
         self.keys = keys  # the shard's: every key this batch writes
@@ -104,6 +111,11 @@ class Batch:
         self.matches: list[Match] = []
         self.new_fps: dict[str, tuple[Normalized, Shape]] = {}
         self.new_pairs: set[tuple[str, str]] = set()
+        self.new_labels: set[tuple[str, str]] = set()  # (rule, labels or one label) proposed as new categories
+        self.samples: dict[str, list[Item]] = {}  # fp → its statements' (dur_us, entry id, event)
+        self.slow_sent: dict[str, list[Item]] = {}  # fp → the slow samples its commit writes
+        self.shapes: dict[str, list[Any]] = {}  # transaction shape → its aggregate in this batch
+        self.entry_id = ""  # the stream entry being analysed
         self.rows_only: dict[str, int] = {}
         self.unparsed = 0
         self.bad = 0
@@ -143,7 +155,18 @@ class Worker:
                                settings.stats_max_entries)
         self.counters = WorkerCounters()
         self.upkeep = GroupUpkeep(self.redis, self.shards, self.group, self.consumer, self.keys, self.counters)
-        self.stats = StatsCollector(settings.top_k, settings.top_apps)
+        self.stats = StatsCollector(settings.top_k, settings.top_apps, top_users=settings.top_users)
+        self.user_cap = UserCap(settings.stats_max_users)
+        self.samples = Samples(settings.samples)
+        policy = rules.security
+        self.transactions = Transactions(Alerter(settings.alerts_maxlen, policy.dedup_seconds), settings.txn_shapes,
+                                         settings.n_plus_one, settings.n_plus_one_window)
+        self.categories = Categories(Alerter(settings.alerts_maxlen, policy.dedup_seconds),
+                                     settings.new_category_learn_seconds, settings.new_categories)
+        self.drill = DrillSweeper(self.redis, all_keys, settings.txn_shapes_max, settings.stats_retention_days)
+        self.planner = Planner(self.redis, settings.explain_dsn, settings.explain_min_ms, settings.explain_per_minute,
+                               settings.explain_timeout_ms, settings.explain_regress, settings.explain_analyze) \
+            if settings.explain_dsn else None
         self.business_days = DayValues(self.redis, all_keys, rules.rules)
         self.business_tallies = WorkerTallies(rules.rules)
         self.known_fps: set[str] = set()
@@ -175,7 +198,8 @@ class Worker:
 
     def collectors(self) -> list[Collector]:
         """What this worker puts on /metrics."""
-        return [WorkerCollector(self.counters, self.consumer), self.stats, self.business_days, self.business_tallies]
+        return [WorkerCollector(self.counters, self.consumer), self.stats, self.business_days, self.business_tallies,
+                PlanCollector(self.planner)]
 
     def setup(self) -> None:
         """Create the group (and stream) on every shard if absent; publish rule descriptions for readers."""
@@ -238,6 +262,8 @@ class Worker:
         if self._pool is not None:
             self._pool.shutdown()
         self._reader.shutdown()
+        if self.planner is not None:
+            self.planner.close()
         for shard in self.shards:
             shard.committer.close()
 
@@ -365,6 +391,7 @@ class Worker:
                 log.debug("bad entry %s: %s", entry_id, exc)
                 continue
             batch.statements += len(evs)
+            batch.entry_id = entry_id
             for ev in evs:
                 try:
                     add_event(batch, ev)
@@ -443,8 +470,17 @@ class Worker:
         rows = int(get("rows") or 0)
         err = get("err", "")
         app = get("app", "")
-        batch.stats.add(fp, get("db", ""), app, int(get("dur_us") or 0), rows, err, ts)
+        dur = int(get("dur_us") or 0)
+        batch.stats.add(fp, get("db", ""), app, dur, rows, err, ts, get("user", ""))
+        smp = batch.samples.get(fp)
+        if smp is None:
+            batch.samples[fp] = [(dur, batch.entry_id, ev)]
+        else:
+            smp.append((dur, batch.entry_id, ev))
         shape = plan.shape
+        txn = get("txn", "autocommit")
+        if self.transactions.on:
+            self.transactions.add(batch, ev, fp, shape.op, norm.text, dur, ts, txn, app)
         if fp not in self.known_fps and fp not in batch.new_fps:
             self.describe_fp(batch, norm, shape, ts)
         window = ts // ruleset.window_us
@@ -459,7 +495,6 @@ class Worker:
         rules = plan.rules
         if err or not rules:
             return
-        txn = get("txn", "autocommit")
         if txn in event.COUNTED:
             w = batch.writes
         elif txn == "open":
@@ -478,6 +513,8 @@ class Worker:
                 batch.rows_only[m.rule.name] = batch.rows_only.get(m.rule.name, 0) + m.count
         if txn != "open":
             batch.matches.extend(matches)
+            if self.categories.on:
+                self.categories.add(batch, matches, ev, fp, ts)
             for m in matches if ts else ():
                 key = (window, "biz:" + m.rule.name)
                 anomaly[key] = anomaly.get(key, 0) + 1
@@ -490,6 +527,8 @@ class Worker:
             raise event.BadEvent("txn_end needs sid, txid and txn")
         batch.writes.txn_end(batch.keys.txn_outcome(sid, txid), batch.keys.txn_parked(sid, txid), outcome,
                              self.settings.txn_ttl, ev.get("undone", ""))
+        if self.transactions.on:
+            self.transactions.end_marker(batch, sid, txid, outcome)
 
     def describe_fp(self, batch: Batch, norm: Normalized, shape: Shape, ts: int) -> None:
         """First sight of a fingerprint in this process: store its text (HSETNX: first writer wins)."""
@@ -507,7 +546,9 @@ class Worker:
         return self.ruleset.plan(norm.fp, self.shapes.get(norm.fp, norm.text))
 
     def write_stats(self, batch: Batch) -> None:
-        batch.stats.write(batch.writes, batch.keys)
+        batch.stats.write(batch.writes, batch.keys, self.user_cap)
+        batch.slow_sent = self.samples.write(batch.writes, batch.keys, batch.samples, int(time.time()))
+        self.transactions.write(batch)
         self.ruleset.anomaly.write(batch.writes, batch.anomaly, batch.keys)
         if batch.unparsed:
             batch.writes.hincr(batch.keys.stats_totals, "unparsed", batch.unparsed)
@@ -517,6 +558,11 @@ class Worker:
     def committed(self, batch: Batch, n: int) -> None:
         """The batch is in Redis: now (and only now) update this process's metrics and caches."""
         self.stats.merge(batch.stats)
+        self.samples.committed(batch.slow_sent)
+        self.transactions.committed(batch)
+        self.categories.committed(batch)
+        if self.planner is not None:
+            self.offer_plans(batch)
         for fp, (norm, shape) in batch.new_fps.items():
             self.known_fps.add(fp)
             self.stats.describe_fp(fp, shape.op, norm.text)
@@ -549,6 +595,19 @@ class Worker:
                 c.findings[key] = c.findings.get(key, 0) + 1
             for rule, rows in batch.rows_only.items():
                 c.rows_only[rule] = c.rows_only.get(rule, 0) + rows
+
+    def offer_plans(self, batch: Batch) -> None:
+        """Each fingerprint's slowest sample of the batch, to the planner (which decides, off the loop)."""
+        plans = self.ruleset.plans
+        planner = self.planner
+        assert planner is not None
+        for fp, items in batch.samples.items():
+            slowest = max(items, key=lambda x: x[0])
+            if slowest[0] < planner.min_us:
+                continue
+            plan = plans.get(fp)
+            op = plan.shape.op if plan is not None else ""
+            planner.offer(batch.keys, fp, op, slowest[0], (slowest[1], slowest[2]))
 
     def count_trimmed(self, n: int) -> None:
         """Count and say delivered entries that the stream cap removed before they were analysed."""
@@ -591,6 +650,9 @@ class Worker:
         """Apply the performance summary's cap and the business days' retention (retention.py); what this
         worker evicted leaves its own memos too, so a fingerprint that comes back is described again."""
         evicted, days = self.sweeper.run()
+        drilled, shapes = self.drill.run()
+        self.samples.forget(set(drilled))
+        self.transactions.forget(set(shapes))
         self.ruleset.business.forget_expired(time.time())
         if evicted:
             gone = set(evicted)

@@ -37,6 +37,36 @@ class AnalyzerSettings(Served):
                        "the rest are summed as fingerprint=\"other\"")
     top_apps: int = Field(20, ge=1, le=10000, description="Applications with their own Prometheus series; "
                           "the rest are summed as app=\"other\" (some set application_name per process)")
+    top_users: int = Field(20, ge=1, le=10000, description="Users (roles) with their own Prometheus series; "
+                           "the rest are summed as user=\"other\"")
+    stats_max_users: int = Field(100, ge=1, le=100000, description="Users a fingerprint keeps rows of its own for "
+                                 "in Redis (stats:u), per worker; the rest are summed as user \"other\"")
+    samples: int = Field(5, ge=0, le=100, description="Per fingerprint, the slowest and the most recent this many "
+                         "executions are kept with their SQL and (redacted) parameters (0: none)")
+    txn_shapes: bool = Field(True, description="Fold each transaction's fingerprints into a shape, per "
+                             "application: counts, latency, rollback rate, statements per transaction")
+    txn_shapes_max: int = Field(2000, ge=10, description="Transaction shapes kept in each shard, least recently "
+                                "seen evicted first")
+    n_plus_one: int = Field(20, ge=0, description="A fingerprint executed this many times with different "
+                            "parameters in one transaction (or one session within n_plus_one_window) is an N+1 "
+                            "finding (0: off)")
+    n_plus_one_window: float = Field(1.0, gt=0, le=3600, description="Seconds within which one session's "
+                                     "statements outside a transaction count as one N+1 burst")
+    new_categories: bool = Field(True, description="Alert when a business rule's label takes a value never "
+                                 "seen before (after the rule's first new_category_learn_seconds)")
+    new_category_learn_seconds: float = Field(600.0, ge=0, description="Seconds a rule's label values are only "
+                                              "learnt, from its first value on, before a new one alerts")
+    explain_dsn: str | None = Field(None, description="PostgreSQL DSN of a side connection (meant for a read-only "
+                                    "role) that EXPLAINs slow SELECTs' samples with their parameters; unset: no plans")
+    explain_min_ms: float = Field(100.0, ge=0, description="A fingerprint is explained once one of its samples "
+                                  "took this long (milliseconds)")
+    explain_per_minute: int = Field(6, ge=1, le=600, description="EXPLAINs the side connection runs a minute "
+                                    "at most")
+    explain_timeout_ms: int = Field(2000, ge=10, description="statement_timeout of the side connection")
+    explain_regress: float = Field(2.0, ge=1.0, description="A fingerprint is explained again when its slowest "
+                                   "recent sample is this many times slower than the one explained")
+    explain_analyze: bool = Field(False, description="EXPLAIN ANALYZE (runs the SELECT, in a read-only "
+                                  "transaction); off: plans are estimated, nothing is executed")
     cache_size: int = Field(20000, ge=100, description="Distinct statement texts kept normalised in memory")
     business_retention_days: int = Field(400, ge=0, description="Days a business aggregate is kept after its "
                                          "day ends (per-day keys expire then, the day leaves the index; 0: "

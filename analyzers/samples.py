@@ -1,0 +1,98 @@
+"""Per fingerprint, real executions to look at: the slowest N and the most recent N, with their SQL and bound
+parameters exactly as the proxy captured them (redacted there; nothing here undoes it).
+
+A batch keeps, per fingerprint, a reference to each statement's event (hot path: one list append); at
+write time it picks the batch's slowest and newest few and writes them with the batch's commit: `ZKEEP`
+adds the slow ones to `samples:slow:<fp>`, which keeps its N highest durations, `LKEEP` pushes the recent
+ones onto `samples:recent:<fp>`, which keeps its N newest, and stamps the fingerprint in `samples:fps`
+(what the drill sweep, drilldown.py, removes with the fingerprint). Slow candidates no slower than the
+N-th slowest this worker has already written are not sent.
+
+A sample is JSON: id (the stream entry), ts, dur_us, rows, err, errmsg, sql, params and ptypes (the event's
+JSON arrays, as text), app, user, db, client, sid, txid, proto.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from operator import itemgetter
+from typing import Any
+
+from .atomic import Writes
+from .keys import Keys
+
+Item = tuple[int, str, dict[str, str]]  # (dur_us, stream entry id, event)
+_FIELDS = ("ts", "rows", "err", "errmsg", "sql", "params", "ptypes", "app", "user", "db", "client", "sid", "txid",
+           "proto")
+_DUR = itemgetter(0)
+
+
+def sample_json(item: Item) -> str:
+    dur, entry_id, ev = item
+    out: dict[str, Any] = {"id": entry_id, "dur_us": dur}
+    get = ev.get
+    for f in _FIELDS:
+        v = get(f)
+        if v is not None:
+            out[f] = v
+    return json.dumps(out, separators=(",", ":"))
+
+
+class Samples:
+    """Chooses and writes a batch's samples; remembers per fingerprint the slowest durations it wrote."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.slowest: dict[str, list[int]] = {}  # fp → the n largest durations written (a min-heap)
+
+    def floor(self, fp: str) -> int:
+        """Durations at or below this would not enter the fingerprint's slowest n (-1: any would)."""
+        top = self.slowest.get(fp)
+        return top[0] if top is not None and len(top) >= self.n else -1
+
+    def choose(self, items: list[Item]) -> tuple[list[Item], list[Item]]:
+        """(slow candidates, slowest first; the recent ones, oldest first) of one fingerprint's batch items."""
+        n = self.n
+        slow = heapq.nlargest(n, items, key=_DUR) if len(items) > n else sorted(items, key=_DUR, reverse=True)
+        return slow, items[-n:]
+
+    def write(self, writes: Writes, keys: Keys, per_fp: dict[str, list[Item]], now_s: int) -> dict[str, list[Item]]:
+        """Add the batch's samples to its writes; returns fp → the slow samples sent (for `committed`)."""
+        sent: dict[str, list[Item]] = {}
+        if not self.n:
+            return sent
+        keep = str(self.n)
+        index = keys.drill_index
+        for fp, items in per_fp.items():
+            slow, recent = self.choose(items)
+            floor = self.floor(fp)
+            slow = [x for x in slow if x[0] > floor]
+            if slow:
+                op = ["ZKEEP", keys.samples_slow(fp), keep, str(len(slow))]
+                for item in slow:
+                    op.append(str(item[0]))
+                    op.append(sample_json(item))
+                writes.add_op(op)
+                sent[fp] = slow
+            writes.add_op(["LKEEP", keys.samples_recent(fp), keep, index, fp, str(now_s), str(len(recent)),
+                           *map(sample_json, recent)])
+        return sent
+
+    def committed(self, sent: dict[str, list[Item]]) -> None:
+        """The slow samples are in Redis: raise the floors."""
+        n = self.n
+        if len(self.slowest) > 100_000:
+            self.slowest.clear()
+        for fp, items in sent.items():
+            top = self.slowest.setdefault(fp, [])
+            for dur, _, _ in items:
+                if len(top) < n:
+                    heapq.heappush(top, dur)
+                elif dur > top[0]:
+                    heapq.heapreplace(top, dur)
+
+    def forget(self, fps: set[str]) -> None:
+        """Fingerprints whose samples were removed: any duration may enter again."""
+        for fp in fps:
+            self.slowest.pop(fp, None)
