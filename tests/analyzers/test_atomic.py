@@ -41,6 +41,10 @@ def examples(k: str) -> dict[str, list[str]]:
         "GN": ["GN", f"{k}:outcome:gn", f"{k}:parked:gn", "100", "3", "4", "HS", f"{k}:gn", "f", "v"],
         "C": ["C", f"{k}:outcome:gn", f"{k}:parked:gn", "committed", "100"],
         "N": ["N", "said"],
+        "HF": ["HF", f"{k}:hf", "sq", "2.5"],
+        "ZGT": ["ZGT", f"{k}:zgt", "m", "7"],
+        "ZKEEP": ["ZKEEP", f"{k}:slow", "2", "3", "5", "a", "9", "b", "1", "c"],
+        "LKEEP": ["LKEEP", f"{k}:recent", "2", f"{k}:fps", "fp1", "30", "3", "x", "y", "z"],
     }
 
 
