@@ -51,7 +51,6 @@ from .sqllex import COMMENT, IDENT, NUM, OP, OPEN, PARAM, PUNCT, STR, WORD, Toke
 _CACHE = 20000  # analyses kept per cache before it starts again
 _APPS = 1000  # applications whose shapes are learnt
 _PENDING = 20000  # shapes in learning per application
-_COMPLICATED = ("--", "/*", '"', "$", "\\", "''", ";")
 
 _BEFORE = frozenset({"where", "and", "or", "not", "on", "having", "when", "then", "else", "by", "select", "(", ",",
                      "return"})
@@ -459,6 +458,7 @@ class AppShapes:
     by_head: dict[tuple[str, ...], list[tuple[str, list[str]]]] = field(default_factory=dict)
     pending: dict[str, _Pending] = field(default_factory=dict)
     reads_catalog: bool = False
+    unbroken: dict[str, int] = field(default_factory=dict)  # fp → learnt shapes it was compared with, no match
 
 
 _HEAD = 3  # shapes are compared with the learnt ones that start with the same tokens
@@ -511,7 +511,9 @@ class Injection:
         a = self.by_text.get(sql)
         if a is not None:
             return a
-        plain = not any(c in sql for c in _COMPLICATED)
+        # a text with none of these tokenises like every other text of its fingerprint (str `in`: C speed)
+        plain = not ("''" in sql or "--" in sql or "/*" in sql or '"' in sql or "$" in sql
+                     or "\\" in sql or ";" in sql)
         if plain:
             a = self.by_fp.get(fp)
             if a is not None:
@@ -538,11 +540,18 @@ class Injection:
         if fp in state.learnt:
             return hits
         exact: Analysis | None = None
-        if state.by_head:
-            exact = a if a.source == sql else self._exact(sql)
-            broke = self._broken_shape(exact, state)
+        if state.by_head and (a.trailing_comment or state.unbroken.get(fp) != len(state.learnt)):
+            # a text of the same tokens decides whether a learnt shape is broken; offsets come from this one
+            broke = self._broken_shape(a, state)
+            if broke is not None and a.source != sql:
+                exact = self._exact(sql)
+                broke = self._broken_shape(exact, state)
             if broke is not None:
                 hits = [*hits, broke]
+            elif not a.trailing_comment:  # the same tokens give the same answer (a comment may cut short)
+                if len(state.unbroken) >= _PENDING:
+                    state.unbroken.clear()
+                state.unbroken[fp] = len(state.learnt)
         if a.catalog >= 0 and state.learnt and not state.reads_catalog:
             exact = exact or (a if a.source == sql else self._exact(sql))
             off = exact.catalog
