@@ -526,8 +526,9 @@ class Injection:
         cache[fp if plain else sql] = a
         return a
 
-    def inspect(self, sql: str, fp: str, app: str, sid: str) -> list[Hit]:
-        """The statement's hits; learns its shape for `app` when nothing fired."""
+    def inspect(self, sql: str, fp: str, app: str, sid: str, tainted: bool = False) -> list[Hit]:
+        """The statement's hits; learns its shape for `app` when nothing fired (tainted: something the caller
+        found, a stacked statement, fired)."""
         a = self.analysis(sql, fp)
         state = self.apps.get(app)
         if state is None:
@@ -537,7 +538,7 @@ class Injection:
         hits: list[Hit] = []
         if a.hits:
             hits = a.hits if a.source == sql else self._exact(sql).hits
-        if fp in state.learnt:
+        if fp in state.learnt:  # stays learnt: an attacker replaying a shape must not erase it
             return hits
         exact: Analysis | None = None
         if state.by_head and (a.trailing_comment or state.unbroken.get(fp) != len(state.learnt)):
@@ -557,7 +558,7 @@ class Injection:
             off = exact.catalog
             hits = [*hits, Hit("sqli_catalog", off, _fragment(sql, off, off + 60),
                                "a catalog read by an application that never reads the catalogs")]
-        self._learn(state, fp, sid, a, bool(hits))
+        self._learn(state, fp, sid, a, tainted or bool(hits))
         return hits
 
     def _exact(self, sql: str) -> Analysis:

@@ -168,13 +168,14 @@ class Security:
                 # a later statement of one multi-statement Query (the proxy's `part` says i/n)
                 prev = self.last_simple.get(sid)
                 if prev is not None and ev.get("part", "1/").partition("/")[0] not in ("1", ""):
-                    finding = checks.stacked(prev.text, norm, shape) or self._stacked_on_learnt(prev, norm, app)
+                    finding = checks.stacked(prev.text, norm, shape) \
+                        or self._stacked_on_learnt(prev, norm, app, sid, ev.get("client", ""))
                     if finding:
                         findings = [finding]
                 if len(self.last_simple) > _MEMO:
                     self.last_simple.clear()
                 self.last_simple[sid] = norm
-            hits = self.injection.inspect(sql, norm.fp, app, sid)
+            hits = self.injection.inspect(sql, norm.fp, app, sid, tainted=findings is not None)
             if hits:
                 findings = (findings or []) + [self._injection_finding(h, ev, app, sid) for h in hits]
         if plan.checked:
@@ -196,14 +197,16 @@ class Security:
             for f in findings:
                 self.alert(batch.writes, batch, f, ev, norm, ts)
 
-    def _stacked_on_learnt(self, prev: Normalized, norm: Normalized, app: str) -> Finding | None:
+    def _stacked_on_learnt(self, prev: Normalized, norm: Normalized, app: str, sid: str,
+                           client: str) -> Finding | None:
         """A statement the application never sent, appended in one Query to a shape it has learnt."""
         learnt = self.injection.apps.get(app)
         if learnt is None or prev.fp not in learnt.learnt or norm.fp in learnt.learnt:
             return None
         return Finding("sqli_stacked", self.policy.injection.severity,
-                       f"a statement appended in the same Query to learnt shape {prev.fp} ({prev.text[:100]}): "
-                       f"{norm.text[:120]}", {"shape": prev.fp})
+                       f"a statement appended in the same Query to a learnt shape: {norm.text[:120]!r}; "
+                       f"application {app!r}, session {sid or '?'}, client {client or '?'}; breaks learnt shape "
+                       f"{prev.fp} ({prev.text[:100]})", {"offset": "0", "fragment": norm.text[:160], "shape": prev.fp})
 
     def _injection_finding(self, hit: Hit, ev: dict[str, str], app: str, sid: str) -> Finding:
         shape_text = ""

@@ -311,3 +311,82 @@ def test_an_injected_text_prepared_by_the_driver_is_flagged_every_time(r: redis.
         assert proxy.stop() == 0, proxy.log()
         for key in r.scan_iter(f"{prefix}:*"):
             r.delete(key)
+
+
+class _Batch:
+    """What `Security` writes a statement's findings to (FindingBatch), without Redis."""
+
+    def __init__(self) -> None:
+        from fasterdata.analyzers.atomic import Writes
+        from fasterdata.analyzers.keys import Keys
+
+        self.writes = Writes()
+        self.keys = Keys("inj")
+        self.findings: list[tuple[str, str]] = []
+        self.new_pairs: set[tuple[str, str]] = set()
+
+
+def _feed(security, normalize: Normalizer, batch: _Batch, sql: str, sid: str, part: str = "",
+          proto: str = "simple") -> None:
+    from fasterdata.analyzers.shape import analyze
+
+    norm = normalize(sql)
+    shape = analyze(norm.text)
+    ev = {"sid": sid, "proto": proto, "app": "shop", "client": "10.1.2.3:5555", "user": "u", "db": "d"}
+    if part:
+        ev["part"] = part
+    security.inspect(batch, ev, sql, norm, shape, security.checks.for_shape(shape), 0, 1_700_000_000_000_000, "shop")
+
+
+def test_security_writes_the_note_and_the_fields_of_an_injection() -> None:
+    from fasterdata.analyzers.security import Checks, Security
+
+    policy = parse({"security": {"new_fingerprint": {"enabled": False}, "dedup_seconds": 0}}).security
+    security, normalize = Security(Checks(policy)), Normalizer(1000)
+    learning = _Batch()
+    for i in range(6):
+        _feed(security, normalize, learning, f"SELECT id, name FROM products WHERE id = {i}", f"s{i % 2}")
+    assert learning.findings == []
+    batch = _Batch()
+    sql = "SELECT id, name FROM products WHERE id = 1) AND 9913=9464-- x"
+    _feed(security, normalize, batch, sql, "s9")
+    rules = {rule for rule, _ in batch.findings}
+    assert {"sqli_shape", "sqli_tautology", "sqli_comment", "sqli_probe"} <= rules
+    shape = next(f for f in _alerts(batch) if f["rule"] == "sqli_shape")
+    assert shape["offset"] == str(sql.index("1) AND")) and shape["fragment"] == sql[sql.index("1) AND"):]
+    assert shape["shape"] == normalize("SELECT id, name FROM products WHERE id = 5").fp
+    assert "application 'shop', session s9, client 10.1.2.3:5555" in shape["evidence"]
+    assert "breaks learnt shape" in shape["evidence"]
+
+
+def test_a_statement_stacked_on_a_learnt_shape_is_found() -> None:
+    from fasterdata.analyzers.security import Checks, Security
+
+    policy = parse({"security": {"new_fingerprint": {"enabled": False}, "ddl_allowed_apps": ["shop"]}}).security
+    security, normalize = Security(Checks(policy)), Normalizer(1000)
+    learning = _Batch()
+    for i in range(6):
+        _feed(security, normalize, learning, f"SELECT id, name FROM products WHERE id = {i}", f"s{i % 2}")
+    batch = _Batch()
+    _feed(security, normalize, batch, "SELECT id, name FROM products WHERE id = 1", "s7", part="1/2")
+    _feed(security, normalize, batch, "SELECT name FROM users", "s7", part="2/2")
+    assert batch.findings == [("sqli_stacked", "high")]
+    twin = _Batch()  # the same two as separate Queries
+    _feed(security, normalize, twin, "SELECT id, name FROM products WHERE id = 1", "s7")
+    _feed(security, normalize, twin, "SELECT name FROM users", "s7")
+    assert twin.findings == []
+
+
+def _alerts(batch: _Batch) -> list[dict[str, str]]:
+    """The fields of the alerts a batch writes."""
+    from fasterdata.analyzers import ops
+
+    flat = batch.writes.args()
+    out = []
+    for i, op in ops.parse(flat):
+        tail = i + 1 + len(op.args)
+        end = tail + (int(flat[i + op.count_offset]) * op.per if op.count else 0)
+        args = flat[i + 1:end]
+        if op.code == "X" and args[0] == batch.keys.alerts:
+            out.append(dict(zip(args[3::2], args[4::2], strict=True)))
+    return out
