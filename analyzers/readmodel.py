@@ -226,100 +226,6 @@ def users_of(r: Any, ks: list[Keys], fp: str) -> list[dict[str, Any]]:
     return out
 
 
-class _Candidates:
-    """The entries that pass a view's filters, read once, ranked as many ways as asked."""
-
-    def __init__(self, r: Any, ks: list[Keys], db: str | None, app: str | None, user: str | None,
-                 fold: bool) -> None:
-        self.r, self.ks, self.user = r, ks, user
-        times = _scores(r, ks, "time")
-        calls = _scores(r, ks, "calls")
-        members = [m for m in times if (db is None or _split(m)[1] == db) and (app is None or _split(m)[2] == app)]
-        self.descriptions = describe(r, ks, {_split(m)[0] for m in members})
-        self.folded = {"calls": 0, "total_us": 0, "entries": 0}
-        if fold:
-            kept = []
-            for m in members:
-                op, text = self.descriptions.get(_split(m)[0], ("", ""))
-                if is_control(op, text):
-                    self.folded["calls"] += int(calls.get(m, 0))
-                    self.folded["total_us"] += int(times.get(m, 0))
-                    self.folded["entries"] += 1
-                else:
-                    kept.append(m)
-            members = kept
-        self.per_user: dict[str, dict[str, Any]] | None = None
-        if user is not None:
-            self.per_user = _user_rows(r, ks, sorted({_split(m)[0] for m in members}), user)
-            members = [m for m in members if m in self.per_user]
-            times = {m: float(self.per_user[m].get("total_us", 0)) for m in members}
-            calls = {m: float(self.per_user[m].get("calls", 0)) for m in members}
-        self.members, self.times, self.calls = members, times, calls
-        self._stats: list[dict[str, Any]] | None = None
-
-    def stats(self) -> list[dict[str, Any]]:
-        """Every candidate's merged stats:q, pipelined (read once, for the sorts the sorted sets cannot give)."""
-        if self._stats is None:
-            self._stats = _read_q(self.r, self.ks, self.members)
-        return self._stats
-
-    def ranked(self, sort: str) -> list[str]:
-        members, times, calls = list(self.members), self.times, self.calls
-        if sort == "time":
-            members.sort(key=lambda m: (-times.get(m, 0), m))
-        elif sort == "calls":
-            members.sort(key=lambda m: (-calls.get(m, 0), m))
-        elif sort == "mean":
-            members.sort(key=lambda m: (-(times.get(m, 0) / calls[m] if calls.get(m) else 0), m))
-        elif sort == "errors" and self.per_user is None:
-            errors = _scores(self.r, self.ks, "errors")
-            members = [m for m in members if errors.get(m, 0) > 0]
-            members.sort(key=lambda m: (-errors.get(m, 0), m))
-        else:  # rows, p99 (and errors per user): the counters of every candidate
-            per_user = self.per_user
-            stats = [per_user[m] for m in members] if per_user is not None and sort != "p99" else self.stats()
-            if sort == "p99":
-                keyed = [(figures(q)["p99_us"] or 0.0, m) for q, m in zip(stats, members, strict=True)]
-            else:
-                keyed = [(float(q.get(sort, 0)), m) for q, m in zip(stats, members, strict=True)]
-            if sort == "errors":
-                keyed = [x for x in keyed if x[0] > 0]
-            keyed.sort(key=lambda x: (-x[0], x[1]))
-            members = [m for _, m in keyed]
-        return members
-
-    def rows(self, chosen: list[str]) -> list[dict[str, Any]]:
-        out = []
-        for m, q in zip(chosen, _read_q(self.r, self.ks, chosen), strict=True):
-            if not q:
-                continue  # evicted between the two reads (retention.py)
-            fp, db_, app_ = _split(m)
-            row = {"fp": fp, "db": db_, "app": app_, "user": self.user, **figures(q)}
-            row.pop("histogram")
-            if self.per_user is not None:
-                mine = self.per_user[m]
-                c = int(mine.get("calls", 0))
-                row.update(calls=c, total_us=int(mine.get("total_us", 0)), rows=int(mine.get("rows", 0)),
-                           errors=int(mine.get("errors", 0)), max_us=int(mine.get("max_us", 0)),
-                           mean_us=round(int(mine.get("total_us", 0)) / c, 1) if c else 0.0, min_us=None,
-                           stddev_us=None)
-            op, text = self.descriptions.get(fp, ("", ""))
-            row["op"], row["text"] = op, text
-            out.append(row)
-        return out
-
-
-def top_statements_by(r: Any, ks: list[Keys], sorts: Sequence[str], limit: int = 20, db: str | None = None,
-                      app: str | None = None, user: str | None = None, fold: bool = True) -> dict[str, dict[str, Any]]:
-    """`top_statements` for several sorts at once (the reads shared): sort → its answer."""
-    for sort in sorts:
-        if sort not in SORTS:
-            raise ValueError(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
-    c = _Candidates(r, ks, db, app, user, fold)
-    return {sort: {"sort": sort, "rows": c.rows(c.ranked(sort)[:limit]), "matched": len(c.members),
-                   "folded": dict(c.folded)} for sort in sorts}
-
-
 def top_statements(r: Any, ks: list[Keys], sort: str = "time", limit: int = 20, db: str | None = None,
                    app: str | None = None, user: str | None = None, fold: bool = True) -> dict[str, Any]:
     """The top fingerprint × db × app entries by `sort` (SORTS), filtered by db/app/user (exact names).
@@ -329,7 +235,71 @@ def top_statements(r: Any, ks: list[Keys], sort: str = "time", limit: int = 20, 
     fp, db, app, user (the filter, else None), op, text, calls, total_us, mean_us, min_us, max_us, stddev_us,
     p50_us, p95_us, p99_us, rows, errors, by_state, last_ts. With a user filter the numbers are that user's
     (per-user rows carry no histogram: their percentiles are the entry's)."""
-    return top_statements_by(r, ks, [sort], limit, db, app, user, fold)[sort]
+    if sort not in SORTS:
+        raise ValueError(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
+    times = _scores(r, ks, "time")
+    calls = _scores(r, ks, "calls")
+    members = [m for m in times if (db is None or _split(m)[1] == db) and (app is None or _split(m)[2] == app)]
+    descriptions = describe(r, ks, {_split(m)[0] for m in members})
+    folded = {"calls": 0, "total_us": 0, "entries": 0}
+    if fold:
+        kept = []
+        for m in members:
+            op, text = descriptions.get(_split(m)[0], ("", ""))
+            if is_control(op, text):
+                folded["calls"] += int(calls.get(m, 0))
+                folded["total_us"] += int(times.get(m, 0))
+                folded["entries"] += 1
+            else:
+                kept.append(m)
+        members = kept
+    per_user: dict[str, dict[str, Any]] | None = None
+    if user is not None:
+        per_user = _user_rows(r, ks, sorted({_split(m)[0] for m in members}), user)
+        members = [m for m in members if m in per_user]
+        times = {m: float(per_user[m].get("total_us", 0)) for m in members}
+        calls = {m: float(per_user[m].get("calls", 0)) for m in members}
+    matched = len(members)
+    if sort == "time":
+        members.sort(key=lambda m: (-times.get(m, 0), m))
+    elif sort == "calls":
+        members.sort(key=lambda m: (-calls.get(m, 0), m))
+    elif sort == "mean":
+        members.sort(key=lambda m: (-(times.get(m, 0) / calls[m] if calls.get(m) else 0), m))
+    elif sort == "errors" and per_user is None:
+        errors = _scores(r, ks, "errors")
+        members = [m for m in members if errors.get(m, 0) > 0]
+        members.sort(key=lambda m: (-errors.get(m, 0), m))
+    else:  # rows, p99 (and errors per user): the counters of every candidate, pipelined
+        stats = [per_user[m] for m in members] if per_user is not None and sort != "p99" else _read_q(r, ks, members)
+        if sort == "p99":
+            keyed = [(figures(q)["p99_us"] or 0.0, m) for q, m in zip(stats, members, strict=True)]
+        else:
+            keyed = [(float(q.get(sort, 0)), m) for q, m in zip(stats, members, strict=True)]
+        if sort == "errors":
+            keyed = [x for x in keyed if x[0] > 0]
+        keyed.sort(key=lambda x: (-x[0], x[1]))
+        members = [m for _, m in keyed]
+    chosen = members[:limit]
+    stats = _read_q(r, ks, chosen)
+    rows = []
+    for m, q in zip(chosen, stats, strict=True):
+        if not q:
+            continue  # evicted between the two reads (retention.py)
+        fp, db_, app_ = _split(m)
+        row = {"fp": fp, "db": db_, "app": app_, "user": user, **figures(q)}
+        row.pop("histogram")
+        if per_user is not None:
+            mine = per_user[m]
+            c = int(mine.get("calls", 0))
+            row.update(calls=c, total_us=int(mine.get("total_us", 0)), rows=int(mine.get("rows", 0)),
+                       errors=int(mine.get("errors", 0)), max_us=int(mine.get("max_us", 0)),
+                       mean_us=round(int(mine.get("total_us", 0)) / c, 1) if c else 0.0, min_us=None,
+                       stddev_us=None)
+        op, text = descriptions.get(fp, ("", ""))
+        row["op"], row["text"] = op, text
+        rows.append(row)
+    return {"sort": sort, "rows": rows, "matched": matched, "folded": folded}
 
 
 def filters(r: Any, ks: list[Keys]) -> dict[str, list[str]]:

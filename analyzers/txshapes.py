@@ -60,8 +60,9 @@ class _Txn:
         self.outcome = ""  # as the proxy stamped the last statement seen
 
 
-def _ends(text: str) -> bool:
-    """Whether a transaction-control statement ends its transaction."""
+def _ends(op: str, text: str) -> bool:
+    if op != "txn":
+        return False
     low = text[:20].lower()
     return low.startswith(_ENDS) and not low.startswith(_NOT_ENDS)
 
@@ -82,18 +83,20 @@ class Transactions:
         self.bursts: dict[str, dict[str, list[Any]]] = {}  # sid → fp → [window start, count, params, flagged]
         self.ids: dict[tuple[str, tuple[str, ...]], str] = {}
         self.described: set[str] = set()  # shapes whose fixed fields and fingerprint links this process wrote
-        self.on = shapes or n_plus_one > 0
+
+    @property
+    def on(self) -> bool:
+        return self.shapes_on or self.n > 0
 
     def add(self, batch: ShapeBatch, ev: dict[str, str], fp: str, op: str, text: str, dur: int, ts: int,
             txn: str, app: str) -> None:
         """One statement (hot path)."""
-        get = ev.get
-        sid = get("sid", "")
+        sid = ev.get("sid", "")
         if txn == "autocommit":
             if self.n:
                 self._burst(batch, sid, ev, fp, text, ts)
             return
-        txid = get("txid", "")
+        txid = ev.get("txid", "")
         t = self.open.get(sid)
         if t is None or t.txid != txid:
             if t is not None:
@@ -112,16 +115,14 @@ class Transactions:
         t.outcome = txn
         if ts + dur > t.end:
             t.end = ts + dur
-        n = self.n
-        if n:
+        if self.n:
             got = t.per_fp.get(fp)
             if got is None:
-                t.per_fp[fp] = [1, {get("params") or get("sql", "")}, text]
-            else:
-                got[0] += 1
-                if len(got[1]) < n:
-                    got[1].add(get("params") or get("sql", ""))
-        if op == "txn" and _ends(text):
+                got = t.per_fp[fp] = [0, set(), text]
+            got[0] += 1
+            if len(got[1]) < self.n:
+                got[1].add(ev.get("params") or ev.get("sql", ""))
+        if _ends(op, text):
             del self.open[sid]
             self.finish(batch, t, txn)
 

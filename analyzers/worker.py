@@ -622,7 +622,7 @@ class Worker:
         application (its `seen` entry went with them)."""
         gone = set(fps)
         self.known_fps -= gone
-        for fp, _db, app, _user in batch.stats.data:
+        for fp, _db, app in batch.stats.data:
             if fp in gone:
                 self.security.forget_pair(app, fp)
 

@@ -8,6 +8,7 @@ import sys
 from fasterdata.analyzers import cli as analyzers_cli
 from fasterdata.analyzers.glcache import cli as gl_cli
 from fasterdata.config.settings import ConfigError
+from fasterdata.console import cli as console_cli
 from fasterdata.proxy import cli as proxy_cli
 from fasterdata.proxy import logs
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     proxy_cli.add_parser(sub)
     analyzers_cli.add_parser(sub)
     gl_cli.add_parser(sub)
+    console_cli.add_parser(sub)
 
     c = sub.add_parser("config", help="check a settings file, or show the settings in force",
                        description="Settings come from a YAML file < FASTERDATA_* environment < flags.")
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         return gl_cli.run(args)
     if args.command == "config":
         return config_command(args)
+    if args.command == "console":
+        return console_cli.run(args)
     from .demo.run import main as demo
 
     logs.setup()

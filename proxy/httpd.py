@@ -4,6 +4,10 @@ It is asyncio. The proxy runs it in its own event loop, so the proxy has no thre
 analyzer and `gl serve|follow`, whose loops are synchronous, run it on a loop of its own thread
 (`MetricsThread`). Either way the same code answers, and basic auth and TLS apply alike: metrics
 reveal statement counts, client addresses and business figures.
+
+Other pages (the console) are added as `routes`: a path, or a prefix ending in "/", mapped to a function
+from a `Request` to a `Reply`. They sit behind the same auth and TLS, and run on a worker thread, since
+they may block on Redis while the loop keeps answering.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import hmac
 import logging
 import ssl
 import threading
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -28,6 +34,41 @@ Probe = Callable[[], str | None]  # None: fine; else the reason, served with a 5
 
 def _fine() -> str | None:
     return None
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a route is asked: the path, the query (last value of each name wins) and the headers (lower-case)."""
+
+    path: str
+    query: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a route answers; `headers` are extra header lines, each ending in CRLF."""
+
+    body: bytes
+    ctype: str = "application/json"
+    status: str = "200 OK"
+    headers: str = ""
+
+
+Route = Callable[[Request], Reply]
+
+
+def parse_request(head: bytes) -> Request:
+    """The request line's path and query, and the header fields, of one request head."""
+    lines = head.decode("latin-1").split("\r\n")
+    target = lines[0].split(" ", 2)[1]
+    path, _, query = target.partition("?")
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return Request(urllib.parse.unquote(path), dict(urllib.parse.parse_qsl(query)), headers)
 
 
 class EndpointError(Exception):
@@ -49,8 +90,9 @@ class MetricsServer:
 
     def __init__(self, registry: CollectorRegistry, ready: Probe = _fine, user: str | None = None,
                  password: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
-                 health: Probe = _fine) -> None:
+                 health: Probe = _fine, routes: Mapping[str, Route] | None = None) -> None:
         self.registry = registry
+        self.routes = dict(routes or {})
         self.ready = ready
         self.health = health
         self._auth = (b"Basic " + base64.b64encode(f"{user}:{password}".encode())) if user and password else None
@@ -98,10 +140,32 @@ class MetricsServer:
             return status, "text/plain", (problem or fine).encode() + b"\n", ""
         return "404 Not Found", "text/plain", b"not found\n", ""
 
+    def route_for(self, path: str) -> Route | None:
+        """The route serving `path`: an exact one, else the longest prefix ending in "/"."""
+        if path in ("/metrics", "/healthz", "/readyz"):
+            return None
+        if path in self.routes:
+            return self.routes[path]
+        prefixes = [p for p in self.routes if p.endswith("/") and path.startswith(p)]
+        return self.routes[max(prefixes, key=len)] if prefixes else None
+
+    async def _respond(self, head: bytes) -> tuple[str, str, bytes, str]:
+        """A route's reply (on a worker thread), or the endpoint's own answer."""
+        request = parse_request(head)
+        route = self.route_for(request.path)
+        if route is None or not self._authorized(head):
+            return self._answer(head)
+        try:
+            reply = await asyncio.to_thread(route, request)
+        except Exception:
+            log.exception("%s failed", request.path)
+            return "500 Internal Server Error", "text/plain", b"internal error (see the log)\n", ""
+        return reply.status, reply.ctype, reply.body, reply.headers
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            status, ctype, body, extra = self._answer(request)
+            status, ctype, body, extra = await self._respond(request) if self.routes else self._answer(request)
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n{extra}"
                 "Connection: close\r\n\r\n".encode() + body)
@@ -114,11 +178,12 @@ class MetricsServer:
 
 
 def server_for(settings: Access, registry: CollectorRegistry, ready: Probe = _fine,
-               health: Probe = _fine) -> MetricsServer:
+               health: Probe = _fine, routes: Mapping[str, Route] | None = None) -> MetricsServer:
     """The endpoint as the settings guard it; EndpointError when the certificate does not load."""
     try:
         return MetricsServer(registry, ready, user=settings.metrics_user, password=settings.metrics_password,
-                             tls_cert=settings.metrics_tls_cert, tls_key=settings.metrics_tls_key, health=health)
+                             tls_cert=settings.metrics_tls_cert, tls_key=settings.metrics_tls_key, health=health,
+                             routes=routes)
     except (OSError, ssl.SSLError) as exc:
         raise EndpointError(f"cannot load the metrics certificate {settings.metrics_tls_cert}: "
                             f"{getattr(exc, 'strerror', None) or exc}") from None

@@ -40,6 +40,10 @@ def test_the_wheel_holds_only_the_fasterdata_namespace(wheel: Path) -> None:
     assert "fasterdata/proxy/sink/append.lua" in names  # the sink's script, read beside its module
     for script in ("append_patch.lua", "release_lock.lua", "renew_lock.lua"):  # the ledger cache's
         assert f"fasterdata/analyzers/glcache/{script}" in names
+    assert "fasterdata/console/__init__.py" in names
+    for page in ("index.html", "console.js", "console.css"):  # the console's page, served from the package
+        assert f"fasterdata/console/static/{page}" in names
+    assert not [n for n in names if n.endswith("plotly.min.js")]  # served from the plotly package, not copied
 
 
 def test_the_installed_wheel_imports_as_fasterdata_only(wheel: Path, tmp_path: Path) -> None:
@@ -56,6 +60,8 @@ def test_the_installed_wheel_imports_as_fasterdata_only(wheel: Path, tmp_path: P
         "import importlib.util, fasterdata.proxy, fasterdata.analyzers.worker, fasterdata.config.settings\n"
         "import fasterdata.cli, fasterdata.proxy.sink\n"
         "assert 'XADD' in fasterdata.proxy.sink.SCRIPT  # append.lua, read from the installed package\n"
+        "import importlib.resources as res, fasterdata.console.routes\n"
+        "assert 'console.js' in (res.files('fasterdata.console') / 'static' / 'index.html').read_text()\n"
         "print(fasterdata.proxy.__file__)\n"
         "print([n for n in ('config', 'proxy', 'analyzers') if importlib.util.find_spec(n)])\n"
     )

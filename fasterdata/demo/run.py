@@ -135,7 +135,7 @@ class Demo:
         with psycopg.connect(s.pg_admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.database}"')
             conn.execute(f'CREATE DATABASE "{self.database}"')
-        port, proxy_metrics, analyzer_metrics = _port(6432), _port(9930), _port(9931)
+        port, proxy_metrics, analyzer_metrics, console_port = _port(6432), _port(9930), _port(9931), _port(9940)
         common = ["--redis", s.redis_url, "--prefix", PREFIX]
         proxy = self.start_child("proxy", [
             "proxy", "--listen", f"127.0.0.1:{port}", "--upstream", s.pg_upstream,
@@ -144,8 +144,12 @@ class Demo:
         rules = demo_rules(self.scratch)
         analyzer = self.start_child("analyzer", [
             "analyze", "--metrics", f"127.0.0.1:{analyzer_metrics}", "--rules", str(rules), *common])
+        console = self.start_child("console", [
+            "console", "--listen", f"127.0.0.1:{console_port}",
+            "--proxy-metrics", f"http://127.0.0.1:{proxy_metrics}/metrics", *common])
         _wait_port(port, proxy, "proxy")
         _wait_port(analyzer_metrics, analyzer, "analyzer")
+        _wait_port(console_port, console, "console")
         dsn = f"host=127.0.0.1 port={port} user={s.pg_user} dbname={self.database}"
         await shop.create_schema(dsn)
         redis_cli = "redis-cli" + ("" if s.redis_url.startswith("redis://127.0.0.1:6379") else f" -u {s.redis_url}")
@@ -156,6 +160,7 @@ class Demo:
 fasterdata demo is running ({s.pg_origin}; {s.redis_origin}).
 
   Connect through the proxy:  psql "{dsn}"
+  Web console:                http://127.0.0.1:{console_port}/
   Proxy metrics:              http://127.0.0.1:{proxy_metrics}/metrics
   Analyzer metrics:           http://127.0.0.1:{analyzer_metrics}/metrics
   SQL as captured (newest):   {newest_sql}

@@ -1,0 +1,1 @@
+"""`fasterdata console`: a web page over what the analyzers keep in Redis."""
