@@ -44,25 +44,20 @@ class ShapeBatch(Protocol):
 
 
 class _Txn:
-    __slots__ = ("app", "db_us", "end", "ev", "first", "outcome", "per_fp", "reps", "seq", "stmts", "txid")
+    """A transaction in progress: who ran it, and per statement (fp, dur_us, ts, event, text), folded at its end
+    (one append a statement on the hot path)."""
 
-    def __init__(self, txid: str, app: str, ts: int, ev: dict[str, str]) -> None:
+    __slots__ = ("app", "ev", "items", "txid")
+
+    def __init__(self, txid: str, app: str, ev: dict[str, str]) -> None:
         self.txid = txid
         self.app = app
-        self.first = ts
-        self.end = ts
-        self.db_us = 0
-        self.stmts = 0
-        self.seq: list[str] = []
-        self.reps: list[int] = []
-        self.per_fp: dict[str, list[Any]] = {}  # fp → [count, distinct parameter texts, text]
         self.ev = ev  # the first statement's event: who ran the transaction
-        self.outcome = ""  # as the proxy stamped the last statement seen
+        self.items: list[tuple[str, int, int, dict[str, str], str]] = []
 
 
-def _ends(op: str, text: str) -> bool:
-    if op != "txn":
-        return False
+def _ends(text: str) -> bool:
+    """Whether a transaction-control statement ends its transaction."""
     low = text[:20].lower()
     return low.startswith(_ENDS) and not low.startswith(_NOT_ENDS)
 
@@ -83,46 +78,27 @@ class Transactions:
         self.bursts: dict[str, dict[str, list[Any]]] = {}  # sid → fp → [window start, count, params, flagged]
         self.ids: dict[tuple[str, tuple[str, ...]], str] = {}
         self.described: set[str] = set()  # shapes whose fixed fields and fingerprint links this process wrote
-
-    @property
-    def on(self) -> bool:
-        return self.shapes_on or self.n > 0
+        self.on = shapes or n_plus_one > 0
 
     def add(self, batch: ShapeBatch, ev: dict[str, str], fp: str, op: str, text: str, dur: int, ts: int,
             txn: str, app: str) -> None:
         """One statement (hot path)."""
-        sid = ev.get("sid", "")
+        get = ev.get
+        sid = get("sid", "")
         if txn == "autocommit":
             if self.n:
                 self._burst(batch, sid, ev, fp, text, ts)
             return
-        txid = ev.get("txid", "")
+        txid = get("txid", "")
         t = self.open.get(sid)
         if t is None or t.txid != txid:
             if t is not None:
                 self.finish(batch, t, "")
             if len(self.open) >= _MAX_OPEN:
                 self.open.clear()
-            t = self.open[sid] = _Txn(txid, app, ts, ev)
-        seq = t.seq
-        if seq and seq[-1] == fp:
-            t.reps[-1] += 1
-        else:
-            seq.append(fp)
-            t.reps.append(1)
-        t.stmts += 1
-        t.db_us += dur
-        t.outcome = txn
-        if ts + dur > t.end:
-            t.end = ts + dur
-        if self.n:
-            got = t.per_fp.get(fp)
-            if got is None:
-                got = t.per_fp[fp] = [0, set(), text]
-            got[0] += 1
-            if len(got[1]) < self.n:
-                got[1].add(ev.get("params") or ev.get("sql", ""))
-        if _ends(op, text):
+            t = self.open[sid] = _Txn(txid, app, ev)
+        t.items.append((fp, dur, ts, ev, text))
+        if op == "txn" and _ends(text):
             del self.open[sid]
             self.finish(batch, t, txn)
 
@@ -135,31 +111,57 @@ class Transactions:
 
     def finish(self, batch: ShapeBatch, t: _Txn, outcome: str) -> None:
         """Fold an ended transaction into its shape's aggregate in this batch, and report its N+1 loops."""
-        key = (t.app, tuple(t.seq))
-        sid_ = self.ids.get(key)
-        if sid_ is None:
+        items = t.items
+        if not items:
+            return
+        seq: list[str] = []
+        reps: list[int] = []
+        counts: dict[str, int] = {}
+        first = items[0][2]
+        end = first
+        db_us = 0
+        last = ""
+        for fp, dur, ts, _ev, _text in items:
+            if fp == last:
+                reps[-1] += 1
+            else:
+                seq.append(fp)
+                reps.append(1)
+                last = fp
+            counts[fp] = counts.get(fp, 0) + 1
+            db_us += dur
+            if ts + dur > end:
+                end = ts + dur
+        key = (t.app, tuple(seq))
+        shape = self.ids.get(key)
+        if shape is None:
             if len(self.ids) > 50_000:
                 self.ids.clear()
-            sid_ = self.ids[key] = shape_id(t.app, t.seq)
-        rolled = 1 if (outcome or t.outcome) == "rolled_back" else 0
-        span = max(0, t.end - t.first)
+            shape = self.ids[key] = shape_id(t.app, seq)
+        rolled = 1 if (outcome or items[-1][3].get("txn", "")) == "rolled_back" else 0
+        span = max(0, end - first)
         if self.shapes_on:
-            agg = batch.shapes.get(sid_)
+            agg = batch.shapes.get(shape)
             if agg is None:
                 # app, fps, repeats, count, span, db_us, max span, stmts, rolled back, last ts, first ts
-                agg = batch.shapes[sid_] = [t.app, t.seq, t.reps, 0, 0, 0, 0, 0, 0, 0, t.first]
+                agg = batch.shapes[shape] = [t.app, seq, reps, 0, 0, 0, 0, 0, 0, 0, first]
             agg[3] += 1
             agg[4] += span
-            agg[5] += t.db_us
+            agg[5] += db_us
             agg[6] = max(agg[6], span)
-            agg[7] += t.stmts
+            agg[7] += len(items)
             agg[8] += rolled
-            agg[9] = max(agg[9], t.end)
-        if self.n:
-            for fp, (count, distinct, text) in t.per_fp.items():
-                if count >= self.n and len(distinct) >= min(self.n, 2):
-                    self._report(batch, t.ev, fp, text, count, f"in one transaction (shape {sid_}: "
-                                 f"{len(t.seq)} steps, {t.stmts} statements)", sid_, t.first)
+            agg[9] = max(agg[9], end)
+        n = self.n
+        if n:
+            for fp, count in counts.items():
+                if count < n:
+                    continue
+                distinct = {ev.get("params") or ev.get("sql", "") for f, _, _, ev, _ in items if f == fp}
+                if len(distinct) >= min(n, 2):
+                    text = next(x for f, _, _, _, x in items if f == fp)
+                    self._report(batch, t.ev, fp, text, count, f"in one transaction (shape {shape}: "
+                                 f"{len(seq)} steps, {len(items)} statements)", shape, first)
 
     def _burst(self, batch: ShapeBatch, sid: str, ev: dict[str, str], fp: str, text: str, ts: int) -> None:
         per = self.bursts.get(sid)
