@@ -1,0 +1,161 @@
+"""Drill-down data stays bounded and right: samples per fingerprint, users per fingerprint, the drill sweep after
+the fingerprint cap, the shape cap, N+1 within a session, new categories after their learning time, and
+the user label's cap on Prometheus."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+
+from fasterdata.analyzers import readmodel as rm
+from fasterdata.analyzers.stats import BatchStats, StatsCollector
+from tests.kit.analysis import drain, make_worker
+from tests.kit.eventwriter import Events
+
+ITEMS = "SELECT * FROM items WHERE id = $1"
+ORDER = "INSERT INTO orders (id, customer_id, region, total) VALUES ($1, $2, $3, $4)"
+
+
+def _fp(r: redis.Redis, prefix: str, text: str) -> str:
+    return next(row["fp"] for row in rm.top_statements(r, rm.keys_for(prefix), limit=100, fold=False)["rows"]
+                if row["text"] == text)
+
+
+def test_samples_keep_the_slowest_and_the_newest_few_across_batches(r: redis.Redis, prefix: str,
+                                                                     events: Events) -> None:
+    worker = make_worker(prefix, samples=3)
+    try:
+        durations = [500, 90, 7000, 300, 6500, 20, 800, 40]
+        with events:
+            for i, dur in enumerate(durations):
+                events.stmt(ITEMS, [i], tag="SELECT", rows=1, dur_us=dur)
+        drain(worker)
+        with events:  # a second batch: one slower than all, the rest faster than the slowest three
+            for i, dur in enumerate([10, 9000, 15], start=len(durations)):
+                events.stmt(ITEMS, [i], tag="SELECT", rows=1, dur_us=dur)
+        drain(worker)
+    finally:
+        worker.close()
+    ks = rm.keys_for(prefix)
+    fp = _fp(r, prefix, ITEMS)
+    got = rm.samples(r, ks, fp)
+    assert [s["dur_us"] for s in got["slowest"]] == [9000, 7000, 6500]
+    assert [json.loads(s["params"]) for s in got["recent"]] == [[10], [9], [8]]
+    assert r.zcard(ks[0].samples_slow(fp)) == 3 and r.llen(ks[0].samples_recent(fp)) == 3
+    assert all(s["id"] in {e[0] for e in r.xrange(ks[0].statements)} for s in got["slowest"])
+
+
+def test_users_beyond_the_cap_are_other(r: redis.Redis, prefix: str, events: Events) -> None:
+    with events:
+        for user in ("ann", "ben", "cat", "dan"):
+            events.stmt(ITEMS, [1], tag="SELECT", rows=1, user=user, dur_us=100)
+    worker = make_worker(prefix, stats_max_users=2)
+    try:
+        drain(worker)
+    finally:
+        worker.close()
+    users = {u["user"]: u["calls"] for u in rm.users_of(r, rm.keys_for(prefix), _fp(r, prefix, ITEMS))}
+    assert users == {"ann": 1, "ben": 1, "other": 2}
+
+
+def test_the_drill_sweep_follows_the_fingerprint_cap(r: redis.Redis, prefix: str, events: Events) -> None:
+    old = int((time.time() - 3600) * 1e6)
+    with events:
+        for i in range(4):
+            events.stmt(f"SELECT * FROM t{i} WHERE id = $1", [i], tag="SELECT", rows=1, user=f"u{i}",
+                        ts=old + i * 1_000_000 if i < 2 else None)
+    worker = make_worker(prefix, stats_max_fingerprints=2)
+    try:
+        drain(worker)
+        ks = rm.keys_for(prefix)
+        fps = {i: _fp(r, prefix, f"SELECT * FROM t{i} WHERE id = $1") for i in range(4)}
+        assert all(r.exists(ks[0].samples_recent(fp), ks[0].stats_users(fp)) == 2 for fp in fps.values())
+        evicted, _ = worker.sweep()
+        assert set(evicted) == {fps[0], fps[1]}
+    finally:
+        worker.close()
+    for i, fp in fps.items():
+        kept = i >= 2
+        assert bool(r.exists(ks[0].samples_recent(fp))) == kept and bool(r.exists(ks[0].samples_slow(fp))) == kept
+        assert bool(r.exists(ks[0].stats_users(fp))) == kept
+        assert (r.zscore(ks[0].drill_index, fp) is not None) == kept
+        assert (rm.statement(r, ks, fp) is not None) == kept
+
+
+def test_shapes_beyond_their_cap_are_evicted_with_their_links(r: redis.Redis, prefix: str, events: Events) -> None:
+    with events:
+        for t in range(12):
+            events.stmt("BEGIN", tag="BEGIN", txn="committed", txid=t + 1, ts=int((time.time() - 100 + t) * 1e6))
+            events.stmt(f"SELECT * FROM s{t} WHERE id = $1", [t], tag="SELECT", rows=1, txn="committed", txid=t + 1,
+                        ts=int((time.time() - 100 + t) * 1e6) + 10)
+            events.stmt("COMMIT", tag="COMMIT", txn="committed", txid=t + 1, ts=int((time.time() - 100 + t) * 1e6) + 20)
+    worker = make_worker(prefix, txn_shapes_max=10)
+    try:
+        drain(worker)
+        ks = rm.keys_for(prefix)
+        assert len(rm.shapes(r, ks)) == 12
+        worker.sweep()
+    finally:
+        worker.close()
+    left = rm.shapes(r, ks)
+    assert len(left) == 10 and r.zcard(ks[0].txshapes) == 10
+    first, second = (_fp(r, prefix, f"SELECT * FROM s{t} WHERE id = $1") for t in (0, 1))
+    assert not r.exists(ks[0].txshapes_of(first)) and not r.exists(ks[0].txshapes_of(second))
+    kept = _fp(r, prefix, "SELECT * FROM s11 WHERE id = $1")
+    assert [s["fps"][1] for s in rm.statement(r, ks, kept)["shapes"]] == [kept]
+    begin = _fp(r, prefix, "BEGIN")
+    assert r.scard(ks[0].txshapes_of(begin)) == 10  # BEGIN is in every shape left
+
+
+def test_n_plus_one_in_one_session_outside_transactions(r: redis.Redis, prefix: str, events: Events) -> None:
+    with events:
+        for i in range(12):
+            events.stmt(ITEMS, [i], tag="SELECT", rows=1, sid="loop")
+        for _ in range(12):
+            events.stmt(ORDER.replace("orders", "carts"), [1, 1, "eu", "1.00"], tag="INSERT", rows=1, sid="same")
+    worker = make_worker(prefix, n_plus_one=10, n_plus_one_window=5)
+    try:
+        drain(worker)
+    finally:
+        worker.close()
+    [alert] = rm.alerts(r, rm.keys_for(prefix), kind="n_plus_one")
+    assert alert["fp"] == _fp(r, prefix, ITEMS) and alert["sid"] == "loop" and alert["count"] == "10"
+    assert "outside a transaction" in alert["evidence"] and alert["shape"] == ""
+
+
+def test_new_categories_alert_after_the_learning_time(r: redis.Redis, prefix: str, events: Events) -> None:
+    with events:
+        for i, region in enumerate(["eu", "us", "eu"]):
+            events.stmt(ORDER, [i, i, region, "10.00"], tag="INSERT", rows=1)
+    worker = make_worker(prefix, new_category_learn_seconds=600)
+    try:
+        drain(worker)
+        ks = rm.keys_for(prefix)
+        assert rm.alerts(r, ks, kind="new_category") == []  # learnt
+        assert r.smembers(ks[0].biz_labels("sales")) == {"region=eu", "region=us"}
+        since = int(r.hget(ks[0].biz_labels_since, "sales"))
+        r.hset(ks[0].biz_labels_since, "sales", since - 601)  # as if the rule had been learning for long
+        with events:
+            for i, region in enumerate(["eu", "ap", "ap", "us"], start=10):
+                events.stmt(ORDER, [i, i, region, "10.00"], tag="INSERT", rows=1)
+        drain(worker)
+        assert worker.counters.findings.get(("new_category", "info")) == 1
+    finally:
+        worker.close()
+    [alert] = rm.alerts(r, ks, kind="new_category")
+    assert (alert["metric"], alert["label"], alert["value"]) == ("sales", "region", "ap")
+    assert rm.alert_counts(r, ks)["new_category"] == 1
+
+
+def test_prometheus_users_are_capped() -> None:
+    coll = StatsCollector(top_k=5, top_users=1)
+    batch = BatchStats()
+    batch.add("a", "db", "app", dur_us=1000, rows=1, err="", ts=1, user="heavy")
+    for i in range(5):
+        batch.add("a", "db", "app", dur_us=10, rows=1, err="", ts=1, user=f"tenant{i}")
+    coll.merge(batch)
+    calls = {s.labels["user"]: int(s.value) for fam in coll.collect() for s in fam.samples
+             if s.name == "fasterdata_statements_total"}
+    assert calls == {"heavy": 1, "other": 5}
