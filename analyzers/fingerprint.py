@@ -50,6 +50,7 @@ _FOLD_IN = re.compile(
 _FOLD_VALUES = re.compile(
     r"(?i)(?<![\w$])(VALUES\s*)(\((?:[^()]|\([^()]*\))*\))((?:\s*,\s*\2)+)"
 )
+_ROW_BREAK = re.compile(r"\)\s+,\s*\(")  # rows apart as "(…) , (…)" (a comment between them leaves that)
 _COMMENTER = re.compile(r"([\w.\-]+)\s*=\s*'((?:[^'\\]|\\.)*)'")
 
 
@@ -206,7 +207,7 @@ def normalize(sql: str) -> Normalized:
     multirow = None
     if MARK + ", " + MARK in text or MARK + "," + MARK in text:
         text, slots = _fold_in(text, slots)
-    if "values" in low and ("), (" in text or "),(" in text):
+    if "values" in low and ("), (" in text or "),(" in text or _ROW_BREAK.search(text)):
         text, slots, multirow = _fold_values(text, slots)
     text = text.rstrip("; ")
     stacked = ";" in text and _has_stacked(text)

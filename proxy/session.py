@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import params as _params
-from . import sqltext
+from . import sqlfit, sqltext
 from .events import (
     AUTOCOMMIT,
     COMMITTED,
@@ -689,7 +689,7 @@ class Session:
     def _redact(self, sql: str, remember: bool = False) -> tuple[str, Hidden]:
         text, hidden = red = self._redactor(sql, remember, self._orders)
         if len(text) > self._max_sql:
-            text = sqltext.fit(text, self._max_sql)  # long lists shortened first: the shape stays one
+            text = sqlfit.fit(text, self._max_sql)  # long lists shortened first: the shape stays one
             red = red.__class__((text, hidden))
         return red
 

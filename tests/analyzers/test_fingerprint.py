@@ -63,6 +63,15 @@ def test_multi_row_values_fold_and_keep_every_row() -> None:
     assert returning.text.endswith("RETURNING a")
 
 
+def test_rows_apart_by_a_spaced_comma_or_a_comment_fold_too() -> None:
+    folded = normalize("INSERT INTO o (a, b) VALUES (1, 'x'), (2, 'y')")
+    for sql in ("INSERT INTO o (a, b) VALUES (1, 'x') , (2, 'y')",
+                "INSERT INTO o (a, b) VALUES (1, 'x') /* first */, (2, 'y') -- second"):
+        n = normalize(sql)
+        assert (n.text, n.fp) == (folded.text, folded.fp)
+        assert n.rows(None) == [[1, "x"], [2, "y"]]
+
+
 def test_subtraction_is_not_a_negative_literal() -> None:
     a = normalize("UPDATE t SET q = q -5 WHERE id = -1")
     assert a.text == "UPDATE t SET q = q - $1 WHERE id = $2"
