@@ -1,175 +1,27 @@
-"""Shared fixtures: the machine's PostgreSQL and Redis, and `fasterdata proxy` run as a real process."""
+"""Fixtures for every directory: `fasterdata proxy` run as a real process, scratch databases, Hypothesis
+budgets. Helpers live in tests/kit/."""
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import hypothesis
-import psycopg
 import pytest
 import redis
 
-from fasterdata.proxy.events import events_of
+from tests.kit.databases import scratch_database
+from tests.kit.polling import wait_until
+from tests.kit.ports import free_port, wait_port
+from tests.kit.processes import ChildProcess, ProxyProcess, stop_all
+from tests.kit.services import PG_HOST, PG_PORT, PG_USER, REDIS_URL, RUN_ID, direct_dsn
+from tests.kit.streams import entries
 
-PG_HOST = os.environ.get("FASTERDATA_TEST_PGHOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("FASTERDATA_TEST_PGPORT", "5432"))
-PG_USER = os.environ.get("FASTERDATA_TEST_PGUSER", "postgres")
-REDIS_URL = os.environ.get("FASTERDATA_TEST_REDIS", "redis://127.0.0.1:6379/0")
-RUN_ID = uuid.uuid4().hex[:8]
-T = TypeVar("T")
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A port nothing listens on now, and never one this test run handed out before: the kernel may offer a
-    port again as soon as it is closed, and a proxy's listen and metrics ports then collide."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
-
-
-def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
-
-
-def wait_until(check: Callable[[], T], what: str = "a condition", timeout: float = 60.0, interval: float = 0.05) -> T:
-    """Poll ``check`` until it returns something truthy; the bound turns a hang into a failure, it asserts no speed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what} after {timeout}s (last value {result!r})")
-        time.sleep(interval)
-
-
-def direct_dsn(dbname: str = "postgres", user: str = PG_USER, **extra: str) -> str:
-    parts = {"host": PG_HOST, "port": str(PG_PORT), "user": user, "dbname": dbname, **extra}
-    return " ".join(f"{k}={v}" for k, v in parts.items())
-
-
-class ChildProcess:
-    """A fasterdata command run as a subprocess with its output in a log file; stop() asserts nothing."""
-
-    proc: subprocess.Popen
-    log_path: Path
-    _log: object
-
-    def log(self) -> str:
-        if not self._log.closed:  # type: ignore[attr-defined]
-            self._log.flush()  # type: ignore[attr-defined]
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError(
-                    f"{type(self).__name__} ignored signal {sig} for {timeout}s:\n{self.log()}") from None
-        self._log.close()  # type: ignore[attr-defined]
-        return self.proc.returncode
-
-
-class ProxyProcess(ChildProcess):
-    """`fasterdata proxy` as a subprocess, the way users run it."""
-
-    def __init__(self, tmp: Path, *args: str, upstream: str | None = None, env: dict[str, str] | None = None,
-                 wait: bool = True, preexec: Callable[[], None] | None = None):
-        self.port = free_port()
-        self.metrics_port = free_port()
-        self.prefix = f"fdtest{RUN_ID}{uuid.uuid4().hex[:6]}"
-        self.log_path = tmp / f"proxy-{self.port}.log"
-        cmd = [
-            sys.executable, "-m", "fasterdata", "proxy",
-            "--listen", f"127.0.0.1:{self.port}",
-            "--upstream", upstream or f"{PG_HOST}:{PG_PORT}",
-            "--metrics", f"127.0.0.1:{self.metrics_port}",
-            "--redis", REDIS_URL,
-            "--prefix", self.prefix,
-            *args,
-        ]
-        self._log = open(self.log_path, "wb")  # noqa: SIM115
-        full_env = {**os.environ, **(env or {})}
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
-                                     cwd=Path(__file__).resolve().parent.parent, preexec_fn=preexec)
-        if not wait:  # the caller watches the start itself
-            return
-        try:
-            wait_port(self.port)
-        except TimeoutError:
-            self.proc.kill()
-            raise RuntimeError(f"proxy did not start:\n{self.log()}") from None
-
-    def dsn(self, dbname: str = "postgres", user: str = PG_USER, **extra: str) -> str:
-        parts = {"host": "127.0.0.1", "port": str(self.port), "user": user, "dbname": dbname, **extra}
-        return " ".join(f"{k}={v}" for k, v in parts.items())
-
-    def url(self, dbname: str = "postgres", user: str = PG_USER) -> str:
-        return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
-
-
-def entries(r: redis.Redis, key: str) -> list[tuple[str, dict[str, str]]]:
-    """XRANGE of a whole stream as (id, event), each event of a bundled entry with that entry's id (a
-    decoding client)."""
-    return [(entry_id, e) for entry_id, fields in r.xrange(key) for e in events_of(fields)]
-
-
-def delete_prefix(r: redis.Redis, prefix: str) -> None:
-    """Remove every key a proxy with this prefix created (stream, idempotency markers)."""
-    keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        r.delete(*keys)
-
-
-def forget(proxies: list[ProxyProcess]) -> None:
-    """The shared Redis keeps nothing of stopped test proxies (private servers go with their directory)."""
-    r = redis.Redis.from_url(REDIS_URL)
-    try:
-        for p in proxies:
-            delete_prefix(r, p.prefix)
-    except redis.RedisError:
-        pass  # a test that broke Redis on purpose: nothing to clean there
-    finally:
-        r.close()
-
-
-def stop_all(started: list[ProxyProcess]) -> None:
-    """Teardown: SIGTERM every proxy still running; each must exit 0 (a graceful stop is part of the contract)."""
-    try:
-        for p in started:
-            running = p.proc.poll() is None
-            rc = p.stop()
-            if running:
-                assert rc == 0, f"proxy exited {rc} on SIGTERM:\n{p.log()}"
-    finally:
-        forget(started)
+# These names lived here before tests/kit/; modules not yet moved over still import them from here.
+__all__ = ["PG_HOST", "PG_PORT", "PG_USER", "REDIS_URL", "RUN_ID", "ChildProcess", "ProxyProcess", "direct_dsn",
+           "entries", "free_port", "stop_all", "wait_port", "wait_until"]
 
 
 @pytest.fixture
@@ -196,14 +48,18 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
 
 
 @pytest.fixture
+def rds() -> Iterator[redis.Redis]:
+    """A client of the machine's (shared) Redis, decoding responses."""
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
 def scratch_db() -> Iterator[str]:
     """A fresh database on the machine's PostgreSQL, dropped afterwards."""
-    name = f"fdtest_{RUN_ID}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(direct_dsn(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield name
-    with psycopg.connect(direct_dsn(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database() as name:
+        yield name
 
 
 # Hypothesis budgets. The fuzz targets (tests/test_wire.py test_fuzz_*, tests/capture/test_session_fuzz.py)

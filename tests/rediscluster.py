@@ -16,7 +16,8 @@ from pathlib import Path
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from tests.conftest import free_port, wait_until
+from tests.kit.polling import wait_until
+from tests.kit.ports import free_port
 
 
 def _cluster_port() -> int:

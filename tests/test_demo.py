@@ -18,8 +18,8 @@ import redis
 from fasterdata.analyzers.keys import Keys
 from fasterdata.demo.run import PREFIX, business_metrics
 from fasterdata.demo.shop import SETUP_APP
-
-from .conftest import REDIS_URL, direct_dsn, entries
+from tests.kit.services import REDIS_URL, direct_dsn
+from tests.kit.streams import entries
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,8 +12,7 @@ import psycopg
 import pytest
 
 from fasterdata.proxy import logs, wire
-
-from .conftest import ProxyProcess
+from tests.kit.processes import ProxyProcess
 
 
 def test_json_logs_carry_the_session_id(start_proxy) -> None:  # type: ignore[no-untyped-def]

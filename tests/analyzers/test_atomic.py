@@ -10,7 +10,8 @@ import redis
 
 from fasterdata.analyzers import ops, scripts
 from fasterdata.analyzers.atomic import Committer, Writes
-from tests.analyzers.kit import Events, make_worker, rules_file
+from tests.kit.analysis import make_worker, rules_file
+from tests.kit.eventwriter import Events
 
 SCRIPT = scripts.read("commit.lua")
 

@@ -11,7 +11,8 @@ import redis
 
 from fasterdata.analyzers.atomic import claim_floor
 from fasterdata.analyzers.worker import _entries
-from tests.analyzers.kit import Events, biz, drain, make_worker, rules_file
+from tests.kit.analysis import biz, drain, make_worker, rules_file
+from tests.kit.eventwriter import Events
 
 INSERT_EXT = "INSERT INTO orders (id, customer_id, region, total) VALUES ($1, $2, $3, $4)"
 

@@ -11,8 +11,9 @@ from fasterdata.analyzers import merged
 from fasterdata.analyzers.business_metrics import DayValues
 from fasterdata.analyzers.keys import shard_keys
 from fasterdata.analyzers.worker import Worker
-from tests.analyzers.kit import Events, drain, make_worker, rules_file
-from tests.conftest import free_port
+from tests.kit.analysis import drain, make_worker, rules_file
+from tests.kit.eventwriter import Events
+from tests.kit.ports import free_port
 
 INSERT = "INSERT INTO orders (id, customer_id, region, total) VALUES ($1, $2, $3, $4)"
 # (customer, region, total): 7 orders from 3 customers; eu totals 0.10 + 0.20, whose float sum is not 0.3

@@ -13,7 +13,7 @@ from fasterdata.analyzers.fingerprint import Normalizer
 from fasterdata.analyzers.keys import Keys
 from fasterdata.analyzers.rules import parse
 from fasterdata.analyzers.shape import ShapeCache
-from tests.analyzers.kit import RULES
+from tests.kit.analysis import RULES
 
 KEYS = Keys("unit")
 TS = 1_700_000_000_000_000  # 2023-11-14 UTC

@@ -3,27 +3,23 @@ compared with SQL over the database. Skipped while the proxy does not capture ye
 
 from __future__ import annotations
 
-import time
-
 import psycopg
 import pytest
 import redis
 
 from fasterdata.analyzers.rules import parse
-from tests.analyzers.kit import drain, make_worker, wait_for
-from tests.analyzers.workload import RULES, NoEvents, Workload, dump, measured
-from tests.conftest import ProxyProcess, entries
+from tests.kit.analysis import drain, make_worker
+from tests.kit.polling import poll, wait_until
+from tests.kit.processes import ProxyProcess
+from tests.kit.streams import entries
+from tests.kit.workload import RULES, NoEvents, Workload, dump, measured
 
 
 def captures(r: redis.Redis, proxy: ProxyProcess) -> bool:
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         conn.execute("SELECT 1")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if r.exists(f"{proxy.prefix}:statements") and r.xlen(f"{proxy.prefix}:statements"):
-            return True
-        time.sleep(0.1)
-    return False
+    stream = f"{proxy.prefix}:statements"
+    return bool(poll(lambda: r.exists(stream) and r.xlen(stream), timeout=10, interval=0.1))
 
 
 def test_business_totals_through_the_proxy(r: redis.Redis, start_proxy, scratch_db: str) -> None:
@@ -37,7 +33,7 @@ def test_business_totals_through_the_proxy(r: redis.Redis, start_proxy, scratch_
             w.setup()
             w.run_many(150)
             truth = w.truth()
-        wait_for(lambda: len(entries(r, f"{prefix}:statements")) >= w.statements, what="the sink to flush")
+        wait_until(lambda: len(entries(r, f"{prefix}:statements")) >= w.statements, what="the sink to flush")
         total_before = len(entries(r, f"{prefix}:statements"))
         worker = make_worker(prefix, parse(RULES))
         drain(worker)

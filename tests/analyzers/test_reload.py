@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.analyzers.kit import RULES, Events, biz, drain, group_done, make_worker, rules_file, wait_for
-from tests.analyzers.test_worker import samples, scrape
+from tests.analyzers.kit import samples
+from tests.kit.analysis import RULES, biz, drain, group_done, make_worker, rules_file
+from tests.kit.eventwriter import Events
+from tests.kit.metrics import http_get
+from tests.kit.polling import wait_until
 
 INSERT = "INSERT INTO orders (id, customer_id, region, total) VALUES ($1, $2, $3, $4)"
 BIG = {"name": "big_orders", "table": "orders", "operation": "insert", "value": "total", "aggregate": "count"}
@@ -28,7 +31,7 @@ def sighup(w, path: Path, text: str, logged: str) -> None:
     """Rewrite the worker's rules file, SIGHUP it, and wait for its answer in the log."""
     path.write_text(text)
     w.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: logged in w.log(), what=f"{logged!r} in the log\n{w.log()}")
+    wait_until(lambda: logged in w.log(), what=f"{logged!r} in the log\n{w.log()}")
 
 
 def test_sighup_reloads_the_rules(r: redis.Redis, prefix: str, events: Events, start_worker,
@@ -38,17 +41,17 @@ def test_sighup_reloads_the_rules(r: redis.Redis, prefix: str, events: Events, s
     path = tmp_path / "rules-h1.json"
     stream = f"{prefix}:statements"
     orders(events, range(3))
-    wait_for(lambda: r.exists(stream) and group_done(r, [stream]), what=f"first batch\n{w.log()}")
+    wait_until(lambda: r.exists(stream) and group_done(r, [stream]), what=f"first batch\n{w.log()}")
     unit = biz(r, prefix, "orders_placed")["-"] // 3  # sums are stored in units of 10^-scale
 
     rules["rules"] = [rule for rule in rules["rules"] if rule["name"] != "order_count"] + [BIG]
     sighup(w, path, json.dumps(rules), "added: big_orders; removed: order_count; changed: none")
     orders(events, range(3, 5))
-    wait_for(lambda: group_done(r, [stream]) and biz(r, prefix, "orders_placed") == {"-": 5 * unit},
-             what=f"second batch\n{w.log()}")
+    wait_until(lambda: group_done(r, [stream]) and biz(r, prefix, "orders_placed") == {"-": 5 * unit},
+               what=f"second batch\n{w.log()}")
     assert biz(r, prefix, "big_orders", aggregate="count") == {"-": 2}  # from the reload on
     assert biz(r, prefix, "order_count", aggregate="count") == {"-": 3}  # removed: counts no more
-    metrics = samples(scrape(w.metrics_port)[1])
+    metrics = samples(http_get(w.metrics_port)[1])
     assert metrics[("fasterdata_business_orders_placed", ())] == 5  # the day's total, from Redis
     assert metrics[("fasterdata_business_orders_placed_processed_total", ())] == 5  # kept rule: its tally went on
     assert metrics[("fasterdata_business_big_orders", ())] == 2
@@ -58,8 +61,8 @@ def test_sighup_reloads_the_rules(r: redis.Redis, prefix: str, events: Events, s
     sighup(w, path, "rules:\n  - name: broken\n    table: orders\n    operation: upsert\n", "not loaded")
     assert "rule 'broken'" in w.log() and "operation" in w.log()
     orders(events, range(5, 6))
-    wait_for(lambda: group_done(r, [stream]) and biz(r, prefix, "orders_placed") == {"-": 6 * unit},
-             what=f"third batch\n{w.log()}")
+    wait_until(lambda: group_done(r, [stream]) and biz(r, prefix, "orders_placed") == {"-": 6 * unit},
+               what=f"third batch\n{w.log()}")
     assert biz(r, prefix, "big_orders", aggregate="count") == {"-": 3}  # the rules in force stayed
     assert w.proc.poll() is None
     assert w.stop(signal.SIGTERM) == 0, w.log()

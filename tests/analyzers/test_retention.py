@@ -20,9 +20,12 @@ from fasterdata.analyzers.fingerprint import Normalizer
 from fasterdata.analyzers.keys import Keys, shard_keys
 from fasterdata.analyzers.worker import Worker
 from fasterdata.config.analyzer_settings import AnalyzerSettings
-from tests.analyzers.kit import Events, biz, drain, group_done, make_worker, rules_file, wait_for
-from tests.analyzers.test_worker import samples, scrape
-from tests.conftest import REDIS_URL
+from tests.analyzers.kit import samples
+from tests.kit.analysis import biz, drain, group_done, make_worker, rules_file
+from tests.kit.eventwriter import Events
+from tests.kit.metrics import http_get
+from tests.kit.polling import wait_until
+from tests.kit.services import REDIS_URL
 
 DAY_US = 86_400_000_000
 INSERT = "INSERT INTO orders (id, customer_id, region, total) VALUES ($1, $2, $3, $4)"
@@ -421,12 +424,12 @@ def test_evictions_are_counted_in_metrics_and_logged(r: redis.Redis, prefix: str
 
     def evicted() -> float | None:
         try:
-            status, text = scrape(w.metrics_port)
+            status, text = http_get(w.metrics_port)
         except OSError:
             return None  # not listening yet
         got = samples(text).get(("fasterdata_analyzer_evicted_fingerprints_total", ())) if status == 200 else None
         return got if got == 10 else None
 
-    wait_for(evicted, what=f"10 evictions in /metrics\n{w.log()}")
+    wait_until(evicted, what=f"10 evictions in /metrics\n{w.log()}")
     assert re.search(r"sweep: evicted \d+ fingerprint", w.log())
     assert len(summary(r, Keys(prefix))["q"]) == 5

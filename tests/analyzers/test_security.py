@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import redis
 
-from tests.analyzers.kit import Events, drain, make_worker, rules_file
+from tests.kit.analysis import drain, make_worker, rules_file
+from tests.kit.eventwriter import Events
 
 SECURITY = {
     "ddl_allowed_apps": ["migrations"],

@@ -10,7 +10,8 @@ from redis.crc import key_slot
 
 from fasterdata.analyzers import merged, top
 from fasterdata.analyzers.keys import shard_keys
-from tests.analyzers.kit import Events, biz, drain, make_worker, rules_file
+from tests.kit.analysis import biz, drain, make_worker, rules_file
+from tests.kit.eventwriter import Events
 
 SHARDS = 3
 INSERT = "INSERT INTO orders (id, customer_id, region, total) VALUES ($1, $2, $3, $4)"

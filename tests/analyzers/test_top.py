@@ -10,8 +10,10 @@ import redis
 from rich.console import Console
 
 from fasterdata.analyzers import top
-from tests.analyzers.kit import ROOT, Events, drain, make_worker
-from tests.conftest import REDIS_URL
+from tests.kit.analysis import drain, make_worker
+from tests.kit.eventwriter import Events
+from tests.kit.processes import ROOT
+from tests.kit.services import REDIS_URL
 
 
 def populate(prefix: str, events: Events) -> None:

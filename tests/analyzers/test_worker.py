@@ -3,36 +3,22 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from fasterdata import cli
 from fasterdata.analyzers.stats import BatchStats, StatsCollector
-from tests.analyzers.kit import Events, drain, make_worker, wait_for
-
-
-def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def samples(text: str) -> dict[tuple[str, tuple], float]:
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
+from tests.analyzers.kit import samples
+from tests.kit.analysis import drain, make_worker
+from tests.kit.eventwriter import Events
+from tests.kit.metrics import http_get
+from tests.kit.polling import wait_until
+from tests.kit.ports import port_open
 
 
 def test_group_and_stream_are_created_if_absent(r: redis.Redis, prefix: str) -> None:
@@ -152,13 +138,13 @@ def test_metrics_health_and_sigterm(r: redis.Redis, prefix: str, events: Events,
 
     def done() -> dict | None:
         try:
-            _status, text = scrape(w.metrics_port)
+            _status, text = http_get(w.metrics_port)
         except OSError:
             return None
         s = samples(text)
         return s if s.get(("fasterdata_analyzer_statements_total", ())) == 42 else None
 
-    s = wait_for(done, what=f"metrics to show 42 statements\n{w.log()}")
+    s = wait_until(done, what=f"metrics to show 42 statements\n{w.log()}")
     assert s[("fasterdata_business_sales", (("region", "eu"),))] == 100.0
     assert s[("fasterdata_business_sales_processed_total", (("region", "eu"),))] == 100.0
     assert s[("fasterdata_analyzer_unparsed_total", ())] == 1
@@ -168,25 +154,17 @@ def test_metrics_health_and_sigterm(r: redis.Redis, prefix: str, events: Events,
     errors = [k for k in s if k[0] == "fasterdata_statement_errors_total"]
     assert any(("sqlstate", "42601") in k[1] for k in errors)
     assert any(k[0] == "fasterdata_statement_duration_seconds_bucket" for k in s)
-    assert scrape(w.metrics_port, "/healthz") == (200, "ok\n")
-    assert scrape(w.metrics_port, "/readyz")[0] == 200
+    assert http_get(w.metrics_port, "/healthz") == (200, "ok\n")
+    assert http_get(w.metrics_port, "/readyz")[0] == 200
     assert w.stop(signal.SIGTERM) == 0, w.log()
 
     again = start_worker("m1")  # restarted: the day's values are Redis's, not this process's
-    s = wait_for(lambda: samples(scrape(again.metrics_port)[1]) if port_open(again.metrics_port) else None,
-                 what=f"metrics of the restarted worker\n{again.log()}")
+    s = wait_until(lambda: samples(http_get(again.metrics_port)[1]) if port_open(again.metrics_port) else None,
+                   what=f"metrics of the restarted worker\n{again.log()}")
     assert s[("fasterdata_business_sales", (("region", "eu"),))] == 100.0
     assert not any(name.endswith("_processed_total") and name.startswith("fasterdata_business_") and value
                    for (name, _), value in s.items())
     assert again.stop(signal.SIGTERM) == 0, again.log()
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def test_prometheus_fingerprints_are_capped_to_top_k() -> None:
@@ -261,15 +239,15 @@ def test_prometheus_counts_do_not_wait_for_the_next_read(r: redis.Redis, prefix:
     """With sparse traffic the worker blocks in its next read; the last commit's counts are published before
     that, not when the read returns (`--block 60`: the bound below is far shorter than the read)."""
     w = start_worker("p1", "--block", "60")
-    wait_for(lambda: r.exists(f"{prefix}:statements"), what="the group to be created")
+    wait_until(lambda: r.exists(f"{prefix}:statements"), what="the group to be created")
     events.stmt("INSERT INTO orders (id, customer_id, region, total) VALUES ($1, $2, $3, $4)",
                 [1, 1, "eu", "2.50"], tag="INSERT", rows=1)
 
     def counted() -> float | None:
         try:
-            return samples(scrape(w.metrics_port)[1]).get(("fasterdata_business_sales", (("region", "eu"),)))
+            return samples(http_get(w.metrics_port)[1]).get(("fasterdata_business_sales", (("region", "eu"),)))
         except OSError:
             return None
 
-    assert wait_for(counted, timeout=20, what=f"the sale in /metrics\n{w.log()}") == 2.5
+    assert wait_until(counted, timeout=20, what=f"the sale in /metrics\n{w.log()}") == 2.5
     assert w.stop(signal.SIGTERM) == 0, w.log()

@@ -13,9 +13,12 @@ import redis
 from fasterdata.analyzers import merged
 from fasterdata.analyzers.keys import shard_keys
 from fasterdata.analyzers.rules import parse
-from tests.analyzers.kit import Events, drain, make_worker, wait_for
-from tests.analyzers.workload import RULES, Workload, dump, measured
-from tests.conftest import direct_dsn, entries
+from tests.kit.analysis import drain, make_worker
+from tests.kit.eventwriter import Events
+from tests.kit.polling import wait_until
+from tests.kit.services import direct_dsn
+from tests.kit.streams import entries
+from tests.kit.workload import RULES, Workload, dump, measured
 
 
 @pytest.fixture(params=[1, 3], ids=["one-stream", "three-shards"])
@@ -76,14 +79,14 @@ def test_totals_survive_a_sigkilled_worker(r: redis.Redis, prefix: str, workload
         return sum({c["name"]: c["pending"] for c in r.xinfo_consumers(s, "analyzers")}.get(consumer, 0)
                    for s in streams)
 
-    wait_for(lambda: progress() >= total // 3, what=f"worker a to process a third\n{a.log()}", interval=0.005)
+    wait_until(lambda: progress() >= total // 3, what=f"worker a to process a third\n{a.log()}", interval=0.005)
     a.stop(signal.SIGKILL)
     acked_at_kill = progress()
     pending_of_a = pending("a")
     assert acked_at_kill < total, "worker a finished before it could be killed"
     print(f"killed a with {pending_of_a} pending, {acked_at_kill}/{total} acked")
     b = start_worker("b", "--batch", "100", "--claim-idle", "1", rules=RULES, env=env)
-    wait_for(lambda: progress() == total, what=f"worker b to finish\n{b.log()}")
+    wait_until(lambda: progress() == total, what=f"worker b to finish\n{b.log()}")
     truth, got = workload.truth(), measured(r, prefix, shards)
     assert got == truth, f"\nkilled with {pending_of_a} pending\nredis: {dump(got)}\nsql:   {dump(truth)}"
     assert b.stop() == 0, b.log()

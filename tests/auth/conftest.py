@@ -1,7 +1,7 @@
 """Fixtures for the authentication/TLS/replication suite: one private cluster for the whole directory.
 
 The machine's PostgreSQL is trust-only with ssl off, so everything here runs against a
-:class:`~tests.pgcluster.PrivateCluster` with ssl=on, wal_level=logical and md5/SCRAM users.
+:class:`~tests.kit.pgcluster.PrivateCluster` with ssl=on, wal_level=logical and md5/SCRAM users.
 Tests that need a different pg_hba.conf or ssl=off use ``private_cluster.reconfigured(...)``,
 which restores the shared configuration when the test ends.
 """
@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ProxyProcess, stop_all
-from tests.pgcluster import PrivateCluster, TestPKI
+from tests.kit.certs import TestPKI
+from tests.kit.pgcluster import PrivateCluster
+from tests.kit.processes import ProxyProcess, stop_all
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,8 @@ import asyncpg
 import psycopg
 import pytest
 
-from tests.conftest import ProxyProcess
-from tests.pgcluster import PrivateCluster
+from tests.kit.pgcluster import PrivateCluster
+from tests.kit.processes import ProxyProcess
 
 USER = "scramuser"
 SSL_QUERY = "select ssl from pg_stat_ssl where pid = pg_backend_pid()"

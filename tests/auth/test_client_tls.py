@@ -11,15 +11,15 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
-import time
 import warnings
 
 import asyncpg
 import psycopg
 import pytest
 
-from tests.conftest import ProxyProcess
-from tests.pgcluster import PrivateCluster
+from tests.kit.pgcluster import PrivateCluster
+from tests.kit.polling import wait_until
+from tests.kit.processes import ProxyProcess
 
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 
@@ -44,14 +44,9 @@ def _ssl_answer(port: int) -> bytes:
 
 def _wait_for_log(proxy: ProxyProcess, text: str, timeout: float = 10.0) -> str:
     """The proxy's log line containing ``text``; the proxy writes it asynchronously."""
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = [line for line in proxy.log().splitlines() if text in line]
-        if lines:
-            return lines[-1]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no log line with {text!r}:\n{proxy.log()}")
-        time.sleep(0.05)
+    lines = wait_until(lambda: [line for line in proxy.log().splitlines() if text in line],
+                       lambda: f"a log line with {text!r}:\n{proxy.log()}", timeout)
+    return lines[-1]
 
 
 def test_sslrequest_answered_s(tls_proxy: ProxyProcess) -> None:

@@ -14,8 +14,8 @@ import asyncpg
 import psycopg
 import pytest
 
-from tests.conftest import ProxyProcess
-from tests.pgcluster import PrivateCluster, pg_bin
+from tests.kit.pgcluster import PrivateCluster, pg_bin
+from tests.kit.processes import ProxyProcess
 
 USERS = ["trustuser", "md5user", "scramuser"]
 METHOD = {"trustuser": "trust", "md5user": "md5", "scramuser": "scram-sha-256"}

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from tests.pgcluster import PrivateCluster, _pid_alive
+from tests.kit.pgcluster import PrivateCluster
+from tests.kit.procfs import pid_alive
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_kill_then_start_recovers(cluster: PrivateCluster) -> None:
     assert pid is not None
     cluster.kill()
     assert not cluster.is_running()
-    assert not _pid_alive(pid)
+    assert not pid_alive(pid)
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(cluster.dsn(), connect_timeout=5)
     cluster.start()
@@ -66,5 +67,5 @@ def test_destroy_leaves_nothing() -> None:
     pid, root = c.pid, c.root
     assert pid is not None and root.exists()
     c.destroy()
-    assert not _pid_alive(pid)
+    assert not pid_alive(pid)
     assert not root.exists()

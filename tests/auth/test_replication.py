@@ -16,8 +16,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import ProxyProcess
-from tests.pgcluster import PrivateCluster, pg_bin
+from tests.kit.pgcluster import PrivateCluster, pg_bin
+from tests.kit.processes import ProxyProcess
 
 
 @pytest.fixture(scope="module")

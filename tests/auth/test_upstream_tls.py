@@ -12,7 +12,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from tests.pgcluster import PrivateCluster, hba_ssl_only
+from tests.kit.pgcluster import PrivateCluster, hba_ssl_only
 
 SSL_QUERY = "select ssl, version from pg_stat_ssl where pid = pg_backend_pid()"
 

@@ -18,6 +18,7 @@ import time
 from fasterdata.proxy import wire
 from fasterdata.proxy.events import CaptureOptions
 from fasterdata.proxy.session import BACKEND_WANTED, FRONTEND_WANTED, Session
+from tests.kit.polling import wait_until
 
 
 def now_us() -> int:
@@ -68,12 +69,8 @@ class Relay:
 
     def wait_closed(self, count: int = 1, timeout: float = 10.0) -> None:
         """Wait until ``count`` sessions have seen their connection end (close() called)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if sum(s.closed for s in self.sessions) >= count:
-                return
-            time.sleep(0.01)
-        raise TimeoutError("sessions did not close")
+        wait_until(lambda: sum(s.closed for s in self.sessions) >= count, f"{count} sessions to close", timeout,
+                   interval=0.01)
 
     def dsn(self, dbname: str, user: str = "postgres", **extra: str) -> str:
         parts = {"host": "127.0.0.1", "port": str(self.port), "user": user, "dbname": dbname,

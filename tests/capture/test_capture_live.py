@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from fasterdata.proxy.events import ALWAYS_STMT, ALWAYS_TXN_END, FIELDS, CaptureOptions
-from tests.conftest import PG_HOST, PG_PORT, RUN_ID
+from tests.kit.services import PG_HOST, PG_PORT, RUN_ID
 
 from . import pgmsg
 from .relay import RawClient, Relay

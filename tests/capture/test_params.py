@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from psycopg.adapt import PyFormat, Transformer
 
 from fasterdata.proxy import params
-from tests.conftest import direct_dsn
+from tests.kit.services import direct_dsn
 
 from .pgmsg import cstr
 

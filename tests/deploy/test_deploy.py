@@ -16,9 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,7 +28,11 @@ import yaml
 
 from fasterdata.cli import build_parser
 from fasterdata.config.settings import COMMANDS, load
-from tests.conftest import REDIS_URL, ProxyProcess, free_port
+from tests.kit.metrics import http_get
+from tests.kit.polling import wait_until
+from tests.kit.ports import free_port, port_open
+from tests.kit.processes import ProxyProcess
+from tests.kit.services import REDIS_URL
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -124,25 +125,6 @@ def exported_names(text: str) -> set[str]:
         elif line and not line.startswith("#"):
             names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
     return names
-
-
-def http_get(port: int, path: str) -> tuple[int, str]:
-    """(status, body) of a GET on 127.0.0.1."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Poll until condition() holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def parse_command(argv: list[str]) -> tuple[str, dict[str, Any]]:
@@ -496,8 +478,8 @@ def test_alert_and_dashboard_metrics_are_exported(start_proxy: Callable[..., Pro
             conn.execute("SELECT 1")
             with pytest.raises(psycopg.errors.UndefinedTable):
                 conn.execute("SELECT * FROM fasterdata_deploy_no_such_table")
-        wait_for(lambda: "fasterdata_proxy_statement_errors_total{" in http_get(proxy.metrics_port, "/metrics")[1],
-                 "the proxy to count the failed statement")
+        wait_until(lambda: "fasterdata_proxy_statement_errors_total{" in http_get(proxy.metrics_port, "/metrics")[1],
+                   "the proxy to count the failed statement")
         status, proxy_text = http_get(proxy.metrics_port, "/metrics")
         assert status == 200
         exported = exported_names(proxy_text)
@@ -514,7 +496,7 @@ def test_alert_and_dashboard_metrics_are_exported(start_proxy: Callable[..., Pro
             status, text = http_get(port, "/metrics") if port_open(port) else (0, "")
             return status == 200 and re.search(r"^fasterdata_analyzer_entries_total [1-9]", text, re.M) is not None
 
-        wait_for(processed, "the analyzer to process the proxy's statements", timeout=60)
+        wait_until(processed, "the analyzer to process the proxy's statements", timeout=60)
         exported |= exported_names(http_get(port, "/metrics")[1])
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, f"analyzer exited {proc.returncode} on SIGTERM:\n{log_path.read_text()[-2000:]}"
@@ -525,15 +507,6 @@ def test_alert_and_dashboard_metrics_are_exported(start_proxy: Callable[..., Pro
     assert any(name.startswith("fasterdata_business_") for name in exported), "no fasterdata_business_<rule>"
     missing = missing_metrics(exported)
     assert not missing, f"metrics used but not exported: {missing}"
-
-
-def port_open(port: int) -> bool:
-    """Something accepts connections on 127.0.0.1:port."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 # ── (d) command lines, flags and settings files ──────────────────────────────────────────────────

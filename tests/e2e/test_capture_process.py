@@ -16,21 +16,12 @@ from pathlib import Path
 
 import redis
 
-from tests.conftest import PG_USER, ProxyProcess
-
-from .conftest import StartProxy
-from .kit import (
-    TPCB_KINDS,
-    http_get,
-    parse_pgbench,
-    pgbench,
-    scrape,
-    settle,
-    statements,
-    tpcb_kind,
-    value,
-    wait_until,
-)
+from tests.kit.metrics import http_get, scrape, settle, value
+from tests.kit.pgbench import TPCB_KINDS, parse_pgbench, pgbench, tpcb_kind
+from tests.kit.polling import wait_until
+from tests.kit.processes import ProxyProcess, StartProxy
+from tests.kit.services import PG_USER
+from tests.kit.streams import statements
 
 PROCESS = ("--capture-mode", "process")
 

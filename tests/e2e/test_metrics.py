@@ -8,11 +8,11 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import ProxyProcess, wait_until
-from tests.sink.kit import RedisServer
-
-from .conftest import StartProxy
-from .kit import Samples, http_get, scrape, settle, statements, value
+from tests.kit.metrics import Samples, http_get, scrape, settle, value
+from tests.kit.polling import wait_until
+from tests.kit.processes import ProxyProcess, StartProxy
+from tests.kit.redisserver import RedisServer
+from tests.kit.streams import statements
 
 
 def histogram(samples: Samples, db: str, app: str) -> tuple[list[tuple[float, float]], float, float]:

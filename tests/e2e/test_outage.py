@@ -17,11 +17,13 @@ from pathlib import Path
 import redis
 
 from fasterdata.proxy.events import COMMITTED
-from tests.conftest import PG_USER, ProxyProcess, wait_until
-from tests.sink.kit import RedisServer
-
-from .conftest import StartProxy
-from .kit import TPCB_KINDS, http_get, parse_pgbench, read_stream, scrape, settle, tpcb_kind, value
+from tests.kit.metrics import http_get, scrape, settle, value
+from tests.kit.pgbench import TPCB_KINDS, parse_pgbench, tpcb_kind
+from tests.kit.polling import wait_until
+from tests.kit.processes import ProxyProcess, StartProxy
+from tests.kit.redisserver import RedisServer
+from tests.kit.services import PG_USER
+from tests.kit.streams import entries
 
 CLIENTS = 4
 PER_CLIENT = 500
@@ -74,7 +76,7 @@ def test_redis_killed_and_restarted_during_pgbench(start_proxy: StartProxy, tmp_
         assert value(samples, "fasterdata_sink_spooled_total") > 0
         assert value(samples, "fasterdata_sink_replayed_total") > 0
         assert value(samples, "fasterdata_sink_dropped_total") == 0
-        events = [f for _id, f in read_stream(r, stream)]
+        events = [f for _id, f in entries(r, stream)]
     finally:
         if bench is not None and bench.poll() is None:
             bench.kill()

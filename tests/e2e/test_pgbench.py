@@ -14,10 +14,11 @@ import pytest
 import redis
 
 from fasterdata.proxy.events import ALWAYS_STMT, COMMITTED, SCHEMA_VERSION
-from tests.conftest import PG_USER, direct_dsn
-
-from .conftest import StartProxy
-from .kit import TPCB_KINDS, TPCB_TAGS, pgbench, settle, statements, tpcb_kind
+from tests.kit.metrics import settle
+from tests.kit.pgbench import TPCB_KINDS, TPCB_TAGS, pgbench, tpcb_kind
+from tests.kit.processes import StartProxy
+from tests.kit.services import PG_USER, direct_dsn
+from tests.kit.streams import statements
 
 # Bound parameters of each TPC-B statement in prepared mode.
 TPCB_PARAMS = {"BEGIN": 0, "UPDATE pgbench_accounts": 2, "SELECT abalance": 1, "UPDATE pgbench_tellers": 2,

@@ -18,10 +18,10 @@ import pytest
 import redis
 
 from fasterdata.proxy.events import AUTOCOMMIT, COMMITTED, ROLLED_BACK
-from tests.conftest import ProxyProcess, direct_dsn
-
-from .conftest import StartProxy
-from .kit import Event, settle, statements
+from tests.kit.metrics import settle
+from tests.kit.processes import ProxyProcess, StartProxy
+from tests.kit.services import direct_dsn
+from tests.kit.streams import Event, statements
 
 
 @pytest.fixture

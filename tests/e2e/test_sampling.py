@@ -10,10 +10,10 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import direct_dsn
-
-from .conftest import StartProxy
-from .kit import settle, statements, value
+from tests.kit.metrics import settle, value
+from tests.kit.processes import StartProxy
+from tests.kit.services import direct_dsn
+from tests.kit.streams import statements
 
 
 @pytest.mark.parametrize(("rate", "expected"), [("0", 0), ("1.0", 7)])

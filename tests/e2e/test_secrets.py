@@ -20,11 +20,14 @@ import pytest
 import redis
 from psycopg import sql
 
-from tests.conftest import ProxyProcess, direct_dsn, wait_until
-from tests.pgcluster import PrivateCluster, free_port
-
-from .conftest import StartProxy
-from .kit import dump_prefix, scrape, settle, statements, value
+from tests.kit.metrics import scrape, settle, value
+from tests.kit.pgcluster import PrivateCluster
+from tests.kit.polling import wait_until
+from tests.kit.ports import free_port
+from tests.kit.prefixes import dump_prefix
+from tests.kit.processes import ProxyProcess, StartProxy
+from tests.kit.services import direct_dsn
+from tests.kit.streams import statements
 
 
 @pytest.fixture(scope="module")

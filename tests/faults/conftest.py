@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.pgcluster import PrivateCluster
-from tests.sink.kit import RedisServer
+from tests.kit.pgcluster import PrivateCluster
+from tests.kit.redisserver import RedisServer
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -19,12 +18,15 @@ import psycopg
 import pytest
 
 from fasterdata.proxy import wire
-from tests.analyzers.kit import WorkerProcess
-from tests.conftest import PG_USER, REDIS_URL, free_port, wait_port, wait_until
-from tests.proxy.pxkit import RawClient, StartProxy, errors
-from tests.sink.kit import make_certs
+from tests.kit.certs import der, self_signed, server_and_client
+from tests.kit.metrics import http, metric
+from tests.kit.polling import wait_until
+from tests.kit.ports import free_port, wait_port
+from tests.kit.processes import StartProxy, WorkerProcess
+from tests.kit.rawclient import RawClient, errors
+from tests.kit.services import PG_USER, REDIS_URL
 
-from .kit import der, http, metric, proxy_peer_cert, self_signed
+from .kit import proxy_peer_cert
 
 
 def test_allow_list_admits_listed_networks(start_proxy: StartProxy) -> None:
@@ -63,7 +65,7 @@ GUARD = ("--metrics-user", "scraper", "--metrics-password", "s3cret pw")
 
 def guarded_certs(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "pki").mkdir()
-    return make_certs(tmp_path / "pki")
+    return server_and_client(tmp_path / "pki")
 
 
 def assert_guarded(port: int, ca: str, series: str) -> None:
@@ -152,7 +154,7 @@ def test_metrics_basic_auth_without_tls(start_proxy: StartProxy) -> None:
 
 def test_metrics_half_configured_is_a_config_error(tmp_path: Path) -> None:
     """A user without a password is refused at start-up, not silently left open."""
-    from tests.conftest import ProxyProcess
+    from tests.kit.processes import ProxyProcess
 
     with pytest.raises(RuntimeError, match="must be set together"):
         ProxyProcess(tmp_path, "--no-capture", "--metrics-user", "u")
@@ -186,16 +188,10 @@ def test_tls_certificate_reloaded_on_sighup(start_proxy: StartProxy, tmp_path: P
         held.close()
 
 
-def _free_port_v6() -> int:
-    with socket.socket(socket.AF_INET6) as s:
-        s.bind(("::1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("allowed", [True, False])
 def test_allow_list_with_ipv6_clients(start_proxy: StartProxy, allowed: bool) -> None:
     """A proxy listening on [::1]: an IPv6 client is matched against IPv6 networks of the list."""
-    port = _free_port_v6()
+    port = free_port("::1")
     networks = ["--allow-client", "10.0.0.0/8"] + (["--allow-client", "::1/128"] if allowed else [])
     proxy = start_proxy("--no-capture", "--listen", f"[::1]:{port}", *networks, wait=False)
     wait_port(port, host="::1")

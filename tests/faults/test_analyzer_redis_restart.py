@@ -16,10 +16,12 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from fasterdata.analyzers import top
-from tests.analyzers.kit import Events, WorkerProcess, biz
-from tests.analyzers.workload import RULES
-from tests.conftest import wait_until
-from tests.sink.kit import RedisServer
+from tests.kit.analysis import biz
+from tests.kit.eventwriter import Events
+from tests.kit.polling import wait_until
+from tests.kit.processes import WorkerProcess
+from tests.kit.redisserver import RedisServer
+from tests.kit.workload import RULES
 
 INSERT = "INSERT INTO orders (id, customer_id, region, total) VALUES ($1, $2, $3, $4)"
 

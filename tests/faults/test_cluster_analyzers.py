@@ -22,11 +22,13 @@ from fasterdata.analyzers.keys import shard_keys
 from fasterdata.analyzers.rules import RulesFile
 from fasterdata.analyzers.worker import Worker
 from fasterdata.config.analyzer_settings import AnalyzerSettings
-from tests.analyzers.kit import ROOT, WorkerProcess, group_done
-from tests.analyzers.test_anomaly import check_spikes_and_drops
-from tests.analyzers.workload import RULES, NoEvents, Workload, dump, measured
-from tests.conftest import direct_dsn, entries, wait_until
-from tests.proxy.pxkit import StartProxy
+from tests.kit.analysis import group_done
+from tests.kit.polling import wait_until
+from tests.kit.processes import ROOT, StartProxy, WorkerProcess
+from tests.kit.services import direct_dsn
+from tests.kit.spikes import check_spikes_and_drops
+from tests.kit.streams import entries
+from tests.kit.workload import RULES, NoEvents, Workload, dump, measured
 from tests.rediscluster import Cluster
 
 SHARDS = 3

@@ -26,9 +26,13 @@ import pytest
 
 from fasterdata.analyzers.redisconn import clustered, connect
 from fasterdata.proxy.events import COMMITTED
-from tests.conftest import PG_USER, ProxyProcess, entries, wait_port, wait_until
-from tests.e2e.kit import TPCB_KINDS, Event, parse_pgbench, read_stream, scrape, settle, tpcb_kind, value
-from tests.proxy.pxkit import StartProxy
+from tests.kit.metrics import scrape, settle, value
+from tests.kit.pgbench import TPCB_KINDS, parse_pgbench, tpcb_kind
+from tests.kit.polling import wait_until
+from tests.kit.ports import wait_port
+from tests.kit.processes import ProxyProcess, StartProxy
+from tests.kit.services import PG_USER
+from tests.kit.streams import Event, entries
 from tests.rediscluster import Cluster
 
 SHARDS = 3
@@ -125,7 +129,7 @@ def _assert_each_statement_once(events: list[Event], app: str, processed: int) -
 def _all_events(cluster: Cluster, streams: list[str]) -> list[Event]:
     rc = cluster.client()
     try:
-        return [fields for s in streams for _id, fields in read_stream(rc, s)]
+        return [fields for s in streams for _id, fields in entries(rc, s)]
     finally:
         rc.close()
 

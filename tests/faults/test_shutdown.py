@@ -11,12 +11,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests import conftest
-from tests.conftest import ProxyProcess, wait_until
-from tests.proxy.pxkit import StartProxy, backend_running
-from tests.sink.kit import RedisServer, read_stream
-
-from .kit import metric
+from tests.kit import processes
+from tests.kit.backends import backend_running
+from tests.kit.metrics import metric
+from tests.kit.polling import wait_until
+from tests.kit.processes import ProxyProcess, StartProxy
+from tests.kit.redisserver import RedisServer
+from tests.kit.streams import stream_events
 
 STATEMENTS = 20
 
@@ -39,7 +40,7 @@ def _busy_session(proxy: ProxyProcess, app: str) -> None:
 
 
 def _mine(server: RedisServer, prefix: str, app: str) -> list[str]:
-    return [ev["sql"] for ev in read_stream(server.client(), f"{prefix}:statements")
+    return [ev["sql"] for ev in stream_events(server.client(), f"{prefix}:statements")
             if ev.get("app") == app and ev.get("kind") == "stmt"]
 
 
@@ -72,8 +73,8 @@ def test_sigterm_with_redis_down_spools_and_replays(start_proxy: StartProxy, pri
 
     # The spool is named after prefix and listen address: the successor takes over both.
     private_redis.start()
-    ports = iter([proxy.port, conftest.free_port()])
-    monkeypatch.setattr(conftest, "free_port", lambda: next(ports))
+    ports = iter([proxy.port, processes.free_port()])
+    monkeypatch.setattr(processes, "free_port", lambda: next(ports))
     successor = start_proxy("--redis", private_redis.url, "--prefix", proxy.prefix, env=env)
     assert successor.port == proxy.port
     wait_until(lambda: _mine(private_redis, proxy.prefix, app) == _expected(), "the spool to be replayed")

@@ -10,12 +10,13 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from tests.conftest import PG_HOST, PG_PORT, PG_USER, wait_until
-from tests.e2e.kit import TPCB_KINDS, parse_pgbench, read_stream, tpcb_kind
-from tests.proxy.pxkit import StartProxy
-from tests.sink.kit import RedisServer
-
-from .kit import metric
+from tests.kit.metrics import metric
+from tests.kit.pgbench import TPCB_KINDS, parse_pgbench, tpcb_kind
+from tests.kit.polling import wait_until
+from tests.kit.processes import StartProxy
+from tests.kit.redisserver import RedisServer
+from tests.kit.services import PG_HOST, PG_PORT, PG_USER
+from tests.kit.streams import entries
 
 SECONDS = 8
 PAUSE = 3.0
@@ -61,7 +62,7 @@ def test_redis_paused_during_pgbench(start_proxy: StartProxy, private_redis: Red
                 and metric(proxy.metrics_port, "fasterdata_sink_redis_up") == 1)
 
     wait_until(drained, "every event to be confirmed by redis", timeout=120)
-    events = [ev for _id, ev in read_stream(r, stream) if ev.get("app") == app]
+    events = [ev for _id, ev in entries(r, stream) if ev.get("app") == app]
     kinds = Counter(tpcb_kind(ev["sql"]) for ev in events if tpcb_kind(ev["sql"]))
     assert kinds == {k: result.processed for k in TPCB_KINDS}
     keys = Counter((ev["sid"], ev["txid"], tpcb_kind(ev["sql"])) for ev in events if tpcb_kind(ev["sql"]))

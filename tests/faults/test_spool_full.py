@@ -10,10 +10,11 @@ from pathlib import Path
 import psycopg
 import redis
 
-from tests.conftest import wait_until
-from tests.e2e.kit import http_get, scrape, statements, value
-from tests.proxy.pxkit import StartProxy
-from tests.sink.kit import RedisServer
+from tests.kit.metrics import http_get, scrape, value
+from tests.kit.polling import wait_until
+from tests.kit.processes import StartProxy
+from tests.kit.redisserver import RedisServer
+from tests.kit.streams import statements
 
 LIMIT = 256 << 10  # bytes any one file of the proxy may reach
 STATEMENTS = 3000  # a few hundred bytes each in the spool: well past LIMIT

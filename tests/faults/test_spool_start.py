@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.proxy.pxkit import StartProxy
+from tests.kit.processes import StartProxy
 
 
 @pytest.mark.parametrize("mode", ["inline", "process"])

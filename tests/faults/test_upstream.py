@@ -13,10 +13,11 @@ import psycopg
 import pytest
 
 from fasterdata.proxy import wire
-from tests.conftest import wait_until
-from tests.pgcluster import PrivateCluster
-from tests.proxy.pxkit import RawClient, StartProxy, errors
-from tests.sink.kit import RedisServer
+from tests.kit.pgcluster import PrivateCluster
+from tests.kit.polling import wait_until
+from tests.kit.processes import StartProxy
+from tests.kit.rawclient import RawClient, errors
+from tests.kit.redisserver import RedisServer
 
 CLIENTS = 3
 

@@ -25,12 +25,14 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from fasterdata.proxy import wire
-from tests.conftest import REDIS_URL, ProxyProcess, wait_until
-from tests.pgcluster import PrivateCluster
-from tests.proxy.pxkit import RawClient, StartProxy, errors
-from tests.sink.kit import read_stream
-
-from .kit import fd_count, http, metric
+from tests.kit.metrics import http, metric
+from tests.kit.pgcluster import PrivateCluster
+from tests.kit.polling import wait_until
+from tests.kit.processes import ProxyProcess, StartProxy
+from tests.kit.procfs import fd_count
+from tests.kit.rawclient import RawClient, errors
+from tests.kit.services import REDIS_URL
+from tests.kit.streams import stream_events
 
 BOUND = 30.0  # seconds: only turns a hang into a failure
 LOCK_KEY = 8_317_001  # advisory lock a stalled session waits on, so its statement cannot end by itself
@@ -72,7 +74,7 @@ def captured(proxy: ProxyProcess, app_prefix: str) -> list[dict[str, str]]:
     """Statement events in the proxy's stream whose application_name starts with ``app_prefix``."""
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     try:
-        return [ev for ev in read_stream(client, f"{proxy.prefix}:statements")
+        return [ev for ev in stream_events(client, f"{proxy.prefix}:statements")
                 if ev.get("kind") == "stmt" and ev.get("app", "").startswith(app_prefix)]
     finally:
         client.close()

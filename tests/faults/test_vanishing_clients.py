@@ -11,11 +11,13 @@ import psycopg
 import pytest
 
 from fasterdata.proxy import wire
-from tests.conftest import direct_dsn, wait_until
-from tests.proxy.pxkit import RawClient, StartProxy
-from tests.sink.kit import RedisServer
-
-from .kit import backends, fd_count
+from tests.kit.backends import backends
+from tests.kit.polling import wait_until
+from tests.kit.processes import StartProxy
+from tests.kit.procfs import fd_count
+from tests.kit.rawclient import RawClient
+from tests.kit.redisserver import RedisServer
+from tests.kit.services import direct_dsn
 
 ROUNDS = 5
 

@@ -22,11 +22,11 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import REDIS_URL, ProxyProcess, direct_dsn, wait_until
-from tests.e2e.kit import statements
-from tests.proxy.pxkit import StartProxy
-
-from .kit import http
+from tests.kit.metrics import http
+from tests.kit.polling import wait_until
+from tests.kit.processes import ProxyProcess, StartProxy
+from tests.kit.services import REDIS_URL, direct_dsn
+from tests.kit.streams import statements
 
 WORKERS = 2
 BOUND = 15.0  # seconds: far less than the 30 s statements, far more than a cancel needs

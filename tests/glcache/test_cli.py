@@ -19,8 +19,9 @@ import pytest
 from fasterdata.analyzers.glcache import cli
 from fasterdata.config.gl_settings import GLSettings, load_gl
 from fasterdata.config.settings import ConfigError
-from tests.conftest import REDIS_URL, free_port
-from tests.glcache.conftest import DAY, OTHER_DAY, arrow_rows, pg_rows
+from tests.glcache.kit import DAY, OTHER_DAY, arrow_rows, pg_rows
+from tests.kit.ports import free_port
+from tests.kit.services import REDIS_URL
 
 
 def gl(*argv: str) -> int:

@@ -22,9 +22,10 @@ from fasterdata.analyzers.glcache import ipc
 from fasterdata.analyzers.glcache.cache import GLCache
 from fasterdata.analyzers.glcache.follow import Follower, start_thread
 from fasterdata.analyzers.redisconn import clustered
-from tests.conftest import free_port, wait_until
-from tests.glcache.conftest import DAY, OTHER_DAY, THIRD_DAY, arrow_rows, pg_rows
-from tests.proxy.pxkit import StartProxy
+from tests.glcache.kit import DAY, OTHER_DAY, THIRD_DAY, arrow_rows, pg_rows
+from tests.kit.polling import wait_until
+from tests.kit.ports import free_port
+from tests.kit.processes import StartProxy
 from tests.rediscluster import Cluster
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli is not installed")

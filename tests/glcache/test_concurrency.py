@@ -7,9 +7,9 @@ import threading
 from collections.abc import Callable
 
 from fasterdata.analyzers.glcache.cache import GLCache
-from tests.conftest import REDIS_URL
-from tests.glcache import _workers
-from tests.glcache.conftest import DAY, pg_rows
+from tests.glcache import spawned
+from tests.glcache.kit import DAY, pg_rows
+from tests.kit.services import REDIS_URL
 
 Make = Callable[..., GLCache]
 
@@ -56,7 +56,7 @@ def test_ten_caches_one_load(ledger_db: str, make_cache: Make) -> None:
 def test_processes_one_load(ledger_db: str, prefix: str) -> None:
     ctx = multiprocessing.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_workers.cold_read, args=(ledger_db, REDIS_URL, prefix, DAY, start, out))
+    procs = [ctx.Process(target=spawned.cold_read, args=(ledger_db, REDIS_URL, prefix, DAY, start, out))
              for _ in range(4)]
     for p in procs:
         p.start()

@@ -8,7 +8,6 @@ combine_chunks on the table from memory, from Redis and over Flight, and a patch
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,8 +22,9 @@ from fasterdata.analyzers.glcache.cache import GLCache
 from fasterdata.analyzers.glcache.flight import GLFlightServer, fetch_day
 from fasterdata.analyzers.glcache.patch import upsert_rows
 from fasterdata.cli import main
-from tests.conftest import REDIS_URL, RUN_ID, direct_dsn
-from tests.glcache.conftest import DAY, LEDGER_DDL
+from tests.glcache.kit import DAY, LEDGER_DDL
+from tests.kit.databases import scratch_database
+from tests.kit.services import REDIS_URL, direct_dsn
 
 Make = Callable[..., GLCache]
 CODES = 201
@@ -34,11 +34,8 @@ RUN = 600  # rows per code: a load block (4 MiB) holds a few dozen runs
 @pytest.fixture(scope="module")
 def coded_ledger() -> Iterator[str]:
     """gl_entries with one day whose t_1 holds CODES batch codes, each in one run of RUN rows."""
-    name = f"fdgl_{RUN_ID}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(direct_dsn(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = direct_dsn(name)
-    try:
+    with scratch_database("fdgl") as name:
+        dsn = direct_dsn(name)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(LEDGER_DDL)
             conn.execute(
@@ -48,9 +45,6 @@ def coded_ledger() -> Iterator[str]:
                      FROM generate_series(0, %s) g""", (DAY, RUN, CODES * RUN - 1))
             conn.execute("ANALYZE gl_entries")
         yield dsn
-    finally:
-        with psycopg.connect(direct_dsn(), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def codes(table: pa.Table) -> list[str]:

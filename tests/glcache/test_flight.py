@@ -12,7 +12,7 @@ import pytest
 
 from fasterdata.analyzers.glcache.cache import GLCache
 from fasterdata.analyzers.glcache.flight import GLFlightServer, action, fetch_day
-from tests.glcache.conftest import DAY, OTHER_DAY, arrow_rows, pg_rows
+from tests.glcache.kit import DAY, OTHER_DAY, arrow_rows, pg_rows
 
 Make = Callable[..., GLCache]
 
@@ -48,7 +48,8 @@ def test_gl_serve_process(ledger_db: str, prefix: str, tmp_path) -> None:
     import subprocess
     import sys
 
-    from tests.conftest import REDIS_URL, free_port, wait_port
+    from tests.kit.ports import free_port, wait_port
+    from tests.kit.services import REDIS_URL
 
     port = free_port()
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115

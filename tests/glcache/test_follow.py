@@ -11,8 +11,8 @@ import redis
 
 from fasterdata.analyzers.glcache.cache import GLCache
 from fasterdata.analyzers.glcache.follow import Follower, start_thread
-from tests.conftest import REDIS_URL
-from tests.glcache.conftest import DAY, arrow_rows, event, pg_rows
+from tests.glcache.kit import DAY, arrow_rows, event, pg_rows
+from tests.kit.services import REDIS_URL
 
 Make = Callable[..., GLCache]
 

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from fasterdata.analyzers.glcache.cache import GLCache
-from tests.glcache.conftest import DAY, OTHER_DAY, arrow_rows, event, execute, pg_rows, same
+from tests.glcache.kit import DAY, OTHER_DAY, arrow_rows, event, execute, pg_rows, same
 
 Make = Callable[..., GLCache]
 

@@ -8,7 +8,7 @@ import psycopg
 import pyarrow as pa
 
 from fasterdata.analyzers.glcache.cache import GLCache
-from tests.glcache.conftest import DAY
+from tests.glcache.kit import DAY
 
 Make = Callable[..., GLCache]
 

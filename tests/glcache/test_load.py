@@ -12,7 +12,7 @@ import pytest
 from fasterdata.analyzers.glcache.catalog import CatalogError, describe
 from fasterdata.analyzers.glcache.copyout import copy_csv_blocks
 from fasterdata.analyzers.glcache.load import DictPolicy, connect, load_day, load_where, parse_stream
-from tests.glcache.conftest import AWKWARD, BULK_ROWS, DAY, OTHER_DAY, arrow_rows, pg_rows
+from tests.glcache.kit import AWKWARD, BULK_ROWS, DAY, OTHER_DAY, arrow_rows, pg_rows
 
 
 def _info(dsn: str, table: str = "gl_entries", date_column: str = "trx_date", key: str = "id"):

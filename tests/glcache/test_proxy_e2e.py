@@ -3,7 +3,6 @@ back one never does. Skipped (with the reason) while the proxy does not yet capt
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -13,21 +12,13 @@ import redis
 
 from fasterdata.analyzers.glcache.cache import GLCache
 from fasterdata.analyzers.glcache.follow import Follower, start_thread
-from tests.conftest import REDIS_URL
-from tests.glcache.conftest import DAY, arrow_rows, drop_prefix, pg_rows
+from tests.glcache.kit import DAY, arrow_rows, drop_prefix, pg_rows
+from tests.kit.polling import poll
+from tests.kit.services import REDIS_URL
 
 # A column list: the proxy hides the values of an INSERT without one, and a patch from values needs them.
 INSERT = ("INSERT INTO gl_entries (id, trx_date, acc_debit, acc_credit, amount, t_1, t_2, t_3, t_4, t_5) "
           "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)")
-
-
-def _wait(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def test_fresh_through_the_proxy(fresh_ledger: str, start_proxy: Callable) -> None:
@@ -43,10 +34,10 @@ def test_fresh_through_the_proxy(fresh_ledger: str, start_proxy: Callable) -> No
         assert cache.stats["loads"] == 1
         with psycopg.connect(proxy.dsn(dbname), autocommit=True) as conn:
             conn.execute(INSERT, (80001, DAY, "1000", "2000", Decimal("42.42"), "e2e", None, "", "x", "y"))
-        if not _wait(lambda: client.xlen(stream) > 0, 10):
+        if not poll(lambda: client.xlen(stream) > 0, 10):
             pytest.skip(f"the proxy put no events on {stream} within 10 s (capture not wired yet)")
 
-        assert _wait(lambda: 80001 in {r["id"] for r in arrow_rows(cache.get_day(DAY))}), \
+        assert poll(lambda: 80001 in {r["id"] for r in arrow_rows(cache.get_day(DAY))}), \
             f"insert never reached the cache; follower saw {follower.processed} events"
         assert arrow_rows(cache.get_day(DAY)) == pg_rows(fresh_ledger, DAY)
         assert cache.stats["loads"] == 1  # patched, not reloaded
@@ -57,7 +48,7 @@ def test_fresh_through_the_proxy(fresh_ledger: str, start_proxy: Callable) -> No
             conn.execute("UPDATE gl_entries SET amount = 7.77 WHERE id = %s", (101,))
             conn.execute("DELETE FROM gl_entries WHERE id = %s", (102,))
             conn.commit()
-        assert _wait(lambda: 102 not in {r["id"] for r in arrow_rows(cache.get_day(DAY))})
+        assert poll(lambda: 102 not in {r["id"] for r in arrow_rows(cache.get_day(DAY))})
         rows = {r["id"]: r for r in arrow_rows(cache.get_day(DAY))}
         assert 80002 not in rows
         assert rows[101]["amount"] == Decimal("7.77")

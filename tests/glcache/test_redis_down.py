@@ -14,8 +14,8 @@ import pytest
 import redis
 
 from fasterdata.analyzers.glcache.cache import GLCache
-from tests.conftest import free_port, wait_port
-from tests.glcache.conftest import DAY, OTHER_DAY, arrow_rows, pg_rows
+from tests.glcache.kit import DAY, OTHER_DAY, arrow_rows, pg_rows
+from tests.kit.ports import free_port, wait_port
 from tests.rediscluster import Cluster
 
 Make = Callable[..., GLCache]

@@ -15,7 +15,7 @@ from fasterdata.analyzers.glcache.catalog import copy_query, day_predicate, desc
 from fasterdata.analyzers.glcache.copyout import CopyError, copy_csv_blocks
 from fasterdata.analyzers.glcache.load import DictPolicy, connect, load_day, parse_streams
 from fasterdata.analyzers.glcache.split import open_split, ranges
-from tests.glcache.conftest import DAY, arrow_rows, pg_rows
+from tests.glcache.kit import DAY, arrow_rows, pg_rows
 
 
 def _info(dsn: str, table: str = "gl_entries"):

@@ -22,7 +22,7 @@ from fasterdata.analyzers.glcache.fresh import Freshener
 from fasterdata.analyzers.glcache.ipc import decode_patch
 from fasterdata.analyzers.glcache.plan import OpenTransactions, Planner
 from fasterdata.analyzers.glcache.tail import Tail
-from tests.glcache.conftest import DAY, OTHER_DAY, arrow_rows, event, execute, pg_rows, same
+from tests.glcache.kit import DAY, OTHER_DAY, arrow_rows, event, execute, pg_rows, same
 
 Make = Callable[..., GLCache]
 START = 5_000_000

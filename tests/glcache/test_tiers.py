@@ -12,8 +12,8 @@ import pyarrow.ipc as ipc
 import redis
 
 from fasterdata.analyzers.glcache.cache import GLCache
-from tests.conftest import REDIS_URL
-from tests.glcache.conftest import DAY, OTHER_DAY, THIRD_DAY, arrow_rows, pg_rows
+from tests.glcache.kit import DAY, OTHER_DAY, THIRD_DAY, arrow_rows, pg_rows
+from tests.kit.services import REDIS_URL
 
 Make = Callable[..., GLCache]
 

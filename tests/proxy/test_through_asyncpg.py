@@ -12,7 +12,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from .pxkit import Proxy
+from tests.kit.processes import Proxy
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ import psycopg
 import pytest
 
 from fasterdata.proxy import wire
-from tests.conftest import wait_until
-
-from .pxkit import Proxy, RawClient, backend_alive, backend_running
+from tests.kit.backends import backend_alive, backend_running
+from tests.kit.polling import wait_until
+from tests.kit.processes import Proxy
+from tests.kit.rawclient import RawClient
 
 BOUND = 15  # seconds; far less than the 30 s statement, far more than a cancel needs
 

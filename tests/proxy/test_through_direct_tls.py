@@ -22,14 +22,15 @@ from pathlib import Path
 import asyncpg
 import psycopg
 import pytest
-import redis
 
 from fasterdata.proxy import tls, wire
-from tests.conftest import PG_USER, REDIS_URL, ProxyProcess, entries, stop_all, wait_until
-from tests.faults.kit import metric
-from tests.pgcluster import TestPKI
-
-from .pxkit import RawClient, StartProxy
+from tests.kit.certs import TestPKI
+from tests.kit.metrics import metric
+from tests.kit.polling import wait_until
+from tests.kit.processes import ProxyProcess, StartProxy, stop_all
+from tests.kit.rawclient import RawClient
+from tests.kit.services import PG_USER
+from tests.kit.streams import captured
 
 LIBPQ = psycopg.pq.version()
 needs_libpq17 = pytest.mark.skipif(
@@ -62,16 +63,6 @@ def client_context(alpn: list[str] | None, ca: Path | None = None) -> ssl.SSLCon
     if alpn is not None:
         ctx.set_alpn_protocols(alpn)
     return ctx
-
-
-def captured(proxy: ProxyProcess, app: str) -> list[str]:
-    """SQL of the statement events the proxy wrote to its stream for ``application_name=app``."""
-    r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    try:
-        return [f["sql"] for _id, f in entries(r, f"{proxy.prefix}:statements")
-                if f.get("app") == app and f.get("kind") == "stmt"]
-    finally:
-        r.close()
 
 
 def captured_with(proxy: ProxyProcess, app: str, *fragments: str) -> list[str]:

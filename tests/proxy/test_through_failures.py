@@ -12,9 +12,13 @@ import psycopg
 import pytest
 
 from fasterdata.proxy import wire
-from tests.conftest import direct_dsn, free_port, wait_until
-
-from .pxkit import Proxy, RawClient, StartProxy, backend_alive, errors, fd_count
+from tests.kit.backends import backend_alive
+from tests.kit.polling import wait_until
+from tests.kit.ports import free_port
+from tests.kit.processes import Proxy, StartProxy
+from tests.kit.procfs import fd_count
+from tests.kit.rawclient import RawClient, errors
+from tests.kit.services import direct_dsn
 
 
 @pytest.mark.parametrize("kind", ["refused", "no answer"])

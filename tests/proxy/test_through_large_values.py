@@ -12,7 +12,8 @@ import os
 import psycopg
 import pytest
 
-from .pxkit import StartProxy, vm_hwm_bytes
+from tests.kit.processes import StartProxy
+from tests.kit.procfs import vm_hwm_bytes
 
 SIZE = 200 * 1024 * 1024
 

@@ -14,10 +14,11 @@ import psycopg
 import pytest
 
 from fasterdata.proxy import wire
-from tests.conftest import ProxyProcess, wait_until
-from tests.faults.kit import metric
-
-from .pxkit import RawClient, StartProxy, backend_alive, backend_running, errors
+from tests.kit.backends import backend_alive, backend_running
+from tests.kit.metrics import metric
+from tests.kit.polling import wait_until
+from tests.kit.processes import ProxyProcess, StartProxy
+from tests.kit.rawclient import RawClient, errors
 
 T = TypeVar("T")
 

@@ -13,23 +13,16 @@ from collections.abc import Callable
 
 import asyncpg
 import psycopg
-import redis
 
 from fasterdata.analyzers.fingerprint import normalize
-from tests.conftest import PG_USER, REDIS_URL, ProxyProcess, entries, wait_until
+from tests.kit.polling import wait_until
+from tests.kit.processes import ProxyProcess
+from tests.kit.services import PG_USER
+from tests.kit.streams import captured
 
 LIMIT = 16384  # the default max_sql_chars
 IN_SIZES = range(2500, 4501, 500)
 ROW_SIZES = range(800, 1201, 100)
-
-
-def captured(proxy: ProxyProcess, app: str) -> list[str]:
-    r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    try:
-        return [f["sql"] for _id, f in entries(r, f"{proxy.prefix}:statements")
-                if f.get("app") == app and f.get("kind") == "stmt"]
-    finally:
-        r.close()
 
 
 def all_captured(proxy: ProxyProcess, app: str, fragment: str, count: int) -> list[str]:

@@ -13,9 +13,8 @@ import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from tests.conftest import direct_dsn
-
-from .pxkit import Proxy
+from tests.kit.processes import Proxy
+from tests.kit.services import direct_dsn
 
 ROWS = [
     (1, "one", Decimal("1.10")),

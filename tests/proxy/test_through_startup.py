@@ -10,8 +10,8 @@ import psycopg
 import pytest
 
 from fasterdata.proxy import wire
-
-from .pxkit import Proxy, RawClient, errors
+from tests.kit.processes import Proxy
+from tests.kit.rawclient import RawClient, errors
 
 
 def test_application_name_and_options_reach_the_server(proxy: Proxy) -> None:

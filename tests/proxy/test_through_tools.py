@@ -11,9 +11,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import direct_dsn
+from tests.kit.databases import scratch_database
+from tests.kit.processes import Proxy
+from tests.kit.services import direct_dsn
 
-from .pxkit import Proxy, scratch_database, tool_env
+from .pxkit import tool_env
 
 
 def run(cmd: list[str], port: int | None, dbname: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

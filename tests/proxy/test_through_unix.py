@@ -8,7 +8,7 @@ import os
 import psycopg
 import pytest
 
-from .pxkit import StartProxy
+from tests.kit.processes import StartProxy
 
 SOCKET_DIRS = [d for d in ("/var/run/postgresql", "/tmp") if glob.glob(os.path.join(d, ".s.PGSQL.*"))]
 

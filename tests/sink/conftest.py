@@ -11,9 +11,9 @@ import pytest
 import redis
 import uvloop
 
-from tests.conftest import REDIS_URL, RUN_ID
-
-from .kit import RedisServer
+from tests.kit.prefixes import delete_prefix
+from tests.kit.redisserver import RedisServer
+from tests.kit.services import REDIS_URL, RUN_ID
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, Callable]:
@@ -27,9 +27,7 @@ def prefix() -> Iterator[str]:
     name = f"fdtest{RUN_ID}sink{uuid.uuid4().hex[:8]}"
     yield name
     client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(f"{name}:*", count=1000))
-    if keys:
-        client.delete(*keys)
+    delete_prefix(client, name)
     client.close()
 
 

@@ -9,8 +9,12 @@ import redis
 
 from fasterdata.proxy.sink import StreamSink
 from fasterdata.proxy.streamkeys import stream_name
+from tests.kit.certs import server_and_client
+from tests.kit.polling import until
+from tests.kit.redisserver import RedisServer, tls_supported
+from tests.kit.streams import stream_events
 
-from .kit import RedisServer, events, make_certs, read_stream, tls_supported, until
+from .kit import events
 
 FAST = {"backoff_min": 0.02, "backoff_max": 0.2, "connect_timeout": 2.0}
 
@@ -28,7 +32,7 @@ async def test_password_and_db_number(redis_server, prefix: str) -> None:
     sink = StreamSink(f"redis://:s3cr%3Aet%40%2Fx@127.0.0.1:{server.port}/3", prefix, **FAST)
     await send(sink)
     admin = server.client(password="s3cr:et@/x", db=3)
-    assert read_stream(admin, stream_name(prefix)) == events(200)
+    assert stream_events(admin, stream_name(prefix)) == events(200)
     assert server.client(password="s3cr:et@/x", db=0).exists(stream_name(prefix)) == 0
 
 
@@ -51,7 +55,7 @@ async def test_acl_user(redis_server, prefix: str) -> None:
     sink = StreamSink(f"redis://alice:alicepw@127.0.0.1:{server.port}/0", prefix, **FAST)
     await send(sink)
     admin = server.client(username="alice", password="alicepw")
-    assert read_stream(admin, stream_name(prefix)) == events(200)
+    assert stream_events(admin, stream_name(prefix)) == events(200)
     # the same user may not write outside its key pattern: the sink reports it and keeps the events
     other = StreamSink(f"redis://alice:alicepw@127.0.0.1:{server.port}/0", "elsewhere", **FAST)
     await other.start()
@@ -81,7 +85,7 @@ async def test_a_user_who_may_only_write_the_stream_still_counts_what_its_cap_tr
     bundled = StreamSink(f"redis://bob:bobpw@127.0.0.1:{server.port}/0", prefix, maxlen=100, batch_max=50, **FAST)
     await send(bundled, 1000)
     assert bundled.send_errors == 0 and bundled.dropped == 0
-    kept = read_stream(bob, stream)
+    kept = stream_events(bob, stream)
     assert kept == events(1000)[1000 - len(kept):] and len(kept) >= 100
 
 
@@ -90,7 +94,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     reason = tls_supported()
     if reason:
         pytest.skip(f"TLS tests skipped: {reason}")
-    return make_certs(tmp_path_factory.mktemp("certs"))
+    return server_and_client(tmp_path_factory.mktemp("certs"))
 
 
 async def test_tls_verified(redis_server, prefix: str, certs: dict[str, str]) -> None:
@@ -99,7 +103,7 @@ async def test_tls_verified(redis_server, prefix: str, certs: dict[str, str]) ->
     sink = StreamSink(url, prefix, **FAST)
     await send(sink)
     check = redis.Redis.from_url(url, decode_responses=True)
-    assert read_stream(check, stream_name(prefix)) == events(200)
+    assert stream_events(check, stream_name(prefix)) == events(200)
 
 
 async def test_tls_client_certificate_and_acl(redis_server, prefix: str, certs: dict[str, str]) -> None:
@@ -110,7 +114,7 @@ async def test_tls_client_certificate_and_acl(redis_server, prefix: str, certs: 
     sink = StreamSink(url, prefix, **FAST)
     await send(sink)
     check = redis.Redis.from_url(url, decode_responses=True)
-    assert read_stream(check, stream_name(prefix)) == events(200)
+    assert stream_events(check, stream_name(prefix)) == events(200)
 
 
 async def test_tls_untrusted_server_is_refused(redis_server, prefix: str, certs: dict[str, str]) -> None:

@@ -15,9 +15,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from fasterdata.proxy.events import BUNDLE_FIELD, PACKED_FIELD, events_of, unpack
 from fasterdata.proxy.sink import SCRIPT_SHA, RedisConnection, RedisTarget, SinkCollector, StreamSink, encode_batch
 from fasterdata.proxy.streamkeys import held_key, marker_key, stream_name, trimmed_key
-from tests.conftest import free_port
+from tests.kit.polling import until
+from tests.kit.ports import free_port
+from tests.kit.redisserver import RedisServer
+from tests.kit.streams import stream_events
 
-from .kit import RedisServer, events, put_in_bursts, read_stream, until
+from .kit import events, put_in_bursts
 
 
 def odd_events() -> list[dict[str, str]]:
@@ -45,7 +48,7 @@ async def test_events_arrive_in_order_with_exact_fields(prefix: str, shared_url:
             await asyncio.sleep(0)
     await sink.close(10)
     client = redis.Redis.from_url(shared_url, decode_responses=True)
-    assert read_stream(client, stream_name(prefix)) == sent
+    assert stream_events(client, stream_name(prefix)) == sent
     assert (sink.sent, sink.dropped, sink.spooled, sink.queued) == (len(sent), 0, 0, 0)
     assert sink.deduplicated == 0
 
@@ -98,7 +101,7 @@ async def test_resent_batches_are_not_duplicated(prefix: str, shared_url: str, e
     finally:
         conn.close()
     client = redis.Redis.from_url(shared_url, decode_responses=True)
-    assert read_stream(client, stream) == sent
+    assert stream_events(client, stream) == sent
     assert client.xlen(stream) == (2 if entry == "bundled" else 10)
     assert 0 < client.ttl(marker_key(prefix, None, "test")) <= 60
 
@@ -123,7 +126,7 @@ async def test_statements_trimmed_before_a_group_read_them_are_counted(prefix: s
     assert read == sent[1500 - len(read):1500]
     await put_in_bursts(sink, sent[1500:], 500)
     await sink.close(10)
-    kept = read_stream(client, stream)
+    kept = stream_events(client, stream)
     assert 1000 - 100 < len(kept) <= 1000 and kept == sent[-len(kept):]
     assert int(client.hget(held_key(stream), "statements")) == len(kept)
     expected = {"idle": len(sent) - len(kept), "reader": len(sent) - len(read) - len(kept)}
@@ -158,7 +161,7 @@ async def test_batching_under_load_loses_nothing(prefix: str, shared_url: str) -
     await until(lambda: sink.sent == len(sent), "all events sent")
     await sink.close(10)
     client = redis.Redis.from_url(shared_url, decode_responses=True)
-    got = read_stream(client, stream_name(prefix))
+    got = stream_events(client, stream_name(prefix))
     assert [e["n"] for e in got] == [e["n"] for e in sent]
     assert got == sent
     assert sink.batches <= len(sent) // 100, "events were not batched"
@@ -176,7 +179,7 @@ async def test_maxlen_keeps_the_newest_statements(prefix: str, shared_url: str, 
         await sink.start()
         await put_in_bursts(sink, sent, 1000)
         await sink.close(10)
-        kept = read_stream(client, stream)
+        kept = stream_events(client, stream)
         assert kept == sent[-len(kept):]
         return kept
 
@@ -246,7 +249,7 @@ async def test_shards_keep_each_session_on_one_stream(prefix: str, shared_url: s
     seen: dict[str, list[str]] = {s: [] for s in sessions}
     home: dict[str, str] = {}
     for key in sink.streams:
-        entries = read_stream(client, key)
+        entries = stream_events(client, key)
         assert entries, f"{key} got nothing"
         for entry in entries:
             assert home.setdefault(entry["sid"], key) == key, "a session was split across streams"
@@ -262,7 +265,7 @@ async def test_unix_socket_and_db_number(redis_server, prefix: str) -> None:
     for fields in events(100):
         sink.put(fields)
     await sink.close(10)
-    assert read_stream(server.client(db=5), stream_name(prefix)) == events(100)
+    assert stream_events(server.client(db=5), stream_name(prefix)) == events(100)
     assert server.client(db=0).exists(stream_name(prefix)) == 0
 
 
@@ -273,7 +276,7 @@ def test_runs_on_uvloop(prefix: str, shared_url: str) -> None:
         for fields in events(2000):
             sink.put(fields)
         await sink.close(10)
-        return read_stream(redis.Redis.from_url(shared_url, decode_responses=True), stream_name(prefix))
+        return stream_events(redis.Redis.from_url(shared_url, decode_responses=True), stream_name(prefix))
 
     assert uvloop.run(main()) == events(2000)
 
@@ -298,7 +301,7 @@ async def test_oversized_batches_are_split_and_huge_events_dropped(prefix: str, 
         sink.put(fields)
     await sink.close(10)
     client = redis.Redis.from_url(shared_url, decode_responses=True)
-    got = read_stream(client, stream_name(prefix))
+    got = stream_events(client, stream_name(prefix))
     assert got == [*sent[:50], {f"f{i}": str(i) for i in range(6)}, *sent[50:]]
     assert sink.dropped == 1 and sink.sent == 102
     assert sink.batches > 5  # 100 KB of events in 20 KB commands

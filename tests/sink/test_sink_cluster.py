@@ -18,9 +18,11 @@ import pytest
 
 from fasterdata.proxy.sink import Lane, StreamSink
 from fasterdata.proxy.streamkeys import key_slot, marker_base, marker_key, marker_tag, stream_name
+from tests.kit.polling import until
+from tests.kit.streams import stream_events
 from tests.rediscluster import Cluster
 
-from .kit import events, read_stream, until
+from .kit import events
 
 FAST = {"backoff_min": 0.02, "backoff_max": 0.5, "connect_timeout": 2, "send_timeout": 2}
 
@@ -70,7 +72,7 @@ class Producer:
         rc = cluster.client()
         try:
             for stream, numbers in self.expected.items():
-                got = [int(e["n"]) for e in read_stream(rc, stream)]
+                got = [int(e["n"]) for e in stream_events(rc, stream)]
                 assert got == numbers, (f"{stream}: {len(got)} events for {len(numbers)} put, "
                                         f"{len(set(numbers) - set(got))} missing, {len(got) - len(set(got))} doubled")
         finally:

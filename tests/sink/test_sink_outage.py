@@ -19,9 +19,12 @@ import redis
 
 from fasterdata.proxy.sink import StreamSink
 from fasterdata.proxy.streamkeys import stream_name
-from tests.conftest import free_port
+from tests.kit.polling import until
+from tests.kit.ports import free_port
+from tests.kit.redisserver import RedisServer
+from tests.kit.streams import stream_events
 
-from .kit import RedisServer, events, read_stream, until
+from .kit import events
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = {"backoff_min": 0.02, "backoff_max": 0.2}
@@ -56,7 +59,7 @@ class Producer:
 
 
 def assert_exactly_once_in_order(client: redis.Redis, key: str, count: int) -> None:
-    got = read_stream(client, key)
+    got = stream_events(client, key)
     numbers = [int(e["n"]) for e in got]
     missing = sorted(set(range(count)) - set(numbers))
     assert not missing, f"{len(missing)} events missing, first {missing[:5]}"
@@ -187,7 +190,7 @@ async def test_spool_full_drops_are_counted_exactly(prefix: str, shared_url: str
     await until(lambda: second.replayed == kept, "the spool replayed")
     await second.close(5)
     client = redis.Redis.from_url(shared_url, decode_responses=True)
-    assert read_stream(client, stream_name(prefix)) == events(kept)  # equal sizes: the drops are the tail
+    assert stream_events(client, stream_name(prefix)) == events(kept)  # equal sizes: the drops are the tail
     assert second.sent == kept and second.dropped == 0
     assert not spool.exists()
 
@@ -220,7 +223,7 @@ async def test_spool_write_failure_counts_what_it_lost(prefix: str, shared_url: 
     await until(lambda: second.replayed >= kept, "the spool replayed")
     await second.close(5)
     client = redis.Redis.from_url(shared_url, decode_responses=True)
-    assert read_stream(client, stream_name(prefix)) == events(kept)
+    assert stream_events(client, stream_name(prefix)) == events(kept)
     assert kept == first  # the refused buffer is cut back whole: no torn record, no event counted twice
 
 
@@ -242,7 +245,7 @@ async def test_wait_for_a_replica(redis_server, prefix: str, tmp_path: Path, cap
                 "everything confirmed by the replica")
     await sink.close(5)
     assert_exactly_once_in_order(primary.client(), stream_name(prefix), 500)
-    await until(lambda: len(read_stream(replica.client(), stream_name(prefix))) == 500, "the replica's copy")
+    await until(lambda: len(stream_events(replica.client(), stream_name(prefix))) == 500, "the replica's copy")
 
 
 CRASHER = """
@@ -331,7 +334,7 @@ async def test_sharded_lanes_spool_and_replay(prefix: str, shared_url: str, tmp_
     await until(lambda: up.replayed == 1000, "both spools replayed")
     await up.close(5)
     client = redis.Redis.from_url(shared_url, decode_responses=True)
-    got = [e for key in up.streams for e in read_stream(client, key)]
+    got = [e for key in up.streams for e in stream_events(client, key)]
     for sid in {f["sid"] for f in sent}:
         assert [e for e in got if e["sid"] == sid] == [f for f in sent if f["sid"] == sid]
     assert not list(tmp_path.iterdir())

@@ -10,14 +10,14 @@ import redis
 
 from fasterdata.analyzers.glcache.follow import Follower, start_thread
 from fasterdata.analyzers.keys import shard_keys
-from tests.conftest import REDIS_URL, wait_until
-from tests.glcache.conftest import DAY, arrow_rows, fresh_ledger, make_cache, pg_rows, prefix  # noqa: F401
-from tests.glcache.test_fresh import event
+from tests.glcache.kit import DAY, arrow_rows, event, pg_rows
+from tests.kit.polling import wait_until
+from tests.kit.services import REDIS_URL
 
 SHARDS = 3
 
 
-def test_follower_reads_every_shard(fresh_ledger: str, make_cache, prefix: str) -> None:  # noqa: F811
+def test_follower_reads_every_shard(fresh_ledger: str, make_cache, prefix: str) -> None:
     cache = make_cache(fresh_ledger, stream_shards=SHARDS)
     cache.get_day(DAY)
     client = redis.Redis.from_url(REDIS_URL)

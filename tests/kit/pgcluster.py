@@ -20,7 +20,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -32,6 +31,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from tests.kit.certs import TestPKI
+from tests.kit.polling import poll, wait_until
+from tests.kit.ports import free_port
+from tests.kit.procfs import children, pid_alive
+
 PG_BIN = Path(os.environ.get("FASTERDATA_TEST_PGBIN", "/usr/lib/postgresql/15/bin"))
 SERVER_OS_USER = os.environ.get("FASTERDATA_TEST_PGOSUSER", "postgres")
 DIR_PREFIX = "fdpgcluster-"
@@ -42,12 +46,6 @@ HOST = "127.0.0.1"
 def pg_bin(name: str) -> str:
     """Path of a PostgreSQL client or server program of the version the clusters run."""
     return str(PG_BIN / name)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def _run_as_server_user() -> dict[str, Any]:
@@ -64,98 +62,15 @@ def _chown_to_server_user(path: Path) -> None:
         os.chown(path, pw.pw_uid, pw.pw_gid)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0); it is dead for our purposes.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of a process, from /proc (Linux)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid:
-            found.append(int(entry.name))
-    return found
-
-
 def _kill_and_wait(pids: Sequence[int], timeout: float = 15.0) -> None:
     """SIGKILL and wait until each process has exited (a zombie has: it holds no resources)."""
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + timeout
-    while any(_pid_alive(p) for p in pids):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"processes {list(pids)} survived SIGKILL for {timeout}s")
-        time.sleep(0.02)
-
-
-# -- certificates ---------------------------------------------------------------------------------
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    result = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"openssl {' '.join(args)} failed:\n{result.stderr}")
-
-
-@dataclass
-class TestPKI:
-    """A test CA and the certificates it issues (EC P-256, short-lived, made with the openssl CLI)."""
-
-    __test__ = False  # not a pytest test class
-
-    directory: Path
-    name: str = "fasterdata test CA"
-
-    def __post_init__(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.ca_key = self.directory / "ca.key"
-        self.ca_cert = self.directory / "ca.crt"
-        if not self.ca_cert.exists():
-            _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                     "-keyout", self.ca_key.name, "-out", self.ca_cert.name, "-days", "3",
-                     "-subj", f"/CN={self.name}",
-                     "-addext", "basicConstraints=critical,CA:TRUE",
-                     "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-                     cwd=self.directory)
-
-    def issue(self, stem: str, cn: str = "localhost",
-              sans: Sequence[str] = ("DNS:localhost", "IP:127.0.0.1")) -> tuple[Path, Path]:
-        """Issue a server certificate; returns (cert, key). The SAN is what clients verify."""
-        key, csr, cert = (self.directory / f"{stem}.{ext}" for ext in ("key", "csr", "crt"))
-        ext = self.directory / f"{stem}.ext"
-        ext.write_text(
-            "basicConstraints=critical,CA:FALSE\n"
-            "keyUsage=critical,digitalSignature,keyEncipherment\n"
-            "extendedKeyUsage=serverAuth\n"
-            "subjectKeyIdentifier=hash\n"
-            "authorityKeyIdentifier=keyid,issuer\n"
-            f"subjectAltName={','.join(sans)}\n")
-        _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                 "-keyout", key.name, "-out", csr.name, "-subj", f"/CN={cn}", cwd=self.directory)
-        _openssl("x509", "-req", "-in", csr.name, "-CA", self.ca_cert.name, "-CAkey", self.ca_key.name,
-                 "-CAcreateserial", "-out", cert.name, "-days", "3", "-extfile", ext.name, cwd=self.directory)
-        csr.unlink()
-        ext.unlink()
-        key.chmod(0o600)
-        return cert, key
+    try:
+        wait_until(lambda: not any(pid_alive(p) for p in pids), "", timeout, interval=0.02)
+    except AssertionError:
+        raise RuntimeError(f"processes {list(pids)} survived SIGKILL for {timeout}s") from None
 
 
 # -- the cluster ----------------------------------------------------------------------------------
@@ -372,7 +287,7 @@ class PrivateCluster:
             pid = int((self.datadir / "postmaster.pid").read_text().split("\n", 1)[0])
         except (OSError, ValueError):
             return None
-        return pid if _pid_alive(pid) else None
+        return pid if pid_alive(pid) else None
 
     def is_running(self) -> bool:
         return self.pid is not None
@@ -405,17 +320,22 @@ class PrivateCluster:
     def wait_ready(self, timeout: float | None = None) -> None:
         """Connect loop over the admin socket until a query succeeds (pg_ctl -w is not always enough
         after a crash: recovery may still be running)."""
-        deadline = time.monotonic() + (timeout or self.start_timeout)
-        while True:
+        failures: list[psycopg.OperationalError] = []
+
+        def ready() -> bool:
             try:
                 with psycopg.connect(self.admin_dsn(), connect_timeout=5) as conn:
                     conn.execute("SELECT 1")
-                return
+                return True
             except psycopg.OperationalError as exc:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"server not ready: {exc}\n--- server log ---\n{self.log()[-4000:]}") \
-                        from None
-                time.sleep(0.1)
+                failures.append(exc)
+                return False
+
+        try:
+            wait_until(ready, "", timeout or self.start_timeout, interval=0.1)
+        except AssertionError:
+            raise RuntimeError(f"server not ready: {failures[-1]}\n--- server log ---\n{self.log()[-4000:]}") \
+                from None
 
     def stop(self, mode: str = "fast") -> None:
         """pg_ctl stop (smart|fast|immediate); falls back to killing the processes."""
@@ -428,9 +348,7 @@ class PrivateCluster:
             self.kill()
             return
         # pg_ctl returns once the lock file is gone; the process exits a moment later.
-        deadline = time.monotonic() + 30
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        poll(lambda: not pid_alive(pid), 30, interval=0.02)
 
     def restart(self, mode: str = "fast") -> None:
         self.stop(mode)
@@ -443,22 +361,22 @@ class PrivateCluster:
             conn.execute("SELECT pg_reload_conf()")
         # The postmaster handles SIGHUP asynchronously. A backend forked after it did inherits the
         # new load time, so poll with fresh connections until one reports a later time.
-        deadline = time.monotonic() + 30
-        while True:
+        def seen() -> bool:
             with self.connect() as conn:
                 now = conn.execute("SELECT pg_conf_load_time()").fetchone()[0]  # type: ignore[index]
-            if now > before:
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"configuration reload not seen after 30s:\n{self.log()[-4000:]}")
-            time.sleep(0.02)
+            return now > before
+
+        try:
+            wait_until(seen, "", 30, interval=0.02)
+        except AssertionError:
+            raise RuntimeError(f"configuration reload not seen after 30s:\n{self.log()[-4000:]}") from None
 
     def kill(self) -> None:
         """Simulate a crash: SIGKILL the postmaster and every server process, and wait until they are gone."""
         pid = self.pid
         if pid is None:
             return
-        _kill_and_wait([pid, *_children(pid)])
+        _kill_and_wait([pid, *children(pid)])
         # The dead postmaster may stay a zombie until init reaps it, and PostgreSQL's lock-file
         # checks (kill(pid, 0)) would take it for a running server. Nothing uses the data directory
         # or socket any more, so the stale lock files can go (shared memory is checked on start).
@@ -498,7 +416,7 @@ class PrivateCluster:
         finally:
             pid = self.pid
             if pid is not None:
-                _kill_and_wait([pid, *_children(pid)])
+                _kill_and_wait([pid, *children(pid)])
             shutil.rmtree(self.root, ignore_errors=True)
             atexit.unregister(self.destroy)
 
@@ -521,13 +439,13 @@ def reap_stale_clusters() -> None:
                 if time.time() - root.stat().st_mtime < 3600:
                     continue
             owner = -1
-        if owner > 0 and _pid_alive(owner):
+        if owner > 0 and pid_alive(owner):
             continue
         try:
             pid = int((root / "data" / "postmaster.pid").read_text().split("\n", 1)[0])
         except (OSError, ValueError):
             pid = 0
-        if pid and _pid_alive(pid):
+        if pid and pid_alive(pid):
             with contextlib.suppress(RuntimeError):
-                _kill_and_wait([pid, *_children(pid)])
+                _kill_and_wait([pid, *children(pid)])
         shutil.rmtree(root, ignore_errors=True)

@@ -20,7 +20,7 @@ import psycopg
 
 from fasterdata.analyzers import merged
 from fasterdata.analyzers.keys import shard_keys
-from tests.analyzers.kit import Events
+from tests.kit.eventwriter import Events
 
 SKUS = [f"SKU-{i}" for i in range(8)]
 REGIONS = ["eu", "us", "ap"]
