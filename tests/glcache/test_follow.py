@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from decimal import Decimal
 
@@ -12,6 +11,7 @@ import redis
 from fasterdata.analyzers.glcache.cache import GLCache
 from fasterdata.analyzers.glcache.follow import Follower, start_thread
 from tests.glcache.kit import DAY, arrow_rows, event, pg_rows
+from tests.kit.polling import poll
 from tests.kit.services import REDIS_URL
 
 Make = Callable[..., GLCache]
@@ -35,9 +35,7 @@ def test_follower_applies_stream_events(fresh_ledger: str, make_cache: Make, pre
                        "VALUES (70002, '2024-03-15', '1', '2', 1)", "INSERT", db=dbname, rows="1",
                        txn="rolled_back")
         client.xadd(f"{prefix}:statements", rolled)
-        deadline = time.monotonic() + 15
-        while follower.processed < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        poll(lambda: follower.processed >= 2, 15, interval=0.02)
         assert follower.processed == 2
         ids = {r["id"] for r in arrow_rows(cache.get_day(DAY))}
         assert 70001 in ids and 70002 not in ids

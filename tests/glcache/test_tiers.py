@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 
 import polars as pl
@@ -13,6 +12,7 @@ import redis
 
 from fasterdata.analyzers.glcache.cache import GLCache
 from tests.glcache.kit import DAY, OTHER_DAY, THIRD_DAY, arrow_rows, pg_rows
+from tests.kit.polling import poll
 from tests.kit.services import REDIS_URL
 
 Make = Callable[..., GLCache]
@@ -75,10 +75,7 @@ def test_ttl_respected(ledger_db: str, make_cache: Make, prefix: str) -> None:
     cache.flush()
     client = redis.Redis.from_url(REDIS_URL)
     key = f"{prefix}:gl:{{gl_entries}}:{OTHER_DAY}"
-    deadline = time.monotonic() + 20
-    while client.exists(key) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not client.exists(key), "Redis did not expire the day"
+    assert poll(lambda: not client.exists(key), 20, interval=0.1), "Redis did not expire the day"
     client.close()
     cache.get_day(OTHER_DAY)  # the memory copy is not served once Redis dropped the day
     assert cache.stats["loads"] == 2
