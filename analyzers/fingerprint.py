@@ -3,10 +3,10 @@
 Literals (strings, numbers, NULL/TRUE/FALSE in value positions, typed literals) and bound
 parameters ($n) all become numbered placeholders, so `WHERE id = 5` sent on the simple protocol
 and `WHERE id = $1` sent on the extended one share a fingerprint. IN-lists and multi-row VALUES
-fold to one element, whatever their length. Comments are dropped from the text; sqlcommenter
-comments (`/*key='value',…*/`) become labels. The slot table remembers, for each placeholder,
-either the literal's value or which bound parameter feeds it, so values can be recovered per
-event without re-parsing.
+fold to one element, whatever their length (an IN-list's elements may each carry the same cast).
+Comments are dropped from the text; sqlcommenter comments (`/*key='value',…*/`) become labels. The
+slot table remembers, for each placeholder, either the literal's value or which bound parameter
+feeds it, so values can be recovered per event without re-parsing.
 """
 
 from __future__ import annotations
@@ -45,8 +45,11 @@ _SIGN_AFTER = frozenset({
     "values", "set", "is", "like", "between", "case", "having", "on", "as",
 })
 _KEEP_KEYWORD_AFTER = frozenset({"is", "not", "default", "set", "distinct"})
+_CAST = r"(?:::[A-Za-z_][\w.]*(?:\[\])?)?"  # "$1::uuid": drivers cast each element (SQLAlchemy on asyncpg)
 _FOLD_IN = re.compile(
-    r"(?i)(?<![\w$])(IN\s*)\(\s*\x01(?:\s*,\s*\x01)+\s*\)|(ARRAY\s*)\[\s*\x01(?:\s*,\s*\x01)+\s*\]")
+    r"(?i)(?<![\w$])(IN\s*)\(\s*\x01(?P<c1>CAST)(?:\s*,\s*\x01(?P=c1))+\s*\)"
+    r"|(ARRAY\s*)\[\s*\x01(?P<c2>CAST)(?:\s*,\s*\x01(?P=c2))+\s*\]".replace("CAST", _CAST))
+_CAST_ITEMS = re.compile(r"\x01::[A-Za-z_][\w.]*(?:\[\])?\s*,\s*\x01")
 _FOLD_VALUES = re.compile(
     r"(?i)(?<![\w$])(VALUES\s*)(\((?:[^()]|\([^()]*\))*\))((?:\s*,\s*\2)+)"
 )
@@ -205,7 +208,7 @@ def normalize(sql: str) -> Normalized:
     if MARK in text and ("date" in low or "time" in low or "interval" in low):
         text = _TYPED.sub(lambda m: MARK + "::" + m.group(1).lower(), text)
     multirow = None
-    if MARK + ", " + MARK in text or MARK + "," + MARK in text:
+    if MARK + ", " + MARK in text or MARK + "," + MARK in text or ("::" in text and _CAST_ITEMS.search(text)):
         text, slots = _fold_in(text, slots)
     if "values" in low and ("), (" in text or "),(" in text or _ROW_BREAK.search(text)):
         text, slots, multirow = _fold_values(text, slots)
@@ -268,7 +271,10 @@ def _fold_in(text: str, slots: list[Slot]) -> tuple[str, list[Slot]]:
         k = text.count(MARK, s, e)
         new.append(Slot(items=slots[si:si + k]))
         si += k
-        out.append(f"{m.group(1)}({MARK})" if m.group(1) is not None else f"{m.group(2)}[{MARK}]")
+        if m.group(1) is not None:
+            out.append(f"{m.group(1)}({MARK}{m.group('c1')})")
+        else:
+            out.append(f"{m.group(3)}[{MARK}{m.group('c2')}]")
         pos = e
     if not out:
         return text, slots

@@ -32,9 +32,10 @@ MINUS = "\x04"  # "-5" elsewhere: a subtraction or a sign, as what precedes it s
 _STRING = f"{LIT}{FILL}*"
 _WORD = r"(?<![\w$])(?i:null|true|false)(?![\w$])"
 _ITEM = rf"(?:\$\d+|{_STRING}|{_WORD}|(?:-\s*)?(?<![\w$.]){_NUM}(?![\w$.]))"  # one literal of an IN list
-_IN_LIST = re.compile(rf"\(\s*{_ITEM}(?:\s*,\s*{_ITEM})*\s*\)")
-_ARRAY_LIST = re.compile(rf"\[\s*{_ITEM}(?:\s*,\s*{_ITEM})*\s*\]")
-_ITEMS = re.compile(rf"(?=[-\d.$\x01NnTtFf]){_ITEM}")  # the lookahead lets the engine skip at C speed
+_CAST = r"(?:::[A-Za-z_][\w.]*(?:\[\])?)?"  # each element may carry one cast, the same for all
+_IN_LIST = re.compile(rf"\(\s*{_ITEM}(?P<c>{_CAST})(?:\s*,\s*{_ITEM}(?P=c))*\s*\)")
+_ARRAY_LIST = re.compile(rf"\[\s*{_ITEM}(?P<c>{_CAST})(?:\s*,\s*{_ITEM}(?P=c))*\s*\]")
+_ITEMS = re.compile(rf"(?=[-\d.$\x01NnTtFf]){_ITEM}{_CAST}")  # the lookahead lets the engine skip at C speed
 _OPENER = re.compile(r"(in|array|values)\s*([(\[])")  # on the lower-cased copy; the word's start is checked
 _WORD_CHAR = re.compile(r"[\w$]")
 _ROW_RE = r"\((?:[^()]++|\([^()]*+\))*+\)"  # the fingerprint folds rows of one nesting level at most

@@ -63,6 +63,21 @@ def test_multi_row_values_fold_and_keep_every_row() -> None:
     assert returning.text.endswith("RETURNING a")
 
 
+def test_in_lists_whose_elements_carry_one_cast_fold_too() -> None:
+    """SQLAlchemy on asyncpg sends IN ($1::INTEGER, $2::INTEGER, …): one shape whatever the length."""
+    def in_list(n: int, cast: str = "::INTEGER") -> str:
+        return "SELECT a FROM t WHERE id IN (" + ", ".join(f"${i}{cast}" for i in range(1, n + 1)) + ")"
+
+    shapes = {normalize(in_list(n)).text for n in (1, 2, 3, 50, 3000)}
+    assert shapes == {"SELECT a FROM t WHERE id IN ($1::INTEGER)"}
+    assert normalize(in_list(3)).values([4, 5, 6]) == [[4, 5, 6]]
+    typed = normalize("SELECT 1 FROM t WHERE d IN (date '2026-01-01', date '2026-01-02') "
+                      "AND s = ANY(ARRAY['a'::text, 'b'::text])")
+    assert typed.text == "SELECT $1 FROM t WHERE d IN ($2::date) AND s = ANY(ARRAY[$3::text])"
+    mixed = normalize("SELECT a FROM t WHERE id IN ($1::int, $2::text)")
+    assert mixed.text == "SELECT a FROM t WHERE id IN ($1::int, $2::text)"  # not one kind of element: kept
+
+
 def test_rows_apart_by_a_spaced_comma_or_a_comment_fold_too() -> None:
     folded = normalize("INSERT INTO o (a, b) VALUES (1, 'x'), (2, 'y')")
     for sql in ("INSERT INTO o (a, b) VALUES (1, 'x') , (2, 'y')",

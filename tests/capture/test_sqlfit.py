@@ -29,6 +29,11 @@ def bulk_params(n: int) -> str:
     return f'INSERT INTO "public"."orders" ("customer_id", "amount", "note") VALUES {rows} ON CONFLICT DO NOTHING'
 
 
+def in_list_cast(n: int) -> str:
+    """SQLAlchemy on asyncpg casts every element."""
+    return "SELECT * FROM users WHERE id IN (" + ", ".join(f"${i}::INTEGER" for i in range(1, n + 1)) + ")"
+
+
 def array_any(n: int) -> str:
     return "DELETE FROM sessions WHERE id = ANY(ARRAY[" + ",".join(f"'s{i:06d}'" for i in range(n)) + "])"
 
@@ -38,6 +43,7 @@ def array_any(n: int) -> str:
     (bulk_literals, range(800, 1201, 50)),
     (bulk_params, range(800, 1201, 50)),
     (array_any, range(1500, 2501, 250)),
+    (in_list_cast, range(1000, 3001, 500)),
 ])
 def test_fit_keeps_one_shape_whatever_the_length(make, sizes) -> None:
     """Every length, short or far past the limit, has the fingerprint of the short statement."""
@@ -78,7 +84,7 @@ def test_fit_drops_only_rows_of_the_first_row_form() -> None:
 
 @pytest.mark.parametrize("text", [
     "SELECT * FROM t WHERE a IN (" + ", ".join(f"a{i}" for i in range(5000)) + ")",  # columns, not literals
-    "SELECT * FROM t WHERE a IN (" + ", ".join(f"{i}::int" for i in range(4000)) + ")",  # casts: not folded
+    "SELECT * FROM t WHERE a IN (" + ", ".join(f"{i}::{'int' if i % 2 else 'text'}" for i in range(3000)) + ")",
     "SELECT '(1), (2), (3)' || '" + "x" * 17000 + "'",  # lists inside a string are no lists
 ])
 def test_fit_never_shortens_what_the_fingerprint_does_not_fold(text: str) -> None:
@@ -99,7 +105,7 @@ def test_fit_shortens_the_rows_of_the_first_values_only() -> None:
 # prefixes, comments between values, nesting it does not fold, names it keeps.
 LITERALS = ["NULL", "true", "FALSE", "$1", "$22", "E'x\\'y'", "e'()'", "$$a,b$$", "$q$(,$q$", "-5", "- 7", "5.",
             "1.e3", "-3.", "B'01'", "N'x'", "U&'x'", ".5", "0x1F", "1_000", "'a\\'", "'it''s'", "'(,)'", "12", "3.25",
-            "'x'", "-0.5"]
+            "'x'", "-0.5", "$4::INTEGER", "'y'::text"]
 FORMS = ["({0}, {1})", "({0},{1}, now())", "( {0} , lower({1}) )", "({0}, {1}::text)", "({0}, lower(trim({1})))",
          "({0} -{1})", "({0}, {1}) /* c */", '("x", {0}, {1})', "({0}, -- c\n{1})", "({0},{1} - 1)", "(date {0}, {1})"]
 

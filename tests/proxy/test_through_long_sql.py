@@ -98,3 +98,23 @@ async def test_asyncpg_bulk_insert_with_thousands_of_parameters(proxy: ProxyProc
     finally:
         await conn.close()
     one_shape(proxy, app, "into long_rows", len(ROW_SIZES), bulk_insert(3, lambda k: f"${k}"))
+
+
+async def test_asyncpg_in_lists_with_a_cast_on_every_element(proxy: ProxyProcess) -> None:
+    """SQLAlchemy on asyncpg expands an IN into $1::INTEGER, $2::INTEGER, …: one shape at every length."""
+    app = f"long-cast-{uuid.uuid4().hex[:8]}"
+
+    def query(n: int) -> str:
+        return ("select count(*) as cast_in from generate_series(1, 200000) g where g in ("
+                + ", ".join(f"${i}::INTEGER" for i in range(1, n + 1)) + ")")
+
+    conn = await asyncpg.connect(host="127.0.0.1", port=proxy.port, user=PG_USER, database="postgres",
+                                 server_settings={"application_name": app})
+    try:
+        for n in IN_SIZES:
+            assert len(query(n)) > LIMIT
+            assert await conn.fetchval(query(n), *ids(n)) == n
+        assert await conn.fetchval(query(3), *ids(3)) == 3
+    finally:
+        await conn.close()
+    one_shape(proxy, app, "cast_in", len(IN_SIZES) + 1, query(2))
