@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
-from . import merged
+from . import merged, scripts
 from .business import label_values
 from .keys import GROUP, Keys, shard_keys
 from .stats import BUCKETS, HIST_FIELDS
@@ -33,6 +33,8 @@ CONTROL_KEYWORDS = frozenset({"begin", "start", "commit", "end", "rollback", "ab
 _PIPE = 2000  # commands per pipeline round trip
 _MAXED = frozenset({"max_us", "last_ts"})
 _DESCRIBED: dict[tuple[str, str], tuple[str, str]] = {}  # (prefix, fp) → (op, text): a fingerprint's text never changes
+SCAN = scripts.read("readmodel.lua")
+_BOUNDS = (0.0, *(b * 1e6 for b in BUCKETS))
 
 
 def keys_for(prefix: str, shards: int = 1) -> list[Keys]:
@@ -65,7 +67,7 @@ def percentile(hist: Sequence[int], q: float, min_us: int | None = None, max_us:
         return None
     rank = q * total
     acc = 0
-    bounds = [0.0, *(b * 1e6 for b in BUCKETS)]
+    bounds = _BOUNDS
     for i, n in enumerate(hist):
         if not n:
             continue
@@ -185,21 +187,62 @@ def _read_q(r: Any, ks: list[Keys], members: Sequence[str]) -> list[dict[str, An
     return [_merge_q(replies[i * n:(i + 1) * n]) for i in range(len(members))]
 
 
-def _user_rows(r: Any, ks: list[Keys], fps: Sequence[str], user: str) -> dict[str, dict[str, Any]]:
-    """fp|db|app → that user's counters (from stats:u), for the fingerprints given."""
-    replies = _pipelined(r, [("hgetall", (k.stats_users(fp),)) for fp in fps for k in ks])
-    n = len(ks)
+def _scan(r: Any, k: Keys, *args: str) -> list[str]:
+    """readmodel.lua on one shard (its keys share the shard's slot: the call goes to that node)."""
+    return r.register_script(SCAN)(keys=[k.stats_top("time"), k.stats_last], args=list(args))
+
+
+def _scan_fields(r: Any, ks: list[Keys], fields: Sequence[str]) -> list[dict[str, list[str]]]:
+    """Per shard: member → the values of `fields` in its stats:q ("" when absent), one script call a shard."""
+    out = []
+    for k in ks:
+        flat = _scan(r, k, "fields", k.stats_q(""), *fields)
+        out.append({flat[i]: flat[i + 1].split(",") for i in range(0, len(flat), 2)})
+    return out
+
+
+def _user_rows(r: Any, ks: list[Keys], user: str) -> dict[str, dict[str, Any]]:
+    """fp|db|app → that user's counters (from stats:u), read by one script call a shard."""
     out: dict[str, dict[str, Any]] = {}
-    for i, fp in enumerate(fps):
-        for reply in replies[i * n:(i + 1) * n]:
-            for field, value in reply.items():
-                what, _, rest = field.partition(":")
-                db, app, who = ([*rest.rsplit("|", 2), "", ""])[:3] if rest.count("|") >= 2 else ("", "", rest)
-                if who != user:
-                    continue
-                row = out.setdefault(f"{fp}|{db}|{app}", {})
-                v = int(value)
-                row[what] = max(row.get(what, v), v) if what == "max_us" else row.get(what, 0) + v
+    names = ("calls", "total_us", "rows", "errors", "max_us")
+    for k in ks:
+        flat = _scan(r, k, "user", k.stats_users(""), user)
+        for i in range(0, len(flat), 2):
+            values = [int(float(v)) for v in flat[i + 1].split(",")]
+            row = out.get(flat[i])
+            if row is None:
+                out[flat[i]] = dict(zip(names, values, strict=True))
+                continue
+            for name, v in zip(names, values, strict=True):
+                row[name] = max(row[name], v) if name == "max_us" else row[name] + v
+    return out
+
+
+def _int(v: str) -> int:
+    return int(v) if v else 0
+
+
+def _p99s(r: Any, ks: list[Keys], members: Sequence[str]) -> dict[str, float]:
+    """member → its p99 (µs), each shard's computed by the script from its histogram; over several shards the
+    largest (a ranking needs no more: the rows shown take theirs from the merged histograms)."""
+    bounds = [str(int(b * 1e6)) for b in BUCKETS]
+    out: dict[str, float] = {}
+    for k in ks:
+        flat = _scan(r, k, "p99", k.stats_q(""), "0.99", *bounds)
+        for i in range(0, len(flat), 2):
+            v = float(flat[i + 1])
+            if v > out.get(flat[i], -1.0):
+                out[flat[i]] = v
+    wanted = set(members)
+    return {m: v for m, v in out.items() if m in wanted}
+
+
+def _sums(r: Any, ks: list[Keys], field: str) -> dict[str, int]:
+    """member → one counter of stats:q, summed over shards."""
+    out: dict[str, int] = {}
+    for part in _scan_fields(r, ks, [field]):
+        for member, (value,) in part.items():
+            out[member] = out.get(member, 0) + _int(value)
     return out
 
 
@@ -226,6 +269,97 @@ def users_of(r: Any, ks: list[Keys], fp: str) -> list[dict[str, Any]]:
     return out
 
 
+class _Candidates:
+    """The entries that pass a view's filters, read once, ranked as many ways as asked."""
+
+    def __init__(self, r: Any, ks: list[Keys], db: str | None, app: str | None, user: str | None,
+                 fold: bool) -> None:
+        self.r, self.ks, self.user = r, ks, user
+        times = _scores(r, ks, "time")
+        calls = _scores(r, ks, "calls")
+        split = {m: _split(m) for m in times}
+        members = [m for m, (_, d, a) in split.items() if (db is None or d == db) and (app is None or a == app)]
+        self.descriptions = describe(r, ks, {split[m][0] for m in members})
+        self.folded = {"calls": 0, "total_us": 0, "entries": 0}
+        if fold:
+            control = {fp for fp, (op, text) in self.descriptions.items() if is_control(op, text)}
+            kept = []
+            for m in members:
+                if split[m][0] in control:
+                    self.folded["calls"] += int(calls.get(m, 0))
+                    self.folded["total_us"] += int(times.get(m, 0))
+                    self.folded["entries"] += 1
+                else:
+                    kept.append(m)
+            members = kept
+        self.per_user: dict[str, dict[str, Any]] | None = None
+        if user is not None:
+            self.per_user = _user_rows(r, ks, user)
+            members = [m for m in members if m in self.per_user]
+            times = {m: float(self.per_user[m].get("total_us", 0)) for m in members}
+            calls = {m: float(self.per_user[m].get("calls", 0)) for m in members}
+        self.members, self.times, self.calls = members, times, calls
+
+    def ranked(self, sort: str) -> list[str]:
+        members, times, calls = list(self.members), self.times, self.calls
+        if sort == "time":
+            members.sort(key=lambda m: (-times.get(m, 0), m))
+        elif sort == "calls":
+            members.sort(key=lambda m: (-calls.get(m, 0), m))
+        elif sort == "mean":
+            members.sort(key=lambda m: (-(times.get(m, 0) / calls[m] if calls.get(m) else 0), m))
+        elif sort == "errors" and self.per_user is None:
+            errors = _scores(self.r, self.ks, "errors")
+            members = [m for m in members if errors.get(m, 0) > 0]
+            members.sort(key=lambda m: (-errors.get(m, 0), m))
+        else:  # rows, p99 (and errors per user): one value of every candidate, read by a script a shard
+            per_user = self.per_user
+            if sort == "p99":
+                p99 = _p99s(self.r, self.ks, members)
+                keyed = [(p99.get(m, 0.0), m) for m in members]
+            elif per_user is not None:
+                keyed = [(float(per_user[m].get(sort, 0)), m) for m in members]
+            else:
+                sums = _sums(self.r, self.ks, sort)
+                keyed = [(float(sums.get(m, 0)), m) for m in members]
+            if sort == "errors":
+                keyed = [x for x in keyed if x[0] > 0]
+            keyed.sort(key=lambda x: (-x[0], x[1]))
+            members = [m for _, m in keyed]
+        return members
+
+    def rows(self, chosen: list[str]) -> list[dict[str, Any]]:
+        out = []
+        for m, q in zip(chosen, _read_q(self.r, self.ks, chosen), strict=True):
+            if not q:
+                continue  # evicted between the two reads (retention.py)
+            fp, db_, app_ = _split(m)
+            row = {"fp": fp, "db": db_, "app": app_, "user": self.user, **figures(q)}
+            row.pop("histogram")
+            if self.per_user is not None:
+                mine = self.per_user[m]
+                c = int(mine.get("calls", 0))
+                row.update(calls=c, total_us=int(mine.get("total_us", 0)), rows=int(mine.get("rows", 0)),
+                           errors=int(mine.get("errors", 0)), max_us=int(mine.get("max_us", 0)),
+                           mean_us=round(int(mine.get("total_us", 0)) / c, 1) if c else 0.0, min_us=None,
+                           stddev_us=None)
+            op, text = self.descriptions.get(fp, ("", ""))
+            row["op"], row["text"] = op, text
+            out.append(row)
+        return out
+
+
+def top_statements_by(r: Any, ks: list[Keys], sorts: Sequence[str], limit: int = 20, db: str | None = None,
+                      app: str | None = None, user: str | None = None, fold: bool = True) -> dict[str, dict[str, Any]]:
+    """`top_statements` for several sorts at once (the reads shared): sort → its answer."""
+    for sort in sorts:
+        if sort not in SORTS:
+            raise ValueError(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
+    c = _Candidates(r, ks, db, app, user, fold)
+    return {sort: {"sort": sort, "rows": c.rows(c.ranked(sort)[:limit]), "matched": len(c.members),
+                   "folded": dict(c.folded)} for sort in sorts}
+
+
 def top_statements(r: Any, ks: list[Keys], sort: str = "time", limit: int = 20, db: str | None = None,
                    app: str | None = None, user: str | None = None, fold: bool = True) -> dict[str, Any]:
     """The top fingerprint × db × app entries by `sort` (SORTS), filtered by db/app/user (exact names).
@@ -235,71 +369,7 @@ def top_statements(r: Any, ks: list[Keys], sort: str = "time", limit: int = 20, 
     fp, db, app, user (the filter, else None), op, text, calls, total_us, mean_us, min_us, max_us, stddev_us,
     p50_us, p95_us, p99_us, rows, errors, by_state, last_ts. With a user filter the numbers are that user's
     (per-user rows carry no histogram: their percentiles are the entry's)."""
-    if sort not in SORTS:
-        raise ValueError(f"sort must be one of {', '.join(SORTS)}, not {sort!r}")
-    times = _scores(r, ks, "time")
-    calls = _scores(r, ks, "calls")
-    members = [m for m in times if (db is None or _split(m)[1] == db) and (app is None or _split(m)[2] == app)]
-    descriptions = describe(r, ks, {_split(m)[0] for m in members})
-    folded = {"calls": 0, "total_us": 0, "entries": 0}
-    if fold:
-        kept = []
-        for m in members:
-            op, text = descriptions.get(_split(m)[0], ("", ""))
-            if is_control(op, text):
-                folded["calls"] += int(calls.get(m, 0))
-                folded["total_us"] += int(times.get(m, 0))
-                folded["entries"] += 1
-            else:
-                kept.append(m)
-        members = kept
-    per_user: dict[str, dict[str, Any]] | None = None
-    if user is not None:
-        per_user = _user_rows(r, ks, sorted({_split(m)[0] for m in members}), user)
-        members = [m for m in members if m in per_user]
-        times = {m: float(per_user[m].get("total_us", 0)) for m in members}
-        calls = {m: float(per_user[m].get("calls", 0)) for m in members}
-    matched = len(members)
-    if sort == "time":
-        members.sort(key=lambda m: (-times.get(m, 0), m))
-    elif sort == "calls":
-        members.sort(key=lambda m: (-calls.get(m, 0), m))
-    elif sort == "mean":
-        members.sort(key=lambda m: (-(times.get(m, 0) / calls[m] if calls.get(m) else 0), m))
-    elif sort == "errors" and per_user is None:
-        errors = _scores(r, ks, "errors")
-        members = [m for m in members if errors.get(m, 0) > 0]
-        members.sort(key=lambda m: (-errors.get(m, 0), m))
-    else:  # rows, p99 (and errors per user): the counters of every candidate, pipelined
-        stats = [per_user[m] for m in members] if per_user is not None and sort != "p99" else _read_q(r, ks, members)
-        if sort == "p99":
-            keyed = [(figures(q)["p99_us"] or 0.0, m) for q, m in zip(stats, members, strict=True)]
-        else:
-            keyed = [(float(q.get(sort, 0)), m) for q, m in zip(stats, members, strict=True)]
-        if sort == "errors":
-            keyed = [x for x in keyed if x[0] > 0]
-        keyed.sort(key=lambda x: (-x[0], x[1]))
-        members = [m for _, m in keyed]
-    chosen = members[:limit]
-    stats = _read_q(r, ks, chosen)
-    rows = []
-    for m, q in zip(chosen, stats, strict=True):
-        if not q:
-            continue  # evicted between the two reads (retention.py)
-        fp, db_, app_ = _split(m)
-        row = {"fp": fp, "db": db_, "app": app_, "user": user, **figures(q)}
-        row.pop("histogram")
-        if per_user is not None:
-            mine = per_user[m]
-            c = int(mine.get("calls", 0))
-            row.update(calls=c, total_us=int(mine.get("total_us", 0)), rows=int(mine.get("rows", 0)),
-                       errors=int(mine.get("errors", 0)), max_us=int(mine.get("max_us", 0)),
-                       mean_us=round(int(mine.get("total_us", 0)) / c, 1) if c else 0.0, min_us=None,
-                       stddev_us=None)
-        op, text = descriptions.get(fp, ("", ""))
-        row["op"], row["text"] = op, text
-        rows.append(row)
-    return {"sort": sort, "rows": rows, "matched": matched, "folded": folded}
+    return top_statements_by(r, ks, [sort], limit, db, app, user, fold)[sort]
 
 
 def filters(r: Any, ks: list[Keys]) -> dict[str, list[str]]:

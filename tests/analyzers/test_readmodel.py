@@ -64,6 +64,8 @@ def test_top_statements_fold_control_and_sort(r: redis.Redis, prefix: str, loade
     assert rm.top_statements(r, ks, sort="mean")["rows"][0]["text"] == ORDER
     assert rm.top_statements(r, ks, sort="rows")["rows"][0]["text"] == ITEMS
     assert rm.top_statements(r, ks, sort="p99")["rows"][0]["text"] == ORDER
+    member = f"{items['fp']}|shop|shop"
+    assert rm._p99s(r, ks, [member])[member] == pytest.approx(items["p99_us"], abs=0.1)  # the script's, as Python's
     with pytest.raises(ValueError, match="sort must be one of"):
         rm.top_statements(r, ks, sort="speed")
     json.dumps(top)
@@ -121,3 +123,72 @@ def test_business_alerts_and_workers(r: redis.Redis, prefix: str, loaded: list[i
     assert view["totals"]["calls"] == 85 and view["totals"]["fingerprints"] == 5
     assert view["stream"]["pending"] == 0 and view["workers"][0]["name"] == "w1"
     json.dumps(view)
+
+
+SHARDS = 3
+
+
+def sharded_workload(events: Events) -> None:
+    with events:
+        for s in range(6):  # six sessions, spread over the shards by session id
+            sid = f"s{s}"
+            events.stmt("BEGIN", tag="BEGIN", txn="committed", txid=1, sid=sid)
+            for i in range(12):
+                events.stmt(ITEMS, [i + 100 * s], tag="SELECT", rows=1, txn="committed", txid=1, sid=sid,
+                            dur_us=100 + 10 * i + s, user=f"u{s % 2}")
+            events.stmt(ORDER, [s, s, "eu", "0.10"], tag="INSERT", rows=1, txn="committed", txid=1, sid=sid)
+            events.stmt("COMMIT", tag="COMMIT", txn="committed", txid=1, sid=sid)
+
+
+def check_sharded(r, prefix: str, shards: int) -> None:
+    ks = rm.keys_for(prefix, shards)
+    top = rm.top_statements(r, ks)
+    assert [(row["text"], row["calls"]) for row in top["rows"]] == [(ITEMS, 72), (ORDER, 6)]
+    assert top["folded"]["calls"] == 12
+    assert [row["calls"] for row in rm.top_statements(r, ks, user="u1")["rows"]] == [36]
+    d = rm.statement(r, ks, top["rows"][0]["fp"])
+    assert d["calls"] == 72 and d["max_us"] == 100 + 110 + 5 and d["min_us"] == 100
+    assert [s["dur_us"] for s in d["samples"]["slowest"]][:2] == [215, 214]
+    assert sum(u["calls"] for u in d["users"]) == 72 and d["shapes"][0]["count"] == 6
+    sales = next(x for x in rm.business(r, ks)["rules"] if x["rule"] == "sales")
+    assert sales["total"] == "0.60"
+    assert rm.overview(r, ks)["totals"]["calls"] == 90
+
+
+def test_shards_are_merged(r: redis.Redis, prefix: str) -> None:
+    sharded_workload(Events(r, prefix, SHARDS))
+    worker = make_worker(prefix, stream_shards=SHARDS)
+    try:
+        drain(worker)
+    finally:
+        worker.close()
+    check_sharded(r, prefix, SHARDS)
+
+
+def test_on_a_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> None:
+    import shutil
+    import time
+
+    from fasterdata.analyzers.rules import parse
+    from fasterdata.analyzers.worker import Worker
+    from fasterdata.config.analyzer_settings import AnalyzerSettings
+    from tests.kit.analysis import RULES
+    if shutil.which("redis-cli") is None or shutil.which("redis-server") is None:
+        pytest.skip("redis-server/redis-cli are not installed")
+    from tests.rediscluster import Cluster
+    with Cluster(tmp_path_factory.mktemp("rediscluster")) as cluster:
+        rc = cluster.client()
+        prefix = f"fdrm{int(time.time())}"
+        try:
+            sharded_workload(Events(rc, prefix, SHARDS))
+            settings = AnalyzerSettings(redis=f"redis://127.0.0.1:{cluster.ports[0]}/0", prefix=prefix, metrics="",
+                                        consumer="c1", block=0.05, stream_shards=SHARDS)
+            worker = Worker(settings, parse(RULES, "test rules"))
+            worker.setup()
+            try:
+                drain(worker)
+            finally:
+                worker.close()
+            check_sharded(rc, prefix, SHARDS)
+        finally:
+            rc.close()
