@@ -29,8 +29,9 @@ ever fired on it. Then:
   names the offset and the fragment that sits where the learnt shape had its literal, and the shape.
   The fragment has to hold structure an input value cannot: an OR, a comparison of constants, a
   comment, a ';', a parenthesis it closes, a function call, a subquery, a UNION, ORDER/GROUP BY, LIMIT,
-  a cast, a value with a word or value right after it (a quote closed early), a literal where the
-  shape sorts by a column. An extra `AND col = ?` from a query builder does not count;
+  a cast, two values or names side by side (a quote closed early), a literal where the shape sorts by
+  a column, a lone name where the shape has a value (`id = id`). An extra `AND col = ?` from a query
+  builder does not count;
 - `sqli_catalog`: a read of pg_catalog, information_schema, pg_shadow, pg_authid, pg_user, version(),
   current_user … by an application that has learnt shapes and none of them reads them.
 Learning is kept by each worker in memory: after a restart an application is learnt again, while the
@@ -76,6 +77,18 @@ _FOLLOW_VALUE = frozenset({"and", "or", "not", "is", "isnull", "notnull", "in", 
                            "escape", "collate", "as", "asc", "desc", "nulls", "from", "then", "else", "end", "when",
                            "at", "limit", "offset", "order", "group", "having", "union", "except", "intersect",
                            "returning", "for", "fetch", "where", "on", "using", "join", "window"})
+_KEYWORDS = _FOLLOW_VALUE | frozenset({
+    "by", "distinct", "all", "any", "some", "exists", "null", "true", "false", "default", "case", "cast", "interval",
+    "date", "time", "timestamp", "with", "without", "zone", "first", "last", "values", "set", "into", "array",
+    "row", "filter", "over", "partition", "rows", "range", "within", "lateral", "select", "current_date",
+    "current_time", "current_timestamp", "localtime", "localtimestamp", "only", "unknown"})
+
+
+def _operand(x: str) -> bool:
+    """Whether a skeleton token is a value or a name (two in a row is no SQL)."""
+    return x == "?" or x[0] == '"' or (x.isidentifier() and x not in _KEYWORDS)
+
+
 _NOT_CALLS = frozenset({"and", "or", "not", "in", "any", "all", "some", "exists", "values", "where", "on", "when",
                         "then", "else", "between", "like", "ilike", "is", "as"})
 _ORDER_END = frozenset({"limit", "offset", "fetch", "for", "union", "except", "intersect", ";"})
@@ -430,11 +443,12 @@ def _tells(frag: list[str], sort_column: bool = False) -> str:
     sorts by a column)."""
     if sort_column and "?" in frag:
         return "a literal where the shape sorts by a column"
+    if len(frag) == 1:
+        return "" if sort_column or not _operand(frag[0]) or frag[0] == "?" else "a name where the shape has a value"
     depth = 0
     for k, x in enumerate(frag):
-        if x == "?" and k + 1 < len(frag) and (frag[k + 1] == "?" or (frag[k + 1].isidentifier()
-                                                                      and frag[k + 1] not in _FOLLOW_VALUE)):
-            return "a value with another word or value right after it (a quote closed early)"
+        if k + 1 < len(frag) and _operand(x) and _operand(frag[k + 1]):
+            return "two values or names side by side (a quote closed early)"
         if x in _TELL_WORDS:
             return f"the keyword {x.upper()}"
         if x == ";":
@@ -492,7 +506,8 @@ def match(shape: list[str], learnt: list[str], truncated: bool) -> tuple[int, in
     else:
         return None
     rest = m - j - 1
-    if n - j > rest and shape[n - rest:] == learnt[j + 1:] and n - rest - j >= 2:
+    size = n - rest - j
+    if n - j > rest and shape[n - rest:] == learnt[j + 1:] and (size >= 2 or (size == 1 and learnt[j] == "?")):
         return j, n - rest
     if truncated and n > j:
         return j, n

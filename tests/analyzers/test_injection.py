@@ -35,6 +35,7 @@ INT = [
     ("union", f"-1 UNION ALL SELECT NULL,NULL,{CHR}-- x"),
     ("union", "1 UNION/**/SELECT usename,passwd,NULL FROM pg_shadow"),
     ("union", "1 UNION SELECT id, username, password FROM users"),
+    ("syntax-probe", "PostgreSQL"),  # a name where a number belongs (sqlmap's fingerprinting)
     ("syntax-probe", "1'"), ("syntax-probe", "1)"), ("syntax-probe", "1\""), ("syntax-probe", "1.,))(,'\"."),
     ("column-count", "1 ORDER BY 1-- x"), ("column-count", "1 ORDER BY 10-- x"),
     ("heavy", "1 AND 6961=(SELECT COUNT(*) FROM GENERATE_SERIES(1,5000000))"),
@@ -76,6 +77,7 @@ ORDER = [
     ("syntax-probe", "name'"), ("syntax-probe", "name)"), ("stacked", "name; DROP TABLE products-- x"),
     ("boolean-blind", "name') AND 8238=5438 AND ('LGri'='LGri"),  # as sqlmap sends them: the quotes pair up
     ("boolean-blind", "name' AND 9561=9561 AND 'DWFo'='DWFo"),
+    ("boolean-blind", 'name") AND 1646=1855 AND ("OauD"="OauD'), ("boolean-blind", 'name" HAVING 6616=3538 AND "a"="a'),
     ("error-based", f"name' AND 8587={ERR} AND 'ab'='ab"),
     ("catalog", "(SELECT current_user)"), ("tautology", "name, 1=1"),
 ]
