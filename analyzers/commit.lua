@@ -61,6 +61,16 @@ redis.call('HSET', a[i+1], a[i+2], a[i+3])
 redis.call('SADD', a[i+1], a[i+2])
 --- op ZGT
 redis.call('ZADD', a[i+1], 'GT', a[i+3], a[i+2])
+--- op TS
+local slot = tostring(tonumber(a[i+3]) % tonumber(a[i+2]))
+local cur = redis.call('HGET', a[i+1], slot)
+local c, u, e = 0, 0, 0
+if cur then
+  local m, c0, u0, e0 = string.match(cur, '^(%d+):(%d+):(%d+):(%d+)$')
+  if m == a[i+3] then c, u, e = tonumber(c0), tonumber(u0), tonumber(e0) end
+end
+redis.call('HSET', a[i+1], slot, string.format('%s:%d:%d:%d', a[i+3], c + tonumber(a[i+4]), u + tonumber(a[i+5]),
+  e + tonumber(a[i+6])))
 --- op D
 redis.call('SADD', a[i+1], a[i+4])
 redis.call('HSET', a[i+2], a[i+3], redis.call('SCARD', a[i+1]))

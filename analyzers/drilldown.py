@@ -5,8 +5,8 @@ The fingerprint cap (retention.py) evicts `stats:*`; every commit that writes dr
 stamps it in `samples:fps` (the drill index, by the second it was last written). A sweep reads the index's
 oldest entries and, in one script per shard (drill_evict.lua, every key declared, one slot), removes the
 drill-down keys of each fingerprint no longer in `stats:last` (and, with `stats_retention_days`, of those
-older than that): `stats:u`, `samples:slow`, `samples:recent`, `plan`, `txshapes:fp`. The script re-checks each
-one, so a fingerprint written again since it was chosen stays.
+older than that): `stats:u`, `stats:ts`, `samples:slow`, `samples:recent`, `plan`, `txshapes:fp`. The script
+re-checks each one, so a fingerprint written again since it was chosen stays.
 
 Transaction shapes (`txshape:<id>`, indexed in `txshapes` by when each was last seen) beyond
 `txn_shapes_max` a shard are evicted least recently seen first (shape_evict.lua), taking their links from
@@ -66,7 +66,7 @@ class DrillSweeper:
         victims = [(fp, score) for (fp, score), there in zip(oldest, present, strict=True)
                    if there is None or (cutoff and score <= cutoff)]
         head = [keys.stats_users(""), keys.samples_slow(""), keys.samples_recent(""), keys.plan(""),
-                keys.txshapes_of(""), str(cutoff)]
+                keys.txshapes_of(""), keys.stats_series(""), str(cutoff)]
         out: list[str] = []
         for i in range(0, len(victims), PER_CALL):
             part = victims[i:i + PER_CALL]
@@ -74,7 +74,7 @@ class DrillSweeper:
             args = list(head)
             for fp, score in part:
                 names += [keys.stats_users(fp), keys.samples_slow(fp), keys.samples_recent(fp), keys.plan(fp),
-                          keys.txshapes_of(fp)]
+                          keys.txshapes_of(fp), keys.stats_series(fp)]
                 args += [fp, repr(score)]
             out += [str(x) for x in self.drill(keys=names, args=args)]
         return out

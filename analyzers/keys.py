@@ -89,6 +89,10 @@ class Keys:
         """Hash: `<what>:<db>|<app>|<user>` → calls, total_us, rows, errors, max_us of one fingerprint per user."""
         return f"{self.p}:stats:u{self.t}:{fp}"
 
+    def stats_series(self, fp: str) -> str:
+        """Hash: slot (minute mod series_minutes) → `minute:calls:total_us:errors` of one fingerprint."""
+        return f"{self.p}:stats:ts{self.t}:{fp}"
+
     def samples_slow(self, fp: str) -> str:
         """Sorted set: the slowest executions of a fingerprint (JSON), by duration in µs."""
         return f"{self.p}:samples:slow{self.t}:{fp}"

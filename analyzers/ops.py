@@ -63,6 +63,8 @@ OPS: tuple[Op, ...] = (
     Op("HS", ("key", "field", "value"), ("key",)),  # HSET
     Op("S", ("key", "member"), ("key",)),  # SADD
     Op("ZGT", ("key", "member", "score"), ("key",)),  # ZADD GT: a member's newest time
+    # a minute of a ring of `slots`: calls, µs and errors added to `minute:calls:us:errors` (reset for a new minute)
+    Op("TS", ("key", "slots", "minute", "calls", "us", "errors"), ("key",)),
     Op("D", ("set", "hash", "field", "member"), ("set", "hash")),  # SADD, then the set's size into the hash
     Op("DS", ("set", "hash", "field", "n"), ("set", "hash"), count="n"),  # D of n members
     Op("E", ("key", "seconds"), ("key",)),  # EXPIRE

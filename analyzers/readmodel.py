@@ -409,6 +409,27 @@ def samples(r: Any, ks: list[Keys], fp: str) -> dict[str, list[dict[str, Any]]]:
     return {"slowest": slow, "recent": recent}
 
 
+def series(r: Any, ks: list[Keys], fp: str, minutes: int = 60, now: float | None = None) -> list[dict[str, Any]]:
+    """A fingerprint's last `minutes` minutes of event time with statements, oldest first, merged over shards:
+    [{minute (epoch seconds of its start), calls, total_us, mean_us, errors}]."""
+    since = int((time.time() if now is None else now) // 60) - minutes
+    per: dict[int, list[int]] = {}
+    for k in ks:
+        for value in r.hvals(k.stats_series(fp)):
+            parts = value.split(":")
+            if len(parts) != 4:
+                continue
+            minute, calls, us, errors = (int(x) for x in parts)
+            if minute <= since:
+                continue
+            got = per.setdefault(minute, [0, 0, 0])
+            got[0] += calls
+            got[1] += us
+            got[2] += errors
+    return [{"minute": m * 60, "calls": c, "total_us": u, "mean_us": round(u / c, 1) if c else 0.0, "errors": e}
+            for m, (c, u, e) in sorted(per.items())]
+
+
 def plan(r: Any, ks: list[Keys], fp: str) -> dict[str, Any] | None:
     """The fingerprint's EXPLAIN as plans.py recorded it: status (ok, refused, timeout, error), reason, plan
     (the JSON plan), sql, params, dur_us of the sample explained, at (epoch s); the newest over shards."""
@@ -471,7 +492,8 @@ def shapes(r: Any, ks: list[Keys], app: str | None = None, limit: int = 50,
 
 def statement(r: Any, ks: list[Keys], fp: str) -> dict[str, Any] | None:
     """One fingerprint: fp, text, op, tables, first_seen, its figures over every db × app (with the latency
-    histogram), each entry's figures, per-user rows, samples, plan, and the transaction shapes it appears in.
+    histogram), each entry's figures, its last hour by minute (`series`), per-user rows, samples, plan, and the
+    transaction shapes it appears in.
     None when Redis holds nothing of it."""
     info = merged.stats_fp(r, ks, fp)
     members = sorted({m for k in ks for m in r.smembers(k.stats_members(fp))})
@@ -494,7 +516,8 @@ def statement(r: Any, ks: list[Keys], fp: str) -> dict[str, Any] | None:
             "tables": [t for t in info.get("tables", "").split(",") if t],
             "first_seen": int(info["first_seen"]) if info.get("first_seen", "").isdigit() else None,
             "parse_error": info.get("parse_error"), **fig, "histogram": histogram(hist), "entries": entries,
-            "users": users_of(r, ks, fp), "samples": samples(r, ks, fp), "plan": plan(r, ks, fp),
+            "series": series(r, ks, fp), "users": users_of(r, ks, fp), "samples": samples(r, ks, fp),
+            "plan": plan(r, ks, fp),
             "shapes": shapes(r, ks, ids=shape_ids, limit=len(shape_ids) or 1) if shape_ids else []}
 
 

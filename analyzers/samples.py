@@ -8,6 +8,9 @@ ones onto `samples:recent:<fp>`, which keeps its N newest, and stamps the finger
 (what the drill sweep, drilldown.py, removes with the fingerprint). Slow candidates no slower than the
 N-th slowest this worker has already written are not sent.
 
+With `series_minutes`, the same items give each fingerprint's per-minute series (`stats:ts:<fp>`: calls, µs
+and errors a minute of event time, a ring of that many minutes).
+
 A sample is JSON: id (the stream entry), ts, dur_us, rows, err, errmsg, sql, params and ptypes (the event's
 JSON arrays, as text), app, user, db, client, sid, txid, proto.
 """
@@ -22,14 +25,14 @@ from typing import Any
 from .atomic import Writes
 from .keys import Keys
 
-Item = tuple[int, str, dict[str, str]]  # (dur_us, stream entry id, event)
+Item = tuple[int, str, dict[str, str], int]  # (dur_us, stream entry id, event, ts)
 _FIELDS = ("ts", "rows", "err", "errmsg", "sql", "params", "ptypes", "app", "user", "db", "client", "sid", "txid",
            "proto")
 _DUR = itemgetter(0)
 
 
 def sample_json(item: Item) -> str:
-    dur, entry_id, ev = item
+    dur, entry_id, ev = item[0], item[1], item[2]
     out: dict[str, Any] = {"id": entry_id, "dur_us": dur}
     get = ev.get
     for f in _FIELDS:
@@ -42,8 +45,9 @@ def sample_json(item: Item) -> str:
 class Samples:
     """Chooses and writes a batch's samples; remembers per fingerprint the slowest durations it wrote."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, minutes: int = 0) -> None:
         self.n = n
+        self.minutes = minutes  # the per-minute series' length (0: none)
         self.slowest: dict[str, list[int]] = {}  # fp → the n largest durations written (a min-heap)
 
     def floor(self, fp: str) -> int:
@@ -60,10 +64,14 @@ class Samples:
     def write(self, writes: Writes, keys: Keys, per_fp: dict[str, list[Item]], now_s: int) -> dict[str, list[Item]]:
         """Add the batch's samples to its writes; returns fp → the slow samples sent (for `committed`)."""
         sent: dict[str, list[Item]] = {}
+        if self.minutes:
+            self.write_series(writes, keys, per_fp)
+        index = keys.drill_index
         if not self.n:
+            for fp in per_fp:
+                writes.add_op(["ZGT", index, fp, str(now_s)])
             return sent
         keep = str(self.n)
-        index = keys.drill_index
         for fp, items in per_fp.items():
             slow, recent = self.choose(items)
             floor = self.floor(fp)
@@ -79,6 +87,25 @@ class Samples:
                            *map(sample_json, recent)])
         return sent
 
+    def write_series(self, writes: Writes, keys: Keys, per_fp: dict[str, list[Item]]) -> None:
+        """Per fingerprint and minute of event time: calls, µs and errors (op `TS`, a ring of `minutes` slots)."""
+        slots = str(self.minutes)
+        for fp, items in per_fp.items():
+            per: dict[int, list[int]] = {}
+            for dur, _, ev, ts in items:
+                minute = ts // 60_000_000
+                got = per.get(minute)
+                if got is None:
+                    got = per[minute] = [0, 0, 0]
+                got[0] += 1
+                got[1] += dur
+                if "err" in ev:
+                    got[2] += 1
+            key = keys.stats_series(fp)
+            for minute, (calls, us, errors) in per.items():
+                if minute > 0:
+                    writes.add_op(["TS", key, slots, str(minute), str(calls), str(us), str(errors)])
+
     def committed(self, sent: dict[str, list[Item]]) -> None:
         """The slow samples are in Redis: raise the floors."""
         n = self.n
@@ -86,7 +113,7 @@ class Samples:
             self.slowest.clear()
         for fp, items in sent.items():
             top = self.slowest.setdefault(fp, [])
-            for dur, _, _ in items:
+            for dur, *_ in items:
                 if len(top) < n:
                     heapq.heappush(top, dur)
                 elif dur > top[0]:

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from operator import itemgetter
 from typing import Any
 
 import redis
@@ -157,7 +158,7 @@ class Worker:
         self.upkeep = GroupUpkeep(self.redis, self.shards, self.group, self.consumer, self.keys, self.counters)
         self.stats = StatsCollector(settings.top_k, settings.top_apps, top_users=settings.top_users)
         self.user_cap = UserCap(settings.stats_max_users)
-        self.samples = Samples(settings.samples)
+        self.samples = Samples(settings.samples, settings.series_minutes)
         policy = rules.security
         self.transactions = Transactions(Alerter(settings.alerts_maxlen, policy.dedup_seconds), settings.txn_shapes,
                                          settings.n_plus_one, settings.n_plus_one_window)
@@ -474,9 +475,9 @@ class Worker:
         batch.stats.add(fp, get("db", ""), app, dur, rows, err, ts, get("user", ""))
         smp = batch.samples.get(fp)
         if smp is None:
-            batch.samples[fp] = [(dur, batch.entry_id, ev)]
+            batch.samples[fp] = [(dur, batch.entry_id, ev, ts)]
         else:
-            smp.append((dur, batch.entry_id, ev))
+            smp.append((dur, batch.entry_id, ev, ts))
         shape = plan.shape
         txn = get("txn", "autocommit")
         if self.transactions.on:
@@ -602,7 +603,7 @@ class Worker:
         planner = self.planner
         assert planner is not None
         for fp, items in batch.samples.items():
-            slowest = max(items, key=lambda x: x[0])
+            slowest = max(items, key=itemgetter(0))
             if slowest[0] < planner.min_us:
                 continue
             plan = plans.get(fp)
@@ -622,7 +623,7 @@ class Worker:
         application (its `seen` entry went with them)."""
         gone = set(fps)
         self.known_fps -= gone
-        for fp, _db, app in batch.stats.data:
+        for fp, _db, app, _user in batch.stats.data:
             if fp in gone:
                 self.security.forget_pair(app, fp)
 

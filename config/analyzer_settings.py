@@ -43,6 +43,8 @@ class AnalyzerSettings(Served):
                                  "in Redis (stats:u), per worker; the rest are summed as user \"other\"")
     samples: int = Field(5, ge=0, le=100, description="Per fingerprint, the slowest and the most recent this many "
                          "executions are kept with their SQL and (redacted) parameters (0: none)")
+    series_minutes: int = Field(1440, ge=0, le=100000, description="Per fingerprint, calls, time and errors a "
+                                "minute are kept for this many minutes (a ring; 0: none)")
     txn_shapes: bool = Field(True, description="Fold each transaction's fingerprints into a shape, per "
                              "application: counts, latency, rollback rate, statements per transaction")
     txn_shapes_max: int = Field(2000, ge=10, description="Transaction shapes kept in each shard, least recently "

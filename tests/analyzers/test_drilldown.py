@@ -159,3 +159,17 @@ def test_prometheus_users_are_capped() -> None:
     calls = {s.labels["user"]: int(s.value) for fam in coll.collect() for s in fam.samples
              if s.name == "fasterdata_statements_total"}
     assert calls == {"heavy": 1, "other": 5}
+
+
+def test_a_series_slot_starts_again_for_a_new_minute(r: redis.Redis, prefix: str) -> None:
+    from fasterdata.analyzers.atomic import Committer, Writes
+    stream = f"{prefix}:stream"
+    r.xgroup_create(stream, "g", id="0", mkstream=True)
+    key = f"{prefix}:ts"
+    for minute, calls in ((100, 2), (100, 3), (100 + 1440, 1)):
+        w = Writes()
+        w.add_op(["TS", key, "1440", str(minute), str(calls), str(calls * 100), "1"])
+        assert Committer(r, stream, "g", "c").commit([], w) == []
+        if minute == 100 and calls == 3:
+            assert r.hget(key, "100") == "100:5:500:2"
+    assert r.hgetall(key) == {"100": "1540:1:100:1"}

@@ -99,6 +99,9 @@ def test_a_fingerprints_detail(r: redis.Redis, prefix: str, loaded: list[int]) -
     assert shape["count"] == 3 and shape["repeats"] == [1, 25, 1, 1] and len(shape["fps"]) == 4
     assert shape["fps"][1] == fp and shape["stmts_per_txn"] == 28.0 and shape["rollback_rate"] == 0.0
     assert d["plan"] is None
+    minutes = d["series"]  # the workload's events fall in one minute (or two)
+    assert sum(m["calls"] for m in minutes) == 75 and sum(m["total_us"] for m in minutes) == sum(loaded)
+    assert 1 <= len(minutes) <= 2 and all(m["errors"] == 0 for m in minutes)
     assert rm.statement(r, ks, "0" * 16) is None
     json.dumps(d)
 
