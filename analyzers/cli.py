@@ -17,6 +17,7 @@ from fasterdata.config.analyzer_settings import AnalyzerSettings
 from fasterdata.config.redisurl import redacted
 from fasterdata.config.settings import ConfigError, add_common_arguments, add_metrics_access_arguments, load
 
+from .readmodel import SORTS
 from .rules import RulesError
 from .rules import load as load_rules
 
@@ -47,9 +48,19 @@ def add_parser(subparsers: Any) -> None:
 
     t = subparsers.add_parser(
         "top", help="live view of statements, business metrics, alerts and lag",
-        description="A terminal view read from Redis (works over ssh). Ctrl-C quits.")
-    t.add_argument("--once", action="store_true", help="print one frame and exit")
+        description="A terminal view read from Redis (works over ssh). q or Ctrl-C quits, s changes the sort. "
+        "Transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, DEALLOCATE …) is folded into one line.")
+    t.add_argument("--once", action="store_true", help="print one frame and exit (piped: nothing is cut)")
+    t.add_argument("--json", action="store_true", dest="json_out",
+                   help="print the statements, business metrics, alerts and streams as JSON and exit")
     t.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="refresh period [2]")
+    t.add_argument("--sort", choices=SORTS, default="time", help="rank statements by [time]")
+    t.add_argument("--db", metavar="NAME", help="only statements of this database")
+    t.add_argument("--app", metavar="NAME", help="only statements of this application_name")
+    t.add_argument("--user", metavar="NAME", help="only statements of this user (that user's numbers)")
+    t.add_argument("--all", action="store_false", dest="fold",
+                   help="show transaction-control statements instead of folding them")
+    t.add_argument("--limit", type=int, default=10, metavar="N", help="statements shown [10]")
     add_common_arguments(t)
     t.set_defaults(command="top")
 
@@ -70,11 +81,11 @@ def run(args: argparse.Namespace) -> int:
     assert isinstance(settings, AnalyzerSettings)
     logs.setup(settings.log_level, settings.log_format)
     if args.command == "top":
-        return run_top(settings, args.once, args.interval)
+        return run_top(settings, args)
     return run_analyze(settings)
 
 
-def run_top(settings: AnalyzerSettings, once: bool, interval: float) -> int:
+def run_top(settings: AnalyzerSettings, args: argparse.Namespace) -> int:
     import redis
 
     from . import top
@@ -82,7 +93,9 @@ def run_top(settings: AnalyzerSettings, once: bool, interval: float) -> int:
 
     try:
         client = connect(settings.redis, decode_responses=True)
-        return top.run(client, settings.prefix, once=once, interval=interval, shards=settings.stream_shards)
+        return top.run(client, settings.prefix, once=args.once, interval=args.interval, shards=settings.stream_shards,
+                       sort=args.sort, db=args.db, app=args.app, user=args.user, fold=args.fold,
+                       json_out=args.json_out, n=max(1, args.limit))
     except redis.ConnectionError as exc:
         print(f"fasterdata top: cannot reach Redis at {redacted(settings.redis)}: {exc}", file=sys.stderr)
         return 1

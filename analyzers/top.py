@@ -1,14 +1,26 @@
 """`fasterdata top`: a live terminal view of what the analyzers keep in Redis.
 
-Everything comes from Redis (no worker needed to be reachable), so it works from any host with
-access to Redis, over ssh included. `snapshot()` reads, `render()` draws; `--once` prints one frame.
-With `stream_shards` ≥ 2 every number is merged over the shards (analyzers/merged.py).
+Everything comes from Redis through the read model (readmodel.py, which the web console reads too), so it
+works from any host with access to Redis, over ssh included, and merges `stream_shards` ≥ 2.
+`snapshot()` reads, `render()` draws; `--once` prints one frame, `--json` the read model's answers.
+Statements are ranked by `--sort` (time, calls, mean, p99, errors, rows) and filtered by `--db`, `--app`,
+`--user`; BEGIN/COMMIT/ROLLBACK/SAVEPOINT/DEALLOCATE-class statements are folded into one line unless
+`--all`. The live view quits on `q` (or Ctrl-C) and cycles the sort on `s`.
+
+Width: on a terminal the frame takes the whole width, and the statement column keeps at least
+STATEMENT_MIN characters (narrow terminals drop the columns that matter least first). Piped or redirected,
+nothing is cut: statements and evidence wrap in full.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import select
+import sys
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -19,9 +31,13 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from . import merged
-from .keys import GROUP, Keys, shard_keys
-from .streams import undelivered
+from . import readmodel as rm
+from .keys import shard_keys
+
+SORT_TITLES = {"time": "total time", "calls": "calls", "mean": "mean time", "p99": "p99 latency",
+               "errors": "errors", "rows": "rows"}
+STATEMENT_MIN = 40  # characters the statement column keeps on a terminal
+PIPE_WIDTH = 160  # the frame's width when not on a terminal (COLUMNS wins when larger)
 
 
 def _age(seconds: float | None) -> str:
@@ -41,7 +57,9 @@ def _num(value: Decimal) -> str:
     return f"{value:,}"
 
 
-def _ms(us: float) -> str:
+def _ms(us: float | None) -> str:
+    if us is None:
+        return "—"
     return f"{us / 1000:.2f}" if us < 10_000_000 else f"{us / 1e6:.0f}s"
 
 
@@ -50,94 +68,89 @@ def _labelled(row: dict[str, Any]) -> Text:
     return Text(f"[{row['app'] or '—'}] {row['text']}")
 
 
-def _top(r: redis.Redis, ks: list[Keys], by: str, n: int) -> list[dict[str, Any]]:
-    rows = []
-    for member, score in merged.top_members(r, ks, by, n):
-        if by == "errors" and score <= 0:
-            continue
-        fp, db, app = ([*member.split("|", 2), "", ""])[:3]
-        q = merged.stats_q(r, ks, member)
-        if not q:
-            continue  # evicted between the two reads (retention.py): nothing left to show
-        info = merged.stats_fp(r, ks, fp)
-        calls = int(q.get("calls", 0))
-        total = int(q.get("total_us", 0))
-        errs = {f[4:]: int(v) for f, v in q.items() if f.startswith("err:")}
-        rows.append({"fp": fp, "db": db, "app": app, "calls": calls, "total_us": total,
-                     "mean_us": total / calls if calls else 0, "max_us": int(q.get("max_us", 0)),
-                     "rows": int(q.get("rows", 0)), "errors": int(q.get("errors", 0)), "by_state": errs,
-                     "op": info.get("op", ""), "text": info.get("text", "")})
-    return rows
-
-
-def _lag(r: redis.Redis, ks: list[Keys], now: float) -> dict[str, Any]:
-    """The statement streams summed: statements held, pending and undelivered entries, age of the newest event."""
-    lag: dict[str, Any] = {"length": 0, "last_age": None, "pending": None, "undelivered": None, "trimmed": 0}
-    for k in ks:
-        lag["trimmed"] += int(r.hget(k.trimmed, GROUP) or 0)  # by the stream cap before the group read them
-        try:
-            info = r.xinfo_stream(k.statements)
-            groups = r.xinfo_groups(k.statements)
-        except redis.ResponseError:
-            continue  # no stream yet
-        held = r.hmget(k.held, "statements", "entries")  # kept by a capped sink; else one an entry
-        length = info.get("length", 0)
-        lag["length"] += int(held[0]) if held[1] is not None and int(held[1]) == length else length
-        ms = int(str(info.get("last-generated-id") or "0-0").partition("-")[0])
-        if ms:
-            age = now - ms / 1000
-            lag["last_age"] = age if lag["last_age"] is None else min(lag["last_age"], age)
-        for g in groups:
-            if g["name"] == GROUP:
-                if g.get("pending") is not None:
-                    lag["pending"] = (lag["pending"] or 0) + int(g["pending"])
-                more = g.get("last-delivered-id") != info.get("last-generated-id")
-                if not more or g.get("lag") is not None:
-                    lag["undelivered"] = (lag["undelivered"] or 0) + undelivered(g, more)
-    return lag
-
-
-def snapshot(r: redis.Redis, prefix: str, n: int = 10, day: str | None = None, shards: int = 1) -> dict[str, Any]:
-    """Everything one frame shows, read from Redis (merged over `shards` statement streams)."""
-    k = Keys(prefix)
+def snapshot(r: redis.Redis, prefix: str, n: int = 10, day: str | None = None, shards: int = 1, sort: str = "time",
+             db: str | None = None, app: str | None = None, user: str | None = None,
+             fold: bool = True) -> dict[str, Any]:
+    """Everything one frame shows, read from Redis through the read model (merged over `shards` streams)."""
     ks = shard_keys(prefix, shards)
     now = time.time()
     day = day or time.strftime("%Y-%m-%d", time.gmtime(now))
-    snap: dict[str, Any] = {"prefix": prefix, "at": now, "day": day}
-    snap["by_time"] = _top(r, ks, "time", n)
-    snap["by_calls"] = _top(r, ks, "calls", n)
-    snap["by_errors"] = _top(r, ks, "errors", n)
-    snap["totals"] = merged.stats_totals(r, ks)
+    snap: dict[str, Any] = {"prefix": prefix, "at": now, "day": day, "sort": sort,
+                            "filters": {"db": db, "app": app, "user": user}, "fold": fold}
+    views = rm.top_statements_by(r, ks, list(dict.fromkeys([sort, "time", "calls", "errors"])), n, db, app, user,
+                                 fold)
+    snap["statements"] = views[sort]
+    snap["by_time"], snap["by_calls"], snap["by_errors"] = (views[s]["rows"] for s in ("time", "calls", "errors"))
+    snap["totals"] = rm.totals(r, ks)
     business = []
-    for name, raw in sorted(r.hgetall(k.biz_rules).items()):
-        desc = json.loads(raw)
-        aggregate = desc.get("aggregate", "sum")
-        values = merged.biz_decimals(r, ks, name, day, aggregate, desc.get("scale", 0))
-        if desc.get("value") == "rows":  # row counts are whole numbers, whatever the scale
-            values = {labels: v.to_integral_value() for labels, v in values.items()}
-        parsed = sorted(values.items(), key=lambda x: x[1], reverse=True)
-        rows_only = merged.biz_rows_only(r, ks, name, day)
-        business.append({"rule": name, "aggregate": desc.get("aggregate"), "values": parsed,
-                         "rows_only": sum(rows_only.values())})
+    for b in rm.business(r, ks, day)["rules"]:
+        business.append({"rule": b["rule"], "aggregate": b["aggregate"],
+                         "values": [(v["key"], Decimal(v["value"])) for v in b["values"]],
+                         "rows_only": b["rows_only"]})
     snap["business"] = business
-    snap["alerts"] = [{"id": entry_id, **fields} for entry_id, fields in merged.latest(r, [x.alerts for x in ks], n)]
-    snap["alert_counts"] = merged.alert_counts(r, ks)
-    snap["lag"] = _lag(r, ks, now)
-    workers = []
-    for name, raw in sorted(r.hgetall(k.workers).items()):
-        try:
-            beat = json.loads(raw)
-        except ValueError:
-            continue
-        beat["name"] = name
-        beat["age"] = now - float(beat.get("ts", 0))
-        workers.append(beat)
-    snap["workers"] = workers
+    snap["alerts"] = rm.alerts(r, ks, n)
+    snap["alert_counts"] = rm.alert_counts(r, ks)
+    streams = rm.streams(r, ks)
+    ages = [s["last_age"] for s in streams if s["last_age"] is not None]
+    pending = [s["pending"] for s in streams if s["pending"] is not None]
+    undelivered = [s["undelivered"] for s in streams if s["undelivered"] is not None]
+    snap["lag"] = {"length": sum(s["length"] for s in streams), "last_age": min(ages) if ages else None,
+                   "pending": sum(pending) if pending else None,
+                   "undelivered": sum(undelivered) if undelivered else None,
+                   "trimmed": sum(s["trimmed"] for s in streams)}
+    snap["workers"] = rm.workers(r, ks)
     return snap
 
 
-def render(snap: dict[str, Any]) -> Group:
-    """One frame as rich renderables."""
+def as_json(r: redis.Redis, prefix: str, n: int = 10, shards: int = 1, sort: str = "time", db: str | None = None,
+            app: str | None = None, user: str | None = None, fold: bool = True) -> dict[str, Any]:
+    """What `--json` prints: the read model's own answers (decimals as strings), nothing reshaped."""
+    ks = shard_keys(prefix, shards)
+    return {"statements": rm.top_statements(r, ks, sort, n, db, app, user, fold), "business": rm.business(r, ks),
+            "alerts": rm.alerts(r, ks, n), "overview": rm.overview(r, ks)}
+
+
+def _statement_column(table: Table, title: str, piped: bool) -> None:
+    if piped:
+        table.add_column(title, ratio=1, overflow="fold", min_width=STATEMENT_MIN)
+    else:
+        table.add_column(title, ratio=1, no_wrap=True, min_width=STATEMENT_MIN)
+
+
+def _statements_table(snap: dict[str, Any], width: int, piped: bool) -> Table:
+    view = snap["statements"]
+    f = {k: v for k, v in snap["filters"].items() if v is not None}
+    title = f"Top fingerprints by {SORT_TITLES[snap['sort']]}"
+    if f:
+        title += " (" + ", ".join(f"{k} {v}" for k, v in f.items()) + ")"
+    t = Table(title=title, box=box.SIMPLE_HEAD, expand=True, title_justify="left")
+    folded = view["folded"]
+    if folded["entries"]:
+        t.caption = (f"transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, DEALLOCATE and alike): "
+                     f"{folded['calls']:,} calls, {folded['total_us'] / 1e6:,.2f} s, folded (--all shows them)")
+    wide = width >= 150
+    mid = width >= 120
+    cols: list[tuple[str, Any]] = [("calls", lambda r: f"{r['calls']:,}"),
+                                   ("total s", lambda r: f"{r['total_us'] / 1e6:,.2f}"),
+                                   ("mean ms", lambda r: _ms(r["mean_us"])),
+                                   ("p99 ms", lambda r: _ms(r["p99_us"]))]
+    if mid:
+        cols.append(("max ms", lambda r: _ms(r["max_us"])))
+        cols.append(("rows", lambda r: f"{r['rows']:,}"))
+    cols.append(("err", lambda r: Text(str(r["errors"]), style="red" if r["errors"] else "")))
+    if wide:
+        cols.insert(0, ("fingerprint", lambda r: r["fp"][:8]))
+    for name, _ in cols:
+        t.add_column(name, justify="left" if name == "fingerprint" else "right")
+    t.add_column("app", max_width=None if piped else 14, overflow="fold" if piped else "ellipsis")
+    _statement_column(t, "statement", piped)
+    for row in view["rows"]:
+        t.add_row(*(fn(row) for _, fn in cols), Text(row["app"] or "—"), Text(row["text"]))
+    return t
+
+
+def render(snap: dict[str, Any], width: int = 200, piped: bool = False) -> Group:
+    """One frame as rich renderables (width: the console's; piped: nothing may be cut)."""
     parts: list[Any] = []
     totals = snap["totals"]
     head = Text.assemble(
@@ -146,25 +159,14 @@ def render(snap: dict[str, Any]) -> Group:
         f"unparsed {int(totals.get('unparsed', 0)):,}  ",
         time.strftime("%H:%M:%S", time.localtime(snap["at"])))
     parts.append(head)
-
-    t = Table(title="Top fingerprints by total time", box=box.SIMPLE_HEAD, expand=True, title_justify="left")
-    for col, kw in (("fingerprint", {}), ("app", {}), ("calls", {"justify": "right"}),
-                    ("total s", {"justify": "right"}), ("mean ms", {"justify": "right"}),
-                    ("max ms", {"justify": "right"}), ("rows", {"justify": "right"}),
-                    ("err", {"justify": "right"}), ("statement", {"ratio": 1, "no_wrap": True})):
-        t.add_column(col, **kw)
-    for row in snap["by_time"]:
-        t.add_row(row["fp"][:8], Text(row["app"] or "—"), f"{row['calls']:,}", f"{row['total_us'] / 1e6:,.2f}",
-                  _ms(row["mean_us"]), _ms(row["max_us"]), f"{row['rows']:,}",
-                  Text(str(row["errors"]), style="red" if row["errors"] else ""), Text(row["text"]))
-    parts.append(t)
+    parts.append(_statements_table(snap, width, piped))
 
     t = Table(title="Top by calls / by errors", box=box.SIMPLE_HEAD, expand=True, title_justify="left")
     t.add_column("calls", justify="right")
-    t.add_column("statement", ratio=1, no_wrap=True)
+    _statement_column(t, "statement", piped)
     t.add_column("errors", justify="right")
     t.add_column("SQLSTATE")
-    t.add_column("failing statement", ratio=1, no_wrap=True)
+    _statement_column(t, "failing statement", piped)
     calls, errors = snap["by_calls"][:5], snap["by_errors"][:5]
     for i in range(max(len(calls), len(errors))):
         c = calls[i] if i < len(calls) else None
@@ -192,12 +194,16 @@ def render(snap: dict[str, Any]) -> Group:
     parts.append(t)
 
     t = Table(title="Latest alerts", box=box.SIMPLE_HEAD, expand=True, title_justify="left")
-    for col in ("time", "severity", "rule", "app", "evidence"):
-        t.add_column(col, ratio=1 if col == "evidence" else None, no_wrap=col == "evidence")
+    for col in ("time", "kind", "severity", "rule", "app"):
+        t.add_column(col)
+    if piped:
+        t.add_column("evidence", ratio=1, overflow="fold")
+    else:
+        t.add_column("evidence", ratio=1, no_wrap=True)
     styles = {"high": "bold red", "critical": "bold red", "medium": "yellow", "warning": "yellow"}
     for a in snap["alerts"]:
         ms = int(a["id"].partition("-")[0])
-        t.add_row(time.strftime("%H:%M:%S", time.localtime(ms / 1000)),
+        t.add_row(time.strftime("%H:%M:%S", time.localtime(ms / 1000)), a.get("kind", "security"),
                   Text(a.get("severity", ""), style=styles.get(a.get("severity", ""), "")),
                   a.get("rule", ""), Text(a.get("app", a.get("metric", ""))), Text(a.get("evidence", "")))
     parts.append(t)
@@ -223,17 +229,72 @@ def render(snap: dict[str, Any]) -> Group:
     return Group(*parts)
 
 
-def run(client: redis.Redis, prefix: str, once: bool = False, interval: float = 2.0,
-        console: Console | None = None, shards: int = 1) -> int:
-    console = console or Console()
+def console_for(stream: Any = None) -> Console:
+    """The whole terminal's width on a terminal; when piped, a wide frame in which nothing is cut."""
+    stream = stream or sys.stdout
+    if stream.isatty():
+        return Console(file=stream)
+    columns = int(os.environ.get("COLUMNS", "0") or 0)
+    return Console(file=stream, width=max(columns, PIPE_WIDTH))
+
+
+@contextlib.contextmanager
+def keypresses() -> Iterator[Any]:
+    """A function waiting up to `timeout` seconds for a key on the terminal (None: none came, or no terminal)."""
+    stdin = sys.stdin
+    if not stdin.isatty():
+        def wait(timeout: float) -> str | None:
+            time.sleep(timeout)
+            return None
+        yield wait
+        return
+    import termios
+    import tty
+
+    fd = stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    tty.setcbreak(fd)
+
+    def wait_key(timeout: float) -> str | None:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        return os.read(fd, 1).decode(errors="replace") if ready else None
+    try:
+        yield wait_key
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def run(client: redis.Redis, prefix: str, once: bool = False, interval: float = 2.0, console: Console | None = None,
+        shards: int = 1, sort: str = "time", db: str | None = None, app: str | None = None, user: str | None = None,
+        fold: bool = True, json_out: bool = False, n: int = 10) -> int:
+    if sort not in rm.SORTS:
+        raise ValueError(f"sort must be one of {', '.join(rm.SORTS)}, not {sort!r}")
+    if json_out:
+        out = console.file if console is not None else sys.stdout
+        out.write(json.dumps(as_json(client, prefix, n, shards, sort, db, app, user, fold), indent=2) + "\n")
+        return 0
+    console = console or console_for()
+    piped = not console.is_terminal
+
+    def frame() -> Group:
+        return render(snapshot(client, prefix, n, shards=shards, sort=sort, db=db, app=app, user=user, fold=fold),
+                      console.width, piped)
+
     if once:
-        console.print(render(snapshot(client, prefix, shards=shards)))
+        console.print(frame())
         return 0
     try:
-        with Live(render(snapshot(client, prefix, shards=shards)), console=console, screen=False,
-                  auto_refresh=False) as live:
+        with keypresses() as key, Live(frame(), console=console, screen=False, auto_refresh=False) as live:
+            deadline = time.monotonic() + interval
             while True:
-                time.sleep(interval)
-                live.update(render(snapshot(client, prefix, shards=shards)), refresh=True)
+                pressed = key(max(0.0, deadline - time.monotonic()))
+                if pressed in ("q", "Q"):
+                    return 0
+                if pressed in ("s", "S"):
+                    sort = rm.SORTS[(rm.SORTS.index(sort) + 1) % len(rm.SORTS)]
+                elif pressed is not None:
+                    continue
+                live.update(frame(), refresh=True)
+                deadline = time.monotonic() + interval
     except KeyboardInterrupt:
         return 0
