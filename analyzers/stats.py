@@ -3,7 +3,7 @@
 Two outputs. Redis (`<prefix>:stats:*`, exactly once, shared by all workers): counters per
 fp|db|app (min, max, sum of squares for the standard deviation, and the latency histogram's buckets,
 from which readers take percentiles), per fingerprint its rows per db|app|user (`stats:u`, at most
-`stats_max_users` users a fingerprint in each worker, the rest as `other`), the normalised text per
+`stats_max_users` rows a fingerprint in each worker, the rest as `<db>|other|other`), the normalised text per
 fingerprint, and sorted sets for "top by time / calls / errors".
 Prometheus (per worker): counters and a latency histogram, with the label cardinality capped: the
 top-K fingerprints, the top applications and the top users by total time keep their own series, the
@@ -39,8 +39,9 @@ def _new() -> list:
 
 
 class UserCap:
-    """At most `per_fp` users a fingerprint get rows of their own in `stats:u` (this worker's memory of
-    which; the rest are `other`): a role per tenant must not grow a fingerprint's hash without end."""
+    """At most `per_fp` db × app × user rows a fingerprint in `stats:u` (this worker's memory of which; the rest
+    are summed as `<db>|other|other`): a role per tenant, or an application name per process, must not grow a
+    fingerprint's hash without end."""
 
     __slots__ = ("per_fp", "seen")
 
@@ -48,18 +49,19 @@ class UserCap:
         self.per_fp = per_fp
         self.seen: dict[str, set[str]] = {}
 
-    def __call__(self, fp: str, user: str) -> str:
-        users = self.seen.get(fp)
-        if users is None:
+    def __call__(self, fp: str, db: str, app: str, user: str) -> str:
+        who = f"{db}|{app}|{user}"
+        rows = self.seen.get(fp)
+        if rows is None:
             if len(self.seen) > 50_000:
                 self.seen.clear()
-            users = self.seen[fp] = set()
-        if user in users:
-            return user
-        if len(users) >= self.per_fp:
-            return OTHER
-        users.add(user)
-        return user
+            rows = self.seen[fp] = set()
+        if who in rows:
+            return who
+        if len(rows) >= self.per_fp:
+            return f"{db}|{OTHER}|{OTHER}"
+        rows.add(who)
+        return who
 
 
 class BatchStats:
@@ -144,7 +146,7 @@ class BatchStats:
             errors += s[ERRORS]
         for (fp, db, app, user), s in self.data.items():
             u = keys.stats_users(fp)
-            who = f"{db}|{app}|{user if users is None else users(fp, user)}"
+            who = f"{db}|{app}|{user}" if users is None else users(fp, db, app, user)
             writes.hincr(u, "calls:" + who, s[CALLS])
             writes.hincr(u, "total_us:" + who, s[TOTAL])
             if s[ROWS]:

@@ -39,8 +39,9 @@ class AnalyzerSettings(Served):
                           "the rest are summed as app=\"other\" (some set application_name per process)")
     top_users: int = Field(20, ge=1, le=10000, description="Users (roles) with their own Prometheus series; "
                            "the rest are summed as user=\"other\"")
-    stats_max_users: int = Field(100, ge=1, le=100000, description="Users a fingerprint keeps rows of its own for "
-                                 "in Redis (stats:u), per worker; the rest are summed as user \"other\"")
+    stats_max_users: int = Field(100, ge=1, le=100000, description="Database × application × user rows a "
+                                 "fingerprint keeps in Redis (stats:u), per worker; the rest are summed as "
+                                 "application and user \"other\"")
     samples: int = Field(5, ge=0, le=100, description="Per fingerprint, the slowest and the most recent this many "
                          "executions are kept with their SQL and (redacted) parameters (0: none)")
     series_minutes: int = Field(1440, ge=0, le=100000, description="Per fingerprint, calls, time and errors a "

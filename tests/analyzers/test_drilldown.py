@@ -56,8 +56,8 @@ def test_users_beyond_the_cap_are_other(r: redis.Redis, prefix: str, events: Eve
         drain(worker)
     finally:
         worker.close()
-    users = {u["user"]: u["calls"] for u in rm.users_of(r, rm.keys_for(prefix), _fp(r, prefix, ITEMS))}
-    assert users == {"ann": 1, "ben": 1, "other": 2}
+    users = {(u["app"], u["user"]): u["calls"] for u in rm.users_of(r, rm.keys_for(prefix), _fp(r, prefix, ITEMS))}
+    assert users == {("shop", "ann"): 1, ("shop", "ben"): 1, ("other", "other"): 2}
 
 
 def test_the_drill_sweep_follows_the_fingerprint_cap(r: redis.Redis, prefix: str, events: Events) -> None:
