@@ -16,8 +16,8 @@ workers splitting one transaction between their batches each see a part: shapes 
 workload, not exact accounting.
 
 N+1: the same fingerprint executed at least `n_plus_one` times with different parameters (bound values,
-or the literal text on the simple protocol) in one transaction, or outside transactions in one session
-within `n_plus_one_window` seconds, is a finding (`n_plus_one`, written with findings.py) naming the
+or the literal text on the simple protocol) in one transaction, or (with `n_plus_one_window` > 0) outside
+transactions in one session within that many seconds, is a finding (`n_plus_one`, written with findings.py) naming the
 fingerprint, the count and the transaction's shape.
 """
 
@@ -69,7 +69,7 @@ def shape_id(app: str, fps: list[str]) -> str:
 class Transactions:
     """Follows each session's open transaction; folds it into its shape's batch aggregate when it ends."""
 
-    def __init__(self, alerter: Alerter, shapes: bool = True, n_plus_one: int = 0, window_s: float = 1.0) -> None:
+    def __init__(self, alerter: Alerter, shapes: bool = True, n_plus_one: int = 0, window_s: float = 0.0) -> None:
         self.alerter = alerter
         self.shapes_on = shapes
         self.n = n_plus_one
@@ -86,7 +86,7 @@ class Transactions:
         get = ev.get
         sid = get("sid", "")
         if txn == "autocommit":
-            if self.n:
+            if self.n and self.window_us:
                 self._burst(batch, sid, ev, fp, text, ts)
             return
         txid = get("txid", "")

@@ -53,8 +53,10 @@ class AnalyzerSettings(Served):
     n_plus_one: int = Field(20, ge=0, description="A fingerprint executed this many times with different "
                             "parameters in one transaction (or one session within n_plus_one_window) is an N+1 "
                             "finding (0: off)")
-    n_plus_one_window: float = Field(1.0, gt=0, le=3600, description="Seconds within which one session's "
-                                     "statements outside a transaction count as one N+1 burst")
+    n_plus_one_window: float = Field(0.0, ge=0, le=3600, description="Seconds within which one session's "
+                                     "statements outside a transaction count as one N+1 burst (0: transactions "
+                                     "only; an application's pooled connection runs its statements many times a "
+                                     "second in its normal course)")
     new_categories: bool = Field(True, description="Alert when a business rule's label takes a value never "
                                  "seen before (after the rule's first new_category_learn_seconds)")
     new_category_learn_seconds: float = Field(600.0, ge=0, description="Seconds a rule's label values are only "
