@@ -649,4 +649,3 @@ def describe(hit: Hit, app: str, sid: str, client: str, shape_text: str = "") ->
     return note
 
 
-__all__ = ["OP", "Analysis", "AppShapes", "Hit", "Injection", "analyse", "describe", "match", "skeleton"]
