@@ -91,6 +91,14 @@ class Samples:
         """Per fingerprint and minute of event time: calls, µs and errors (op `TS`, a ring of `minutes` slots)."""
         slots = str(self.minutes)
         for fp, items in per_fp.items():
+            first, last = items[0][3] // 60_000_000, items[-1][3] // 60_000_000
+            key = keys.stats_series(fp)
+            if first == last:  # the common case: the batch's statements of a fingerprint fall in one minute
+                if first > 0:
+                    errors = sum("err" in x[2] for x in items)
+                    writes.add_op(["TS", key, slots, str(first), str(len(items)), str(sum(map(_DUR, items))),
+                                   str(errors)])
+                continue
             per: dict[int, list[int]] = {}
             for dur, _, ev, ts in items:
                 minute = ts // 60_000_000
@@ -101,7 +109,6 @@ class Samples:
                 got[1] += dur
                 if "err" in ev:
                     got[2] += 1
-            key = keys.stats_series(fp)
             for minute, (calls, us, errors) in per.items():
                 if minute > 0:
                     writes.add_op(["TS", key, slots, str(minute), str(calls), str(us), str(errors)])

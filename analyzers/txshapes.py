@@ -78,6 +78,7 @@ class Transactions:
         self.bursts: dict[str, dict[str, list[Any]]] = {}  # sid → fp → [window start, count, params, flagged]
         self.ids: dict[tuple[str, tuple[str, ...]], str] = {}
         self.described: set[str] = set()  # shapes whose fixed fields and fingerprint links this process wrote
+        self.ending: dict[str, bool] = {}  # transaction-control fingerprint → whether it ends its transaction
         self.on = shapes or n_plus_one > 0
 
     def add(self, batch: ShapeBatch, ev: dict[str, str], fp: str, op: str, text: str, dur: int, ts: int,
@@ -98,7 +99,14 @@ class Transactions:
                 self.open.clear()
             t = self.open[sid] = _Txn(txid, app, ev)
         t.items.append((fp, dur, ts, ev, text))
-        if op == "txn" and _ends(text):
+        if op != "txn":
+            return
+        ends = self.ending.get(fp)
+        if ends is None:
+            if len(self.ending) > 10_000:
+                self.ending.clear()
+            ends = self.ending[fp] = _ends(text)
+        if ends:
             del self.open[sid]
             self.finish(batch, t, txn)
 
@@ -116,7 +124,6 @@ class Transactions:
             return
         seq: list[str] = []
         reps: list[int] = []
-        counts: dict[str, int] = {}
         first = items[0][2]
         end = first
         db_us = 0
@@ -128,7 +135,6 @@ class Transactions:
                 seq.append(fp)
                 reps.append(1)
                 last = fp
-            counts[fp] = counts.get(fp, 0) + 1
             db_us += dur
             if ts + dur > end:
                 end = ts + dur
@@ -153,7 +159,10 @@ class Transactions:
             agg[8] += rolled
             agg[9] = max(agg[9], end)
         n = self.n
-        if n:
+        if n and len(items) >= n:  # fewer statements cannot hold n of one fingerprint
+            counts: dict[str, int] = {}
+            for fp, _, _, _, _ in items:
+                counts[fp] = counts.get(fp, 0) + 1
             for fp, count in counts.items():
                 if count < n:
                     continue
