@@ -162,10 +162,13 @@ class ClientProtocol(asyncio.Protocol):
         if isinstance(outcome, startup.Start):
             self._begin(outcome)
         elif isinstance(outcome, startup.Cancel):
-            if outcome.packet is not None:
-                self.server.forward_cancel(outcome.packet)
             self.state = CLOSED
-            self.transport.close()  # type: ignore[union-attr]
+            if outcome.packet is not None:
+                # Closed once PostgreSQL has closed its side: clients (libpq, asyncpg) take that close to
+                # mean the cancel was processed, and send their next query only then.
+                self.server.forward_cancel(outcome.packet, self.transport.close)  # type: ignore[union-attr]
+            else:
+                self.transport.close()  # type: ignore[union-attr]
         elif isinstance(outcome, startup.Fail):
             self.fail(outcome.message, outcome.sqlstate)
         else:
@@ -593,8 +596,9 @@ class ProxyServer:
                 f"upstream {where} does not accept TLS, but upstream_sslmode is "
                 f"{self.settings.upstream_sslmode}", "08004")
 
-    def forward_cancel(self, packet: bytes) -> None:
-        """CancelRequest: the key belongs to the backend, so any proxy process can pass it on."""
+    def forward_cancel(self, packet: bytes, done: Callable[[], None]) -> None:
+        """CancelRequest: the key belongs to the backend, so any proxy process can pass it on. ``done`` runs
+        when the upstream has closed the cancel connection (or could not be reached)."""
         self.stats.cancels += 1
 
         async def send() -> None:
@@ -602,10 +606,14 @@ class ProxyServer:
                 proto = await self.open_upstream(lambda: _CancelProtocol(self))
             except UpstreamError as exc:
                 log.warning("cancel request not delivered: %s", exc)
+                done()
                 return
-            proto.transport.write(packet)  # type: ignore[union-attr]
-            await asyncio.wait([proto.closed], timeout=self.settings.connect_timeout)
-            proto.close()
+            try:
+                proto.transport.write(packet)  # type: ignore[union-attr]
+                await asyncio.wait([proto.closed], timeout=self.settings.connect_timeout)
+            finally:
+                proto.close()
+                done()
 
         asyncio.get_running_loop().create_task(send())
 

@@ -158,7 +158,10 @@ class Negotiation:
             elif kind == STARTUP:
                 if self.refusal is not None:
                     return Step(reply, self.refusal)
-                _version, params = parse_startup(packet)
+                try:
+                    _version, params = parse_startup(packet)
+                except ProtocolViolation as exc:
+                    return Step(reply, Fail(str(exc)))
                 forward = bytes(raw[consumed:])
                 self._raw = bytearray()
                 return Step(reply, Start(params, forward, [m for m in packets if m[0] >= 0]))

@@ -99,6 +99,13 @@ def test_malformed_startup_bytes_fail_with_the_decoders_reason() -> None:
     assert step.outcome == Fail("unsupported frontend protocol 0.1234", "08P01")
 
 
+def test_a_startup_message_whose_parameters_are_cut_short_fails_with_08p01() -> None:
+    """A key without its value's NUL: the session is refused with a reason, not dropped by an exception."""
+    body = struct.pack("!i", 196608) + b"user\0alice"
+    step = negotiation().feed(struct.pack("!i", 4 + len(body)) + body, can_tls=False)
+    assert step.outcome == Fail("malformed StartupMessage", "08P01")
+
+
 # -- refusals ------------------------------------------------------------------------------------
 
 

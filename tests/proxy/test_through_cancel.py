@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +14,7 @@ import pytest
 from fasterdata.proxy import wire
 from tests.kit.backends import backend_alive, backend_running
 from tests.kit.polling import wait_until
-from tests.kit.processes import Proxy
+from tests.kit.processes import Proxy, StartProxy
 from tests.kit.rawclient import RawClient
 
 BOUND = 15  # seconds; far less than the 30 s statement, far more than a cancel needs
@@ -75,3 +76,30 @@ def test_cancel_request_with_unknown_key_is_harmless(proxy: Proxy) -> None:
             assert raw.rest() == []  # no reply; the proxy closes the connection
         assert running.result(timeout=BOUND).fetchone() == (1,)
         assert backend_alive(pid)
+
+
+def test_the_cancel_connection_closes_only_after_the_server_closed_its_side(start_proxy: StartProxy) -> None:
+    """Clients take the close of their cancel connection to mean the cancel was processed (libpq waits for it,
+    asyncpg sends its next query only then), so the proxy passes the upstream's close on, never its own first.
+
+    The upstream here is a listener the test controls: it holds the forwarded cancel connection open while
+    the test looks at the client's side, then closes it.
+    """
+    with socket.create_server(("127.0.0.1", 0)) as upstream:
+        proxy = start_proxy("--upstream-sslmode", "disable", upstream=f"127.0.0.1:{upstream.getsockname()[1]}")
+        packet = struct.pack("!iiii", 16, wire.CANCEL_REQUEST_CODE, 4242, 777)
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=BOUND) as client:
+            client.sendall(packet)
+            upstream.settimeout(BOUND)
+            forwarded, _ = upstream.accept()
+            with forwarded:
+                forwarded.settimeout(BOUND)
+                got = b""
+                while len(got) < len(packet) and (chunk := forwarded.recv(len(packet) - len(got))):
+                    got += chunk
+                assert got == packet  # passed on untouched
+                client.setblocking(False)
+                with pytest.raises(BlockingIOError):  # no EOF yet: the server has not answered
+                    client.recv(1)
+            client.settimeout(BOUND)
+            assert client.recv(1) == b""  # the server closed, so the client's cancel connection closes
