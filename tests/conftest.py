@@ -13,15 +13,8 @@ import pytest
 import redis
 
 from tests.kit.databases import scratch_database
-from tests.kit.polling import wait_until
-from tests.kit.ports import free_port, wait_port
-from tests.kit.processes import ChildProcess, ProxyProcess, stop_all
-from tests.kit.services import PG_HOST, PG_PORT, PG_USER, REDIS_URL, RUN_ID, direct_dsn
-from tests.kit.streams import entries
-
-# These names lived here before tests/kit/; modules not yet moved over still import them from here.
-__all__ = ["PG_HOST", "PG_PORT", "PG_USER", "REDIS_URL", "RUN_ID", "ChildProcess", "ProxyProcess", "direct_dsn",
-           "entries", "free_port", "stop_all", "wait_port", "wait_until"]
+from tests.kit.processes import ProxyProcess, stop_all
+from tests.kit.services import PG_HOST, PG_PORT, PG_USER, REDIS_URL
 
 
 @pytest.fixture

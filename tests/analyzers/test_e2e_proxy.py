@@ -4,7 +4,6 @@ compared with SQL over the database. Skipped while the proxy does not capture ye
 from __future__ import annotations
 
 import psycopg
-import pytest
 import redis
 
 from fasterdata.analyzers.rules import parse
@@ -26,8 +25,7 @@ def test_business_totals_through_the_proxy(r: redis.Redis, start_proxy, scratch_
     proxy = start_proxy()
     prefix = proxy.prefix
     try:
-        if not captures(r, proxy):
-            pytest.skip("the proxy does not capture statements into <prefix>:statements yet (proxy.session)")
+        assert captures(r, proxy), "the proxy put nothing on <prefix>:statements"
         with psycopg.connect(proxy.dsn(scratch_db), autocommit=True, application_name="shop") as conn:
             w = Workload(conn, NoEvents(), seed=11)  # type: ignore[arg-type]
             w.setup()
