@@ -362,7 +362,7 @@ _MULTIROW = Normalized.multirow
 
 class _Deferred(Normalized):
     """A templated text whose slot table is built on first use. Only business rules read values, and most
-    simple-protocol texts are not business statements: building every table cost ~0.7 µs a statement."""
+    simple-protocol texts are not business statements, so building every table would be paid for nothing."""
 
     __slots__ = ("_lits",)
 

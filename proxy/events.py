@@ -14,9 +14,8 @@ How an entry holds events (``stream_entry``, a proxy setting; every consumer rea
   sink batch: the events' field counts joined with commas, then NUL, then every event's names and
   values joined with NUL: ``2,3\\0 v\\0 1\\0 sql\\0 BEGIN\\0 v\\0 1\\0 …`` (without the spaces). A busy
   proxy puts tens of statements in an entry, and Redis's work to append, deliver, keep pending and
-  acknowledge an entry is paid once for all of them (reading and acknowledging: 1.6 → 0.2 µs a
-  statement at ten an entry; bench/NOTES.md). An idle one still sends each statement at once, one
-  an entry.
+  acknowledge an entry is paid once for all of them (bench/NOTES.md measures it). An idle one still
+  sends each statement at once, one an entry.
 * ``packed``: one event an entry, in one field, ``event``, its names and values joined with NUL:
   ``v\\0 1\\0 kind\\0 stmt\\0 ts\\0 …``.
 * ``flat``: one stream field per event field, so ``redis-cli XRANGE`` shows ``sql`` as ``sql``.

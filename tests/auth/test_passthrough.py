@@ -108,7 +108,7 @@ def test_missing_password(proxy: ProxyProcess) -> None:
 
 
 async def test_log_never_contains_passwords(proxy: ProxyProcess, private_cluster: PrivateCluster) -> None:
-    """Hot-path rule 4: password and SASL messages pass through unread, so no secret is logged.
+    """Password and SASL messages pass through unread, so no secret is logged.
 
     Logs in (and fails to) with every driver first, so the check holds even when run alone.
     """
