@@ -6,7 +6,9 @@ write time it picks the batch's slowest and newest few and writes them with the 
 adds the slow ones to `samples:slow:<fp>`, which keeps its N highest durations, `LKEEP` pushes the recent
 ones onto `samples:recent:<fp>`, which keeps its N newest, and stamps the fingerprint in `samples:fps`
 (what the drill sweep, drilldown.py, removes with the fingerprint). Slow candidates no slower than the
-N-th slowest this worker has already written are not sent.
+N-th slowest this worker has already written are not sent; a fingerprint's recent samples are written at
+most every `samples_every` seconds by each worker (a busy fingerprint is in every batch, and its samples,
+JSON inside the commit's JSON, would be much of the batch's arguments).
 
 With `series_minutes`, the same items give each fingerprint's per-minute series (`stats:ts:<fp>`: calls, µs
 and errors a minute of event time, a ring of that many minutes).
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import heapq
 import json
+import time
+from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
@@ -45,9 +49,13 @@ def sample_json(item: Item) -> str:
 class Samples:
     """Chooses and writes a batch's samples; remembers per fingerprint the slowest durations it wrote."""
 
-    def __init__(self, n: int, minutes: int = 0) -> None:
+    def __init__(self, n: int, minutes: int = 0, every: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.n = n
         self.minutes = minutes  # the per-minute series' length (0: none)
+        self.every = every  # seconds between two writes of a fingerprint's recent samples
+        self.clock = clock
+        self.written: dict[str, float] = {}  # fp → when its recent samples were last written
         self.slowest: dict[str, list[int]] = {}  # fp → the n largest durations written (a min-heap)
 
     def floor(self, fp: str) -> int:
@@ -72,6 +80,11 @@ class Samples:
                 writes.add_op(["ZGT", index, fp, str(now_s)])
             return sent
         keep = str(self.n)
+        now = self.clock()
+        due = now - self.every
+        written = self.written
+        if len(written) > 100_000:
+            written.clear()
         for fp, items in per_fp.items():
             slow, recent = self.choose(items)
             floor = self.floor(fp)
@@ -83,8 +96,10 @@ class Samples:
                     op.append(sample_json(item))
                 writes.add_op(op)
                 sent[fp] = slow
-            writes.add_op(["LKEEP", keys.samples_recent(fp), keep, index, fp, str(now_s), str(len(recent)),
-                           *map(sample_json, recent)])
+            if written.get(fp, -1e18) <= due:
+                written[fp] = now
+                writes.add_op(["LKEEP", keys.samples_recent(fp), keep, index, fp, str(now_s), str(len(recent)),
+                               *map(sample_json, recent)])
         return sent
 
     def write_series(self, writes: Writes, keys: Keys, per_fp: dict[str, list[Item]]) -> None:

@@ -158,7 +158,7 @@ class Worker:
         self.upkeep = GroupUpkeep(self.redis, self.shards, self.group, self.consumer, self.keys, self.counters)
         self.stats = StatsCollector(settings.top_k, settings.top_apps, top_users=settings.top_users)
         self.user_cap = UserCap(settings.stats_max_users)
-        self.samples = Samples(settings.samples, settings.series_minutes)
+        self.samples = Samples(settings.samples, settings.series_minutes, settings.samples_every)
         policy = rules.security
         self.transactions = Transactions(Alerter(settings.alerts_maxlen, policy.dedup_seconds), settings.txn_shapes,
                                          settings.n_plus_one, settings.n_plus_one_window)

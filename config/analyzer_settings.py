@@ -44,6 +44,8 @@ class AnalyzerSettings(Served):
                                  "application and user \"other\"")
     samples: int = Field(5, ge=0, le=100, description="Per fingerprint, the slowest and the most recent this many "
                          "executions are kept with their SQL and (redacted) parameters (0: none)")
+    samples_every: float = Field(1.0, ge=0, le=3600, description="Seconds between two writes of a fingerprint's "
+                                 "most recent samples by one worker (the slowest are written as they come)")
     series_minutes: int = Field(1440, ge=0, le=100000, description="Per fingerprint, calls, time and errors a "
                                 "minute are kept for this many minutes (a ring; 0: none)")
     txn_shapes: bool = Field(True, description="Fold each transaction's fingerprints into a shape, per "

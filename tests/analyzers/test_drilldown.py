@@ -25,7 +25,7 @@ def _fp(r: redis.Redis, prefix: str, text: str) -> str:
 
 def test_samples_keep_the_slowest_and_the_newest_few_across_batches(r: redis.Redis, prefix: str,
                                                                      events: Events) -> None:
-    worker = make_worker(prefix, samples=3)
+    worker = make_worker(prefix, samples=3, samples_every=0)
     try:
         durations = [500, 90, 7000, 300, 6500, 20, 800, 40]
         with events:
@@ -173,3 +173,23 @@ def test_a_series_slot_starts_again_for_a_new_minute(r: redis.Redis, prefix: str
         if minute == 100 and calls == 3:
             assert r.hget(key, "100") == "100:5:500:2"
     assert r.hgetall(key) == {"100": "1540:1:100:1"}
+
+
+def test_recent_samples_are_written_at_most_every_samples_every() -> None:
+    from fasterdata.analyzers.atomic import Writes
+    from fasterdata.analyzers.keys import Keys
+    from fasterdata.analyzers.samples import Samples
+    now = [100.0]
+    samples = Samples(2, every=1.0, clock=lambda: now[0])
+    items = [(10 + i, f"1-{i}", {"sql": "SELECT 1", "ts": str(i)}, i) for i in range(3)]
+
+    def codes(batch: list) -> list[str]:
+        w = Writes()
+        samples.committed(samples.write(w, Keys("p"), {"fp": batch}, 1))
+        return [op for op in w.ordered if op in ("ZKEEP", "LKEEP")]
+    assert codes(items) == ["ZKEEP", "LKEEP"]
+    faster = [(1, "2-0", {"sql": "SELECT 1", "ts": "9"}, 9)]
+    now[0] += 0.5
+    assert codes(faster) == []  # nothing slower, and the recent ones were written half a second ago
+    now[0] += 0.6
+    assert codes(faster) == ["LKEEP"]
