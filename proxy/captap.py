@@ -435,12 +435,6 @@ _SINK_COUNTERS = ("sent", "spooled", "replayed", "dropped", "deduplicated", "tri
                   "latency_sum")
 
 
-class _LaneView:
-    def __init__(self, counts: list[int], total: float) -> None:
-        self.latency_counts = counts
-        self.latency_sum = total
-
-
 class SinkView:
     """What SinkCollector reads from a StreamSink, rebuilt from the worker's snapshots."""
 
@@ -471,13 +465,13 @@ class SinkView:
     def connected(self) -> bool:
         return self.link.transport is not None and bool(self._get("connected"))
 
-    @property
-    def lanes(self) -> list[_LaneView]:
+    def latency(self) -> tuple[list[int], float]:
+        """Batch round trips, as StreamSink.latency gives them: this worker's and its predecessors'."""
         n = len(LATENCY_BUCKETS) + 1
         cur = self._get("latency_counts") or [0] * n
         old = self.link.base["sink"].get("latency_counts") or [0] * n
-        return [_LaneView([a + b for a, b in zip(old, cur, strict=True)],
-                          self.link.base["sink"].get("latency_sum", 0) + self._get("latency_sum"))]
+        return ([a + b for a, b in zip(old, cur, strict=True)],
+                self.link.base["sink"].get("latency_sum", 0) + self._get("latency_sum"))
 
 
 class CaptureView:
