@@ -46,6 +46,10 @@ class ProxySettings(Served):
     capture_mode: Literal["inline", "process"] = Field(
         "inline", description="'inline': capture runs in the forwarding process; 'process': in a helper process "
         "per proxy worker, fed through a socketpair, so capture CPU never delays traffic")
+    data_plane: Literal["python", "native"] = Field(
+        "python", description="'python': every session's bytes move through asyncio; 'native': after the login, "
+        "plain-TCP sessions move to a compiled loop in a thread of its own (TLS sessions stay on 'python'; "
+        "without the compiled extension every session does)")
     capture_nice: int = Field(10, ge=0, le=19, description="Niceness of the capture process (capture_mode=process): "
                               "under CPU saturation traffic wins and capture lags, then catches up")
     capture_buffer_max: int = Field(

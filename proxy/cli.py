@@ -58,6 +58,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-log-connections", dest="log_connections", action="store_const", const=False,
                    help="no info line per client session (connection-per-request applications); refusals "
                    "and errors are still logged")
+    p.add_argument("--data-plane", choices=["python", "native"],
+                   help="who moves a session's bytes after its login: asyncio, or a compiled loop [python]")
     p.add_argument("--capture-mode", choices=["inline", "process"],
                    help="where capture runs: in the forwarding process, or in a helper process per worker [inline]")
     add_common_arguments(p)

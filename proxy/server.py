@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from fasterdata.config.settings import ProxySettings, split_hostport
 
-from . import startup, tls, wire
+from . import dataplane, startup, tls, wire
 from .capture import Capture
 from .events import CaptureOptions
 from .logs import Throttled
@@ -68,6 +68,8 @@ class ClientProtocol(asyncio.Protocol):
         self._lost = False  # connection_lost has run
         self.draining = False
         self.refused = False  # over max_client_conn: gets 53300 once its StartupMessage arrives
+        # data_plane=native: offered the session at each ReadyForQuery until it moves (proxy.dataplane)
+        self.native: dataplane.DataPlane | None = server.dataplane
 
     # -- asyncio callbacks --------------------------------------------------------------------
 
@@ -354,6 +356,7 @@ class ClientLeg(Protocol):
     transport: asyncio.Transport | None
     session: Tap | None
     draining: bool
+    native: dataplane.DataPlane | None
 
     def tap_failed(self) -> None: ...
 
@@ -415,6 +418,8 @@ class UpstreamProtocol(asyncio.Protocol):
                 return
             if client.draining and session.idle:
                 client.terminate()
+        if client.native is not None and messages and messages[-1][0] == wire.READY:
+            client.native.take(client)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.negotiation is not None and not self.negotiation.done():
@@ -472,6 +477,8 @@ class ProxyServer:
         self.capture_options = capture_options(settings)
         # capture_mode=process: proxy.captap.CaptureLink.session, a stand-in that ships messages away.
         self.session_factory: SessionFactory | None = None
+        self.dataplane = dataplane.plane_for(settings.data_plane, self.stats, settings.max_message_size,
+                                             settings.capture_buffer_max)
         self.clients: set[ClientProtocol] = set()
         self.refusing = 0  # of those, clients over max_client_conn waiting to be told so
         self.refused_log = Throttled(log)
@@ -500,9 +507,12 @@ class ProxyServer:
             backlog=1024)
         sockname = self._server.sockets[0].getsockname()
         self.port = sockname[1]
-        log.info("listening on %s:%d, upstream %s (sslmode=%s), framer %s", sockname[0], sockname[1],
+        if self.dataplane is not None:
+            self.dataplane.start()
+        log.info("listening on %s:%d, upstream %s (sslmode=%s), framer %s, data plane %s", sockname[0], sockname[1],
                  self.settings.upstream, self.settings.upstream_sslmode,
-                 "compiled" if wire._scan is not None else "in Python (proxy._framescan not built: no C compiler?)")
+                 "compiled" if wire._scan is not None else "in Python (proxy._framescan not built: no C compiler?)",
+                 "native (TLS sessions: python)" if self.dataplane is not None else "python")
 
     def client_allowed(self, host: str) -> bool:
         """allow_clients check; an IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d."""
@@ -635,6 +645,8 @@ class ProxyServer:
                 for client in list(self.clients):
                     client.terminate()
         await asyncio.sleep(0)
+        if self.dataplane is not None:
+            self.dataplane.close()
         if self._server is not None:
             await self._server.wait_closed()
 

@@ -137,6 +137,10 @@ class _Framer:
             if self._pending is not None or self._skip:
                 return
 
+    def at_boundary(self) -> bool:
+        """Nothing half-read: the next byte fed starts a message (the compiled data plane takes over here)."""
+        return self._pending is None and not self._buf and not self._skip
+
     def _check(self, typ: int, length: int) -> None:
         if length < 4:
             raise ProtocolViolation(f"invalid message length {length} for message type {typ:#04x}")
@@ -198,6 +202,9 @@ class BackendDecoder:
         self._framer._typed(data, out)
         return out
 
+    def at_boundary(self) -> bool:
+        return self._framer.at_boundary()
+
 
 class FrontendDecoder:
     """Client → server messages: untyped startup packets first, typed messages after StartupMessage.
@@ -250,6 +257,10 @@ class FrontendDecoder:
                     raise ProtocolViolation("unexpected bytes after CancelRequest")
                 return out
         return out
+
+    def at_boundary(self) -> bool:
+        """Past the StartupMessage with nothing half-read."""
+        return self._started and self._framer.at_boundary()
 
     def pending_startup_bytes(self) -> int:
         """Bytes received but not yet decoded during startup (the proxy must not lose them)."""
