@@ -139,3 +139,25 @@ def test_a_side_connection_that_is_down_is_recorded_and_analysis_goes_on(
         assert worker.planner.counts["error"] == 1
     finally:
         worker.close()
+
+
+def test_a_plan_is_redone_only_when_latency_regresses_and_not_too_often() -> None:
+    from fasterdata.analyzers.plans import REFRESH_SECONDS, RETRY_SECONDS, Planner
+    now = [1000.0]
+    planner = Planner(None, "host=127.0.0.1 port=1", min_ms=100, regress=2.0, clock=lambda: now[0])
+    try:
+        assert not planner.wanted("a", 99_000)  # not slow
+        assert planner.wanted("a", 200_000)
+        planner.cache["a"] = ("ok", 200_000.0, now[0])
+        assert not planner.wanted("a", 390_000)  # slower, but less than twice as slow
+        assert not planner.wanted("a", 500_000)  # twice as slow, but explained a moment ago
+        now[0] += REFRESH_SECONDS
+        assert planner.wanted("a", 500_000) and not planner.wanted("a", 390_000)
+        planner.cache["b"] = ("refused", 500_000.0, now[0])
+        planner.cache["c"] = ("timeout", 500_000.0, now[0])
+        now[0] += RETRY_SECONDS - 1
+        assert not planner.wanted("b", 10**9) and not planner.wanted("c", 10**9)
+        now[0] += 1
+        assert not planner.wanted("b", 10**9) and planner.wanted("c", 10**9)  # a refusal is final
+    finally:
+        planner.close()
