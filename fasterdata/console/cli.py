@@ -33,6 +33,9 @@ def add_parser(subparsers: Any) -> None:
     c.add_argument("--proxy-metrics", metavar="URL", action="append", default=[],
                    help="a proxy's /metrics URL, for its sent, spooled and dropped counts (repeatable; the "
                    "console's --metrics-user and password are sent to it)")
+    c.add_argument("--gl-table", metavar="TABLE", action="append", default=[],
+                   help="ledger table whose cached days to show (repeatable) [gl_entries, and any other found "
+                   "cached under the prefix]")
     c.add_argument("--screenshots", metavar="DIR", help="write a PNG of each view into DIR (headless chromium) "
                    "and exit")
     add_metrics_access_arguments(c)
@@ -84,10 +87,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"fasterdata console: cannot reach Redis at {redacted(settings.redis)}: {exc}", file=sys.stderr)
         return 1
     from .proxies import ProxyMetrics
-    from .reads import ModelReads
+    from .reads import FreshReads, ModelReads
 
     proxies = ProxyMetrics(args.proxy_metrics, settings.metrics_user, settings.metrics_password)
-    reads = ModelReads(client, settings.prefix, settings.stream_shards, proxies if args.proxy_metrics else None)
+    reads = FreshReads(ModelReads(client, settings.prefix, settings.stream_shards,
+                                  proxies if args.proxy_metrics else None, tuple(args.gl_table or ["gl_entries"])))
     if args.screenshots:
         from .screenshots import ScreenshotError, write_screenshots
 
@@ -98,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"fasterdata console: {exc}", file=sys.stderr)
             return 1
         return 0
+    reads.warm()
     return asyncio.run(serve(reads, access_for(settings, args.listen)))
 
 

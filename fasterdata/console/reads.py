@@ -4,17 +4,23 @@ which answers it from the analyzers' read model (analyzers/readmodel.py).
 The read model does the reading (single-key commands and pipelines, merged over shards, so a Redis
 Cluster works too); this adapter puts each view's pieces together and adds the little the page needs
 beside them: the filters' choices, every rule's days, the ledger tables found in Redis, and each
-proxy's events sent and rate between two reads.
+proxy's events sent and rate between two reads. What changes slowly and costs a read of every
+fingerprint or a SCAN (the filters' choices, the sink markers, the ledger tables) is kept a while.
+
+`FreshReads` serves any `Reads` through `fresh.Fresh`: what the console's routes call.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, Protocol
 
+from .fresh import Fresh
 from .proxies import ProxyMetrics
 
+log = logging.getLogger("fasterdata.console")
 SORTS = ("time", "calls", "mean", "p99", "errors", "rows")
 
 
@@ -45,7 +51,8 @@ def _glob(text: str) -> str:
 class ModelReads:
     """`Reads` from analyzers/readmodel.py, for one deployment prefix over `shards` statement streams."""
 
-    def __init__(self, client: Any, prefix: str, shards: int = 1, proxies: ProxyMetrics | None = None) -> None:
+    def __init__(self, client: Any, prefix: str, shards: int = 1, proxies: ProxyMetrics | None = None,
+                 ledger_tables: tuple[str, ...] = ("gl_entries",)) -> None:
         from fasterdata.analyzers import readmodel
 
         self.model = readmodel
@@ -53,8 +60,10 @@ class ModelReads:
         self.prefix = prefix
         self.ks = readmodel.keys_for(prefix, shards)
         self.proxy_metrics = proxies
+        self.ledger_tables = ledger_tables
         self._lock = threading.Lock()
         self._sent: dict[str, tuple[float, int]] = {}  # sink marker → (when read, events sent) for a rate
+        self._slow = Fresh(max_age=15.0, size=16, workers=1)
 
     def overview(self) -> dict[str, Any]:
         return self.model.overview(self.r, self.ks)
@@ -63,7 +72,8 @@ class ModelReads:
             fold: bool = True, limit: int = 50) -> dict[str, Any]:
         top = self.model.top_statements(self.r, self.ks, sort, limit, db=db, app=app, user=user, fold=fold)
         return {**top, "filters": {"db": db, "app": app, "user": user}, "fold": fold,
-                "choices": self.model.filters(self.r, self.ks)}
+                "choices": self._slow.get("filters", lambda: self.model.filters(self.r, self.ks),
+                                          default={"db": [], "app": [], "user": []})}
 
     def fingerprint(self, fp: str) -> dict[str, Any] | None:
         return self.model.statement(self.r, self.ks, fp) if fp else None
@@ -85,7 +95,7 @@ class ModelReads:
     def _sinks(self) -> list[dict[str, Any]]:
         """Each proxy's sink instance with the events it has sent (its marker's sequence) and the rate since
         the console last read it; dropped and spooled counts live on the proxy's own /metrics."""
-        sinks = self.model.sinks(self.r, self.prefix)
+        sinks = self._slow.get("sinks", lambda: self.model.sinks(self.r, self.prefix), default=[])
         pipe = self.r.pipeline(transaction=False)  # GETs, not an MGET: on a cluster the markers' slots differ
         for sink in sinks:
             pipe.get(sink["key"])
@@ -103,10 +113,65 @@ class ModelReads:
                             "rate": None if rate is None else round(rate, 1)})
         return out
 
-    def ledger(self) -> dict[str, Any]:
-        tables = set()
-        for key in self.r.scan_iter(match=f"{_glob(self.prefix)}:gl:{{*}}:days", count=1000):
+    def _ledger_tables(self) -> list[str]:
+        """The configured tables and any other whose days are indexed under the prefix (a SCAN)."""
+        tables = set(self.ledger_tables)
+        for key in self.r.scan_iter(match=f"{_glob(self.prefix)}:gl:{{*}}:days", count=5000):
             name = key.decode() if isinstance(key, bytes) else key
             tables.add(name[len(self.prefix) + len(":gl:{"):-len("}:days")])
-        return {"tables": [{"table": t, "days": self.model.ledger_days(self.r, self.prefix, t)}
-                           for t in sorted(tables)]}
+        return sorted(tables)
+
+    def ledger(self) -> dict[str, Any]:
+        tables = self._slow.get("ledger tables", self._ledger_tables, default=sorted(self.ledger_tables))
+        found = [{"table": t, "days": self.model.ledger_days(self.r, self.prefix, t)} for t in tables]
+        return {"tables": [t for t in found if t["days"]]}
+
+
+class FreshReads:
+    """Any `Reads`, each answer kept `max_age` seconds and renewed in the background (fresh.py)."""
+
+    def __init__(self, inner: Reads, max_age: float = 1.0) -> None:
+        self.inner = inner
+        self.fresh = Fresh(max_age)
+
+    def warm(self) -> threading.Thread:
+        """Read the views as the page first asks for them (each sort of the top list), on a thread, so
+        nobody waits for them."""
+        def read_all() -> None:
+            try:
+                for sort in SORTS:
+                    self.top(sort)
+                self.business()
+                self.alerts(100)
+                self.pipeline()
+                self.ledger()
+                self.overview()
+            except Exception:
+                log.exception("reading the console's views ahead failed; they are read when asked")
+
+        thread = threading.Thread(target=read_all, name="console-warm", daemon=True)
+        thread.start()
+        return thread
+
+    def overview(self) -> dict[str, Any]:
+        return self.fresh.get(("overview",), self.inner.overview)
+
+    def top(self, sort: str = "time", db: str | None = None, app: str | None = None, user: str | None = None,
+            fold: bool = True, limit: int = 50) -> dict[str, Any]:
+        key = ("top", sort, db, app, user, fold, limit)
+        return self.fresh.get(key, lambda: self.inner.top(sort, db, app, user, fold, limit))
+
+    def fingerprint(self, fp: str) -> dict[str, Any] | None:
+        return self.fresh.get(("fingerprint", fp), lambda: self.inner.fingerprint(fp))
+
+    def business(self, days: int = 31) -> dict[str, Any]:
+        return self.fresh.get(("business", days), lambda: self.inner.business(days))
+
+    def alerts(self, limit: int = 50, kind: str | None = None) -> dict[str, Any]:
+        return self.fresh.get(("alerts", limit, kind), lambda: self.inner.alerts(limit, kind))
+
+    def pipeline(self) -> dict[str, Any]:
+        return self.fresh.get(("pipeline",), self.inner.pipeline)
+
+    def ledger(self) -> dict[str, Any]:
+        return self.fresh.get(("ledger",), self.inner.ledger)

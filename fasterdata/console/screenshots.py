@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .browser import BrowserMissing, chromium, wait_for_view
+from .browser import BrowserMissing, chromium, updated, wait_for_view
 from .reads import Reads
 
 VIEWS = ("top", "fp", "business", "alerts", "pipeline", "ledger")
@@ -42,6 +42,7 @@ def write_screenshots(reads: Reads, access: Any, directory: str | Path, width: i
                 driver.set_window_size(width, 900)  # each view measured from the same start
                 driver.get(f"http://127.0.0.1:{port}/#/{view}" + (f"/{fp}" if view == "fp" else ""))
                 wait_for_view(driver, view)
+                wait_for_view(driver, view, updated(driver))  # one poll more: what is read in the background
                 height = driver.execute_script("return document.documentElement.scrollHeight")
                 driver.set_window_size(width, min(max(int(height) + 160, 600), 2400))  # + the window's frame
                 wait_for_view(driver, view)

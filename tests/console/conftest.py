@@ -27,11 +27,12 @@ from tests.kit.databases import scratch_database
 from tests.kit.polling import wait_until
 from tests.kit.ports import free_port, wait_port
 from tests.kit.processes import ROOT, ChildProcess, ProxyProcess, stop_all
-from tests.kit.services import REDIS_URL
+from tests.kit.services import REDIS_URL, direct_dsn
 from tests.kit.streams import entries
 from tests.kit.workload import RULES, NoEvents, Workload
 
 APP = "shop"
+REGION_SALES = "SELECT count(*), sum(total) FROM orders WHERE region = %s"
 
 
 @dataclass
@@ -64,14 +65,15 @@ class Shop:
 class ConsoleProcess(ChildProcess):
     """`fasterdata console` as a subprocess on a prefix of the machine's Redis."""
 
-    def __init__(self, tmp: Path, prefix: str, *args: str) -> None:
+    def __init__(self, tmp: Path, prefix: str, *args: str, redis_url: str = REDIS_URL,
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.log_path = tmp / f"console-{self.port}.log"
         cmd = [sys.executable, "-m", "fasterdata", "console", "--listen", f"127.0.0.1:{self.port}",
-               "--redis", REDIS_URL, "--prefix", prefix, *args]
+               "--redis", redis_url, "--prefix", prefix, *args]
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         try:
             wait_port(self.port, timeout=30)
         except TimeoutError:
@@ -93,7 +95,11 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
             workload = Workload(conn, NoEvents(), seed=23)  # type: ignore[arg-type]
             workload.setup()  # its CREATE TABLEs from an application not allowed DDL: ddl alerts
             workload.run_many(120)
-            worker = make_worker(proxy.prefix, parse(RULES))
+            for region in ("eu", "us", "ap"):  # a SELECT for the side connection to explain
+                conn.execute(REGION_SALES, [region])
+            # plans: every slow-enough SELECT's sample explained on a side connection to the database itself
+            worker = make_worker(proxy.prefix, parse(RULES), explain_dsn=direct_dsn(db), explain_min_ms=0,
+                                 explain_per_minute=600)
             s = Shop(proxy, conn, workload, worker, r)
             s.settle()
             yield s

@@ -17,7 +17,8 @@ from fasterdata.analyzers import merged
 from fasterdata.analyzers.keys import Keys
 from fasterdata.console.browser import updated, wait_for_view
 from fasterdata.console.proxies import sink_counts
-from tests.console.conftest import APP, ConsoleProcess, Shop
+from tests.console.conftest import APP, REGION_SALES, ConsoleProcess, Shop
+from tests.kit.polling import wait_until
 
 CONTROL = ("begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release", "prepare", "deallocate",
            "discard")
@@ -37,8 +38,10 @@ def leading(shop: Shop, by: str) -> tuple[str, dict[str, int]]:
 
 
 def open_view(driver: Any, console: ConsoleProcess, hash_: str, view: str) -> None:
+    """Go to a view and wait until it is drawn anew (a hash change keeps the page and its last drawing)."""
+    before = updated(driver) if driver.current_url.startswith(console.url) else "0"
     driver.get(f"{console.url}/#/{hash_}")
-    wait_for_view(driver, view)
+    wait_for_view(driver, view, before)
 
 
 def cells(driver: Any, css: str, attribute: str | None = None) -> list[str]:
@@ -90,8 +93,8 @@ def test_sorting_by_calls_and_unfolding(shop: Shop, console: ConsoleProcess, bro
 
 def test_the_app_filter_keeps_only_that_application(shop: Shop, console: ConsoleProcess, browser: Any) -> None:
     open_view(browser, console, "top", "top")
-    options = cells(browser, "#filter-app option")
-    assert APP in options
+    # the choices are read in the background (every fingerprint's users): there by the next poll at the latest
+    WebDriverWait(browser, 20).until(lambda d: APP in cells(d, "#filter-app option"))
     before = updated(browser)
     browser.execute_script("const s = document.getElementById('filter-app'); s.value = arguments[0];"
                            "s.dispatchEvent(new Event('change'));", APP)
@@ -178,9 +181,11 @@ def test_pipeline_and_ledger_views_render(shop: Shop, console: ConsoleProcess, b
     k = Keys(shop.prefix)
     streams = cells(browser, "#streams tbody td:first-child")
     assert streams == [k.statements]
-    held = shop.r.hget(k.held, "statements")
-    shown = cells(browser, "#streams tbody td:nth-child(2)")
-    assert held is None or shown == [f"{int(held):,}"]
+    statements, entries_counted = shop.r.hmget(k.held, "statements", "entries")
+    length = shop.r.xlen(k.statements)
+    held = int(statements) if entries_counted is not None and int(entries_counted) == length else length
+    assert held > shop.workload.statements
+    WebDriverWait(browser, 20).until(lambda d: cells(d, "#streams tbody td:nth-child(2)") == [f"{held:,}"])
     with urllib.request.urlopen(f"http://127.0.0.1:{shop.proxy.metrics_port}/metrics", timeout=5) as resp:
         sent = sink_counts(resp.read().decode())["sent"]
     row = cells(browser, "#proxies tbody td")
@@ -188,3 +193,21 @@ def test_pipeline_and_ledger_views_render(shop: Shop, console: ConsoleProcess, b
     assert row[4] == "0"  # dropped
     open_view(browser, console, "ledger", "ledger")
     assert "no ledger days cached" in cells(browser, "#view")[0]
+
+
+def test_the_fingerprint_page_shows_its_plan_or_why_there_is_none(shop: Shop, console: ConsoleProcess,
+                                                                  browser: Any) -> None:
+    k = Keys(shop.prefix)
+    fp = shop.worker.normalize(REGION_SALES.replace("%s", "$1")).fp
+    plan = wait_until(lambda: shop.r.hgetall(k.plan(fp)), what="the side connection to explain the SELECT")
+    assert plan["status"] == "ok", plan
+    open_view(browser, console, f"fp/{fp}", "fp")
+    # the console may answer once from what it read before the plan was recorded: the next poll has it
+    shown = WebDriverWait(browser, 20).until(lambda d: cells(d, "#plan"))
+    assert json.loads(shown[0]) == json.loads(plan["plan"])  # the JSON plan as recorded
+    assert "Aggregate" in shown[0]
+    update = shop.worker.normalize("UPDATE inventory SET qty = qty - $1 WHERE sku = $2").fp
+    refused = wait_until(lambda: shop.r.hgetall(k.plan(update)), what="the UPDATE's plan record")
+    assert refused["status"] == "refused", refused  # a write is never explained
+    open_view(browser, console, f"fp/{update}", "fp")
+    WebDriverWait(browser, 20).until(lambda d: f"refused: {refused['reason']}" in cells(d, "#view .card p.empty"))

@@ -34,8 +34,8 @@ const ms = (us) => (us === undefined || us === null ? "—" : num((us / 1000).to
 const secs = (us) => num((us / 1e6).toFixed(2));
 const iso = (msec) => new Date(msec).toISOString().replace("T", " ").slice(0, 19);
 const fromUs = (us) => (us ? iso(Number(us) / 1000) : "—");
-const age = (s) => (s === null || s === undefined ? "—" : s < 1 ? `${(s * 1000).toFixed(0)}ms`
-  : s < 120 ? `${s.toFixed(1)}s` : s < 7200 ? `${(s / 60).toFixed(0)}m` : `${(s / 3600).toFixed(1)}h`);
+const age = (raw) => { const s = raw === null || raw === undefined ? raw : Math.max(0, raw); return s === null || s === undefined ? "—" : s < 1 ? `${(s * 1000).toFixed(0)}ms`
+  : s < 120 ? `${s.toFixed(1)}s` : s < 7200 ? `${(s / 60).toFixed(0)}m` : `${(s / 3600).toFixed(1)}h`; }; // clocks differ a little
 const empty = (text) => h("p", { class: "empty" }, text);
 const labelText = (labels) => Object.entries(labels || {}).map(([k, v]) => `${k}=${v}`).join(" ") || "(all)";
 
@@ -72,7 +72,7 @@ const SORTS = [["time", "total s"], ["calls", "calls"], ["mean", "mean ms"], ["p
 
 // A filter's first option is "all" (no filter); the others name a value, "" included (application_name unset).
 function filterSelect(name, values) {
-  const onchange = (e) => { state[name] = e.target.selectedIndex ? values[e.target.selectedIndex - 1] : null; refresh(); };
+  const onchange = (e) => { state[name] = e.target.selectedIndex ? values[e.target.selectedIndex - 1] : null; refresh(true); };
   return h("label", {}, `${name} `, h("select", { id: `filter-${name}`, onchange },
     h("option", { value: "" }, "all"),
     values.map((v) => h("option", { value: v, selected: v === state[name] }, v || "(none)"))));
@@ -83,7 +83,7 @@ async function topView() {
   for (const f of ["db", "app", "user"]) if (state[f] !== null) q.set(f, state[f]);
   const data = await fetchJSON(`/api/top?${q}`);
   const head = ["statement", "db", "app"].concat(SORTS.map(([key, label]) => h("th", {
-    class: `num sort${state.sort === key ? " on" : ""}`, "data-sort": key, onclick: () => { state.sort = key; refresh(); } }, label)));
+    class: `num sort${state.sort === key ? " on" : ""}`, "data-sort": key, onclick: () => { state.sort = key; refresh(true); } }, label)));
   const rows = data.rows.map((r) => h("tr", { "data-fp": r.fp },
     h("td", { class: "sql" }, h("a", { href: `#/fp/${r.fp}` }, r.text || r.fp)), h("td", {}, r.db), h("td", {}, r.app),
     h("td", { class: "num total" }, secs(r.total_us)), h("td", { class: "num calls" }, num(r.calls)),
@@ -96,7 +96,7 @@ async function topView() {
       h("td", { class: "num" }, ms(f.calls ? f.total_us / f.calls : null)), h("td", {}), h("td", {}), h("td", {})));
   }
   const fold = h("label", {}, h("input", { type: "checkbox", id: "fold", checked: state.fold,
-    onchange: (e) => { state.fold = e.target.checked; refresh(); } }), " fold BEGIN/COMMIT-class");
+    onchange: (e) => { state.fold = e.target.checked; refresh(true); } }), " fold BEGIN/COMMIT-class");
   const key = { time: "total_us", calls: "calls", mean: "mean_us", p99: "p99_us", errors: "errors", rows: "rows" }[state.sort];
   const div = { time: 1e6, mean: 1000, p99: 1000 }[state.sort] || 1;
   const top10 = data.rows.slice(0, 10).reverse();
@@ -109,7 +109,7 @@ async function topView() {
     after() {
       chart("top-chart", [{ type: "bar", orientation: "h", x: top10.map((r) => (r[key] || 0) / div),
         y: top10.map((r) => `${(r.text || "").slice(0, 40)} [${r.app}] · ${r.fp.slice(0, 6)}`), marker: { color: "#2f6fdb" } }],
-      { margin: { l: 360, r: 20, t: 10, b: 30 } });
+      { margin: { l: 20, r: 20, t: 10, b: 30 }, yaxis: { automargin: true } });
     },
   };
 }
@@ -130,7 +130,7 @@ async function fpView(fp) {
   seen.push([Date.now(), d.calls]);
   if (seen.length > 300) seen.shift();
   const plan = d.plan;
-  const planBody = !plan ? empty("no plan recorded (plans are explained for slow fingerprints when a plan DSN is set)")
+  const planBody = !plan ? empty("no plan recorded (the analyzers explain slow SELECTs' samples when explain_dsn is set)")
     : plan.plan ? h("pre", { id: "plan" }, JSON.stringify(plan.plan, null, 2))
       : empty(`${plan.status}${plan.reason ? ": " + plan.reason : ""}`);
   const shapes = d.shapes.map((s) => h("tr", {}, h("td", {}, s.app), h("td", { class: "num" }, num(s.count)),
@@ -203,7 +203,7 @@ async function businessView() {
     rule.values.length ? table(["labels", ["value"]], rule.values.slice(0, TOP_LABELS).map((v) => h("tr", {}, h("td", {}, labelText(v.labels)),
       h("td", { class: "num value", "data-rule": rule.rule, "data-key": v.key }, num(v.value))))) : empty("nothing today"),
     rule.values.length > TOP_LABELS ? h("p", { class: "muted" }, `… and ${rule.values.length - TOP_LABELS} more label sets`) : "",
-    h("div", { id: `biz-${rule.rule}`, class: "chart" })));
+    rule.days.length ? h("div", { id: `biz-${rule.rule}`, class: "chart" }) : ""));
   return {
     node: [h("div", { class: "row" }, cards.length ? cards : empty("no business rule has written yet"))],
     after() {
@@ -309,8 +309,13 @@ function route() {
   return views[parts[0]] ? { name: parts[0], arg: decodeURIComponent(parts.slice(1).join("/")) } : { name: "top", arg: "" };
 }
 
-async function refresh() {
+async function refresh(asked) {
   clearTimeout(timer);
+  const active = document.activeElement;
+  if (!asked && active && active.tagName === "SELECT" && document.getElementById("view").contains(active)) {
+    timer = setTimeout(refresh, POLL_MS); // a choice being made: redraw after it
+    return;
+  }
   const mine = ++generation;
   const { name, arg } = route();
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("on", a.dataset.view === (name === "fp" ? "top" : name)));
