@@ -158,6 +158,13 @@ def test_the_alert_feed_shows_a_ddl_alert_with_its_evidence(shop: Shop, console:
     open_view(browser, console, "alerts", "alerts")
     evidence = cells(browser, "#alerts tr.alert[data-rule=ddl] td.evidence")
     assert ddl[0]["evidence"].strip() in evidence
+    for kind, expected in (("anomaly", set()), ("security", {"security"}), ("", {"security"})):
+        before = updated(browser)
+        browser.execute_script("const s = document.getElementById('filter-kind');"
+                               "s.selectedIndex = [...s.options].findIndex(o => o.value === arguments[0]);"
+                               "s.dispatchEvent(new Event('change'));", kind)
+        wait_for_view(browser, "alerts", before)
+        assert set(cells(browser, "#alerts tr.alert", "data-kind")) == expected, kind  # anomalies are off
 
 
 def test_the_page_follows_new_work_without_a_reload(shop: Shop, console: ConsoleProcess, browser: Any) -> None:

@@ -2,7 +2,7 @@
 "use strict";
 
 const POLL_MS = 2000;
-const state = { sort: "time", db: null, app: null, user: null, fold: true, calls: {} };
+const state = { sort: "time", db: null, app: null, user: null, fold: true, kind: null, calls: {} };
 let timer = null;
 let generation = 0; // a reply for a view left meanwhile is dropped
 
@@ -223,7 +223,7 @@ async function businessView() {
 
 // ---- alerts ------------------------------------------------------------------------------------------
 async function alertsView() {
-  const data = await fetchJSON("/api/alerts?limit=100");
+  const data = await fetchJSON(`/api/alerts?limit=100${state.kind ? "&kind=" + encodeURIComponent(state.kind) : ""}`);
   const shown = new Set(["id", "at_ms", "kind", "rule", "severity", "app", "evidence", "text", "fp", "ts", "at"]);
   const rows = data.alerts.map((a) => h("tr", { class: "alert", "data-rule": a.rule || "", "data-kind": a.kind || "" },
     h("td", {}, iso(a.at_ms)), h("td", {}, a.kind || ""), h("td", { class: `sev-${a.severity || ""}` }, a.severity || ""),
@@ -234,7 +234,7 @@ async function alertsView() {
   return {
     node: [h("div", { class: "card" }, h("h2", {}, "Findings by rule (all counted)"),
       counts.length ? h("div", { id: "alert-chart", class: "chart" }) : empty("no findings counted")),
-      h("div", { class: "card" }, h("h2", {}, "Latest alerts"),
+      h("div", { class: "card" }, h("h2", {}, "Latest alerts"), h("div", { class: "filters" }, filterSelect("kind", data.kinds)),
         rows.length ? table(["time", "kind", "severity", "rule", "app", "evidence", "statement", "more"], rows, { id: "alerts" }) : empty("no alerts"))],
     after() {
       chart("alert-chart", [{ type: "bar", x: counts.map((c) => c[0]), y: counts.map((c) => c[1]), marker: { color: "#c62f2f" } }]);
