@@ -61,6 +61,17 @@ redis.call('HSET', a[i+1], a[i+2], a[i+3])
 redis.call('SADD', a[i+1], a[i+2])
 --- op ZGT
 redis.call('ZADD', a[i+1], 'GT', a[i+3], a[i+2])
+--- op UROW
+local cur = redis.call('HGET', a[i+1], a[i+2])
+local c, u, r, e, m = 0, 0, 0, 0, 0
+if cur then
+  local c0, u0, r0, e0, m0 = string.match(cur, '^(%d+):(%d+):(%d+):(%d+):(%d+)$')
+  if c0 then c, u, r, e, m = tonumber(c0), tonumber(u0), tonumber(r0), tonumber(e0), tonumber(m0) end
+end
+local top = tonumber(a[i+7])
+if m > top then top = m end
+redis.call('HSET', a[i+1], a[i+2], string.format('%d:%d:%d:%d:%d', c + tonumber(a[i+3]), u + tonumber(a[i+4]),
+  r + tonumber(a[i+5]), e + tonumber(a[i+6]), top))
 --- op TS
 local slot = tostring(tonumber(a[i+3]) % tonumber(a[i+2]))
 local cur = redis.call('HGET', a[i+1], slot)

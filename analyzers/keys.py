@@ -86,7 +86,7 @@ class Keys:
 
     # drill-down (per fingerprint, removed with it by the drill sweep: drilldown.py)
     def stats_users(self, fp: str) -> str:
-        """Hash: `<what>:<db>|<app>|<user>` → calls, total_us, rows, errors, max_us of one fingerprint per user."""
+        """Hash: `<db>|<app>|<user>` → `calls:total_us:rows:errors:max_us` of one fingerprint (op UROW)."""
         return f"{self.p}:stats:u{self.t}:{fp}"
 
     def stats_series(self, fp: str) -> str:

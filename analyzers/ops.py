@@ -63,6 +63,8 @@ OPS: tuple[Op, ...] = (
     Op("HS", ("key", "field", "value"), ("key",)),  # HSET
     Op("S", ("key", "member"), ("key",)),  # SADD
     Op("ZGT", ("key", "member", "score"), ("key",)),  # ZADD GT: a member's newest time
+    # a fingerprint's row of one db|app|user: `calls:total_us:rows:errors:max_us` added to (max compared)
+    Op("UROW", ("key", "field", "calls", "us", "rows", "errors", "max"), ("key",)),
     # a minute of a ring of `slots`: calls, µs and errors added to `minute:calls:us:errors` (reset for a new minute)
     Op("TS", ("key", "slots", "minute", "calls", "us", "errors"), ("key",)),
     Op("D", ("set", "hash", "field", "member"), ("set", "hash")),  # SADD, then the set's size into the hash

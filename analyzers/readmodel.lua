@@ -5,7 +5,7 @@
 --   → {member, "v1,v2,…", …} (an absent field reads as an empty value)
 -- ARGV[1] 'p99': the entries' quantile from their histograms (below)
 -- ARGV[1] 'user': ARGV[2] the stats:u prefix, ARGV[3] the user, KEYS[2] stats:last
---   → {"fp|db|app", "calls,total_us,rows,errors,max_us", …} of that user's rows
+--   → {"fp|db|app", "calls:total_us:rows:errors:max_us", …} of that user's rows
 local out = {}
 if ARGV[1] == 'fields' then
   local prefix = ARGV[2]
@@ -53,26 +53,14 @@ elseif ARGV[1] == 'p99' then
 elseif ARGV[1] == 'user' then
   local prefix, suffix = ARGV[2], '|' .. ARGV[3]
   local n = #suffix
-  local whats = {calls = 1, total_us = 2, rows = 3, errors = 4, max_us = 5}
   for _, fp in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-    local rows = {}
     local flat = redis.call('HGETALL', prefix .. fp)
     for k = 1, #flat, 2 do
       local field = flat[k]
       if string.sub(field, -n) == suffix then
-        local colon = string.find(field, ':', 1, true)
-        local what = whats[string.sub(field, 1, colon - 1)]
-        if what then
-          local where = string.sub(field, colon + 1, -n - 1)
-          local row = rows[where]
-          if not row then row = {0, 0, 0, 0, 0}; rows[where] = row end
-          row[what] = tonumber(flat[k + 1])
-        end
+        out[#out + 1] = fp .. '|' .. string.sub(field, 1, -n - 1)
+        out[#out + 1] = flat[k + 1]
       end
-    end
-    for where, row in pairs(rows) do
-      out[#out + 1] = fp .. '|' .. where
-      out[#out + 1] = table.concat(row, ',')
     end
   end
 end

@@ -34,6 +34,7 @@ _PIPE = 2000  # commands per pipeline round trip
 _MAXED = frozenset({"max_us", "last_ts"})
 _DESCRIBED: dict[tuple[str, str], tuple[str, str]] = {}  # (prefix, fp) → (op, text): a fingerprint's text never changes
 SCAN = scripts.read("readmodel.lua")
+_USER_FIELDS = ("calls", "total_us", "rows", "errors", "max_us")  # a stats:u value, colon-separated
 _BOUNDS = (0.0, *(b * 1e6 for b in BUCKETS))
 
 
@@ -204,11 +205,11 @@ def _scan_fields(r: Any, ks: list[Keys], fields: Sequence[str]) -> list[dict[str
 def _user_rows(r: Any, ks: list[Keys], user: str) -> dict[str, dict[str, Any]]:
     """fp|db|app → that user's counters (from stats:u), read by one script call a shard."""
     out: dict[str, dict[str, Any]] = {}
-    names = ("calls", "total_us", "rows", "errors", "max_us")
+    names = _USER_FIELDS
     for k in ks:
         flat = _scan(r, k, "user", k.stats_users(""), user)
         for i in range(0, len(flat), 2):
-            values = [int(float(v)) for v in flat[i + 1].split(",")]
+            values = [int(v) for v in flat[i + 1].split(":")]
             row = out.get(flat[i])
             if row is None:
                 out[flat[i]] = dict(zip(names, values, strict=True))
@@ -251,14 +252,14 @@ def users_of(r: Any, ks: list[Keys], fp: str) -> list[dict[str, Any]]:
     rows: dict[tuple[str, str, str], dict[str, int]] = {}
     for k in ks:
         for field, value in r.hgetall(k.stats_users(fp)).items():
-            what, _, rest = field.partition(":")
-            parts = rest.split("|")
-            if len(parts) < 3:
+            parts = field.split("|")
+            numbers = value.split(":")
+            if len(parts) < 3 or len(numbers) != len(_USER_FIELDS):
                 continue
             key = (parts[0], "|".join(parts[1:-1]), parts[-1])
             row = rows.setdefault(key, {})
-            v = int(value)
-            row[what] = max(row.get(what, v), v) if what == "max_us" else row.get(what, 0) + v
+            for what, v in zip(_USER_FIELDS, map(int, numbers), strict=True):
+                row[what] = max(row.get(what, v), v) if what == "max_us" else row.get(what, 0) + v
     out = []
     for (db, app, user), row in rows.items():
         calls = row.get("calls", 0)
@@ -382,8 +383,7 @@ def filters(r: Any, ks: list[Keys]) -> dict[str, list[str]]:
     fps = [fp for k in ks for fp in r.zrange(k.stats_last, 0, -1)]
     for reply in _pipelined(r, [("hkeys", (k.stats_users(fp),)) for fp in set(fps) for k in ks]):
         for field in reply:
-            if field.startswith("calls:"):
-                users.add(field.rsplit("|", 1)[-1])
+            users.add(field.rsplit("|", 1)[-1])
     return {"db": sorted(dbs), "app": sorted(apps), "user": sorted(users)}
 
 

@@ -145,15 +145,9 @@ class BatchStats:
             calls += s[CALLS]
             errors += s[ERRORS]
         for (fp, db, app, user), s in self.data.items():
-            u = keys.stats_users(fp)
             who = f"{db}|{app}|{user}" if users is None else users(fp, db, app, user)
-            writes.hincr(u, "calls:" + who, s[CALLS])
-            writes.hincr(u, "total_us:" + who, s[TOTAL])
-            if s[ROWS]:
-                writes.hincr(u, "rows:" + who, s[ROWS])
-            if s[ERRORS]:
-                writes.hincr(u, "errors:" + who, s[ERRORS])
-            writes.hmax(u, "max_us:" + who, s[MAX])
+            writes.add_op(("UROW", keys.stats_users(fp), who, str(s[CALLS]), str(s[TOTAL]), str(s[ROWS]),
+                           str(s[ERRORS]), str(s[MAX])))
         last = keys.stats_last
         for fp, (members, times) in per_fp.items():
             writes.touch(last, fp, keys.stats_fp(fp), keys.stats_members(fp), keys.stats_entries, members,

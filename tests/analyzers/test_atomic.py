@@ -47,6 +47,7 @@ def examples(k: str) -> dict[str, list[str]]:
         "ZKEEP": ["ZKEEP", f"{k}:slow", "2", "3", "5", "a", "9", "b", "1", "c"],
         "LKEEP": ["LKEEP", f"{k}:recent", "2", f"{k}:fps", "fp1", "30", "3", "x", "y", "z"],
         "TS": ["TS", f"{k}:ts", "1440", "100", "2", "300", "1"],
+        "UROW": ["UROW", f"{k}:u", "db|app|ann", "2", "300", "2", "0", "200"],
     }
 
 

@@ -193,3 +193,14 @@ def test_recent_samples_are_written_at_most_every_samples_every() -> None:
     assert codes(faster) == []  # nothing slower, and the recent ones were written half a second ago
     now[0] += 0.6
     assert codes(faster) == ["LKEEP"]
+
+
+def test_a_user_row_adds_up_and_keeps_its_maximum(r: redis.Redis, prefix: str) -> None:
+    from fasterdata.analyzers.atomic import Committer, Writes
+    stream = f"{prefix}:stream"
+    r.xgroup_create(stream, "g", id="0", mkstream=True)
+    for calls, us, rows, errors, top in ((2, 300, 2, 0, 200), (1, 5000, 0, 1, 5000), (3, 30, 3, 0, 10)):
+        w = Writes()
+        w.add_op(("UROW", f"{prefix}:u", "shop|web|ann", str(calls), str(us), str(rows), str(errors), str(top)))
+        assert Committer(r, stream, "g", "c").commit([], w) == []
+    assert r.hgetall(f"{prefix}:u") == {"shop|web|ann": "6:5330:5:1:5000"}
