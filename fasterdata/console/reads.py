@@ -76,7 +76,12 @@ class ModelReads:
                                           default={"db": [], "app": [], "user": []})}
 
     def fingerprint(self, fp: str) -> dict[str, Any] | None:
-        return self.model.statement(self.r, self.ks, fp) if fp else None
+        """The read model's detail, and the text of every fingerprint its transaction shapes name."""
+        detail = self.model.statement(self.r, self.ks, fp) if fp else None
+        if detail is not None:
+            named = {x for shape in detail["shapes"] for x in shape["fps"]}
+            detail["texts"] = {x: text for x, (_, text) in self.model.describe(self.r, self.ks, named).items()}
+        return detail
 
     def business(self, days: int = 31) -> dict[str, Any]:
         today = self.model.business(self.r, self.ks)

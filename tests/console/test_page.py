@@ -218,3 +218,19 @@ def test_the_fingerprint_page_shows_its_plan_or_why_there_is_none(shop: Shop, co
     assert refused["status"] == "refused", refused  # a write is never explained
     open_view(browser, console, f"fp/{update}", "fp")
     WebDriverWait(browser, 20).until(lambda d: f"refused: {refused['reason']}" in cells(d, "#view .card p.empty"))
+
+
+def test_the_fingerprint_page_names_the_transactions_it_appears_in(shop: Shop, console: ConsoleProcess,
+                                                                   browser: Any) -> None:
+    k = Keys(shop.prefix)
+    fps = {m.split("|", 1)[0] for m in shop.r.zrange(k.stats_top("time"), 0, -1)}
+    with_shapes = sorted(fp for fp in fps if shop.r.scard(k.txshapes_of(fp)))
+    assert with_shapes, "the workload's transactions left no shapes"
+    fp = with_shapes[0]
+    shapes = {s: shop.r.hgetall(k.txshape(s)) for s in shop.r.smembers(k.txshapes_of(fp))}
+    open_view(browser, console, f"fp/{fp}", "fp")
+    counts = [int(c.replace(",", "")) for c in cells(browser, "#shapes tbody td:nth-child(2)")]
+    assert sorted(counts) == sorted(int(s["count"]) for s in shapes.values())
+    steps = cells(browser, "#shapes tbody td.sql a", "title")  # the other statements of each shape, by text
+    others = {x for s in shapes.values() for x in s["fps"].split(",") if x and x != fp}
+    assert set(steps) == {shop.r.hget(k.stats_fp(x), "text") for x in others}

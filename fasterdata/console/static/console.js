@@ -115,6 +115,9 @@ async function topView() {
 }
 
 // ---- one fingerprint ---------------------------------------------------------------------------------
+// A statement in a transaction shape: its first words, or its fingerprint when its text is gone.
+const short = (text, fp) => (text ? (text.length > 32 ? text.slice(0, 30) + "…" : text) : fp.slice(0, 8));
+
 function sampleTable(list, id) {
   const rows = list.map((s) => h("tr", { class: "sample" },
     h("td", {}, fromUs(s.ts)), h("td", { class: "num dur" }, ms(s.dur_us)), h("td", { class: "num" }, num(s.rows)),
@@ -136,8 +139,8 @@ async function fpView(fp) {
   const shapes = d.shapes.map((s) => h("tr", {}, h("td", {}, s.app), h("td", { class: "num" }, num(s.count)),
     h("td", { class: "num" }, ms(s.mean_us)), h("td", { class: "num" }, s.stmts_per_txn),
     h("td", { class: "num" }, `${(100 * s.rollback_rate).toFixed(1)}%`),
-    h("td", { class: "sql" }, s.fps.map((x, i) => [i ? " → " : "", x === fp ? h("strong", {}, x.slice(0, 8))
-      : h("a", { href: `#/fp/${x}` }, x.slice(0, 8))]))));
+    h("td", { class: "sql" }, s.fps.map((x, i) => [i ? " → " : "", x === fp ? h("strong", { title: d.text }, short(d.text, x))
+      : h("a", { href: `#/fp/${x}`, title: d.texts[x] || x }, short(d.texts[x], x))]))));
   const who = d.users.length ? d.users : d.entries;
   const figures = [["calls", num(d.calls), "fp-calls"], ["total s", secs(d.total_us)], ["mean ms", ms(d.mean_us)],
     ["min · max ms", `${ms(d.min_us)} · ${ms(d.max_us)}`], ["stddev ms", ms(d.stddev_us)],
