@@ -204,3 +204,19 @@ def test_a_user_row_adds_up_and_keeps_its_maximum(r: redis.Redis, prefix: str) -
         w.add_op(("UROW", f"{prefix}:u", "shop|web|ann", str(calls), str(us), str(rows), str(errors), str(top)))
         assert Committer(r, stream, "g", "c").commit([], w) == []
     assert r.hgetall(f"{prefix}:u") == {"shop|web|ann": "6:5330:5:1:5000"}
+
+
+def test_a_transaction_sent_early_is_folded_at_its_end_marker(r: redis.Redis, prefix: str, events: Events) -> None:
+    with events:
+        events.stmt("BEGIN", tag="BEGIN", txn="open", sid="t1", txid=4, n=1)
+        for i in range(3):
+            events.stmt(ITEMS, [i], tag="SELECT", rows=1, txn="open", sid="t1", txid=4, n=2 + i)
+        events.txn_end("t1", 4, "rolled_back", stmts=4)  # the ROLLBACK itself never reaches the stream
+    worker = make_worker(prefix)
+    try:
+        drain(worker)
+    finally:
+        worker.close()
+    [shape] = rm.shapes(r, rm.keys_for(prefix))
+    assert shape["count"] == 1 and shape["repeats"] == [1, 3] and shape["rollback_rate"] == 1.0
+    assert shape["stmts_per_txn"] == 4.0
