@@ -69,11 +69,13 @@ class Samples:
         slow = heapq.nlargest(n, items, key=_DUR) if len(items) > n else sorted(items, key=_DUR, reverse=True)
         return slow, items[-n:]
 
-    def write(self, writes: Writes, keys: Keys, per_fp: dict[str, list[Item]], now_s: int) -> dict[str, list[Item]]:
-        """Add the batch's samples to its writes; returns fp → the slow samples sent (for `committed`)."""
+    def write(self, writes: Writes, keys: Keys, per_fp: dict[str, list[Item]], now_s: int,
+              errors: dict[str, int] | None = None) -> dict[str, list[Item]]:
+        """Add the batch's samples to its writes; returns fp → the slow samples sent (for `committed`).
+        errors: fp → the batch's failed statements of it (the series' errors need not be counted again)."""
         sent: dict[str, list[Item]] = {}
         if self.minutes:
-            self.write_series(writes, keys, per_fp)
+            self.write_series(writes, keys, per_fp, errors)
         index = keys.drill_index
         if not self.n:
             for fp in per_fp:
@@ -86,9 +88,12 @@ class Samples:
         if len(written) > 100_000:
             written.clear()
         for fp, items in per_fp.items():
-            slow, recent = self.choose(items)
             floor = self.floor(fp)
-            slow = [x for x in slow if x[0] > floor]
+            if max(items, key=_DUR)[0] > floor:
+                slow, recent = self.choose(items)
+                slow = [x for x in slow if x[0] > floor]
+            else:  # nothing in the batch is slower than what is kept (the common case once warmed up)
+                slow, recent = [], items[-self.n:]
             if slow:
                 op = ["ZKEEP", keys.samples_slow(fp), keep, str(len(slow))]
                 for item in slow:
@@ -102,7 +107,8 @@ class Samples:
                                *map(sample_json, recent)])
         return sent
 
-    def write_series(self, writes: Writes, keys: Keys, per_fp: dict[str, list[Item]]) -> None:
+    def write_series(self, writes: Writes, keys: Keys, per_fp: dict[str, list[Item]],
+                     errors: dict[str, int] | None = None) -> None:
         """Per fingerprint and minute of event time: calls, µs and errors (op `TS`, a ring of `minutes` slots)."""
         slots = str(self.minutes)
         for fp, items in per_fp.items():
@@ -110,9 +116,9 @@ class Samples:
             key = keys.stats_series(fp)
             if first == last:  # the common case: the batch's statements of a fingerprint fall in one minute
                 if first > 0:
-                    errors = sum("err" in x[2] for x in items)
+                    failed = errors.get(fp, 0) if errors is not None else sum("err" in x[2] for x in items)
                     writes.add_op(["TS", key, slots, str(first), str(len(items)), str(sum(map(_DUR, items))),
-                                   str(errors)])
+                                   str(failed)])
                 continue
             per: dict[int, list[int]] = {}
             for dur, _, ev, ts in items:

@@ -93,6 +93,14 @@ class BatchStats:
             by[err] = by.get(err, 0) + 1
         s[HIST][bisect.bisect_left(_BUCKETS_US, dur_us)] += 1
 
+    def errors(self) -> dict[str, int]:
+        """fp → its failed statements in the batch (only fingerprints with some)."""
+        out: dict[str, int] = {}
+        for (fp, _db, _app, _user), s in self.data.items():
+            if s[ERRORS]:
+                out[fp] = out.get(fp, 0) + s[ERRORS]
+        return out
+
     def entries(self) -> dict[tuple[str, str, str], list]:
         """The batch's stats per fp|db|app, its users summed (one user an entry, the common case, is not copied)."""
         out: dict[tuple[str, str, str], list] = {}

@@ -162,6 +162,7 @@ class Worker:
         policy = rules.security
         self.transactions = Transactions(Alerter(settings.alerts_maxlen, policy.dedup_seconds), settings.txn_shapes,
                                          settings.n_plus_one, settings.n_plus_one_window)
+        self.follow = self.transactions.add if self.transactions.on else None  # the hot path's one lookup
         self.categories = Categories(Alerter(settings.alerts_maxlen, policy.dedup_seconds),
                                      settings.new_category_learn_seconds, settings.new_categories)
         self.drill = DrillSweeper(self.redis, all_keys, settings.txn_shapes_max, settings.stats_retention_days)
@@ -480,8 +481,9 @@ class Worker:
             smp.append((dur, batch.entry_id, ev, ts))
         shape = plan.shape
         txn = get("txn", "autocommit")
-        if self.transactions.on:
-            self.transactions.add(batch, ev, fp, shape.op, norm.text, dur, ts, txn, app)
+        follow = self.follow
+        if follow is not None:
+            follow(batch, ev, fp, shape.op, norm.text, dur, ts, txn, app)
         if fp not in self.known_fps and fp not in batch.new_fps:
             self.describe_fp(batch, norm, shape, ts)
         window = ts // ruleset.window_us
@@ -548,7 +550,8 @@ class Worker:
 
     def write_stats(self, batch: Batch) -> None:
         batch.stats.write(batch.writes, batch.keys, self.user_cap)
-        batch.slow_sent = self.samples.write(batch.writes, batch.keys, batch.samples, int(time.time()))
+        batch.slow_sent = self.samples.write(batch.writes, batch.keys, batch.samples, int(time.time()),
+                                             batch.stats.errors())
         self.transactions.write(batch)
         self.ruleset.anomaly.write(batch.writes, batch.anomaly, batch.keys)
         if batch.unparsed:
