@@ -17,11 +17,14 @@ import threading
 import time
 from typing import Any, Protocol
 
+from fasterdata.analyzers import readmodel
+from fasterdata.analyzers.readmodel import SORTS
+
 from .fresh import Fresh
 from .proxies import ProxyMetrics
 
 log = logging.getLogger("fasterdata.console")
-SORTS = ("time", "calls", "mean", "p99", "errors", "rows")
+__all__ = ["SORTS", "FreshReads", "ModelReads", "Reads"]
 
 
 class Reads(Protocol):
@@ -53,8 +56,6 @@ class ModelReads:
 
     def __init__(self, client: Any, prefix: str, shards: int = 1, proxies: ProxyMetrics | None = None,
                  ledger_tables: tuple[str, ...] = ("gl_entries",)) -> None:
-        from fasterdata.analyzers import readmodel
-
         self.model = readmodel
         self.r = client
         self.prefix = prefix
