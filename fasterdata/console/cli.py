@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     assert isinstance(settings, AnalyzerSettings)
     logs.setup(settings.log_level, settings.log_format)
     try:
-        client = connect(settings.redis, decode_responses=True)
+        # a Redis that stops answering costs a view a timeout, never a hung console
+        client = connect(settings.redis, decode_responses=True, socket_timeout=10, socket_connect_timeout=5)
         client.ping()
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         print(f"fasterdata console: cannot reach Redis at {redacted(settings.redis)}: {exc}", file=sys.stderr)

@@ -4,8 +4,10 @@ answered at once however many fingerprints a view has to read.
 A value younger than `max_age` is served as it is. An older one is served too, and one background read
 renews it (never two for the same question): a polling page sees what Redis held one read earlier. A
 question asked for the first time is read while the asker waits, unless a `default` is given: then the
-default is the answer until the first read, made in the background, is done. Many browsers on one
-console cost Redis one read per view and period, not one per browser.
+default is the answer until the first read, made in the background, is done. A renewal that fails
+drops the answer, so the next asker reads again and sees the failure (Redis gone is said, not hidden
+behind an answer that no longer changes). Many browsers on one console cost Redis one read per view and
+period, not one per browser.
 """
 
 from __future__ import annotations
@@ -57,8 +59,10 @@ class Fresh:
     def _renew(self, key: Hashable, read: Callable[[], Any]) -> None:
         try:
             self._store(key, read())
-        except Exception:
-            log.exception("renewing a console view failed; the previous answer stays")
+        except Exception as exc:
+            log.debug("reading %r failed (%s); it is read again when asked", key, exc)
+            with self._lock:
+                self._answers.pop(key, None)
         finally:
             with self._lock:
                 self._renewing.discard(key)

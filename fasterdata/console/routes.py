@@ -15,6 +15,9 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
+import redis
+from redis.exceptions import RedisClusterException
+
 from fasterdata.proxy.httpd import Reply, Request, Route
 
 from .reads import SORTS, Reads
@@ -111,6 +114,8 @@ def api(reads: Reads) -> Route:
                 return _json(reads.ledger())
         except ValueError as exc:
             return _json({"error": str(exc)}, "400 Bad Request")
+        except (redis.RedisError, RedisClusterException) as exc:
+            return _json({"error": f"cannot read Redis: {exc}"}, "503 Service Unavailable")
         return _json({"error": f"no view {view!r}"}, "404 Not Found")
 
     return answer

@@ -332,7 +332,7 @@ async function refresh(asked) {
     main.dataset.updated = String(Date.now());
     setStatus(`live · ${new Date().toLocaleTimeString()}`);
   } catch (err) {
-    if (mine === generation) setStatus(`cannot read: ${err.message}`, true);
+    if (mine === generation) setStatus(err instanceof TypeError ? `console unreachable: ${err.message}` : err.message, true);
   }
   if (mine === generation) timer = setTimeout(refresh, POLL_MS);
 }
