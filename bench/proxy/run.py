@@ -4,12 +4,15 @@
 Paths: direct to PostgreSQL, through PgBouncer (the C reference every operator knows), through a plain
 uvloop byte forwarder (forwarder.py: the floor under any proxy written on uvloop), and through the
 fasterdata proxy with capture on (inline, and --capture-mode process: capture in a helper process) and
-with --no-capture. This machine is shared and noisy, so the paths
+with --no-capture, each on the Python data plane, and with capture on and off on the native one
+(--data-plane native). The rate lanes (pgbench -R, -c 4) report the latency each path adds over direct.
+This machine is shared and noisy, so the paths
 are never measured in separate sessions: each repeat runs every path once, in a rotated order, and
 the report gives medians and ratios of neighbouring runs rather than absolute numbers alone.
 
     .venv/bin/python bench/proxy/run.py --duration 10 --repeats 3
     .venv/bin/python bench/proxy/run.py --quick
+    .venv/bin/python bench/proxy/run.py --paths direct pgbouncer inline native --workloads select rate2000
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from types import FrameType
 import psycopg
 import redis
 
+from fasterdata.proxy.streamkeys import held_key
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))  # bench/: benchkit
@@ -61,6 +66,7 @@ class Workload:
     label: str
     args: tuple[str, ...]
     statements_per_txn: int  # see `pgbench --show-script=tpcb-like`: BEGIN, 3 UPDATE, SELECT, INSERT, END
+    clients: int | None = None  # pgbench -c; None: --clients
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -69,7 +75,23 @@ WORKLOADS: dict[str, Workload] = {
         Workload("select", "select-only (-S), simple protocol (-M simple)", ("-S", "-M", "simple"), 1),
         Workload("select-prepared", "select-only (-S), prepared (-M prepared)", ("-S", "-M", "prepared"), 1),
         Workload("tpcb", "TPC-B-like (builtin), simple protocol (-M simple)", ("-M", "simple"), 7),
+        Workload("rate2000", "fixed rate 2,000 tps (-R 2000 -c 4), select-only, prepared",
+                 ("-S", "-M", "prepared", "-R", "2000"), 1, clients=4),
+        Workload("rate8000", "fixed rate 8,000 tps (-R 8000 -c 4), select-only, prepared",
+                 ("-S", "-M", "prepared", "-R", "8000"), 1, clients=4),
     )
+}
+
+# Paths --paths may pick: key → what the report calls it.
+PATHS = {
+    "direct": "direct",
+    "pgbouncer": "pgbouncer",
+    "forwarder": "uvloop forwarder",
+    "inline": "fasterdata capture on",
+    "process": "fasterdata capture process",
+    "off": "fasterdata capture off",
+    "native": "fasterdata native capture on",
+    "native-off": "fasterdata native capture off",
 }
 
 
@@ -119,6 +141,8 @@ class Cell:
     runs: list[Run] = field(default_factory=list)
     vs_direct: list[float] = field(default_factory=list)
     vs_pgbouncer: list[float] = field(default_factory=list)
+    added_avg_us: list[float] = field(default_factory=list)  # mean latency over direct's, same repeat
+    added_p99_us: list[float] = field(default_factory=list)
 
 
 # -- /proc ---------------------------------------------------------------------------------------
@@ -274,8 +298,10 @@ def start_proxy(name: str, workdir: Path, upstream_port: int, prefix: str, captu
     if workers != 1:  # forked SO_REUSEPORT workers: /proc readings cover the whole process tree
         cmd += ["--workers", str(workers)]
     log = workdir / f"{name}.log"
+    env = {**os.environ, "FASTERDATA_STREAM_MAXLEN": "0"}  # see stream_statements
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+                                env=env)
     target = Target(name, port, proc, stream_key=f"{prefix}:statements" if capture else None, log=log)
     wait_listening(target)
     return target
@@ -302,24 +328,27 @@ def pg_env() -> dict[str, str]:
 # -- Redis stream --------------------------------------------------------------------------------
 
 
-def stream_added(r: redis.Redis, key: str) -> tuple[int, bool]:
-    """Entries ever added to the stream (XINFO entries-added survives MAXLEN trimming; XLEN does not)."""
-    try:
-        info = r.xinfo_stream(key)
-    except redis.ResponseError:
-        return 0, False  # no such key: nothing captured yet
-    added = info.get("entries-added")
-    return (int(added) if added is not None else int(info["length"])), True
+def stream_statements(r: redis.Redis, key: str) -> tuple[int, bool]:
+    """Statements the stream holds, from the sink's own count (``<stream>:held``): an entry is a bundle of
+    up to 100 statements, so entries say nothing. The proxies run with stream_maxlen 0 and the stream
+    is deleted before each run (clear_stream), so nothing is trimmed and the count is the run's."""
+    held = r.hget(held_key(key), "statements")
+    return (int(held), True) if held is not None else (0, bool(r.exists(key)))
+
+
+def clear_stream(r: redis.Redis, key: str) -> None:
+    """Between runs, with the proxy idle and its sink caught up: the next run starts from an empty stream."""
+    r.delete(key, held_key(key))
 
 
 def wait_for_stream(r: redis.Redis, key: str, target: int, limit: float, settle: float = 1.0) -> tuple[int, bool]:
     """The proxy flushes asynchronously: wait until the count reaches target or stops moving (bounded)."""
     deadline = time.monotonic() + limit
-    count, seen = stream_added(r, key)
+    count, seen = stream_statements(r, key)
     last_change = time.monotonic()
     while count < target and time.monotonic() < deadline and time.monotonic() - last_change < settle:
         time.sleep(0.1)
-        now, seen = stream_added(r, key)
+        now, seen = stream_statements(r, key)
         if now != count:
             count, last_change = now, time.monotonic()
     return count, seen
@@ -342,7 +371,8 @@ _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.M)
 
 def pgbench(port: int, wl: Workload, args: argparse.Namespace, duration: float,
             log_prefix: Path | None) -> tuple[subprocess.CompletedProcess[str], float]:
-    cmd = ["pgbench", "-n", *wl.args, "-c", str(args.clients), "-j", str(min(2, args.clients)),
+    clients = wl.clients or args.clients
+    cmd = ["pgbench", "-n", *wl.args, "-c", str(clients), "-j", str(min(2, clients)),
            "-T", str(max(1, round(duration))), "-h", HOST, "-p", str(port), "-U", args.user]
     if log_prefix is not None:
         cmd += ["-l", f"--log-prefix={log_prefix}"]
@@ -379,7 +409,9 @@ def measure(target: Target, wl: Workload, args: argparse.Namespace, logdir: Path
         reset_peak(pid)
         cpu0 = cpu_seconds(pid)
         helper0 = helper_cpu_seconds(pid)
-    base = stream_added(r, target.stream_key)[0] if target.stream_key else 0
+    base = 0
+    if target.stream_key:
+        clear_stream(r, target.stream_key)
     redis0 = redis_cpu_seconds(r) if target.stream_key else 0.0
     log_prefix = logdir / tag
     proc, wall = pgbench(target.port, wl, args, args.duration, log_prefix)
@@ -471,16 +503,16 @@ def med(xs: Sequence[float]) -> float | None:
 
 def workload_table(wl: Workload, names: Sequence[str], cells: dict[str, Cell], repeats: int) -> str:
     head = ("| path | TPS (median) | TPS min–max | vs direct | vs PgBouncer | avg latency ms | p99 latency ms "
-            "| proxy CPU µs/stmt | of which capture process | Redis CPU µs/stmt | proxy CPU % | peak RSS MiB "
-            "| capture |")
+            "| avg added µs | p99 added µs | proxy CPU µs/stmt | of which capture process | Redis CPU µs/stmt "
+            "| proxy CPU % | peak RSS MiB | capture |")
     rows = [f"### {wl.name}: {wl.label}, {wl.statements_per_txn} statement(s)/transaction", "", head,
-            "|" + "---|" * 13]
+            "|" + "---|" * 15]
     for name in names:
         cell = cells[name]
         ok = [r for r in cell.runs if r.ok]
         label = name if len(ok) == repeats else f"{name} ({len(ok)}/{repeats} ok)"
         if not ok:
-            rows.append(f"| {label} |" + " FAILED |" * 12)
+            rows.append(f"| {label} |" + " FAILED |" * 14)
             continue
         tps = [r.tps for r in ok]
         cpu = [r.cpu_s * 1e6 / r.expected for r in ok if r.cpu_s is not None and r.expected]
@@ -492,6 +524,7 @@ def workload_table(wl: Workload, names: Sequence[str], cells: dict[str, Cell], r
             f"| {label} | {statistics.median(tps):,.0f} | {min(tps):,.0f}–{max(tps):,.0f} "
             f"| {fmt(med(cell.vs_direct), '.3f')} | {fmt(med(cell.vs_pgbouncer), '.3f')} "
             f"| {statistics.median([r.avg_ms for r in ok]):.3f} | {statistics.median([r.p99_ms for r in ok]):.3f} "
+            f"| {fmt(med(cell.added_avg_us), '.0f')} | {fmt(med(cell.added_p99_us), '.0f')} "
             f"| {fmt(med(cpu), '.1f')} | {fmt(med(helper), '.1f')} | {fmt(med(rcpu), '.1f')} | {fmt(med(util), '.0f')} "
             f"| {fmt(max(hwm) / 1024 if hwm else None, '.1f')} | {capture_cell(ok)} |")
     return "\n".join(rows)
@@ -557,20 +590,23 @@ def header(args: argparse.Namespace, info: dict[str, str], started: dt.datetime,
         f"- machine: nproc={os.cpu_count()}; {info['cpu']}; load average before/after: {load[0]} / {load[1]}",
         f"- PostgreSQL {info['postgres']}; {info['pgbouncer']}; {info['pgbench']}; Python {info['python']}; "
         f"proxy at {info['proxy']}",
-        f"- pgbench -c {args.clients} -j {min(2, args.clients)} -T {args.duration:g}, {args.repeats} repeat(s), "
+        f"- pgbench -c {args.clients} -j {min(2, args.clients)} (rate lanes: -c 4) -T {args.duration:g}, "
+        f"{args.repeats} repeat(s), "
         f"paths in turns with the order rotated each repeat; warm-up {args.warmup:g} s direct per workload; "
         f"fasterdata --workers {args.proxy_workers}",
         f"- database {args.dbname}: {db_note}; pgbench -n, with VACUUM/TRUNCATE done directly before each run",
         "- ratios are medians of per-repeat ratios (each path against the direct/PgBouncer run of the same "
-        "repeat); latencies are medians over repeats of each run's mean and p99 from pgbench -l",
+        "repeat); latencies are medians over repeats of each run's mean and p99 from pgbench -l; \"added\" = "
+        "a path's mean (p99) minus direct's in the same repeat, medians over repeats",
         "- proxy CPU = utime+stime of the proxy (or PgBouncer) process and its helper processes ÷ statements "
         "executed, measured until the stream caught up (\"of which capture process\": the helper's share); "
         "Redis CPU = the Redis server's utime+stime over the same span ÷ statements (capture paths; the server "
         "is shared, so other clients' work counts too); CPU % = of one core over the run; peak RSS = VmHWM"
         + (" reset before each run (max over the workload's runs)" if peaks_reset else " (lifetime peak)"),
-        "- capture = stream entries added (XINFO entries-added delta of the capture-on proxy's stream) ÷ "
-        "statements executed (transactions × statements/transaction), summed over repeats; pgbench's "
-        "own start-up queries can push a complete capture a hair above 100%",
+        "- capture = statements in the capture-on proxy's stream (the sink's `<stream>:held` count; the stream "
+        "is emptied before each run and never trimmed) ÷ statements executed (transactions × "
+        "statements/transaction), summed over repeats; pgbench's own start-up queries can push a complete "
+        "capture a hair above 100%",
     ])
 
 
@@ -592,6 +628,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="fasterdata proxy --workers for the timed runs (CPU and RSS sum the workers) [1]")
     p.add_argument("--no-forwarder", dest="forwarder", action="store_false",
                    help="leave out the plain uvloop forwarder (forwarder.py), the floor under any uvloop proxy")
+    p.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS),
+                   help="paths measured (direct and pgbouncer are always in) [all]")
     p.add_argument("--dbname", default="fdbench", help="bench database, created if missing [fdbench]")
     p.add_argument("--scale", type=int, default=10, help="pgbench -i -s [10]")
     p.add_argument("--user", default="postgres", help="database user [postgres]")
@@ -603,6 +641,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.duration < 1 or args.repeats < 1 or args.clients < 1:
         p.error("--duration ≥ 1, --repeats ≥ 1 and --clients ≥ 1")
     return args
+
+
+# The fasterdata paths: (--paths key, capture on, key prefix suffix, extra flags).
+PROXY_PATHS: tuple[tuple[str, bool, str, tuple[str, ...]], ...] = (
+    ("inline", True, "", ("--capture-mode", "inline")),
+    ("process", True, "-proc", ("--capture-mode", "process")),
+    ("off", False, "-off", ()),
+    ("native", True, "-native", ("--capture-mode", "inline", "--data-plane", "native")),
+    ("native-off", False, "-native-off", ("--data-plane", "native")),
+)
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:
@@ -636,23 +684,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         pgb = start_pgbouncer(workdir, args.dbname, args.user)
         targets.append(pgb)
-        on = start_proxy("fasterdata capture on", workdir, 5432, prefix, capture=True,
-                         workers=args.proxy_workers, extra=("--capture-mode", "inline"))
-        targets.append(on)
-        proc_on = start_proxy("fasterdata capture process", workdir, 5432, prefix + "-proc", capture=True,
-                              workers=args.proxy_workers, extra=("--capture-mode", "process"))
-        targets.append(proc_on)
-        off = start_proxy("fasterdata capture off", workdir, 5432, prefix + "-off", capture=False,
-                          workers=args.proxy_workers)
-        targets.append(off)
-        paths = [Target("direct", 5432), pgb, on, proc_on, off]
-        if args.forwarder:
-            targets.append(start_forwarder(workdir))
-            paths.insert(2, targets[-1])
+        paths = [Target("direct", 5432), pgb]
+        if "forwarder" in args.paths and args.forwarder:
+            paths.append(start_forwarder(workdir))
+        for key, capture, suffix, extra in PROXY_PATHS:
+            if key in args.paths:
+                paths.append(start_proxy(PATHS[key], workdir, 5432, prefix + suffix, capture=capture,
+                                         workers=args.proxy_workers, extra=extra))
+        targets += paths[2:]
         names = [t.name for t in paths]
         peaks_reset = all(reset_peak(t.pid) for t in paths if t.pid is not None)
-        print("paths: " + ", ".join(f"{t.name} :{t.port}" for t in paths) + f"; stream {on.stream_key}",
-              flush=True)
+        print("paths: " + ", ".join(f"{t.name} :{t.port}" for t in paths), flush=True)
 
         for wl in (WORKLOADS[n] for n in args.workloads):
             if args.warmup > 0:
@@ -678,6 +720,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for ref, into in (("direct", cells[n].vs_direct), ("pgbouncer", cells[n].vs_pgbouncer)):
                         if got[ref].ok and got[ref].tps:
                             into.append(run.tps / got[ref].tps)
+                    if got["direct"].ok and got["direct"].avg_ms:
+                        cells[n].added_avg_us.append((run.avg_ms - got["direct"].avg_ms) * 1000)
+                        cells[n].added_p99_us.append((run.p99_ms - got["direct"].p99_ms) * 1000)
             table = workload_table(wl, names, cells, args.repeats)
             tables.append(table)
             print("\n" + table + "\n", flush=True)
@@ -686,17 +731,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The shared PostgreSQL allows ~100 connections, fewer than the proxy would open for 200
             # clients (one upstream each). So fresh proxies chain to PgBouncer, which holds idle
             # session-mode clients without server connections; the proxy's own memory is the same.
-            idle_on = start_proxy("fasterdata capture on (idle)", workdir, pgb.port, idle_prefix, capture=True,
-                                  extra=("--capture-mode", "inline"))
-            targets.append(idle_on)
-            idle_proc = start_proxy("fasterdata capture process (idle)", workdir, pgb.port, idle_prefix + "-proc",
-                                    capture=True, extra=("--capture-mode", "process"))
-            targets.append(idle_proc)
-            idle_off = start_proxy("fasterdata capture off (idle)", workdir, pgb.port, idle_prefix + "-off",
-                                   capture=False)
-            targets.append(idle_off)
+            idle = [pgb]
+            for key, capture, suffix, extra in PROXY_PATHS:
+                if key in args.paths:
+                    idle.append(start_proxy(PATHS[key] + " (idle)", workdir, pgb.port, idle_prefix + suffix,
+                                            capture=capture, extra=extra))
+                    targets.append(idle[-1])
             note = f"fresh process; its {args.idle} upstream connections (one per client) go to PgBouncer"
-            for t in (pgb, idle_on, idle_proc, idle_off):
+            for t in idle:
                 idle_rows.append(idle_connections(t, args, "" if t is pgb else note))
             tables.append(idle_table(idle_rows, args.idle))
             print(tables[-1] + "\n", flush=True)
@@ -704,8 +746,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for t in reversed(targets):
             stop(t)
         with contextlib.suppress(redis.RedisError):
-            delete_keys(r, [prefix, prefix + "-off", prefix + "-proc", idle_prefix, idle_prefix + "-off",
-                            idle_prefix + "-proc"])
+            delete_keys(r, [p + suffix for p in (prefix, idle_prefix) for _k, _c, suffix, _e in PROXY_PATHS])
         shutil.rmtree(workdir, ignore_errors=True)
 
     load_after = loadavg()
