@@ -4,6 +4,9 @@ Two proxies in front of the same database, one with ``--data-plane python`` and 
 the same conversations from real drivers (psycopg 3, asyncpg, psql, pgbench); their streams must hold
 the same events, apart from what differs by nature (times, session ids, backend pids). Below that,
 hypothesis feeds the same byte streams, cut at random places, to the native framer and to wire.py's.
+
+The through-proxy tests run on the native path with ``FASTERDATA_DATA_PLANE=native`` in the environment
+(every test proxy reads it as its ``data_plane`` setting), as .ci/run does for tests/proxy and tests/e2e.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from hypothesis import strategies as st
 
 from fasterdata.proxy import dataplane, wire
 from fasterdata.proxy.session import BACKEND_WANTED, FRONTEND_WANTED
+from tests.kit.certs import TestPKI
 from tests.kit.pgbench import pgbench
 from tests.kit.polling import wait_until
 from tests.kit.processes import ProxyProcess, StartProxy
@@ -285,6 +289,19 @@ def test_shutdown_waits_for_a_busy_native_session(start_proxy: StartProxy) -> No
         with pytest.raises(psycopg.OperationalError):
             c.execute("SELECT 2")
     assert stopped == [0], native.log()
+
+
+def test_tls_sessions_stay_on_the_python_path(start_proxy: StartProxy, tmp_path: Path) -> None:
+    cert, key = TestPKI(tmp_path / "pki").issue("proxy")
+    native = start_proxy("--data-plane", "native", "--upstream-sslmode", "disable", "--log-level", "debug",
+                         "--tls-cert", str(cert), "--tls-key", str(key))
+    with psycopg.connect(native.dsn(sslmode="require")) as encrypted, \
+            psycopg.connect(native.dsn(sslmode="disable")) as plain:
+        assert encrypted.execute("SELECT 1").fetchone() == (1,)
+        assert plain.execute("SELECT 2").fetchone() == (2,)
+        wait_until(lambda: "stays on the Python data plane: TLS" in native.log() and moved(native) == 1,
+                   lambda: f"one session kept, one moved:\n{native.log()}", timeout=10)
+        assert encrypted.execute("SELECT 3").fetchone() == (3,)
 
 
 def test_the_environment_chooses_the_path_for_the_through_proxy_tests() -> None:
