@@ -29,10 +29,11 @@ from tests.kit.ports import free_port, wait_port
 from tests.kit.processes import ROOT, ChildProcess, ProxyProcess, stop_all
 from tests.kit.services import REDIS_URL, direct_dsn
 from tests.kit.streams import entries
-from tests.kit.workload import RULES, NoEvents, Workload
+from tests.kit.workload import RULES, SKUS, NoEvents, Workload
 
 APP = "shop"
 REGION_SALES = "SELECT count(*), sum(total) FROM orders WHERE region = %s"
+STOCK_OF = "SELECT qty FROM inventory WHERE sku = %s"
 
 
 @dataclass
@@ -97,9 +98,13 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
             workload.run_many(120)
             for region in ("eu", "us", "ap"):  # a SELECT for the side connection to explain
                 conn.execute(REGION_SALES, [region])
+            with conn.transaction():  # an N+1: one statement per item, in one transaction
+                for sku in SKUS:
+                    conn.execute(STOCK_OF, [sku])
             # plans: every slow-enough SELECT's sample explained on a side connection to the database itself
+            # new categories from the start (no learning time), N+1 from 5 executions of a transaction
             worker = make_worker(proxy.prefix, parse(RULES), explain_dsn=direct_dsn(db), explain_min_ms=0,
-                                 explain_per_minute=600)
+                                 explain_per_minute=600, new_category_learn_seconds=0, n_plus_one=5)
             s = Shop(proxy, conn, workload, worker, r)
             s.settle()
             yield s

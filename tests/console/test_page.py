@@ -17,7 +17,7 @@ from fasterdata.analyzers import merged
 from fasterdata.analyzers.keys import Keys
 from fasterdata.console.browser import updated, wait_for_view
 from fasterdata.console.proxies import sink_counts
-from tests.console.conftest import APP, REGION_SALES, ConsoleProcess, Shop
+from tests.console.conftest import APP, REGION_SALES, STOCK_OF, ConsoleProcess, Shop
 from tests.kit.polling import wait_until
 
 CONTROL = ("begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release", "prepare", "deallocate",
@@ -158,7 +158,10 @@ def test_the_alert_feed_shows_a_ddl_alert_with_its_evidence(shop: Shop, console:
     open_view(browser, console, "alerts", "alerts")
     evidence = cells(browser, "#alerts tr.alert[data-rule=ddl] td.evidence")
     assert ddl[0]["evidence"].strip() in evidence
-    for kind, expected in (("anomaly", set()), ("security", {"security"}), ("", {"security"})):
+    kinds = {fields.get("kind") for _, fields in alerts}
+    assert {"security", "new_category", "n_plus_one"} <= kinds, kinds
+    for kind, expected in (("anomaly", set()), ("security", {"security"}), ("n_plus_one", {"n_plus_one"}),
+                           ("", kinds)):
         before = updated(browser)
         browser.execute_script("const s = document.getElementById('filter-kind');"
                                "s.selectedIndex = [...s.options].findIndex(o => o.value === arguments[0]);"
@@ -234,3 +237,23 @@ def test_the_fingerprint_page_names_the_transactions_it_appears_in(shop: Shop, c
     steps = cells(browser, "#shapes tbody td.sql a", "title")  # the other statements of each shape, by text
     others = {x for s in shapes.values() for x in s["fps"].split(",") if x and x != fp}
     assert set(steps) == {shop.r.hget(k.stats_fp(x), "text") for x in others}
+
+
+def test_new_categories_and_n_plus_one_are_in_the_feed_with_their_evidence(shop: Shop, console: ConsoleProcess,
+                                                                          browser: Any) -> None:
+    k = Keys(shop.prefix)
+    alerts = [fields for _, fields in shop.r.xrevrange(k.alerts, count=100)]
+    open_view(browser, console, "alerts", "alerts")
+    rows = browser.execute_script(
+        "return [...document.querySelectorAll('#alerts tr.alert')].map(r => [r.dataset.kind, r.dataset.rule,"
+        " r.querySelector('td.evidence').textContent])")
+    shown = {(kind, rule, evidence) for kind, rule, evidence in rows}
+    for kind in ("new_category", "n_plus_one"):
+        mine = [a for a in alerts if a.get("kind") == kind]
+        assert mine, kind
+        assert {(kind, a["rule"], a["evidence"]) for a in mine} <= shown, kind
+    regions = [a["value"] for a in alerts if a.get("kind") == "new_category" and a.get("metric") == "sales"]
+    assert regions, alerts
+    assert sorted(regions) == sorted(set(regions)) and set(regions) <= {"eu", "us", "ap"}, regions  # each new once
+    stock = shop.worker.normalize(STOCK_OF.replace("%s", "$1")).fp
+    assert any(a.get("fp") == stock for a in alerts if a.get("kind") == "n_plus_one")
