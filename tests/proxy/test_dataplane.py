@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import os
+import select
 import socket
 import struct
 import subprocess
@@ -93,6 +95,84 @@ def test_native_framer_matches_wire(stream: tuple[bytes, list[int], int, int], w
     bounds = [0, *cuts, len(data)]
     chunks = [data[a:b] for a, b in itertools.pairwise(bounds)]
     assert native_framer(chunks, wanted, max_message, keep) == python_framer(chunks, wanted, max_message, keep)
+
+
+# -- the loop alone, on socket pairs -------------------------------------------------------------
+
+
+class Pair:
+    """A Loop session between two socket pairs: ``client`` and ``server`` are the far ends."""
+
+    def __init__(self, loop: object) -> None:
+        self.client, near_client = socket.socketpair()
+        near_server, self.server = socket.socketpair()
+        for sock in (self.client, self.server):
+            sock.settimeout(10)
+        self.handle = loop.add(os.dup(near_client.fileno()), os.dup(near_server.fileno()),  # type: ignore[attr-defined]
+                               dataplane.wanted_table(FRONTEND_WANTED), dataplane.wanted_table(BACKEND_WANTED),
+                               wire.DEFAULT_MAX_MESSAGE, wire.DEFAULT_MAX_MESSAGE, wire.DEFAULT_KEEP, True)
+        near_client.close()
+        near_server.close()
+
+
+def receive(sock: socket.socket, size: int) -> bytes:
+    got = b""
+    while len(got) < size and (chunk := sock.recv(size - len(got))):
+        got += chunk
+    return got
+
+
+def drained(loop: object, until: int) -> list:
+    """Records, waiting on the loop's eventfd, until ``until`` have come (bounded by the deadline)."""
+    records: list = []
+    deadline = time.monotonic() + 10
+    while len(records) < until and time.monotonic() < deadline:
+        select.select([loop.fileno()], [], [], 0.1)  # type: ignore[attr-defined]
+        records += loop.drain()[0]  # type: ignore[attr-defined]
+    return records
+
+
+def test_loop_forwards_first_then_records_what_capture_needs() -> None:
+    loop = dataplane.Loop()
+    try:
+        pair = Pair(loop)
+        query = wire.message("Q", b"SELECT 1\0")
+        pair.client.sendall(query + wire.message("X"))  # Terminate is forwarded, not recorded
+        assert receive(pair.server, len(query) + 5) == query + wire.message("X")
+        ready = wire.message("C", b"SELECT 1\0") + wire.message("Z", b"I")
+        pair.server.sendall(ready)
+        assert receive(pair.client, len(ready)) == ready
+        pair.client.close()
+        records = drained(loop, 3)
+        assert [(kind, side, payload) for kind, _h, side, _ts, payload in records] == [
+            (dataplane.MESSAGES, dataplane.CLIENT_SIDE, [(wire.QUERY, b"SELECT 1\0", 9)]),
+            (dataplane.MESSAGES, dataplane.SERVER_SIDE,
+             [(wire.COMMAND_COMPLETE, b"SELECT 1\0", 9), (wire.READY, b"I", 1)]),
+            (dataplane.END, dataplane.CLIENT_SIDE, 0),  # reason 0: the client hung up
+        ]
+        assert {h for _k, h, _s, _t, _p in records} == {pair.handle}
+        assert records[0][3] <= records[1][3] <= records[2][3]  # read times, in order
+        assert receive(pair.server, 1) == b""  # the server's side was closed after it
+    finally:
+        loop.stop()
+
+
+def test_loop_stops_a_session_capture_rather_than_growing_without_bound() -> None:
+    """Python never drains: past ``pace`` the loop waits a while, past ``max_buffer`` the session's capture
+    stops (a LOST record), and its bytes keep flowing."""
+    loop = dataplane.Loop(max_buffer=4096, pace=4096)
+    try:
+        pair = Pair(loop)
+        burst = wire.message("Q", b"SELECT 1 -- " + b"x" * 200 + b"\0") * 40
+        for _ in range(3):
+            pair.client.sendall(burst)
+            assert receive(pair.server, len(burst)) == burst
+        records = drained(loop, 2)
+        kinds = [kind for kind, *_ in records]
+        assert kinds[0] == dataplane.MESSAGES and dataplane.LOST in kinds
+        assert kinds.count(dataplane.MESSAGES) < 3  # what came after LOST was not recorded
+    finally:
+        loop.stop()
 
 
 # -- real drivers through both paths ---------------------------------------------------------------
