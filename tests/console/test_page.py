@@ -257,3 +257,21 @@ def test_new_categories_and_n_plus_one_are_in_the_feed_with_their_evidence(shop:
     assert sorted(regions) == sorted(set(regions)) and set(regions) <= {"eu", "us", "ap"}, regions  # each new once
     stock = shop.worker.normalize(STOCK_OF.replace("%s", "$1")).fp
     assert any(a.get("fp") == stock for a in alerts if a.get("kind") == "n_plus_one")
+
+
+def test_the_fingerprint_page_charts_its_last_hour_a_minute_a_point(shop: Shop, console: ConsoleProcess,
+                                                                     browser: Any) -> None:
+    member, _ = leading(shop, "time")
+    fp = member.split("|", 1)[0]
+    k = Keys(shop.prefix)
+    minutes: dict[int, int] = {}  # minute → calls, from the ring as the workers wrote it (minute:calls:µs:errors)
+    for value in shop.r.hvals(k.stats_series(fp)):
+        minute, calls, _us, _errors = (int(x) for x in value.split(":"))
+        minutes[minute * 60] = minutes.get(minute * 60, 0) + calls
+    assert sum(minutes.values()) == sum(int(shop.r.hget(k.stats_q(f"{fp}|{m}"), "calls") or 0)
+                                        for m in shop.r.smembers(k.stats_members(fp)))  # within the hour
+    open_view(browser, console, f"fp/{fp}", "fp")
+    traces = browser.execute_script(
+        "return document.getElementById('fp-series').data.map(t => [t.name, t.x.map(x => x.getTime() / 1000), t.y])")
+    calls = {name: dict(zip(x, y, strict=True)) for name, x, y in traces}["calls"]
+    assert calls == minutes

@@ -151,7 +151,8 @@ async function fpView(fp) {
       h("dl", { class: "kv" }, figures.map(([k, v, id]) => [h("dt", {}, k), h("dd", { id }, v)]))),
     h("div", { class: "row" },
       h("div", { class: "card" }, h("h2", {}, "Latency histogram"), h("div", { id: "fp-hist", class: "chart" })),
-      h("div", { class: "card" }, h("h2", {}, "Over time: recent samples (ms) and calls/s while this page is open"),
+      h("div", { class: "card" }, h("h2", {}, (d.series || []).length ? "Last hour, a minute a point: calls and mean ms"
+        : "Recent samples (ms), and calls/s while this page is open"),
         h("div", { id: "fp-series", class: "chart" }))),
     h("div", { class: "card" }, h("h2", {}, d.users.length ? "By user" : "By database and application"),
       table(["db", "app", "user", ["calls"], ["total s"], ["mean ms"], ["max ms"], ["errors"]],
@@ -171,11 +172,19 @@ async function fpView(fp) {
       const bars = d.histogram.filter((b) => b.count || d.histogram.some((x) => x.count));
       chart("fp-hist", [{ type: "bar", x: bars.map((b) => (b.le === "+Inf" ? "+Inf" : `≤${num(b.le * 1000)} ms`)),
         y: bars.map((b) => b.count), marker: { color: "#2f6fdb" } }], { xaxis: { type: "category" } });
-      const rec = d.samples.recent.slice().reverse();
-      const traces = [{ type: "scatter", mode: "lines+markers", name: "sample ms", x: rec.map((s) => new Date(Number(s.ts) / 1000)),
-        y: rec.map((s) => s.dur_us / 1000) }];
-      const rates = seen.slice(1).map(([t, c], i) => [new Date(t), ((c - seen[i][1]) * 1000) / (t - seen[i][0])]);
-      if (rates.length) traces.push({ type: "scatter", mode: "lines", name: "calls/s", yaxis: "y2", x: rates.map((r) => r[0]), y: rates.map((r) => r[1]) });
+      const minutes = d.series || [];
+      let traces;
+      if (minutes.length) { // the analyzers' per-minute series (event time)
+        const at = minutes.map((p) => new Date(p.minute * 1000));
+        traces = [{ type: "bar", name: "calls", x: at, y: minutes.map((p) => p.calls), marker: { color: "#9db8ea" } },
+          { type: "scatter", mode: "lines+markers", name: "mean ms", yaxis: "y2", x: at, y: minutes.map((p) => p.mean_us / 1000) }];
+      } else { // no series kept: the recent samples, and the calls counted between this page's polls
+        const rec = d.samples.recent.slice().reverse();
+        traces = [{ type: "scatter", mode: "lines+markers", name: "sample ms", x: rec.map((s) => new Date(Number(s.ts) / 1000)),
+          y: rec.map((s) => s.dur_us / 1000) }];
+        const rates = seen.slice(1).map(([t, c], i) => [new Date(t), ((c - seen[i][1]) * 1000) / (t - seen[i][0])]);
+        if (rates.length) traces.push({ type: "scatter", mode: "lines", name: "calls/s", yaxis: "y2", x: rates.map((r) => r[0]), y: rates.map((r) => r[1]) });
+      }
       chart("fp-series", traces, { yaxis2: { overlaying: "y", side: "right", rangemode: "tozero" } });
     },
   };
