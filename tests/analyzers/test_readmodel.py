@@ -178,7 +178,7 @@ def test_on_a_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> None:
     from tests.kit.analysis import RULES
     if shutil.which("redis-cli") is None or shutil.which("redis-server") is None:
         pytest.skip("redis-server/redis-cli are not installed")
-    from tests.rediscluster import Cluster
+    from tests.kit.rediscluster import Cluster
     with Cluster(tmp_path_factory.mktemp("rediscluster")) as cluster:
         rc = cluster.client()
         prefix = f"fdrm{int(time.time())}"

@@ -368,7 +368,7 @@ def test_sharded_sweep_caps_each_shard_in_its_slot(r: redis.Redis, prefix: str) 
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     if shutil.which("redis-cli") is None or shutil.which("redis-server") is None:
         pytest.skip("redis-server/redis-cli are not installed")
-    from tests.rediscluster import Cluster
+    from tests.kit.rediscluster import Cluster
     with Cluster(tmp_path_factory.mktemp("rediscluster")) as cluster:
         yield cluster
 

@@ -23,10 +23,10 @@ from tests.kit.analysis import drain
 from tests.kit.databases import scratch_database
 from tests.kit.polling import wait_until
 from tests.kit.processes import ProxyProcess, stop_all
+from tests.kit.rediscluster import Cluster
 from tests.kit.services import direct_dsn
 from tests.kit.streams import entries
 from tests.kit.workload import RULES, NoEvents, Workload
-from tests.rediscluster import Cluster
 
 SHARDS = 3
 

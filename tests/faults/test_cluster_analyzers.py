@@ -25,11 +25,11 @@ from fasterdata.config.analyzer_settings import AnalyzerSettings
 from tests.kit.analysis import group_done
 from tests.kit.polling import wait_until
 from tests.kit.processes import ROOT, StartProxy, WorkerProcess
+from tests.kit.rediscluster import Cluster
 from tests.kit.services import direct_dsn
 from tests.kit.spikes import check_spikes_and_drops
 from tests.kit.streams import entries
 from tests.kit.workload import RULES, NoEvents, Workload, dump, measured
-from tests.rediscluster import Cluster
 
 SHARDS = 3
 pytestmark = pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli is not installed")

@@ -31,9 +31,9 @@ from tests.kit.pgbench import TPCB_KINDS, parse_pgbench, tpcb_kind
 from tests.kit.polling import wait_until
 from tests.kit.ports import wait_port
 from tests.kit.processes import ProxyProcess, StartProxy
+from tests.kit.rediscluster import Cluster
 from tests.kit.services import PG_USER
 from tests.kit.streams import Event, entries
-from tests.rediscluster import Cluster
 
 SHARDS = 3
 SESSIONS = 30

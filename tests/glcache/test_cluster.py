@@ -26,7 +26,7 @@ from tests.glcache.kit import DAY, OTHER_DAY, THIRD_DAY, arrow_rows, pg_rows
 from tests.kit.polling import wait_until
 from tests.kit.ports import free_port
 from tests.kit.processes import StartProxy
-from tests.rediscluster import Cluster
+from tests.kit.rediscluster import Cluster
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli is not installed")
 

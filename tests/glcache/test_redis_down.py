@@ -16,7 +16,7 @@ import redis
 from fasterdata.analyzers.glcache.cache import GLCache
 from tests.glcache.kit import DAY, OTHER_DAY, arrow_rows, pg_rows
 from tests.kit.ports import free_port, wait_port
-from tests.rediscluster import Cluster
+from tests.kit.rediscluster import Cluster
 
 Make = Callable[..., GLCache]
 

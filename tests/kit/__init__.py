@@ -3,7 +3,7 @@
 The machine's peers: services (its PostgreSQL and Redis), databases (scratch databases on it), backends
 (its pg_stat_activity), prefixes (keys under a test's prefix). Private peers: pgcluster (a PostgreSQL
 server of a test's own), redisserver (a redis-server of a test's own), certs (throw-away CAs and
-certificates for them).
+certificates for them), rediscluster (a Redis Cluster of a test's own).
 
 Processes and waiting: processes (`fasterdata` commands as child processes), ports (free ports, listeners),
 polling (bounded waits), procfs (what /proc says of a process).

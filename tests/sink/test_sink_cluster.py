@@ -19,8 +19,8 @@ import pytest
 from fasterdata.proxy.sink import Lane, StreamSink
 from fasterdata.proxy.streamkeys import key_slot, marker_base, marker_key, marker_tag, stream_name
 from tests.kit.polling import until
+from tests.kit.rediscluster import Cluster
 from tests.kit.streams import stream_events
-from tests.rediscluster import Cluster
 
 from .kit import events
 
