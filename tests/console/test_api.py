@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from fasterdata.analyzers.keys import Keys
-from tests.console.conftest import ConsoleProcess, Shop
+from tests.console.kit import ConsoleProcess, Shop
 from tests.kit.certs import TestPKI
 
 

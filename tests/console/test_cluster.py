@@ -18,7 +18,7 @@ from fasterdata.analyzers.keys import shard_keys
 from fasterdata.analyzers.rules import parse
 from fasterdata.analyzers.worker import Worker
 from fasterdata.config.analyzer_settings import AnalyzerSettings
-from tests.console.conftest import APP, ConsoleProcess
+from tests.console.kit import APP, ConsoleProcess
 from tests.kit.analysis import drain
 from tests.kit.databases import scratch_database
 from tests.kit.polling import wait_until

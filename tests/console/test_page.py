@@ -17,7 +17,7 @@ from fasterdata.analyzers import merged
 from fasterdata.analyzers.keys import Keys
 from fasterdata.console.browser import updated, wait_for_view
 from fasterdata.console.proxies import sink_counts
-from tests.console.conftest import APP, REGION_SALES, STOCK_OF, ConsoleProcess, Shop
+from tests.console.kit import APP, REGION_SALES, STOCK_OF, ConsoleProcess, Shop
 from tests.kit.polling import wait_until
 
 CONTROL = ("begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release", "prepare", "deallocate",

@@ -12,7 +12,7 @@ from typing import Any
 from selenium.webdriver.support.ui import WebDriverWait
 
 from fasterdata.console.browser import wait_for_view
-from tests.console.conftest import ConsoleProcess
+from tests.console.kit import ConsoleProcess
 from tests.kit.polling import wait_until
 from tests.kit.redisserver import RedisServer
 

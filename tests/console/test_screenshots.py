@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fasterdata.console.screenshots import VIEWS
-from tests.console.conftest import Shop
+from tests.console.kit import Shop
 from tests.kit.processes import ROOT
 from tests.kit.services import REDIS_URL
 
