@@ -923,7 +923,8 @@ init_framer(Framer *f, Py_buffer *wanted, Py_ssize_t max_message, Py_ssize_t kee
 
 /* add(client_fd, server_fd, client_wanted, server_wanted, client_max, server_max, keep, capture) -> handle
  *
- * The Loop owns both fds from here on (it closes them). wanted: 256 bytes, non-zero at the message
+ * Once it returns, the Loop owns both fds (it closes them); when it raises, they stay the caller's.
+ * wanted: 256 bytes, non-zero at the message
  * types to hand to Python, as wire.py's tables; max: the largest length word accepted from that side. */
 static PyObject *
 Loop_add(Loop *L, PyObject *args)
@@ -963,8 +964,15 @@ Loop_add(Loop *L, PyObject *args)
     s->handle = slot | (L->generations[slot] << SLOT_BITS);
     L->slots[slot] = s;
     pthread_mutex_unlock(&L->lock);
-    if (queue_command(L, CMD_ADD, s->handle, 0, NULL, 0) == 0)
+    if (queue_command(L, CMD_ADD, s->handle, 0, NULL, 0) == 0) {
         result = PyLong_FromUnsignedLong(s->handle);
+    } else {  /* the loop never heard of it: the slot is free again and the fds stay the caller's */
+        pthread_mutex_lock(&L->lock);
+        L->slots[slot] = NULL;
+        L->free_slots[L->nfree++] = slot;
+        pthread_mutex_unlock(&L->lock);
+        free(s);
+    }
 done:
     PyBuffer_Release(&cw);
     PyBuffer_Release(&sw);

@@ -176,23 +176,27 @@ class DataPlane:
             return
         ct.pause_reading()
         ut.pause_reading()
-        cfd = os.dup(csock.fileno())
+        capture = client.session is not None
+        fds: list[int] = []
         try:
-            ufd = os.dup(usock.fileno())
-        except OSError:
-            os.close(cfd)
+            fds.append(os.dup(csock.fileno()))
+            fds.append(os.dup(usock.fileno()))
+            # The loop may read at once: neither transport reads while paused, and both close below.
+            handle = self.loop.add(*fds, _FRONTEND_TABLE if capture else _NOTHING,
+                                   _BACKEND_TABLE if capture else _NOTHING, self.max_message,
+                                   wire.DEFAULT_MAX_MESSAGE, wire.DEFAULT_KEEP, capture)
+        except (OSError, MemoryError) as exc:  # the session stays here
+            for fd in fds:
+                os.close(fd)
             ct.resume_reading()
             ut.resume_reading()
             client.native = None
+            client.log.warning("session stays on the Python data plane: %s", exc)
             return
         extra = {name: ct.get_extra_info(name) for name in ("peername", "sockname")}
         for transport in (ct, ut):
             transport.set_protocol(_Detached())
             transport.close()  # the socket lives on in the dup the loop owns
-        capture = client.session is not None
-        handle = self.loop.add(cfd, ufd, _FRONTEND_TABLE if capture else _NOTHING,
-                               _BACKEND_TABLE if capture else _NOTHING, self.max_message,
-                               wire.DEFAULT_MAX_MESSAGE, wire.DEFAULT_KEEP, capture)
         client.transport = NativeLeg(self, handle, CLIENT_SIDE, extra)
         upstream.transport = NativeLeg(self, handle, SERVER_SIDE, {})
         client.native = None
