@@ -204,6 +204,10 @@ async def _serve_proxy(settings: ProxySettings, index: int) -> int:
         log.error("cannot listen on %s: %s", settings.listen, exc.strerror or exc)
         return 1
     registry.register(ProxyCollector(server.stats, lambda: len(server.clients)))
+    if server.dataplane is not None:
+        from .dataplane import DataPlaneCollector
+
+        registry.register(DataPlaneCollector(server.dataplane))
     metrics = None
     if settings.metrics:
         try:

@@ -19,7 +19,11 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from . import wire
 from .session import BACKEND_WANTED, FRONTEND_WANTED
@@ -123,6 +127,7 @@ class DataPlane:
         self.max_buffer = max_buffer
         self.loop: Any = None
         self.sessions: dict[int, Any] = {}  # handle → ClientProtocol
+        self.moved = 0  # sessions handed to the loop
         self.lost = 0  # sessions whose capture stopped because this process fell behind
         self._aio: asyncio.AbstractEventLoop | None = None
         self._fd = -1
@@ -201,6 +206,7 @@ class DataPlane:
         upstream.transport = NativeLeg(self, handle, SERVER_SIDE, {})
         client.native = None
         self.sessions[handle] = client
+        self.moved += 1
         client.log.debug("session moved to the native data plane")
 
     # -- what the loop reports ----------------------------------------------------------------
@@ -272,6 +278,23 @@ class DataPlane:
         client.connection_lost(None)
         if client.upstream is not None:
             client.upstream.connection_lost(None)
+
+
+class DataPlaneCollector(Collector):
+    """The native data plane's share of the proxy's sessions, and what its capture could not keep."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    def collect(self) -> Iterator[Metric]:
+        p = self.plane
+        yield GaugeMetricFamily("fasterdata_proxy_native_sessions", "Client sessions the native data plane "
+                                "moves now", value=len(p.sessions))
+        yield CounterMetricFamily("fasterdata_proxy_native_sessions_moved", "Client sessions handed to the "
+                                  "native data plane after their login", value=p.moved)
+        yield CounterMetricFamily("fasterdata_proxy_native_capture_lost", "Sessions whose capture stopped "
+                                  "because the Python side fell too far behind the native data plane "
+                                  "(traffic unaffected)", value=p.lost)
 
 
 def plane_for(data_plane: str, stats: ProxyStats, max_message: int, max_buffer: int) -> DataPlane | None:

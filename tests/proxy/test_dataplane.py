@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from fasterdata.proxy import dataplane, wire
 from fasterdata.proxy.session import BACKEND_WANTED, FRONTEND_WANTED
 from tests.kit.certs import TestPKI
+from tests.kit.metrics import metric
 from tests.kit.pgbench import pgbench
 from tests.kit.polling import wait_until
 from tests.kit.processes import ProxyProcess, StartProxy
@@ -369,6 +370,18 @@ def test_shutdown_waits_for_a_busy_native_session(start_proxy: StartProxy) -> No
         with pytest.raises(psycopg.OperationalError):
             c.execute("SELECT 2")
     assert stopped == [0], native.log()
+
+
+def test_the_metrics_count_the_moved_sessions(start_proxy: StartProxy) -> None:
+    native = start_proxy("--data-plane", "native", "--upstream-sslmode", "disable")
+    with psycopg.connect(native.dsn(sslmode="disable")) as c:
+        assert c.execute("SELECT 1").fetchone() == (1,)
+        wait_until(lambda: metric(native.metrics_port, "fasterdata_proxy_native_sessions") == 1,
+                   "the session counted as native", timeout=10)
+    wait_until(lambda: metric(native.metrics_port, "fasterdata_proxy_native_sessions") == 0,
+               "the session ended", timeout=10)
+    assert metric(native.metrics_port, "fasterdata_proxy_native_sessions_moved_total") == 1
+    assert metric(native.metrics_port, "fasterdata_proxy_native_capture_lost_total") == 0
 
 
 def test_tls_sessions_stay_on_the_python_path(start_proxy: StartProxy, tmp_path: Path) -> None:
