@@ -130,9 +130,9 @@ class Samples:
                 got[1] += dur
                 if "err" in ev:
                     got[2] += 1
-            for minute, (calls, us, errors) in per.items():
+            for minute, (calls, us, failed_in_minute) in per.items():
                 if minute > 0:
-                    writes.add_op(["TS", key, slots, str(minute), str(calls), str(us), str(errors)])
+                    writes.add_op(["TS", key, slots, str(minute), str(calls), str(us), str(failed_in_minute)])
 
     def committed(self, sent: dict[str, list[Item]]) -> None:
         """The slow samples are in Redis: raise the floors."""

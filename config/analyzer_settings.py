@@ -22,7 +22,7 @@ class AnalyzerSettings(Served):
     batch: int = Field(1000, ge=1, le=10000, description="Statements read (and committed atomically) per batch, "
                        "about: a bundled entry holds several, so the worker reads as many entries as make this "
                        "many statements. Larger batches cost less per statement, and each Redis call of the "
-                       "batch takes longer (~4 ms at 1000)")
+                       "batch takes longer")
     block: float = Field(1.0, gt=0, le=60, description="Seconds one read waits for new entries")
     claim_idle: float = Field(30.0, gt=0, description="Seconds an entry stays pending before another "
                               "worker reclaims it (XAUTOCLAIM) from a dead one; the lowest among live workers "
