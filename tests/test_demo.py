@@ -18,6 +18,7 @@ import redis
 from fasterdata.analyzers.keys import Keys
 from fasterdata.demo.run import PREFIX, business_metrics
 from fasterdata.demo.shop import SETUP_APP
+from fasterdata.proxy.streamkeys import stream_name
 from tests.kit.services import REDIS_URL, direct_dsn
 from tests.kit.streams import entries
 
@@ -91,7 +92,7 @@ def test_demo_shows_business_metrics_and_cleans_up() -> None:
                                 capture_output=True, text=True, timeout=120, env=env)
         assert second.returncode == 2, second.stdout + second.stderr
         assert f"another fasterdata demo (pid {proc.pid}) is using this Redis" in second.stdout + second.stderr
-        assert redis.Redis.from_url(REDIS_URL).exists(f"{PREFIX}:statements"), "the refused demo deleted keys"
+        assert redis.Redis.from_url(REDIS_URL).exists(stream_name(PREFIX)), "the refused demo deleted keys"
         assert proc.poll() is None
     finally:
         proc.send_signal(signal.SIGINT)

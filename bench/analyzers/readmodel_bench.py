@@ -19,6 +19,8 @@ from pathlib import Path
 
 import redis
 
+from fasterdata.proxy.streamkeys import stream_name
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
@@ -67,7 +69,7 @@ def main() -> int:
     r = redis.Redis.from_url(args.redis, decode_responses=True)
     prefix = f"fdrmb{uuid.uuid4().hex[:6]}"
     try:
-        n = fill(r, f"{prefix}:statements", args.fingerprints)
+        n = fill(r, stream_name(prefix), args.fingerprints)
         settings = AnalyzerSettings(redis=args.redis, prefix=prefix, metrics="", consumer="b", block=0.05,
                                     stats_max_fingerprints=args.fingerprints * 2, cache_size=args.fingerprints * 7)
         worker = Worker(settings, load_rules(str(RULES)))

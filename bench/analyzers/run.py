@@ -29,6 +29,8 @@ from pathlib import Path
 
 import redis
 
+from fasterdata.proxy.streamkeys import stream_name
+
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "config" / "rules.yaml"
 sys.path.insert(0, str(ROOT / "bench"))  # benchkit
@@ -200,7 +202,7 @@ def drain_rate(url: str, n: int, workers: int, batch: int, per_entry: int,
     """
     r = redis.Redis.from_url(url, decode_responses=True)
     prefix = f"fdbench{uuid.uuid4().hex[:6]}"
-    stream = f"{prefix}:statements"
+    stream = stream_name(prefix)
     try:
         fill(r, stream, n, per_entry)
         procs = start_workers(url, prefix, workers, batch, logdir)
@@ -236,7 +238,7 @@ def read_floor(url: str, n: int, batch: int, per_entry: int) -> float:
     """
     r = redis.Redis.from_url(url)
     prefix = f"fdbench{uuid.uuid4().hex[:6]}"
-    stream = f"{prefix}:statements"
+    stream = stream_name(prefix)
     try:
         fill(r, stream, n, per_entry)
         r.xgroup_create(stream, "analyzers", id="0")
@@ -256,7 +258,7 @@ def live_lag(url: str, rate: int, seconds: float, batch: int, per_entry: int, lo
     seconds."""
     r = redis.Redis.from_url(url, decode_responses=True)
     prefix = f"fdbench{uuid.uuid4().hex[:6]}"
-    stream = f"{prefix}:statements"
+    stream = stream_name(prefix)
     r.xgroup_create(stream, "analyzers", id="0", mkstream=True)
     procs = start_workers(url, prefix, 1, batch, logdir)
     time.sleep(2.0)  # let the worker import and connect before the clock starts

@@ -22,6 +22,8 @@ from typing import Any
 
 import redis
 
+from fasterdata.proxy.streamkeys import stream_name
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench" / "analyzers"))
@@ -90,7 +92,7 @@ def main() -> int:
     prefix = f"fdprof{uuid.uuid4().hex[:6]}"
     extra = {"batch": args.batch} if args.batch else {}
     try:
-        fill(r, f"{prefix}:statements", args.events, args.per_entry)
+        fill(r, stream_name(prefix), args.events, args.per_entry)
         settings = AnalyzerSettings(redis=args.redis, prefix=prefix, metrics="", consumer="prof", block=0.05, **extra)
         worker = Worker(settings, load_rules(RULES))
         worker.setup()

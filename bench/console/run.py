@@ -30,6 +30,8 @@ from pathlib import Path
 
 import redis
 
+from fasterdata.proxy.streamkeys import stream_name
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))  # benchkit
 sys.path.insert(0, str(ROOT))
@@ -80,7 +82,7 @@ def events(fingerprints: int, seed: int = 7):
 
 
 def fill(r: redis.Redis, prefix: str, fingerprints: int) -> int:
-    stream = f"{prefix}:statements"
+    stream = stream_name(prefix)
     pipe = r.pipeline(transaction=False)
     chunk: list[dict[str, str]] = []
     n = 0

@@ -36,6 +36,8 @@ from pathlib import Path
 import psycopg
 import redis
 
+from fasterdata.proxy.streamkeys import stream_name
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -137,7 +139,7 @@ def stream_events(r: redis.Redis, key: str) -> int:
 
 def settled_capture(r: redis.Redis, metrics: int, prefix: str) -> Capture:
     """Wait until the sink has sent all it holds (queued and spooled zero, stream still), then count."""
-    key = f"{prefix}:statements"
+    key = stream_name(prefix)
     deadline = time.monotonic() + 60
     last = -1
     while True:

@@ -42,7 +42,7 @@ from types import FrameType
 import psycopg
 import redis
 
-from fasterdata.proxy.streamkeys import held_key
+from fasterdata.proxy.streamkeys import held_key, stream_name
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -302,7 +302,7 @@ def start_proxy(name: str, workdir: Path, upstream_port: int, prefix: str, captu
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
                                 env=env)
-    target = Target(name, port, proc, stream_key=f"{prefix}:statements" if capture else None, log=log)
+    target = Target(name, port, proc, stream_key=stream_name(prefix) if capture else None, log=log)
     wait_listening(target)
     return target
 

@@ -36,6 +36,8 @@ import psycopg
 import redis
 import yaml
 
+from fasterdata.proxy.streamkeys import stream_name
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -211,7 +213,7 @@ def main() -> int:
         background.join()
         server.shutdown()
 
-        stream = f"{prefix}:statements"
+        stream = stream_name(prefix)
         deadline = time.monotonic() + 120
         time.sleep(2)  # the proxy's sink flushes on an interval
         while not group_idle(r, stream) and time.monotonic() < deadline:
@@ -240,7 +242,7 @@ def report(r: redis.Redis, prefix: str, shop: Shop, tmp: Path) -> None:
         sql = s.sql.replace("%s", "$1")
         old = truth.get(sql)
         truth[sql] = (s.injected, s.source if old is None or old[1] == s.source else "both", s.endpoint)
-    events = [ev for _, fields in r.xrange(f"{prefix}:statements") for ev in events_of(fields)]
+    events = [ev for _, fields in r.xrange(stream_name(prefix)) for ev in events_of(fields)]
     alerts: dict[tuple[str, str], tuple[int, list[str]]] = {}
     for entry_id, f in r.xrange(f"{prefix}:alerts"):
         if f.get("kind") != "security":

@@ -61,6 +61,8 @@ from typing import Any
 import psycopg
 import redis
 
+from fasterdata.proxy.streamkeys import stream_name
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 MB = 1048576
@@ -334,7 +336,7 @@ class Sampler(threading.Thread):
             procs[name] = (rss_kb([self.server.proc.pid]), fd_count([self.server.proc.pid]))
         lag = used = kmem = keys = None
         try:
-            lag = group_lag(self.r, f"{self.prefix}:statements", self.offset)
+            lag = group_lag(self.r, stream_name(self.prefix), self.offset)
             if lag is not None and lag.phantom:
                 self.offset = lag.phantom
             used = int(self.r.info("memory")["used_memory"])
@@ -977,7 +979,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         proxy = Proxy(workdir, server.url, prefix, args.capture_mode, stream_maxlen=args.stream_maxlen)
         wait_for(lambda: proxy.metrics().get("fasterdata_sink_redis_up") == 1, "the sink to connect", 30)
         analyzers = [Analyzer(i, workdir, server.url, prefix, args.rules, args.claim_idle) for i in (1, 2)]
-        stream = f"{prefix}:statements"
+        stream = stream_name(prefix)
         r = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=10)
         wait_for(lambda: group_lag(r, stream) is not None, "the consumer group", 30)
         counter = Counter(server.url, stream, prefixes)

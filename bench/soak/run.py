@@ -43,6 +43,8 @@ import psycopg
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from fasterdata.proxy.streamkeys import stream_name
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE.parent))  # bench/: benchkit
@@ -520,7 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = PrivateRedis(workdir)
         proxy = Proxy(workdir, server.url, prefix, args.capture_mode)
         wait_for(lambda: proxy.metrics().get("fasterdata_sink_redis_up") == 1, "the sink to connect", 30)
-        reader = Reader(server.url, f"{prefix}:statements", app)
+        reader = Reader(server.url, stream_name(prefix), app)
         reader.start()
 
         print(f"measuring the maximum rate: pgbench -S -c {args.clients} for {args.max_seconds} s …", flush=True)

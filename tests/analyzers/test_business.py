@@ -11,6 +11,7 @@ import redis
 
 from fasterdata.analyzers.atomic import claim_floor
 from fasterdata.analyzers.worker import _entries
+from fasterdata.proxy.streamkeys import stream_name
 from tests.kit.analysis import biz, drain, make_worker, rules_file
 from tests.kit.eventwriter import Events
 
@@ -171,7 +172,7 @@ def test_a_reclaimed_batch_is_applied_once(r: redis.Redis, prefix: str, packed_e
             packed_events.stmt(INSERT_EXT, [i, i, "eu", "1.00"], tag="INSERT", rows=1)
     slow = make_worker(prefix, consumer="slow")
     fast = make_worker(prefix, consumer="fast", claim_idle=0.001)
-    stream = f"{prefix}:statements"
+    stream = stream_name(prefix)
     taken = _entries(slow.streams.read(20, None)[0][1])
     assert len(taken) == 20
     # the slow worker stalls; the other reclaims and commits everything
@@ -204,7 +205,7 @@ def test_a_commit_whose_connection_dies_before_its_reply_counts_once(r: redis.Re
         w.analyse_and_commit(shard, entries, wait=False, read_at=read_at)
         w.finish_commit()
     assert biz(r, prefix, "sales") == {"region=eu": 100}
-    assert r.xpending(f"{prefix}:statements", "analyzers")["pending"] == 5
+    assert r.xpending(stream_name(prefix), "analyzers")["pending"] == 5
     w._own_pending()
     assert biz(r, prefix, "sales") == {"region=eu": 600}
     with packed_events:
@@ -289,7 +290,7 @@ def test_a_dead_workers_entries_are_reclaimed(r: redis.Redis, prefix: str, packe
     with packed_events:
         for i in range(7):
             packed_events.stmt(INSERT_EXT, [i, i, "us", "2.00"], tag="INSERT", rows=1)
-    stream = f"{prefix}:statements"
+    stream = stream_name(prefix)
     make_worker(prefix, consumer="dead")
     r.xreadgroup("analyzers", "dead", {stream: ">"}, count=5)  # read, then "killed" before committing
     survivor = make_worker(prefix, consumer="alive", claim_idle=0.001)
@@ -300,7 +301,7 @@ def test_a_dead_workers_entries_are_reclaimed(r: redis.Redis, prefix: str, packe
 
 
 def test_bad_and_unparsable_events_are_counted_and_skipped(r: redis.Redis, prefix: str, events: Events) -> None:
-    stream = f"{prefix}:statements"
+    stream = stream_name(prefix)
     r.xadd(stream, {"v": "1", "kind": "stmt", "ts": "1", "sql": "SELECT 1", "params": "not json",
                     "proto": "extended"})
     r.xadd(stream, {"v": "1", "kind": "stmt", "ts": "x", "sql": "SELECT 1"})

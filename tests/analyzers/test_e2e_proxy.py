@@ -7,6 +7,7 @@ import psycopg
 import redis
 
 from fasterdata.analyzers.rules import parse
+from fasterdata.proxy.streamkeys import stream_name
 from tests.kit.analysis import drain, make_worker
 from tests.kit.polling import poll, wait_until
 from tests.kit.processes import ProxyProcess
@@ -17,7 +18,7 @@ from tests.kit.workload import RULES, NoEvents, Workload, dump, measured
 def captures(r: redis.Redis, proxy: ProxyProcess) -> bool:
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         conn.execute("SELECT 1")
-    stream = f"{proxy.prefix}:statements"
+    stream = stream_name(proxy.prefix)
     return bool(poll(lambda: r.exists(stream) and r.xlen(stream), timeout=10, interval=0.1))
 
 
@@ -31,14 +32,14 @@ def test_business_totals_through_the_proxy(r: redis.Redis, start_proxy, scratch_
             w.setup()
             w.run_many(150)
             truth = w.truth()
-        wait_until(lambda: len(entries(r, f"{prefix}:statements")) >= w.statements, what="the sink to flush")
-        total_before = len(entries(r, f"{prefix}:statements"))
+        wait_until(lambda: len(entries(r, stream_name(prefix))) >= w.statements, what="the sink to flush")
+        total_before = len(entries(r, stream_name(prefix)))
         worker = make_worker(prefix, parse(RULES))
         drain(worker)
         got = measured(r, prefix)
         assert got == truth, f"\nredis: {dump(got)}\nsql:   {dump(truth)}\n({total_before} events)"
         # the same fingerprint for the simple and the extended form of one statement
-        texts = {f["proto"]: worker.normalize(f["sql"]).fp for _, f in entries(r, f"{prefix}:statements")
+        texts = {f["proto"]: worker.normalize(f["sql"]).fp for _, f in entries(r, stream_name(prefix))
                  if f.get("sql", "").startswith("UPDATE inventory SET qty = qty -")}
         assert len(set(texts.values())) == 1 and set(texts) == {"simple", "extended"}
     finally:

@@ -19,6 +19,7 @@ from fasterdata.analyzers.sqllex import tokenize
 from fasterdata.analyzers.worker import Worker
 from fasterdata.config.analyzer_settings import AnalyzerSettings
 from fasterdata.proxy.events import events_of
+from fasterdata.proxy.streamkeys import stream_name
 
 CHR = "(CHR(113)||CHR(107)||CHR(106)||CHR(120)||CHR(113))"
 ERR = f"CAST({CHR[:-1]}||(SELECT (CASE WHEN (2026=2026) THEN 1 ELSE 0 END))::text||CHR(113)) AS NUMERIC)"
@@ -287,7 +288,7 @@ def test_an_injected_text_prepared_by_the_driver_is_flagged_every_time(r: redis.
     """psycopg prepares a text it has run five times: the Parse's text is as injectable as a Query's."""
     proxy = start_proxy()
     prefix = proxy.prefix
-    stream = f"{prefix}:statements"
+    stream = stream_name(prefix)
     injected = "SELECT id, name FROM items WHERE id = 2 OR 1=1"
     try:
         with psycopg.connect(proxy.dsn(scratch_db), autocommit=True, application_name="shop",

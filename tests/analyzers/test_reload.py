@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from fasterdata.proxy.streamkeys import stream_name
 from tests.analyzers.kit import samples
 from tests.kit.analysis import RULES, biz, drain, group_done, make_worker, rules_file
 from tests.kit.eventwriter import Events
@@ -39,7 +40,7 @@ def test_sighup_reloads_the_rules(r: redis.Redis, prefix: str, events: Events, s
     rules = json.loads(json.dumps(RULES))
     w = start_worker("h1", rules=rules)
     path = tmp_path / "rules-h1.json"
-    stream = f"{prefix}:statements"
+    stream = stream_name(prefix)
     orders(events, range(3))
     wait_until(lambda: r.exists(stream) and group_done(r, [stream]), what=f"first batch\n{w.log()}")
     unit = biz(r, prefix, "orders_placed")["-"] // 3  # sums are stored in units of 10^-scale

@@ -10,6 +10,7 @@ import redis
 from rich.console import Console
 
 from fasterdata.analyzers import top
+from fasterdata.proxy.streamkeys import stream_name, trimmed_key
 from tests.kit.analysis import drain, make_worker
 from tests.kit.eventwriter import Events
 from tests.kit.processes import ROOT
@@ -28,7 +29,7 @@ def populate(prefix: str, events: Events) -> None:
 
 def test_snapshot_reads_everything_from_redis(r: redis.Redis, prefix: str, events: Events) -> None:
     populate(prefix, events)
-    stream = f"{prefix}:statements"
+    stream = stream_name(prefix)
     assert r.xlen(stream) < 32  # bundled: the count of statements comes from what the proxy's sink keeps
     r.hset(f"{stream}:held", mapping={"statements": 32, "entries": r.xlen(stream)})
     snap = top.snapshot(r, prefix)
@@ -55,7 +56,7 @@ def test_once_prints_one_frame(r: redis.Redis, prefix: str, events: Events) -> N
     # sums keep their decimals, row counts are whole, extremes are as stored, distinct counts are counts
     assert business == {"sales": "300.00", "orders_placed": "30", "biggest": "10.00", "customers": "30"}
     assert "trimmed before analysis" not in frame
-    r.hset(f"{prefix}:statements:trimmed", "analyzers", 1234)  # as the proxy's stream trims count them
+    r.hset(trimmed_key(stream_name(prefix)), "analyzers", 1234)  # as the proxy's stream trims count them
     out = io.StringIO()
     top.run(r, prefix, once=True, console=Console(file=out, width=200, color_system=None))
     [row] = [line.split() for line in out.getvalue().splitlines() if "trimmed before analysis" in line]

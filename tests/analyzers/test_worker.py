@@ -13,6 +13,7 @@ import redis
 
 from fasterdata import cli
 from fasterdata.analyzers.stats import BatchStats, StatsCollector
+from fasterdata.proxy.streamkeys import stream_name
 from tests.analyzers.kit import samples
 from tests.kit.analysis import drain, make_worker
 from tests.kit.eventwriter import Events
@@ -23,7 +24,7 @@ from tests.kit.ports import port_open
 
 def test_group_and_stream_are_created_if_absent(r: redis.Redis, prefix: str) -> None:
     make_worker(prefix)
-    groups = r.xinfo_groups(f"{prefix}:statements")
+    groups = r.xinfo_groups(stream_name(prefix))
     assert [g["name"] for g in groups] == ["analyzers"]
     make_worker(prefix, consumer="w2")  # a second worker finds the group there: fine
 
@@ -36,7 +37,7 @@ def test_entries_are_acknowledged_after_processing(r: redis.Redis, prefix: str) 
     w = make_worker(prefix, batch=500)
     assert drain(w) == 1200 and w.counters.statements == 1200
     assert 3 <= w.counters.batches <= 30  # about 500 statements a batch once the first ones showed 1 an entry
-    assert r.xpending(f"{prefix}:statements", "analyzers")["pending"] == 0
+    assert r.xpending(stream_name(prefix), "analyzers")["pending"] == 0
     q = r.hgetall(f"{prefix}:stats:q:" + r.zrevrange(f"{prefix}:stats:top:calls", 0, 0)[0])
     assert q["calls"] == "1200" and q["rows"] == "1200" and int(q["total_us"]) == 1200 * 150
 
@@ -48,18 +49,18 @@ def test_bundled_entries_are_read_about_batch_statements_at_a_time(r: redis.Redi
     with events:
         for i in range(20_000):
             events.stmt("SELECT abalance FROM pgbench_accounts WHERE aid = $1", [i], tag="SELECT", rows=1)
-    assert r.xlen(f"{prefix}:statements") == 200
+    assert r.xlen(stream_name(prefix)) == 200
     w = make_worker(prefix, batch=500)
     assert drain(w) == 200 and w.counters.statements == 20_000 and w.counters.entries == 200
     assert w.counters.batches >= 20 and w.count == 5
-    assert r.xpending(f"{prefix}:statements", "analyzers")["pending"] == 0
+    assert r.xpending(stream_name(prefix), "analyzers")["pending"] == 0
     q = r.hgetall(f"{prefix}:stats:q:" + r.zrevrange(f"{prefix}:stats:top:calls", 0, 0)[0])
     assert q["calls"] == "20000" and q["rows"] == "20000"
 
 
 def test_a_damaged_bundle_is_counted_and_skipped(r: redis.Redis, prefix: str, events: Events) -> None:
     events.stmt("SELECT 1", tag="SELECT", rows=1)
-    r.xadd(f"{prefix}:statements", {"events": "3,2\x00v\x001"})  # field counts that do not match
+    r.xadd(stream_name(prefix), {"events": "3,2\x00v\x001"})  # field counts that do not match
     events.stmt("SELECT 2", tag="SELECT", rows=1)
     w = make_worker(prefix)
     assert drain(w) == 3 and w.counters.statements == 2 and w.counters.bad == 1
@@ -70,7 +71,7 @@ def test_flat_and_packed_entries_are_read_alike(r: redis.Redis, prefix: str) -> 
     for entry in ("flat", "packed", "bundled"):
         Events(r, prefix, entry=entry).stmt("SELECT abalance FROM pgbench_accounts WHERE aid = $1", [7],
                                             tag="SELECT", rows=3)
-    assert [list(fields) for _id, fields in r.xrange(f"{prefix}:statements")][1:] == [["event"], ["events"]]
+    assert [list(fields) for _id, fields in r.xrange(stream_name(prefix))][1:] == [["event"], ["events"]]
     w = make_worker(prefix)
     assert drain(w) == 3
     assert (w.counters.bad, w.counters.failed) == (0, 0)
@@ -79,7 +80,7 @@ def test_flat_and_packed_entries_are_read_alike(r: redis.Redis, prefix: str) -> 
 
 
 def test_lag_counts_entries_and_the_age_of_the_oldest(r: redis.Redis, prefix: str) -> None:
-    stream = f"{prefix}:statements"
+    stream = stream_name(prefix)
     w = make_worker(prefix, claim_idle=0.001)
     old_ms = int(time.time() * 1000) - 120_000  # entries the proxy wrote two minutes ago
     for i in range(3):
@@ -102,7 +103,7 @@ def test_statements_trimmed_before_analysis_are_counted_and_said(r: redis.Redis,
     """The stream cap can take entries delivered but not yet analysed (a dead worker's, or this one's
     before a restart), and entries never delivered (the proxy counts those in <stream>:trimmed): neither
     may vanish without a count and a warning."""
-    stream = f"{prefix}:statements"
+    stream = stream_name(prefix)
     with packed_events:
         for i in range(6):
             packed_events.stmt("SELECT $1", [i])
@@ -216,7 +217,7 @@ def test_cli_reports_bad_rules_and_settings(tmp_path, capsys: pytest.CaptureFixt
 
 
 def test_idle_consumers_without_pending_entries_are_forgotten(r: redis.Redis, prefix: str, events: Events) -> None:
-    stream = f"{prefix}:statements"
+    stream = stream_name(prefix)
     w = make_worker(prefix)
     events.stmt("SELECT 1", tag="SELECT", rows=1)
     events.stmt("SELECT 2", tag="SELECT", rows=1)
@@ -242,7 +243,7 @@ def test_prometheus_counts_do_not_wait_for_the_next_read(r: redis.Redis, prefix:
     """With sparse traffic the worker blocks in its next read; the last commit's counts are published before
     that, not when the read returns (`--block 60`: the bound below is far shorter than the read)."""
     w = start_worker("p1", "--block", "60")
-    wait_until(lambda: r.exists(f"{prefix}:statements"), what="the group to be created")
+    wait_until(lambda: r.exists(stream_name(prefix)), what="the group to be created")
     events.stmt("INSERT INTO orders (id, customer_id, region, total) VALUES ($1, $2, $3, $4)",
                 [1, 1, "eu", "2.50"], tag="INSERT", rows=1)
 

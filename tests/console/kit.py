@@ -13,6 +13,7 @@ import psycopg
 import redis
 
 from fasterdata.analyzers.worker import Worker
+from fasterdata.proxy.streamkeys import stream_name
 from tests.kit.analysis import drain
 from tests.kit.polling import wait_until
 from tests.kit.ports import free_port, wait_port
@@ -47,7 +48,7 @@ class Shop:
         self.marks += 1
         marker = f"SELECT 'settled {self.marks}'"
         self.conn.execute(marker)
-        stream = f"{self.prefix}:statements"
+        stream = stream_name(self.prefix)
         wait_until(lambda: any(e.get("sql") == marker for _, e in entries(self.r, stream)),
                    what="the proxy's sink to write the workload")
         drain(self.worker)

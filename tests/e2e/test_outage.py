@@ -17,6 +17,7 @@ from pathlib import Path
 import redis
 
 from fasterdata.proxy.events import COMMITTED
+from fasterdata.proxy.streamkeys import stream_name
 from tests.kit.metrics import http_get, scrape, settle, value
 from tests.kit.pgbench import TPCB_KINDS, parse_pgbench, tpcb_kind
 from tests.kit.polling import wait_until
@@ -42,7 +43,7 @@ def test_redis_killed_and_restarted_during_pgbench(start_proxy: StartProxy, tmp_
     try:
         proxy = start_proxy("--redis", server.url, env={"FASTERDATA_SPOOL_DIR": str(tmp_path / "spool")})
         r: redis.Redis = server.client()
-        stream = f"{proxy.prefix}:statements"
+        stream = stream_name(proxy.prefix)
         wait_until(lambda: sink_value(proxy, "fasterdata_sink_redis_up") == 1, "the sink to connect")
 
         env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(proxy.port), "PGUSER": PG_USER,

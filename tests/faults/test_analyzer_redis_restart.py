@@ -16,6 +16,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from fasterdata.analyzers import top
+from fasterdata.proxy.streamkeys import stream_name
 from tests.kit.analysis import biz
 from tests.kit.eventwriter import Events
 from tests.kit.polling import wait_until
@@ -88,13 +89,13 @@ def test_worker_after_redis_restarts_from_its_append_only_file(tmp_path: Path) -
             events = Events(r, prefix)
             for i in range(41, 46):
                 events.stmt(INSERT, [i, 7, "eu", "10.00"], tag="INSERT", rows=1)
-            got = r.xreadgroup("analyzers", "w1", {f"{prefix}:statements": ">"}, count=100)
+            got = r.xreadgroup("analyzers", "w1", {stream_name(prefix): ">"}, count=100)
             assert len(got[0][1]) == 5  # delivered to w1, as a read whose reply the crash swallowed
         finally:
             worker.proc.send_signal(signal.SIGCONT)
         wait_until(lambda: biz(r, prefix, "orders_placed") == {"-": 45}, "w1 to take up what it had read",
                    timeout=30)
-        assert r.xinfo_groups(f"{prefix}:statements")[0]["lag"] > 0  # the Redis 7.0 miscount this is about
+        assert r.xinfo_groups(stream_name(prefix))[0]["lag"] > 0  # the Redis 7.0 miscount this is about
 
         def beat() -> dict | None:
             """The worker's first heartbeat measured after everything was processed."""

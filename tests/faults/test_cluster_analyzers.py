@@ -22,6 +22,7 @@ from fasterdata.analyzers.keys import shard_keys
 from fasterdata.analyzers.rules import RulesFile
 from fasterdata.analyzers.worker import Worker
 from fasterdata.config.analyzer_settings import AnalyzerSettings
+from fasterdata.proxy.streamkeys import stream_name
 from tests.kit.analysis import group_done
 from tests.kit.polling import wait_until
 from tests.kit.processes import ROOT, StartProxy, WorkerProcess
@@ -163,6 +164,6 @@ def test_a_cluster_needs_sharded_streams(redis_cluster: Cluster) -> None:
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "set stream_shards >= 2" in lines[0], done.stderr
     rc = redis_cluster.client()
-    assert not rc.exists(f"{prefix}:statements")  # refused before touching anything
+    assert not rc.exists(stream_name(prefix))  # refused before touching anything
     rc.close()
 

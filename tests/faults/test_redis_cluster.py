@@ -26,6 +26,7 @@ import pytest
 
 from fasterdata.analyzers.redisconn import clustered, connect
 from fasterdata.proxy.events import COMMITTED
+from fasterdata.proxy.streamkeys import stream_name
 from tests.kit.metrics import scrape, settle, value
 from tests.kit.pgbench import TPCB_KINDS, parse_pgbench, tpcb_kind
 from tests.kit.polling import wait_until
@@ -67,7 +68,7 @@ def test_sharded_streams_on_redis_cluster(start_proxy: StartProxy, redis_cluster
     seed = redis_cluster.ports[0]
     proxy = start_proxy("--redis", f"redis://127.0.0.1:{seed}/0",
                         env={"FASTERDATA_STREAM_SHARDS": str(SHARDS), "FASTERDATA_SPOOL_DIR": str(tmp_path)})
-    streams = [f"{proxy.prefix}:statements:{{{i}}}" for i in range(SHARDS)]
+    streams = [stream_name(proxy.prefix, i) for i in range(SHARDS)]
     owners = {rc.get_node_from_key(s).port for s in streams}
     assert owners - {seed}, "every stream is on the seed node: the test would prove nothing"
     for n in range(SESSIONS):
@@ -154,7 +155,7 @@ def _start(start_proxy: StartProxy, cluster: Cluster, seed: int, tmp_path: Path)
                         env={"FASTERDATA_STREAM_SHARDS": str(SHARDS), "FASTERDATA_SPOOL_DIR": str(tmp_path / "spool")})
     wait_port(proxy.metrics_port)
     wait_until(lambda: _metric(proxy, "fasterdata_sink_redis_up") == 1, "the sink to connect")
-    return proxy, [f"{proxy.prefix}:statements:{{{i}}}" for i in range(SHARDS)]
+    return proxy, [stream_name(proxy.prefix, i) for i in range(SHARDS)]
 
 
 def _grows(check: Callable[[], int], by: int) -> Callable[[], bool]:
@@ -251,7 +252,7 @@ def test_single_stream_on_redis_cluster(start_proxy: StartProxy, redis_cluster: 
     marker in another slot (CROSSSLOT) before the marker's name was chosen by slot."""
     app = f"fault-single-{uuid.uuid4().hex[:8]}"
     prefix = f"fdtest}}{uuid.uuid4().hex[:8]}"
-    stream = f"{prefix}:statements"
+    stream = stream_name(prefix)
     assert redis_cluster.slot(stream) != redis_cluster.slot(f"{prefix}:sink:{{{stream}}}:x")  # the old name
     seed = next(i for i in range(3) if redis_cluster.owner(redis_cluster.slot(stream)) != i)
     proxy = start_proxy("--redis", f"redis://127.0.0.1:{redis_cluster.ports[seed]}/0", "--prefix", prefix,
@@ -286,7 +287,7 @@ def test_seed_node_down_at_start(start_proxy: StartProxy, durable_cluster: Clust
     app = f"fault-seeds-{uuid.uuid4().hex[:8]}"
     proxy = start_proxy("--redis", url, env={"FASTERDATA_STREAM_SHARDS": str(SHARDS),
                                               "FASTERDATA_SPOOL_DIR": str(tmp_path / "spool")})
-    streams = [f"{proxy.prefix}:statements:{{{i}}}" for i in range(SHARDS)]
+    streams = [stream_name(proxy.prefix, i) for i in range(SHARDS)]
     events = _ten_sessions_captured_once(proxy, durable_cluster, streams, app, "fault_seeds")
 
     client = connect(url, decode_responses=True)  # what `analyze`, `top` and `gl follow` use
@@ -320,7 +321,7 @@ def test_failover_to_a_replica_loses_no_confirmed_statement(start_proxy: StartPr
     proxy = start_proxy("--redis", url, env={
         "FASTERDATA_STREAM_SHARDS": "1", "FASTERDATA_REDIS_WAIT_REPLICAS": "1", "FASTERDATA_REDIS_WAIT_TIMEOUT": "0.5",
         "FASTERDATA_SPOOL_DIR": str(tmp_path / "spool")})
-    stream = f"{proxy.prefix}:statements"
+    stream = stream_name(proxy.prefix)
     master = c.owner(c.slot(stream))
     replica = c.replica_of(master)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from fasterdata.proxy.streamkeys import stream_name
 from tests.kit import processes
 from tests.kit.backends import backend_running
 from tests.kit.metrics import metric
@@ -40,7 +41,7 @@ def _busy_session(proxy: ProxyProcess, app: str) -> None:
 
 
 def _mine(server: RedisServer, prefix: str, app: str) -> list[str]:
-    return [ev["sql"] for ev in stream_events(server.client(), f"{prefix}:statements")
+    return [ev["sql"] for ev in stream_events(server.client(), stream_name(prefix))
             if ev.get("app") == app and ev.get("kind") == "stmt"]
 
 

@@ -10,6 +10,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+from fasterdata.proxy.streamkeys import stream_name
 from tests.kit.metrics import metric
 from tests.kit.pgbench import TPCB_KINDS, parse_pgbench, tpcb_kind
 from tests.kit.polling import wait_until
@@ -30,7 +31,7 @@ def test_redis_paused_during_pgbench(start_proxy: StartProxy, private_redis: Red
     app = f"fault-pause-{uuid.uuid4().hex[:8]}"
     proxy = start_proxy("--redis", private_redis.url, env={"FASTERDATA_SPOOL_DIR": str(tmp_path)})
     r = private_redis.client()
-    stream = f"{proxy.prefix}:statements"
+    stream = stream_name(proxy.prefix)
     wait_until(lambda: metric(proxy.metrics_port, "fasterdata_sink_redis_up") == 1, "the sink to connect")
     env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(proxy.port), "PGUSER": PG_USER,
            "PGDATABASE": scratch_db, "PGAPPNAME": app}

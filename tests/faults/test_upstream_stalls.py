@@ -25,6 +25,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from fasterdata.proxy import wire
+from fasterdata.proxy.streamkeys import stream_name
 from tests.kit.metrics import http, metric
 from tests.kit.pgcluster import PrivateCluster
 from tests.kit.polling import wait_until
@@ -74,7 +75,7 @@ def captured(proxy: ProxyProcess, app_prefix: str) -> list[dict[str, str]]:
     """Statement events in the proxy's stream whose application_name starts with ``app_prefix``."""
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     try:
-        return [ev for ev in stream_events(client, f"{proxy.prefix}:statements")
+        return [ev for ev in stream_events(client, stream_name(proxy.prefix))
                 if ev.get("kind") == "stmt" and ev.get("app", "").startswith(app_prefix)]
     finally:
         client.close()

@@ -10,6 +10,7 @@ import redis
 
 from fasterdata.analyzers.glcache.follow import Follower, start_thread
 from fasterdata.analyzers.keys import shard_keys
+from fasterdata.proxy.streamkeys import stream_name
 from tests.glcache.kit import DAY, arrow_rows, event, pg_rows
 from tests.kit.polling import wait_until
 from tests.kit.services import REDIS_URL
@@ -38,7 +39,7 @@ def test_follower_reads_every_shard(fresh_ledger: str, make_cache, prefix: str) 
         assert {80001, 80002, 80003} <= ids
         assert arrow_rows(cache.get_day(DAY)) == pg_rows(fresh_ledger, DAY)
         assert all(client.xpending(s, "glcache")["pending"] == 0 for s in streams)
-        assert not client.exists(f"{prefix}:statements")  # the unsharded stream is not read (nor created)
+        assert not client.exists(stream_name(prefix))  # the unsharded stream is not read (nor created)
     finally:
         stop.set()
         thread.join(10)

@@ -11,6 +11,7 @@ import redis
 
 from fasterdata.analyzers.glcache.cache import GLCache
 from fasterdata.analyzers.glcache.follow import Follower, start_thread
+from fasterdata.proxy.streamkeys import stream_name
 from tests.glcache.kit import DAY, arrow_rows, drop_prefix, pg_rows
 from tests.kit.polling import poll
 from tests.kit.services import REDIS_URL
@@ -24,7 +25,7 @@ def test_fresh_through_the_proxy(fresh_ledger: str, start_proxy: Callable) -> No
     proxy = start_proxy()
     dbname = fresh_ledger.split("dbname=")[1]
     client = redis.Redis.from_url(REDIS_URL)
-    stream = f"{proxy.prefix}:statements"
+    stream = stream_name(proxy.prefix)
     cache = GLCache(dsn=fresh_ledger, redis=REDIS_URL, prefix=proxy.prefix)
     follower = Follower(cache)
     thread, stop = start_thread(follower)

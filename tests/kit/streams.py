@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from fasterdata.proxy.events import events_of
+from fasterdata.proxy.streamkeys import stream_name
 from tests.kit.services import REDIS_URL
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def stream_events(r: Any, key: str) -> list[Event]:
 
 def statements(r: Any, prefix: str, **match: str) -> list[Event]:
     """The ``kind=stmt`` events of ``<prefix>:statements`` whose fields equal ``match``, in stream order."""
-    return [f for _id, f in entries(r, f"{prefix}:statements")
+    return [f for _id, f in entries(r, stream_name(prefix))
             if f.get("kind") == "stmt" and all(f.get(k) == v for k, v in match.items())]
 
 

@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 
 from fasterdata.proxy import dataplane, wire
 from fasterdata.proxy.session import BACKEND_WANTED, FRONTEND_WANTED
+from fasterdata.proxy.streamkeys import stream_name
 from tests.kit.certs import TestPKI
 from tests.kit.metrics import metric
 from tests.kit.pgbench import pgbench
@@ -283,7 +284,7 @@ def settled(proxy: ProxyProcess) -> list[dict[str, str]]:
     assert proxy.stop() == 0, proxy.log()
     r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     try:
-        return stream_events(r, f"{proxy.prefix}:statements")
+        return stream_events(r, stream_name(proxy.prefix))
     finally:
         r.close()
 
