@@ -43,12 +43,23 @@ PER_SESSION = 50  # statements each of them runs during the stall (200 in all)
 
 @contextlib.contextmanager
 def stopped(pid: int) -> Iterator[None]:
-    """SIGSTOP a server process for the duration of the block; SIGCONT whatever happens."""
+    """SIGSTOP a server process for the duration of the block; SIGCONT whatever happens.
+
+    The block starts once the process is stopped, not when the signal was sent: a SIGINT that arrived
+    while the SIGSTOP was still pending would be handled first (the lower number goes first), and the
+    cancel the tests wait for would never show as pending."""
     os.kill(pid, signal.SIGSTOP)
     try:
+        wait_until(lambda: process_state(pid) == "T", f"process {pid} to stop")
         yield
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def process_state(pid: int) -> str:
+    """The state letter /proc/<pid>/stat gives (R, S, D, T …); the name before it may hold spaces."""
+    stat = open(f"/proc/{pid}/stat").read()  # noqa: SIM115
+    return stat[stat.rindex(")") + 2]
 
 
 def sigint_pending(pid: int) -> bool:
