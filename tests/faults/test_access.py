@@ -9,8 +9,6 @@ import base64
 import shutil
 import signal
 import ssl
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from tests.kit.certs import der, self_signed, server_and_client
 from tests.kit.metrics import http, metric
 from tests.kit.polling import wait_until
 from tests.kit.ports import free_port, wait_port
-from tests.kit.processes import StartProxy, WorkerProcess
+from tests.kit.processes import GLServeProcess, StartProxy, WorkerProcess
 from tests.kit.rawclient import RawClient, errors
 from tests.kit.services import PG_USER, REDIS_URL
 
@@ -111,24 +109,15 @@ def test_analyzer_metrics_basic_auth_and_tls(tmp_path: Path) -> None:
 def test_gl_serve_metrics_basic_auth_and_tls(tmp_path: Path) -> None:
     """`gl serve` (Flight, no follower) serves its series behind the same guard."""
     certs = guarded_certs(tmp_path)
-    port, flight = free_port(), free_port()
-    log = open(tmp_path / "gl.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "fasterdata", "gl", "serve", "--no-follow", "--redis", REDIS_URL,
-                             "--prefix", f"fdtest-access-{uuid.uuid4().hex[:8]}", "--flight", f"127.0.0.1:{flight}",
-                             "--metrics", f"127.0.0.1:{port}", *GUARD, "--metrics-tls-cert", certs["cert"],
-                             "--metrics-tls-key", certs["key"]], stdout=log, stderr=subprocess.STDOUT)
+    port = free_port()
+    gl = GLServeProcess(tmp_path, "--no-follow", "--redis", REDIS_URL,
+                        "--prefix", f"fdtest-access-{uuid.uuid4().hex[:8]}", "--metrics", f"127.0.0.1:{port}",
+                        *GUARD, "--metrics-tls-cert", certs["cert"], "--metrics-tls-key", certs["key"])
     try:
         wait_port(port, timeout=30)
         assert_guarded(port, certs["ca"], "fasterdata_gl_hits_total")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
-        log.close()
-    assert rc == 0, (tmp_path / "gl.log").read_text()
+        assert gl.stop() == 0, gl.log()
 
 
 def test_analyzer_metrics_certificate_that_does_not_load(tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ import pytest
 from fasterdata.analyzers.glcache.cache import GLCache
 from fasterdata.analyzers.glcache.flight import GLFlightServer, action, fetch_day
 from tests.glcache.kit import DAY, OTHER_DAY, arrow_rows, pg_rows
+from tests.kit.processes import GLServeProcess
+from tests.kit.services import REDIS_URL
 
 Make = Callable[..., GLCache]
 
@@ -44,28 +46,8 @@ def test_flight_serves_days(ledger_db: str, make_cache: Make) -> None:
 
 def test_gl_serve_process(ledger_db: str, prefix: str, tmp_path) -> None:
     """`gl serve` as a process: Flight answers, the follower runs, SIGTERM ends it with status 0."""
-    import signal
-    import subprocess
-    import sys
-
-    from tests.kit.ports import free_port, wait_port
-    from tests.kit.services import REDIS_URL
-
-    port = free_port()
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "fasterdata", "gl", "serve", "--dsn", ledger_db,
-                             "--redis", REDIS_URL, "--prefix", prefix, "--flight", f"127.0.0.1:{port}",
-                             "--metrics", ""], stdout=log, stderr=subprocess.STDOUT)
+    gl = GLServeProcess(tmp_path, "--dsn", ledger_db, "--redis", REDIS_URL, "--prefix", prefix, "--metrics", "")
     try:
-        wait_port(port, timeout=30)
-        assert arrow_rows(fetch_day(f"grpc://127.0.0.1:{port}", OTHER_DAY)) == pg_rows(ledger_db, OTHER_DAY)
+        assert arrow_rows(fetch_day(f"grpc://127.0.0.1:{gl.flight_port}", OTHER_DAY)) == pg_rows(ledger_db, OTHER_DAY)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            rc = None
-        log.close()
-    assert rc == 0, (tmp_path / "serve.log").read_text()
+        assert gl.stop() == 0, gl.log()

@@ -46,6 +46,19 @@ class ChildProcess:
         return self.proc.returncode
 
 
+class GLServeProcess(ChildProcess):
+    """`fasterdata gl serve` as a subprocess, its Flight server on a free port; started once that port answers."""
+
+    def __init__(self, tmp: Path, *args: str) -> None:
+        self.flight_port = free_port()
+        self.log_path = tmp / f"gl-serve-{self.flight_port}.log"
+        cmd = [sys.executable, "-m", "fasterdata", "gl", "serve", "--flight", f"127.0.0.1:{self.flight_port}",
+               *args]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        wait_port(self.flight_port, timeout=30)
+
+
 class ProxyProcess(ChildProcess):
     """`fasterdata proxy` as a subprocess in front of the machine's PostgreSQL (or ``upstream``), with a
     prefix of its own on the machine's Redis."""
