@@ -44,7 +44,10 @@ Field by field (``FIELDS`` below holds the same text for tools):
   later (later statements of a multi-statement Query, pipelined Executes). For a portal fetched by
   several Executes, the first one. For ``txn_end``: when the transaction ended.
 * ``dur_us`` — microseconds from ``ts`` until CommandComplete / ErrorResponse (the proxy's view,
-  network to the server included).
+  network to the server included). The parts of a multi-statement Query cannot be timed apart: the
+  server sends their replies in one write when the whole Query is done (unless they fill its output
+  buffer first), so the first part carries the Query's time and the others what is left, often 0.
+  Their ``dur_us`` add up to the Query's time; nothing on the wire tells which part spent it.
 * ``sid`` — proxy session id (unique per proxy process and connection).
 * ``client`` — client address ``host:port`` (or the socket path).
 * ``user``, ``db`` — from the StartupMessage.

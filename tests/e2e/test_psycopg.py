@@ -220,6 +220,16 @@ def test_multi_statement_simple_query(proxy: ProxyProcess, rds: redis.Redis, db:
                                                     ROLLED_BACK)
 
 
+def test_multi_statement_query_keeps_its_whole_time(proxy: ProxyProcess, rds: redis.Redis, db: str,
+                                                    app_name: str) -> None:
+    """The server answers all parts in one write at the end, so the time is kept whole, not split."""
+    events = run(proxy, rds, db, app_name, lambda conn: conn.execute("SELECT 1; SELECT pg_sleep(0.05); SELECT 2"))
+    assert [ev["part"] for ev in events] == ["1/3", "2/3", "3/3"]
+    assert sum(int(ev["dur_us"]) for ev in events) >= 50_000  # pg_sleep sleeps at least that long
+    first, last = events[0], events[-1]
+    assert int(last["ts"]) + int(last["dur_us"]) - int(first["ts"]) >= 50_000
+
+
 def test_bound_parameters_of_many_types(proxy: ProxyProcess, rds: redis.Redis, db: str, app_name: str) -> None:
     when = dt.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2)))
     uid = uuid.UUID("0b9e5a52-8d3e-4c6f-9a51-2d1c0e6f7a80")
