@@ -34,7 +34,7 @@ def redis_cpu_seconds(client: Any) -> float:
 
 
 def proc_tree(pid: int) -> list[int]:
-    """The process and its live descendants (with --capture-mode process: the capture helper too)."""
+    """The process and its live descendants (a proxy's --workers, a server's backends)."""
     out, todo = [], [pid]
     while todo:
         p = todo.pop()

@@ -21,6 +21,13 @@ from fasterdata.config.explain import did_you_mean, problems
 # Sections a config file may have, one per command with settings of its own.
 SECTIONS = ("proxy", "analyze", "gl")
 
+# Settings that existed once: a file still naming one is told what replaced it, not offered a near name.
+REMOVED = {
+    "capture_mode": "setting 'capture_mode' was removed in favour of `data_plane: native` "
+                    "(capture in a helper process is gone; delete the line)",
+    "capture_nice": "setting 'capture_nice' was removed with capture_mode (delete the line)",
+}
+
 
 def read_yaml(file: str | Path) -> dict[str, Any]:
     """The file's top-level mapping; a ConfigError when it is unreadable, not YAML or not a mapping."""
@@ -50,7 +57,9 @@ def load_model(
         found = []
         shared = {k: v for k, v in data.items() if k not in SECTIONS}
         for key in shared:
-            if key not in Common.model_fields:
+            if key in REMOVED:
+                found.append(f"{file}: {REMOVED[key]}")
+            elif key not in Common.model_fields:
                 found.append(f"{file}: unknown setting {key!r}"
                              f"{did_you_mean(key, [*Common.model_fields, *SECTIONS])}")
         part = data.get(section) or {}
@@ -96,6 +105,8 @@ def _describe(error: ValidationError, model: type[Common], origin: Mapping[str, 
     for p in problems(error, model):
         if p.key is None:  # the settings as a whole (a rule between keys): the input would show secrets
             lines.append(f"{whole}{p.message}")
+        elif p.unknown and not p.path and p.key in REMOVED:
+            lines.append(f"{whole}{REMOVED[p.key]}")
         elif p.unknown:
             lines.append(f"{whole}{p.message.replace('unknown key', 'unknown setting', 1)}")
         else:

@@ -43,18 +43,13 @@ class ProxySettings(Served):
         (1 << 30) - 1, ge=1024, description="Largest protocol message accepted from a client (bytes)"
     )
     capture: bool = Field(True, description="Tap statements into the Redis stream")
-    capture_mode: Literal["inline", "process"] = Field(
-        "inline", description="'inline': capture runs in the forwarding process; 'process': in a helper process "
-        "per proxy worker, fed through a socketpair, so capture CPU never delays traffic")
     data_plane: Literal["python", "native"] = Field(
         "python", description="'python': every session's bytes move through asyncio; 'native': after the login, "
         "plain-TCP sessions move to a compiled loop in a thread of its own (TLS sessions stay on 'python'; "
         "without the compiled extension every session does)")
-    capture_nice: int = Field(10, ge=0, le=19, description="Niceness of the capture process (capture_mode=process): "
-                              "under CPU saturation traffic wins and capture lags, then catches up")
     capture_buffer_max: int = Field(
-        64 << 20, ge=1 << 20, description="Bytes buffered for a lagging capture process before messages are dropped "
-        "(counted in fasterdata_capture_dropped_statements_total)")
+        64 << 20, ge=1 << 20, description="data_plane: native: bytes of records a session's capture may have "
+        "waiting before that session goes on uncaptured (fasterdata_proxy_native_capture_lost_total)")
     sample_rate: float = Field(1.0, ge=0, le=1, description="Fraction of transactions captured (whole transactions)")
     max_held: int = Field(1000, ge=0, description="Statements held per open transaction before they go out as 'open'")
     max_param_bytes: int = Field(1024, ge=16, description="Longest bound value kept; longer ones are cut with a marker")

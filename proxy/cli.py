@@ -60,8 +60,6 @@ def add_parser(sub: Any) -> None:
                    "and errors are still logged")
     p.add_argument("--data-plane", choices=["python", "native"],
                    help="who moves a session's bytes after its login: asyncio, or a compiled loop [python]")
-    p.add_argument("--capture-mode", choices=["inline", "process"],
-                   help="where capture runs: in the forwarding process, or in a helper process per worker [inline]")
     add_common_arguments(p)
 
 
@@ -167,24 +165,10 @@ async def _serve_proxy(settings: ProxySettings, index: int) -> int:
     from .stats import ProxyCollector, ProxyStats
 
     registry = CollectorRegistry()
-    sink = capture = link = None
+    sink = capture = None
     stats = ProxyStats()
     ready: Any = lambda: None  # noqa: E731
-    if settings.capture and settings.capture_mode == "process":
-        from .captap import CaptureLink, CaptureView, LinkCollector, SinkView
-
-        link = CaptureLink(settings, index, spool_path(settings, index), stats)
-        try:
-            await link.start()
-        except (RuntimeError, OSError) as exc:
-            log.error("cannot start the capture process: %s", exc)
-            await link.close(timeout=2.0)
-            return 1
-        registry.register(SinkCollector(SinkView(link)))  # type: ignore[arg-type]
-        registry.register(CaptureCollector(CaptureView(link)))  # type: ignore[arg-type]
-        registry.register(LinkCollector(link))
-        ready = link.readiness
-    elif settings.capture:
+    if settings.capture:
         sink = sink_for(settings, spool_path(settings, index))
         try:
             await sink.start()
@@ -196,8 +180,6 @@ async def _serve_proxy(settings: ProxySettings, index: int) -> int:
         registry.register(CaptureCollector(capture))
         ready = sink.readiness
     server = ProxyServer(settings, stats, capture=capture)
-    if link is not None:
-        server.session_factory = link.session
     try:
         await server.start(reuse_port=settings.workers > 1)
     except OSError as exc:
@@ -234,8 +216,6 @@ async def _serve_proxy(settings: ProxySettings, index: int) -> int:
     await server.shutdown()
     if sink is not None:
         await sink.close(timeout=10.0)
-    if link is not None:
-        await link.close(timeout=15.0)
     if metrics is not None:
         await metrics.close()
     log.info("stopped")

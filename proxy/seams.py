@@ -1,9 +1,8 @@
 """The seams between a connection's two legs and statement capture, declared once.
 
-A connection feeds its decoded messages to a :class:`Tap`. Two kinds exist: ``proxy.session.Session``
-turns them into events in this process (``capture_mode: inline``), ``proxy.captap.RemoteSession``
-ships them to a capture process and keeps only what graceful drain needs (``capture_mode: process``).
-The server holds either through this interface, and so never learns which one it has.
+A connection feeds its decoded messages to a :class:`Tap`: ``proxy.session.Session`` turns them into
+events, on either data plane. The server holds it through this interface only, so the session state
+can be replaced (compiled, say) without the server changing.
 """
 
 from __future__ import annotations
@@ -37,7 +36,3 @@ class Tap(Protocol):
     def close(self, now_us: int) -> None:
         """The connection ended; nothing more arrives."""
         ...
-
-
-SessionFactory = Callable[[str, str, dict[str, str]], Tap]
-"""(session id, client address, startup parameters) → the Tap of a new connection."""

@@ -24,7 +24,7 @@ from . import dataplane, startup, tls, wire
 from .capture import Capture
 from .events import CaptureOptions
 from .logs import Throttled
-from .seams import SessionFactory, Tap
+from .seams import Tap
 from .session import BACKEND_WANTED, FRONTEND_WANTED, Session
 from .stats import ProxyStats
 
@@ -475,8 +475,6 @@ class ProxyServer:
         self.stats = stats or ProxyStats()
         self.capture = capture
         self.capture_options = capture_options(settings)
-        # capture_mode=process: proxy.captap.CaptureLink.session, a stand-in that ships messages away.
-        self.session_factory: SessionFactory | None = None
         self.dataplane = dataplane.plane_for(settings.data_plane, self.stats, settings.max_message_size,
                                              settings.capture_buffer_max)
         self.clients: set[ClientProtocol] = set()
@@ -544,9 +542,7 @@ class ProxyServer:
         log.info("SIGHUP: TLS certificate %s reloaded", cert)
 
     def open_session(self, sid: str, peer: str, params: dict[str, str]) -> Tap:
-        """The tap of a new client session: session_factory's, else an inline Session."""
-        if self.session_factory is not None:
-            return self.session_factory(sid, peer, params)
+        """The tap of a new client session: a Session that emits into this worker's capture."""
         return Session(sid, peer, params, emit=self.capture.emit if self.capture else None,
                        options=self.capture_options)
 

@@ -86,6 +86,15 @@ def test_unknown_setting_suggests_the_spelling_meant(tmp_path: Path) -> None:
         load("proxy", write(tmp_path, "prefx: x\n"), environ={})
 
 
+def test_a_removed_setting_says_what_replaced_it(tmp_path: Path) -> None:
+    """capture_mode is gone: the line names it and data_plane: native, instead of guessing a near name."""
+    with pytest.raises(ConfigError) as caught:
+        load("proxy", write(tmp_path, "proxy:\n  capture_mode: process\n"), environ={})
+    assert [p.split(": ", 1)[1] for p in caught.value.problems] == [
+        "setting 'capture_mode' was removed in favour of `data_plane: native` "
+        "(capture in a helper process is gone; delete the line)"]
+
+
 def test_every_problem_of_a_file_is_reported(tmp_path: Path) -> None:
     f = write(tmp_path, "colour: blue\nproxy:\n  workers: many\n  log_level: loud\n")
     with pytest.raises(ConfigError) as caught:

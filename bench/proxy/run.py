@@ -3,12 +3,11 @@
 
 Paths: direct to PostgreSQL, through PgBouncer (the C reference every operator knows), through a plain
 uvloop byte forwarder (forwarder.py: the floor under any proxy written on uvloop), and through the
-fasterdata proxy with capture on (inline, and --capture-mode process: capture in a helper process) and
-with --no-capture, each on the Python data plane, and with capture on and off on the native one
-(--data-plane native). The rate lanes (pgbench -R, -c 4) report the latency each path adds over direct.
-This machine is shared and noisy, so the paths
-are never measured in separate sessions: each repeat runs every path once, in a rotated order, and
-the report gives medians and ratios of neighbouring runs rather than absolute numbers alone.
+fasterdata proxy with capture on and with --no-capture, each on the Python data plane, and with capture
+on and off on the native one (--data-plane native). The rate lanes (pgbench -R, -c 4) report the latency
+each path adds over direct. This machine is shared and noisy, so the paths are never measured in
+separate sessions: each repeat runs every path once, in a rotated order, and the report gives medians
+and ratios of neighbouring runs rather than absolute numbers alone.
 
     .venv/bin/python bench/proxy/run.py --duration 10 --repeats 3
     .venv/bin/python bench/proxy/run.py --quick
@@ -88,7 +87,6 @@ PATHS = {
     "pgbouncer": "pgbouncer",
     "forwarder": "uvloop forwarder",
     "inline": "fasterdata capture on",
-    "process": "fasterdata capture process",
     "off": "fasterdata capture off",
     "native": "fasterdata native capture on",
     "native-off": "fasterdata native capture off",
@@ -124,7 +122,7 @@ class Run:
     avg_ms: float = 0.0
     p99_ms: float = 0.0
     cpu_s: float | None = None
-    cpu_helper_s: float | None = None  # of cpu_s, the proxy's helper processes (the capture process)
+    cpu_helper_s: float | None = None  # of cpu_s, the proxy's child processes (--proxy-workers)
     redis_cpu_s: float | None = None  # the Redis server's CPU over the run (capture paths only)
     wall_s: float = 0.0
     hwm_kb: int | None = None
@@ -164,7 +162,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def helper_cpu_seconds(pid: int) -> float:
-    """utime+stime of the process's live descendants (with --capture-mode process: the capture process)."""
+    """utime+stime of the process's live descendants (the workers of --proxy-workers > 1)."""
     ticks = 0
     for p in proc_tree(pid)[1:]:
         with contextlib.suppress(OSError):
@@ -503,7 +501,7 @@ def med(xs: Sequence[float]) -> float | None:
 
 def workload_table(wl: Workload, names: Sequence[str], cells: dict[str, Cell], repeats: int) -> str:
     head = ("| path | TPS (median) | TPS min–max | vs direct | vs PgBouncer | avg latency ms | p99 latency ms "
-            "| avg added µs | p99 added µs | proxy CPU µs/stmt | of which capture process | Redis CPU µs/stmt "
+            "| avg added µs | p99 added µs | proxy CPU µs/stmt | of which child processes | Redis CPU µs/stmt "
             "| proxy CPU % | peak RSS MiB | capture |")
     rows = [f"### {wl.name}: {wl.label}, {wl.statements_per_txn} statement(s)/transaction", "", head,
             "|" + "---|" * 15]
@@ -598,8 +596,8 @@ def header(args: argparse.Namespace, info: dict[str, str], started: dt.datetime,
         "- ratios are medians of per-repeat ratios (each path against the direct/PgBouncer run of the same "
         "repeat); latencies are medians over repeats of each run's mean and p99 from pgbench -l; \"added\" = "
         "a path's mean (p99) minus direct's in the same repeat, medians over repeats",
-        "- proxy CPU = utime+stime of the proxy (or PgBouncer) process and its helper processes ÷ statements "
-        "executed, measured until the stream caught up (\"of which capture process\": the helper's share); "
+        "- proxy CPU = utime+stime of the proxy (or PgBouncer) process and its child processes ÷ statements "
+        "executed, measured until the stream caught up (\"of which child processes\": the workers' share); "
         "Redis CPU = the Redis server's utime+stime over the same span ÷ statements (capture paths; the server "
         "is shared, so other clients' work counts too); CPU % = of one core over the run; peak RSS = VmHWM"
         + (" reset before each run (max over the workload's runs)" if peaks_reset else " (lifetime peak)"),
@@ -645,10 +643,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 # The fasterdata paths: (--paths key, capture on, key prefix suffix, extra flags).
 PROXY_PATHS: tuple[tuple[str, bool, str, tuple[str, ...]], ...] = (
-    ("inline", True, "", ("--capture-mode", "inline")),
-    ("process", True, "-proc", ("--capture-mode", "process")),
+    ("inline", True, "", ()),
     ("off", False, "-off", ()),
-    ("native", True, "-native", ("--capture-mode", "inline", "--data-plane", "native")),
+    ("native", True, "-native", ("--data-plane", "native")),
     ("native-off", False, "-native-off", ("--data-plane", "native")),
 )
 

@@ -845,7 +845,7 @@ def report(run: Run) -> tuple[str, bool]:
         f"- machine: nproc={os.cpu_count()}; load average before/after: {info['load_before']} / {info['load_after']}",
         f"- PostgreSQL {info['postgres']}; {info['pgbench']}; {info['redis']}; code at {info['commit']}",
         f"- database {a.dbname}: pgbench tables {info['db_note']}, shop/ledger tables created afresh; a private "
-        f"redis-server (appendonly, fsync always); proxy --capture-mode {a.capture_mode}, stream cap "
+        f"redis-server (appendonly, fsync always); proxy stream cap "
         f"{a.stream_maxlen:,}; two `fasterdata analyze` with {info['rules']} (claim-idle {a.claim_idle:g} s); "
         f"samples every {a.sample_every:g} s",
     ]
@@ -887,7 +887,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="seconds the private Redis stays down at three quarters (0: no restart) [5]")
     p.add_argument("--stream-maxlen", type=int, default=1_000_000,
                    help="the proxy's stream cap (FASTERDATA_STREAM_MAXLEN) [1000000, its default]")
-    p.add_argument("--capture-mode", choices=["inline", "process"], default="inline", help="[inline]")
     p.add_argument("--rules", type=Path, default=ROOT / "config" / "rules.yaml",
                    help="the analyzers' rules file [config/rules.yaml]; totals are checked for its rules that "
                         "shopload.truth() knows")
@@ -976,7 +975,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     deaths: list[str] = []
     try:
         server = PrivateRedis(workdir)
-        proxy = Proxy(workdir, server.url, prefix, args.capture_mode, stream_maxlen=args.stream_maxlen)
+        proxy = Proxy(workdir, server.url, prefix, stream_maxlen=args.stream_maxlen)
         wait_for(lambda: proxy.metrics().get("fasterdata_sink_redis_up") == 1, "the sink to connect", 30)
         analyzers = [Analyzer(i, workdir, server.url, prefix, args.rules, args.claim_idle) for i in (1, 2)]
         stream = stream_name(prefix)

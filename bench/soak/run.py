@@ -132,7 +132,7 @@ class PrivateRedis:
 class Proxy:
     """`fasterdata proxy` as operators run it, in front of the machine's PostgreSQL, writing to our Redis."""
 
-    def __init__(self, workdir: Path, redis_url: str, prefix: str, capture_mode: str, stream_maxlen: int = 0) -> None:
+    def __init__(self, workdir: Path, redis_url: str, prefix: str, stream_maxlen: int = 0) -> None:
         self.port = free_port()
         self.metrics_port = free_port()
         self.log = workdir / "proxy.log"
@@ -140,7 +140,7 @@ class Proxy:
         cmd = [str(exe) if exe.exists() else "fasterdata", "proxy", "--listen", f"{HOST}:{self.port}",
                "--upstream", f"{HOST}:5432", "--upstream-sslmode", "disable",
                "--metrics", f"{HOST}:{self.metrics_port}", "--redis", redis_url, "--prefix", prefix,
-               "--capture-mode", capture_mode, "--log-level", "warning", "--shutdown-grace", "5"]
+               "--log-level", "warning", "--shutdown-grace", "5"]
         # run.py: no MAXLEN (0), so the count at the end does not depend on the reader keeping up (it trims
         # instead); pipeline.py keeps the proxy's default cap, as analyzers do not trim.
         env = {**os.environ, "FASTERDATA_SPOOL_DIR": str(workdir / "spool"),
@@ -453,8 +453,7 @@ def report(args: argparse.Namespace, info: dict[str, str], peak: Bench, target: 
         "",
         f"- run: {info['started']} UTC; command: `{' '.join(['.venv/bin/python', *sys.argv])}`",
         f"- machine: nproc={os.cpu_count()}; load average before/after: {info['load_before']} / {info['load_after']}",
-        f"- PostgreSQL {info['postgres']}; {info['pgbench']}; {info['redis']}; proxy at {info['commit']} "
-        f"(--capture-mode {args.capture_mode})",
+        f"- PostgreSQL {info['postgres']}; {info['pgbench']}; {info['redis']}; proxy at {info['commit']}",
         f"- database {args.dbname}: {info['db_note']}; a private redis-server (appendonly, fsync always) "
         f"killed and restarted once halfway; RSS and descriptors of the proxy's process tree every "
         f"{args.sample_every:g} s",
@@ -485,7 +484,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--progress", type=int, default=10, help="pgbench -P interval, seconds [10]")
     p.add_argument("--drain-timeout", type=float, default=300.0,
                    help="most seconds to wait for the stream to catch up after pgbench [300]")
-    p.add_argument("--capture-mode", choices=["inline", "process"], default="inline", help="[inline]")
     p.add_argument("--dbname", default="fdsoak", help="database, created and initialised if missing [fdsoak]")
     p.add_argument("--scale", type=int, default=10, help="pgbench -i -s [10]")
     p.add_argument("--user", default="postgres", help="database user [postgres]")
@@ -520,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench_proc: subprocess.Popen[str] | None = None
     try:
         server = PrivateRedis(workdir)
-        proxy = Proxy(workdir, server.url, prefix, args.capture_mode)
+        proxy = Proxy(workdir, server.url, prefix)
         wait_for(lambda: proxy.metrics().get("fasterdata_sink_redis_up") == 1, "the sink to connect", 30)
         reader = Reader(server.url, stream_name(prefix), app)
         reader.start()

@@ -12,11 +12,11 @@ import pytest
 from tests.kit.processes import StartProxy
 
 
-@pytest.mark.parametrize("mode", ["inline", "process"])
-def test_unusable_spool_dir_stops_the_start(start_proxy: StartProxy, tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize("plane", ["python", "native"])
+def test_unusable_spool_dir_stops_the_start(start_proxy: StartProxy, tmp_path: Path, plane: str) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    proxy = start_proxy("--capture-mode", mode, env={"FASTERDATA_SPOOL_DIR": str(blocker / "spool")}, wait=False)
+    proxy = start_proxy("--data-plane", plane, env={"FASTERDATA_SPOOL_DIR": str(blocker / "spool")}, wait=False)
     assert proxy.proc.wait(timeout=60) == 1
     log = proxy.log()
     assert "Traceback" not in log, log
