@@ -180,11 +180,6 @@ async def _serve_proxy(settings: ProxySettings, index: int) -> int:
         registry.register(CaptureCollector(capture))
         ready = sink.readiness
     server = ProxyServer(settings, stats, capture=capture)
-    try:
-        await server.start(reuse_port=settings.workers > 1)
-    except OSError as exc:
-        log.error("cannot listen on %s: %s", settings.listen, exc.strerror or exc)
-        return 1
     registry.register(ProxyCollector(server.stats, lambda: len(server.clients)))
     if server.dataplane is not None:
         from .dataplane import DataPlaneCollector
@@ -205,6 +200,14 @@ async def _serve_proxy(settings: ProxySettings, index: int) -> int:
         except OSError as exc:
             log.error("cannot serve metrics on %s: %s", settings.metrics, exc.strerror or exc)
             return 1
+    # Clients are let in last, so whoever can connect can also scrape /metrics and /readyz.
+    try:
+        await server.start(reuse_port=settings.workers > 1)
+    except OSError as exc:
+        log.error("cannot listen on %s: %s", settings.listen, exc.strerror or exc)
+        if metrics is not None:
+            await metrics.close()
+        return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
