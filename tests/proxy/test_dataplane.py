@@ -12,6 +12,7 @@ The through-proxy tests run on the native path with ``FASTERDATA_DATA_PLANE=nati
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import itertools
 import os
@@ -32,6 +33,7 @@ from hypothesis import strategies as st
 
 from fasterdata.proxy import dataplane, wire
 from fasterdata.proxy.session import BACKEND_WANTED, FRONTEND_WANTED
+from fasterdata.proxy.stats import ProxyStats
 from fasterdata.proxy.streamkeys import stream_name
 from tests.kit.certs import TestPKI
 from tests.kit.metrics import metric
@@ -175,6 +177,56 @@ def test_loop_stops_a_session_capture_rather_than_growing_without_bound() -> Non
         assert kinds.count(dataplane.MESSAGES) < 3  # what came after LOST was not recorded
     finally:
         loop.stop()
+
+
+class GcWatch:
+    """A session's Tap as drain() sees it: notes whether the cyclic collector ran enabled meanwhile."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.seen: list[bool] = []
+        self.failed = 0
+        self.draining = False
+        self.session = self
+
+    def from_client(self, _messages: list, _ts: int) -> None:
+        self.seen.append(gc.isenabled())
+        if self.fail:
+            raise ValueError("a decoding bug")
+
+    from_server = from_client
+
+    def tap_failed(self) -> None:
+        self.failed += 1
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["delivered", "a-session-raises"])
+def test_drain_pauses_the_cyclic_collector_and_always_resumes_it(fail: bool) -> None:
+    plane = dataplane.DataPlane(ProxyStats(), wire.DEFAULT_MAX_MESSAGE, 1 << 20)
+    plane.loop = dataplane.Loop()
+    try:
+        pair = Pair(plane.loop)
+        watch = plane.sessions[pair.handle] = GcWatch(fail)
+        query = wire.message("Q", b"SELECT 1\0")
+        pair.client.sendall(query)
+        assert receive(pair.server, len(query)) == query
+        wait_until(lambda: select.select([plane.loop.fileno()], [], [], 0.1)[0], what="a record to drain")
+        assert gc.isenabled()
+        plane.drain()
+        assert watch.seen == [False]  # the record was delivered with the collector paused
+        assert watch.failed == int(fail)
+        assert gc.isenabled()
+        gc.disable()  # paused by the caller: drain() leaves it paused
+        try:
+            pair.client.sendall(query)
+            assert receive(pair.server, len(query)) == query
+            wait_until(lambda: select.select([plane.loop.fileno()], [], [], 0.1)[0], what="a record to drain")
+            plane.drain()
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+    finally:
+        plane.loop.stop()
 
 
 # -- real drivers through both paths ---------------------------------------------------------------
