@@ -44,9 +44,9 @@ class ProxySettings(Served):
     )
     capture: bool = Field(True, description="Tap statements into the Redis stream")
     data_plane: Literal["python", "native"] = Field(
-        "python", description="'python': every session's bytes move through asyncio; 'native': after the login, "
-        "plain-TCP sessions move to a compiled loop in a thread of its own (TLS sessions stay on 'python'; "
-        "without the compiled extension every session does)")
+        "native", description="'native': after the login, plain-TCP sessions move to a compiled loop in a thread "
+        "of its own (TLS sessions stay on 'python'; without the compiled extension every session does); "
+        "'python': every session's bytes move through asyncio, the reference implementation")
     capture_buffer_max: int = Field(
         64 << 20, ge=1 << 20, description="data_plane: native: bytes of records a session's capture may have "
         "waiting before that session goes on uncaptured (fasterdata_proxy_native_capture_lost_total)")

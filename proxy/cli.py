@@ -59,7 +59,8 @@ def add_parser(sub: Any) -> None:
                    help="no info line per client session (connection-per-request applications); refusals "
                    "and errors are still logged")
     p.add_argument("--data-plane", choices=["python", "native"],
-                   help="who moves a session's bytes after its login: asyncio, or a compiled loop [python]")
+                   help="who moves a session's bytes after its login: a compiled loop, or asyncio (the "
+                   "reference; also where the compiled extension was not built) [native]")
     add_common_arguments(p)
 
 

@@ -3,11 +3,11 @@
 
 Paths: direct to PostgreSQL, through PgBouncer (the C reference every operator knows), through a plain
 uvloop byte forwarder (forwarder.py: the floor under any proxy written on uvloop), and through the
-fasterdata proxy with capture on and with --no-capture, each on the Python data plane, and with capture
-on and off on the native one (--data-plane native). The rate lanes (pgbench -R, -c 4) report the latency
-each path adds over direct. This machine is shared and noisy, so the paths are never measured in
-separate sessions: each repeat runs every path once, in a rotated order, and the report gives medians
-and ratios of neighbouring runs rather than absolute numbers alone.
+fasterdata proxy with capture on and with --no-capture, each on the Python data plane (--data-plane
+python), and with capture on and off on the native one, the default. The rate lanes (pgbench -R, -c 4)
+report the latency each path adds over direct. This machine is shared and noisy, so the paths are never
+measured in separate sessions: each repeat runs every path once, in a rotated order, and the report gives
+medians and ratios of neighbouring runs rather than absolute numbers alone.
 
     .venv/bin/python bench/proxy/run.py --duration 10 --repeats 3
     .venv/bin/python bench/proxy/run.py --quick
@@ -643,8 +643,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 # The fasterdata paths: (--paths key, capture on, key prefix suffix, extra flags).
 PROXY_PATHS: tuple[tuple[str, bool, str, tuple[str, ...]], ...] = (
-    ("inline", True, "", ()),
-    ("off", False, "-off", ()),
+    ("inline", True, "", ("--data-plane", "python")),
+    ("off", False, "-off", ("--data-plane", "python")),
     ("native", True, "-native", ("--data-plane", "native")),
     ("native-off", False, "-native-off", ("--data-plane", "native")),
 )

@@ -5,8 +5,9 @@ the same conversations from real drivers (psycopg 3, asyncpg, psql, pgbench); th
 the same events, apart from what differs by nature (times, session ids, backend pids). Below that,
 hypothesis feeds the same byte streams, cut at random places, to the native framer and to wire.py's.
 
-The through-proxy tests run on the native path with ``FASTERDATA_DATA_PLANE=native`` in the environment
-(every test proxy reads it as its ``data_plane`` setting), as .ci/run does for tests/proxy and tests/e2e.
+The through-proxy tests run on the native path, the default; ``FASTERDATA_DATA_PLANE=python`` in the
+environment (every test proxy reads it as its ``data_plane`` setting) runs them on the reference, as
+.ci/run does for tests/proxy and tests/e2e.
 """
 
 from __future__ import annotations
@@ -218,8 +219,10 @@ def test_drain_pauses_the_cyclic_collector_and_always_resumes_it(fail: bool) -> 
         assert gc.isenabled()
         gc.disable()  # paused by the caller: drain() leaves it paused
         try:
-            pair.client.sendall(query)
-            assert receive(pair.server, len(query)) == query
+            other = Pair(plane.loop)  # the first session's capture stopped if it raised
+            plane.sessions[other.handle] = GcWatch()
+            other.client.sendall(query)
+            assert receive(other.server, len(query)) == query
             wait_until(lambda: select.select([plane.loop.fileno()], [], [], 0.1)[0], what="a record to drain")
             plane.drain()
             assert not gc.isenabled()
@@ -451,9 +454,9 @@ def test_tls_sessions_stay_on_the_python_path(start_proxy: StartProxy, tmp_path:
 
 
 def test_the_environment_chooses_the_path_for_the_through_proxy_tests() -> None:
-    """FASTERDATA_DATA_PLANE=native makes every test proxy run the native path (see the module docstring)."""
+    """FASTERDATA_DATA_PLANE=python makes every test proxy run the reference path (see the module docstring)."""
     from fasterdata.config.settings import load
 
-    assert load("proxy", environ={"FASTERDATA_DATA_PLANE": "native"}).data_plane == "native"
-    assert load("proxy", environ={}).data_plane == "python"
+    assert load("proxy", environ={"FASTERDATA_DATA_PLANE": "python"}).data_plane == "python"
+    assert load("proxy", environ={}).data_plane == "native"
 
