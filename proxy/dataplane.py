@@ -228,9 +228,9 @@ class DataPlane:
     def drain(self) -> None:
         """Everything the loop recorded since the last call, in its order, to the sessions' Taps.
 
-        The cyclic collector waits meanwhile. A drain holds thousands of records at once, and the
+        The cyclic collector waits meanwhile. A drain holds a whole batch of records at once, and the
         collections their allocation would trigger traverse and promote every one of them, though none
-        can be part of a cycle: profiled, that was a fifth of this thread's time (bench/NOTES.md).
+        can be part of a cycle; profiled, that was a large share of this thread's time (bench/NOTES.md).
         """
         self._scheduled = None
         self._last_drain = time.monotonic()

@@ -453,6 +453,23 @@ def test_tls_sessions_stay_on_the_python_path(start_proxy: StartProxy, tmp_path:
         assert encrypted.execute("SELECT 3").fetchone() == (3,)
 
 
+def test_without_the_extension_the_default_runs_on_the_python_path(start_proxy: StartProxy,
+                                                                   tmp_path: Path) -> None:
+    """An install without a C compiler has no proxy._dataplane: the default still serves, on the
+    reference path, and says so. The proxy process is made to find no extension by a sitecustomize."""
+    shim = tmp_path / "no-extension"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text("import sys\nsys.modules['fasterdata.proxy._dataplane'] = None\n")
+    proxy = start_proxy("--upstream-sslmode", "disable", "--log-level", "debug", env={"PYTHONPATH": str(shim)})
+    with psycopg.connect(proxy.dsn(), autocommit=True) as c:
+        assert c.execute("SELECT 41 + 1").fetchone() == (42,)
+    log = proxy.log()
+    assert "data_plane is native, but proxy._dataplane was not built" in log
+    assert "data plane python" in log and moved(proxy) == 0
+    events = settled(proxy)
+    assert any(e.get("sql") == "SELECT 41 + 1" for e in events), events
+
+
 def test_the_environment_chooses_the_path_for_the_through_proxy_tests() -> None:
     """FASTERDATA_DATA_PLANE=python makes every test proxy run the reference path (see the module docstring)."""
     from fasterdata.config.settings import load
