@@ -425,9 +425,9 @@ forward(Loop *L, Session *s, int d, const unsigned char *p, size_t n)
     update_interest(L, s, 1 - d);
 }
 
-/* Side d is writable: write what waits for it. */
-static void
-flush(Loop *L, Session *s, int d)
+/* Write what waits for side d until the socket takes no more: 0 all written, 1 some left, -1 failed. */
+static int
+send_pending(Session *s, int d)
 {
     Buf *b = &s->out[d];
     while (buf_pending(b)) {
@@ -435,13 +435,25 @@ flush(Loop *L, Session *s, int d)
         if (w < 0) {
             if (errno == EINTR)
                 continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                return;
-            write_failed(L, s, d);
-            return;
+            return errno == EAGAIN || errno == EWOULDBLOCK ? 1 : -1;
         }
         b->off += (size_t)w;
     }
+    return 0;
+}
+
+/* Side d is writable: write what waits for it. */
+static void
+flush(Loop *L, Session *s, int d)
+{
+    int rc = send_pending(s, d);
+    if (rc > 0)
+        return;
+    if (rc < 0) {
+        write_failed(L, s, d);
+        return;
+    }
+    Buf *b = &s->out[d];
     b->off = b->len = 0;
     if (b->cap > CHUNK)
         buf_free(b);
@@ -602,13 +614,8 @@ run_command(Loop *L, Command *c)
     case CMD_ADD:
         start_session(L, s);
         break;
-    case CMD_WRITE:
-        if (buf_append(&s->out[c->side], c->data.data, c->data.len) < 0) {
-            write_failed(L, s, c->side);
-            break;
-        }
-        update_interest(L, s, c->side);
-        update_interest(L, s, 1 - c->side);
+    case CMD_WRITE:  /* at once if nothing waits before it, as an asyncio transport writes */
+        forward(L, s, c->side, c->data.data, c->data.len);
         break;
     case CMD_CLOSE:
         begin_close(L, s, END_CLOSED);
@@ -745,15 +752,18 @@ run(void *arg)
         reap(L);
         wait_for_python(L);
     }
-    /* stopping: whatever is still open is closed as it is (Python waited for sessions first) */
+    /* stopping: whatever is still open is closed (Python waited for sessions first), after one try to
+     * write what waits for it, such as the ErrorResponse that tells a client why */
     pthread_mutex_lock(&L->lock);
     for (uint32_t i = 0; i < L->nslots; i++) {
         Session *s = L->slots[i];
         if (s == NULL)
             continue;
         for (int x = 0; x < 2; x++)
-            if (s->fd[x] >= 0)
+            if (s->fd[x] >= 0) {
+                send_pending(s, x);
                 close(s->fd[x]);
+            }
         free_session(s);
         L->slots[i] = NULL;
     }

@@ -162,6 +162,19 @@ def test_loop_forwards_first_then_records_what_capture_needs() -> None:
         loop.stop()
 
 
+def test_what_python_writes_reaches_the_peer_though_the_loop_stops_at_once() -> None:
+    """Shutdown: the error that tells a client why it is cut off, then close and stop in one breath."""
+    loop = dataplane.Loop()
+    pair = Pair(loop)
+    error = wire.error_response("terminating connection: shutting down", "57P01")
+    loop.write(pair.handle, dataplane.CLIENT_SIDE, error)
+    loop.write(pair.handle, dataplane.SERVER_SIDE, wire.message("X"))
+    loop.close(pair.handle)
+    loop.stop()
+    assert receive(pair.client, len(error) + 1) == error  # then end of stream
+    assert receive(pair.server, 6) == wire.message("X")
+
+
 def test_loop_stops_a_session_capture_rather_than_growing_without_bound() -> None:
     """Python never drains: past ``pace`` the loop waits a while, past ``max_buffer`` the session's capture
     stops (a LOST record), and its bytes keep flowing."""
