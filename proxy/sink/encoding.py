@@ -16,6 +16,25 @@ log = logging.getLogger("fasterdata.sink")
 MAX_FIELDS = 3000
 
 
+def pack_bundled_py(head: tuple, events: list[dict[str, str]]) -> bytes | None:
+    """``hiredis.pack_command((*head, *map(len, events), *packed))``, each event packed to one string
+    (its names and values joined with NUL), or None when one cannot be: a value not str, a NUL or a lone
+    surrogate in a name or value, an event without fields. The default entry's batches take this path."""
+    try:  # every event packed at C speed; the NUL count of the batch proves no name or value held one
+        values = list(map("\x00".join, map(chain.from_iterable, map(dict.items, events))))
+        if sum(map(str.count, values, repeat("\x00"))) == 2 * sum(map(len, events)) - len(events):
+            return hiredis.pack_command((*head, *map(len, events), *values))
+    except (TypeError, UnicodeError):  # a value not str, or surrogates
+        pass
+    return None
+
+
+try:  # the same in C (proxy/sink/_bundle.c); absent when the package was built without a compiler
+    from ._bundle import pack_bundled
+except ImportError:
+    pack_bundled = pack_bundled_py
+
+
 class _KeySets(dict):
     """Key tuple → index, numbering new key sets as they appear; lookups stay in C."""
 
@@ -53,16 +72,18 @@ def encode_batch(head: tuple, seq0: int, maxlen: int, ttl: int, events: list[dic
     packed = entry != "flat"
     if packed:
         n = len(events)
-        try:  # every event packed at C speed; the NUL count of the batch proves no value held one
-            values = list(map("\x00".join, map(chain.from_iterable, map(dict.items, events))))
-            if sum(map(str.count, values, repeat("\x00"))) == 2 * sum(map(len, events)) - n:
-                if entry == "bundled":
-                    return hiredis.pack_command((*head, seq0, maxlen, ttl, "p", BUNDLE_MAX, n, *map(len, events),
-                                                 *values))
-                return hiredis.pack_command((*head, seq0, maxlen, ttl, "a", 1, 1, PACKED_FIELD, n, *repeat(0, n),
-                                             *values))
-        except (TypeError, UnicodeError):  # a value not str, or surrogates: the general path below
-            pass
+        if entry == "bundled":
+            data = pack_bundled((*head, seq0, maxlen, ttl, "p", BUNDLE_MAX, n), events)
+            if data is not None:
+                return data
+        else:
+            try:  # every event packed at C speed; the NUL count of the batch proves no value held one
+                values = list(map("\x00".join, map(chain.from_iterable, map(dict.items, events))))
+                if sum(map(str.count, values, repeat("\x00"))) == 2 * sum(map(len, events)) - n:
+                    return hiredis.pack_command((*head, seq0, maxlen, ttl, "a", 1, 1, PACKED_FIELD, n,
+                                                 *repeat(0, n), *values))
+            except (TypeError, UnicodeError):  # a value not str, or surrogates: the general path below
+                pass
         events = [{PACKED_FIELD: p} if (p := pack(e)) is not None else e for e in events]
     sets = _KeySets()
     ids = list(map(sets.__getitem__, map(tuple, events)))
