@@ -10,16 +10,19 @@ import shutil
 import signal
 import ssl
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+import redis
 
 from fasterdata.proxy import wire
 from tests.kit.certs import der, self_signed, server_and_client
 from tests.kit.metrics import http, metric
 from tests.kit.polling import wait_until
 from tests.kit.ports import free_port, wait_port
+from tests.kit.prefixes import delete_prefix
 from tests.kit.processes import GLServeProcess, StartProxy, WorkerProcess
 from tests.kit.rawclient import RawClient, errors
 from tests.kit.services import PG_USER, REDIS_URL
@@ -90,12 +93,24 @@ def test_metrics_basic_auth_and_tls(start_proxy: StartProxy, tmp_path: Path) -> 
     assert "s3cret" not in proxy.log()
 
 
-def test_analyzer_metrics_basic_auth_and_tls(tmp_path: Path) -> None:
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A key prefix of the test's own on the shared Redis, emptied afterwards."""
+    name = f"fdtest-access-{uuid.uuid4().hex[:8]}"
+    yield name
+    r = redis.Redis.from_url(REDIS_URL)
+    try:
+        delete_prefix(r, name)
+    finally:
+        r.close()
+
+
+def test_analyzer_metrics_basic_auth_and_tls(tmp_path: Path, prefix: str) -> None:
     """The analyzer's endpoint is guarded as the proxy's: flags, then the environment, as every setting."""
     certs = guarded_certs(tmp_path)
     rules = tmp_path / "rules.yaml"
     rules.write_text("rules: []\n")
-    worker = WorkerProcess(tmp_path, f"fdtest-access-{uuid.uuid4().hex[:8]}", rules, "w1", *GUARD,
+    worker = WorkerProcess(tmp_path, prefix, rules, "w1", *GUARD,
                            env={"FASTERDATA_METRICS_TLS_CERT": certs["cert"],
                                 "FASTERDATA_METRICS_TLS_KEY": certs["key"]})
     try:
@@ -106,12 +121,12 @@ def test_analyzer_metrics_basic_auth_and_tls(tmp_path: Path) -> None:
         assert worker.stop() == 0, worker.log()
 
 
-def test_gl_serve_metrics_basic_auth_and_tls(tmp_path: Path) -> None:
+def test_gl_serve_metrics_basic_auth_and_tls(tmp_path: Path, prefix: str) -> None:
     """`gl serve` (Flight, no follower) serves its series behind the same guard."""
     certs = guarded_certs(tmp_path)
     port = free_port()
     gl = GLServeProcess(tmp_path, "--no-follow", "--redis", REDIS_URL,
-                        "--prefix", f"fdtest-access-{uuid.uuid4().hex[:8]}", "--metrics", f"127.0.0.1:{port}",
+                        "--prefix", prefix, "--metrics", f"127.0.0.1:{port}",
                         *GUARD, "--metrics-tls-cert", certs["cert"], "--metrics-tls-key", certs["key"])
     try:
         wait_port(port, timeout=30)
@@ -120,13 +135,13 @@ def test_gl_serve_metrics_basic_auth_and_tls(tmp_path: Path) -> None:
         assert gl.stop() == 0, gl.log()
 
 
-def test_analyzer_metrics_certificate_that_does_not_load(tmp_path: Path) -> None:
+def test_analyzer_metrics_certificate_that_does_not_load(tmp_path: Path, prefix: str) -> None:
     """One line naming the file, exit 1, not a traceback."""
     rules = tmp_path / "rules.yaml"
     rules.write_text("rules: []\n")
     bad = tmp_path / "bad.pem"
     bad.write_text("not a certificate\n")
-    worker = WorkerProcess(tmp_path, f"fdtest-access-{uuid.uuid4().hex[:8]}", rules, "w1",
+    worker = WorkerProcess(tmp_path, prefix, rules, "w1",
                            "--metrics-tls-cert", str(bad), "--metrics-tls-key", str(bad))
     assert worker.proc.wait(60) == 1, worker.log()
     errors = [line for line in worker.log().splitlines() if "ERROR" in line]
