@@ -1,6 +1,6 @@
 /* The sink's common case in C: one batch of events as the RESP command that adds it as bundled entries.
  *
- * proxy/sink/encoding.py has the same function in Python (pack_bundled), which runs when this extension
+ * proxy/sink/encoding.py has the same function in Python (pack_bundled_py), which runs when this extension
  * was not built; tests/sink/test_bundle.py holds the two to the same bytes. Either returns None for a
  * batch it cannot pack (a value that is not str, a NUL or a lone surrogate in a name or value, an event
  * without fields), and encode_batch then takes its general path.

@@ -16,17 +16,27 @@ log = logging.getLogger("fasterdata.sink")
 MAX_FIELDS = 3000
 
 
+def _joined(events: list[dict[str, str]]) -> list[str] | None:
+    """Each event's names and values joined with NUL, or None when a name or value is not str or holds
+    a NUL, or an event has no fields."""
+    try:  # every event joined at C speed; the NUL count of the batch proves no name or value held one
+        values = list(map("\x00".join, map(chain.from_iterable, map(dict.items, events))))
+    except TypeError:
+        return None
+    return values if sum(map(str.count, values, repeat("\x00"))) == 2 * sum(map(len, events)) - len(events) else None
+
+
 def pack_bundled_py(head: tuple, events: list[dict[str, str]]) -> bytes | None:
     """``hiredis.pack_command((*head, *map(len, events), *packed))``, each event packed to one string
     (its names and values joined with NUL), or None when one cannot be: a value not str, a NUL or a lone
     surrogate in a name or value, an event without fields. The default entry's batches take this path."""
-    try:  # every event packed at C speed; the NUL count of the batch proves no name or value held one
-        values = list(map("\x00".join, map(chain.from_iterable, map(dict.items, events))))
-        if sum(map(str.count, values, repeat("\x00"))) == 2 * sum(map(len, events)) - len(events):
-            return hiredis.pack_command((*head, *map(len, events), *values))
-    except (TypeError, UnicodeError):  # a value not str, or surrogates
-        pass
-    return None
+    values = _joined(events)
+    if values is None:
+        return None
+    try:
+        return hiredis.pack_command((*head, *map(len, events), *values))
+    except (TypeError, UnicodeError):  # a lone surrogate
+        return None
 
 
 try:  # the same in C (proxy/sink/_bundle.c); absent when the package was built without a compiler
@@ -76,13 +86,11 @@ def encode_batch(head: tuple, seq0: int, maxlen: int, ttl: int, events: list[dic
             data = pack_bundled((*head, seq0, maxlen, ttl, "p", BUNDLE_MAX, n), events)
             if data is not None:
                 return data
-        else:
-            try:  # every event packed at C speed; the NUL count of the batch proves no value held one
-                values = list(map("\x00".join, map(chain.from_iterable, map(dict.items, events))))
-                if sum(map(str.count, values, repeat("\x00"))) == 2 * sum(map(len, events)) - n:
-                    return hiredis.pack_command((*head, seq0, maxlen, ttl, "a", 1, 1, PACKED_FIELD, n,
-                                                 *repeat(0, n), *values))
-            except (TypeError, UnicodeError):  # a value not str, or surrogates: the general path below
+        elif (values := _joined(events)) is not None:
+            try:
+                return hiredis.pack_command((*head, seq0, maxlen, ttl, "a", 1, 1, PACKED_FIELD, n, *repeat(0, n),
+                                             *values))
+            except (TypeError, UnicodeError):  # a lone surrogate: the general path below
                 pass
         events = [{PACKED_FIELD: p} if (p := pack(e)) is not None else e for e in events]
     sets = _KeySets()
