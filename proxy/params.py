@@ -537,7 +537,7 @@ def _truncated(head: bytes, fmt: int, oid: int, cut: int) -> str:
     return encode_basestring("\\x" + head.hex() + marker)
 
 
-def bind_params(
+def bind_params_py(
     body: bytes, length: int, pos: int, oids: list[int], max_bytes: int,
     hidden: Container[int] | None = None,
 ) -> str:
@@ -545,6 +545,9 @@ def bind_params(
 
     ``length`` is the body length announced on the wire; when the decoder kept only a prefix,
     values past it are reported cut. ``hidden`` holds 0-based indexes to show as ``"***"``.
+
+    The reference for proxy/_params.c's ``bind_params``, which gives the same text and runs in its
+    place when built; this one runs when it was not.
     """
     try:
         nfmt = _i16(body, pos)[0]
@@ -602,3 +605,9 @@ def bind_params(
         return '["…[malformed Bind]"]'
     except Exception:  # decoding must never break capture
         return '["…[undecodable Bind]"]'
+
+
+try:  # the same in C (proxy/_params.c); absent when the package was built without a compiler
+    from ._params import bind_params
+except ImportError:
+    bind_params = bind_params_py
