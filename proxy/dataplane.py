@@ -5,9 +5,10 @@ login is answered (the chunk that ends with the login's ReadyForQuery, with noth
 unsent on either leg), :meth:`DataPlane.take` hands duplicates of its two sockets to the native loop
 and closes the asyncio transports. From then on a native thread forwards and frames the session's bytes
 without the GIL; what capture needs arrives here in batches (one ``drain`` for many messages, when the
-loop's eventfd becomes readable) and goes to the session's Tap as before, so the events are the
-reference Session's. The ClientProtocol stays the session's home: its counters, ``max_client_conn``,
-drain at shutdown and ``fail`` work unchanged, writing and closing through :class:`NativeLeg`.
+loop's eventfd becomes readable) and goes to the session's Tap. That Tap is the compiled Session
+(proxy/_session.c) when it was built, whose events are the reference Session's by test. The ClientProtocol
+stays the session's home: its counters, ``max_client_conn``, drain at shutdown and ``fail`` work
+unchanged, writing and closing through :class:`NativeLeg`.
 
 TLS sessions stay on the Python path.
 """
@@ -27,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from . import wire
-from .session import BACKEND_WANTED, FRONTEND_WANTED
+from .session import BACKEND_WANTED, FRONTEND_WANTED, Session
 from .stats import ProxyStats
 
 log = logging.getLogger("fasterdata.proxy")
@@ -37,6 +38,10 @@ try:  # absent when the package was built without a C compiler
     from ._dataplane import frame as native_frame  # the loop's framer alone, for the differential tests
 except ImportError:
     Loop = native_frame = None
+try:  # the compiled Session (proxy/_session.c), the native plane's capture; proxy.session's is the reference
+    from ._session import Session as CompiledSession
+except ImportError:
+    CompiledSession = None
 
 # Record kinds and session-end reasons, as proxy/_dataplane.c numbers them.
 MESSAGES, VIOLATION, END, LOST = range(4)
@@ -123,6 +128,8 @@ class DataPlane:
     """One native loop per proxy worker, and the sessions handed to it."""
 
     def __init__(self, stats: ProxyStats, max_message: int, max_buffer: int) -> None:
+        # Every session of this worker is captured by it, TLS ones too: the events are the reference's.
+        self.session_class: type = CompiledSession or Session
         self.stats = stats
         self.max_message = max_message  # what a client may send (max_message_size); servers: wire's default
         self.max_buffer = max_buffer
@@ -134,6 +141,11 @@ class DataPlane:
         self._fd = -1
         self._last_drain = 0.0
         self._scheduled: asyncio.TimerHandle | None = None
+
+    def describe(self) -> str:
+        """What the "listening on" line says of this data plane."""
+        capture = "compiled" if self.session_class is not Session else "in Python (proxy._session not built)"
+        return f"native (capture {capture}; TLS sessions: python)"
 
     def start(self) -> None:
         """Start the native thread and watch its eventfd from the running asyncio loop."""

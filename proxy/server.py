@@ -510,7 +510,7 @@ class ProxyServer:
         log.info("listening on %s:%d, upstream %s (sslmode=%s), framer %s, data plane %s", sockname[0], sockname[1],
                  self.settings.upstream, self.settings.upstream_sslmode,
                  "compiled" if wire._scan is not None else "in Python (proxy._framescan not built: no C compiler?)",
-                 "native (TLS sessions: python)" if self.dataplane is not None else "python")
+                 self.dataplane.describe() if self.dataplane is not None else "python")
 
     def client_allowed(self, host: str) -> bool:
         """allow_clients check; an IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d."""
@@ -543,8 +543,8 @@ class ProxyServer:
 
     def open_session(self, sid: str, peer: str, params: dict[str, str]) -> Tap:
         """The tap of a new client session: a Session that emits into this worker's capture."""
-        return Session(sid, peer, params, emit=self.capture.emit if self.capture else None,
-                       options=self.capture_options)
+        cls = self.dataplane.session_class if self.dataplane is not None else Session
+        return cls(sid, peer, params, emit=self.capture.emit if self.capture else None, options=self.capture_options)
 
     def session_ended(self, client: ClientProtocol) -> None:
         if not self.clients:

@@ -12,6 +12,9 @@ from fasterdata.proxy import wire
 from fasterdata.proxy.events import CaptureOptions
 from fasterdata.proxy.session import BACKEND_WANTED, FRONTEND_WANTED, Session
 
+# The Session implementation the Harness builds (conftest's session_class fixture switches it).
+SESSION: type = Session
+
 
 def cstr(s: str | bytes) -> bytes:
     return (s.encode() if isinstance(s, str) else s) + b"\0"
@@ -155,15 +158,16 @@ class Harness:
     """A Session fed through the proxy's decoders with a fake clock (µs, advanced by hand)."""
 
     def __init__(self, options: CaptureOptions | None = None, params: dict[str, str] | None = None,
-                 pid: int = 4242, login: bool = True) -> None:
+                 pid: int = 4242, login: bool = True, session_class: type | None = None,
+                 keep: int = wire.DEFAULT_KEEP) -> None:
         self.events: list[dict[str, str]] = []
         self.now = 1_000_000
-        self.fe = wire.FrontendDecoder(FRONTEND_WANTED)
-        self.be = wire.BackendDecoder(BACKEND_WANTED)
+        self.fe = wire.FrontendDecoder(FRONTEND_WANTED, keep=keep)
+        self.be = wire.BackendDecoder(BACKEND_WANTED, keep=keep)
         startup = params or {"user": "alice", "database": "shop", "application_name": "web"}
         msgs = self.fe.feed(wire.startup_message(startup))
         _version, startup_params = wire.parse_startup(msgs[0][1])
-        self.session = Session("t-1", "10.0.0.1:5555", startup_params, emit=self.events.append,
+        self.session = (session_class or SESSION)("t-1", "10.0.0.1:5555", startup_params, emit=self.events.append,
                                options=options)
         if login:
             self.server(login_answer(pid, startup.get("application_name", "")))

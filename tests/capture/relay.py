@@ -20,6 +20,9 @@ from fasterdata.proxy.events import CaptureOptions
 from fasterdata.proxy.session import BACKEND_WANTED, FRONTEND_WANTED, Session
 from tests.kit.polling import wait_until
 
+# The Session implementation the relay builds (conftest's session_class fixture switches it).
+SESSION: type = Session
+
 
 def now_us() -> int:
     return time.time_ns() // 1000
@@ -89,7 +92,7 @@ class Relay:
             for msg in fe.feed(data):
                 if msg[0] == wire.STARTUP:
                     _version, params = wire.parse_startup(msg[1])
-                    session = Session(f"relay-{next(self._ids)}", f"{peer[0]}:{peer[1]}", params,
+                    session = SESSION(f"relay-{next(self._ids)}", f"{peer[0]}:{peer[1]}", params,
                                       emit=self.events.append, options=self.options)
                     holder.append(session)
                     self.sessions.append(session)

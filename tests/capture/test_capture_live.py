@@ -23,6 +23,8 @@ from tests.kit.services import PG_HOST, PG_PORT, RUN_ID
 from . import pgmsg
 from .relay import RawClient, Relay
 
+pytestmark = pytest.mark.usefixtures("session_class")  # both Session implementations (conftest)
+
 
 @pytest.fixture
 def relay() -> Iterator[Relay]:

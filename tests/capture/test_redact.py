@@ -36,6 +36,8 @@ from .pgmsg import (
     sync,
 )
 
+pytestmark = pytest.mark.usefixtures("session_class")  # both Session implementations (conftest)
+
 
 @pytest.fixture
 def red() -> Redactor:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import struct
 
+import pytest
+
 from .pgmsg import (
     Harness,
     bind,
@@ -31,6 +33,8 @@ from .pgmsg import (
     suspended,
     sync,
 )
+
+pytestmark = pytest.mark.usefixtures("session_class")  # both Session implementations (conftest)
 
 OK_SELECT = (parse_complete(), bind_complete(), row_description("a"), data_row(b"1"), complete("SELECT 1"))
 

@@ -1,14 +1,26 @@
-"""Whatever arrives, in whatever order, the Session never raises and its events keep the contract."""
+"""Whatever arrives, in whatever order, the Session never raises and its events keep the contract; and the
+compiled Session (proxy/_session.c) gives exactly the reference's events and state for the same bytes."""
 
 from __future__ import annotations
 
+import random
+
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fasterdata.proxy import wire
 from fasterdata.proxy.events import ALWAYS_STMT, ALWAYS_TXN_END, FIELDS, OUTCOMES, CaptureOptions
+from fasterdata.proxy.session import Session
+
+try:
+    from fasterdata.proxy._session import Session as Compiled
+except ImportError:  # built without a compiler
+    Compiled = None
 
 from . import pgmsg
+
+both_sessions = pytest.mark.usefixtures("session_class")  # run on both Session implementations (conftest)
 
 FRONT = [
     pgmsg.query("SELECT 1; SELECT 2"), pgmsg.query("BEGIN"), pgmsg.query("COMMIT"), pgmsg.query("SAVEPOINT a"),
@@ -34,6 +46,7 @@ BACK = [
 ]
 
 
+@both_sessions
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # budget: the profile (tests/conftest.py)
 @given(st.lists(st.tuples(st.booleans(), st.integers(0, 1000)), min_size=1, max_size=60),
        st.sampled_from([CaptureOptions(), CaptureOptions(max_held=1), CaptureOptions(sample_rate=0.5),
@@ -121,10 +134,15 @@ class Conversation:
         self.add([(True, pgmsg.query(sql)), (False, pgmsg.error("22012", "division by zero")),
                   (False, self.ready())], [sql])
 
-    def multi(self) -> None:
+    def multi(self, second_fails: bool = False) -> None:
         if self.state == "E":  # the first statement fails, the second never runs
             return self.add([(True, pgmsg.query("SELECT 1; SELECT 2")), (False, pgmsg.error("25P02", "aborted")),
                              (False, self.ready())], ["SELECT 1"])
+        if second_fails:
+            self.fail()
+            return self.add([(True, pgmsg.query("SELECT 1; SELECT 1/0")), (False, pgmsg.complete("SELECT 1")),
+                             (False, pgmsg.error("22012", "division by zero")), (False, self.ready())],
+                            ["SELECT 1", "SELECT 1/0"])
         self.add([(True, pgmsg.query("SELECT 1; SELECT 2")), (False, pgmsg.complete("SELECT 1")),
                   (False, pgmsg.complete("SELECT 1")), (False, self.ready())], ["SELECT 1", "SELECT 2"])
 
@@ -197,7 +215,7 @@ ACTIONS = st.one_of(
     st.tuples(st.just("simple"), st.sampled_from(SIMPLE)),
     st.tuples(st.just("control"), st.sampled_from(["begin", "commit", "rollback", "savepoint", "rollback_to"])),
     st.tuples(st.just("error"), st.just("SELECT 1/0")),
-    st.tuples(st.just("multi"), st.none()),
+    st.tuples(st.just("multi"), st.booleans()),
     st.tuples(st.just("empty"), st.none()),
     st.tuples(st.just("extended"), st.tuples(st.sampled_from(NAMES), st.sampled_from(SIMPLE),
                                              st.sampled_from(["ok", "ok", "exec_error", "parse_error"]),
@@ -218,7 +236,7 @@ def conversations(draw: st.DrawFn) -> Conversation:
         elif action == "error":
             c.error(arg)
         elif action == "multi":
-            c.multi()
+            c.multi(arg)
         elif action == "empty":
             c.empty()
         elif action == "extended":
@@ -231,6 +249,27 @@ def conversations(draw: st.DrawFn) -> Conversation:
     return c
 
 
+EDITS = st.lists(st.tuples(st.sampled_from(["drop", "repeat", "swap", "hoist"]), st.integers(0, 10_000),
+                           st.integers(1, 8)), min_size=1, max_size=6)
+
+
+def edited(steps: list[Step], edits: list[tuple[str, int, int]]) -> list[Step]:
+    """The steps with messages dropped, repeated, swapped or moved early (a server answer before its request)."""
+    for op, at, span in edits:
+        if not steps:  # every drawn action was skipped
+            break
+        i = at % len(steps)
+        if op == "drop" and len(steps) > 1:
+            del steps[i]
+        elif op == "repeat":
+            steps.insert(i, steps[i])
+        elif op == "swap" and i + 1 < len(steps):
+            steps[i], steps[i + 1] = steps[i + 1], steps[i]
+        elif op == "hoist":
+            steps.insert(max(0, i - span), steps.pop(i))
+    return steps
+
+
 def check_contract(h: pgmsg.Harness, options: CaptureOptions) -> None:
     for ev in h.events:
         assert ev.keys() <= FIELDS.keys()
@@ -240,6 +279,7 @@ def check_contract(h: pgmsg.Harness, options: CaptureOptions) -> None:
     assert len(h.session._held) <= options.max_held  # held statements stay bounded whatever arrives
 
 
+@both_sessions
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # budget: the profile (tests/conftest.py)
 @given(conversations(), st.integers(0, 3), st.sampled_from([CaptureOptions(), CaptureOptions(max_held=1)]))
 def test_valid_conversations_give_one_event_per_statement(c: Conversation, depth: int,
@@ -256,27 +296,14 @@ def test_valid_conversations_give_one_event_per_statement(c: Conversation, depth
     assert all(ev["txn"] != "committed" for ev in h.stmts() if "err" in ev)
 
 
+@both_sessions
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # budget: the profile (tests/conftest.py)
-@given(conversations(), st.integers(0, 3),
-       st.lists(st.tuples(st.sampled_from(["drop", "repeat", "swap", "hoist"]), st.integers(0, 10_000),
-                          st.integers(1, 8)), min_size=1, max_size=6),
+@given(conversations(), st.integers(0, 3), EDITS,
        st.sampled_from([CaptureOptions(), CaptureOptions(max_held=1), CaptureOptions(redact="all")]))
 def test_valid_messages_out_of_order_never_raise(c: Conversation, depth: int,
                                                  edits: list[tuple[str, int, int]], options: CaptureOptions) -> None:
     """Each message valid alone, but dropped, repeated, swapped or answered early: never a raise, the contract holds."""
-    steps = c.pipelined(depth)
-    for op, at, span in edits:
-        if not steps:  # every drawn action was skipped
-            break
-        i = at % len(steps)
-        if op == "drop" and len(steps) > 1:
-            del steps[i]
-        elif op == "repeat":
-            steps.insert(i, steps[i])
-        elif op == "swap" and i + 1 < len(steps):
-            steps[i], steps[i + 1] = steps[i + 1], steps[i]
-        elif op == "hoist":  # a message arrives ``span`` places early (a server answer before its request)
-            steps.insert(max(0, i - span), steps.pop(i))
+    steps = edited(c.pipelined(depth), edits)
     h = pgmsg.Harness(options)
     for from_client, message in steps:
         (h.client if from_client else h.server)(message)
@@ -285,3 +312,66 @@ def test_valid_messages_out_of_order_never_raise(c: Conversation, depth: int,
     h.session.close(h.now)
     assert h.session.outstanding == 0
     check_contract(h, options)
+
+
+# -- the compiled Session against the reference --------------------------------------------------------
+
+compiled = pytest.mark.skipif(Compiled is None, reason="proxy._session not built (no C compiler)")
+OPTIONS = st.sampled_from([
+    CaptureOptions(), CaptureOptions(max_held=1), CaptureOptions(max_held=3), CaptureOptions(sample_rate=0.5),
+    CaptureOptions(redact="all"), CaptureOptions(capture_params=False), CaptureOptions(max_sql_chars=16),
+    CaptureOptions(max_param_bytes=16), CaptureOptions(redact_columns=""),
+])
+
+
+def replayed(cls: type, steps: list[Step], options: CaptureOptions, keep: int, seed: int) -> tuple[list, list]:
+    """The events one implementation gives for the steps, and its visible state after each one."""
+    random.seed(seed)  # sampling draws from random.random in both
+    h = pgmsg.Harness(options, session_class=cls, keep=keep)
+    states = []
+    for from_client, message in steps:
+        try:
+            (h.client if from_client else h.server)(message)
+            raised = None
+        except Exception as exc:  # neither should raise; if one does, the other must too
+            raised = type(exc).__name__
+        h.tick(7)
+        s = h.session
+        states.append((raised, s.outstanding, s.idle, s.status, s.backend_pid, s.app, sorted(s._stmts),
+                       len(s._held), [e[0] for e in s._queue]))
+    h.session.close(h.now)
+    states.append((h.session.closed, h.session.outstanding))
+    return h.events, states
+
+
+def same_on_both(steps: list[Step], options: CaptureOptions, keep: int = wire.DEFAULT_KEEP, seed: int = 0) -> None:
+    reference = replayed(Session, steps, options, keep, seed)
+    assert replayed(Compiled, steps, options, keep, seed) == reference
+
+
+@compiled
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # budget: the profile (tests/conftest.py)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 1000)), min_size=1, max_size=60), OPTIONS,
+       st.sampled_from([wire.DEFAULT_KEEP, 8]), st.integers(0, 3))
+def test_compiled_session_matches_on_random_traffic(picks: list[tuple[bool, int]], options: CaptureOptions,
+                                                    keep: int, seed: int) -> None:
+    """Any message in any order, malformed bodies and bodies cut by the decoder's keep limit included."""
+    steps = [(c, FRONT[p % len(FRONT)] if c else BACK[p % len(BACK)]) for c, p in picks]
+    same_on_both(steps, options, keep, seed)
+
+
+@compiled
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # budget: the profile (tests/conftest.py)
+@given(conversations(), st.integers(0, 3), OPTIONS, st.integers(0, 3))
+def test_compiled_session_matches_on_valid_conversations(c: Conversation, depth: int, options: CaptureOptions,
+                                                         seed: int) -> None:
+    same_on_both(c.pipelined(depth), options, seed=seed)
+
+
+@compiled
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # budget: the profile (tests/conftest.py)
+@given(conversations(), st.integers(0, 3), EDITS, OPTIONS)
+def test_compiled_session_matches_when_messages_come_out_of_order(c: Conversation, depth: int,
+                                                                  edits: list[tuple[str, int, int]],
+                                                                  options: CaptureOptions) -> None:
+    same_on_both(edited(c.pipelined(depth), edits), options)

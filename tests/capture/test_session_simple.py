@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from fasterdata.proxy.events import ALWAYS_STMT, FIELDS
 from fasterdata.proxy.session import BACKEND_WANTED, FRONTEND_WANTED
 
@@ -20,6 +22,8 @@ from .pgmsg import (
     ready,
     row_description,
 )
+
+pytestmark = pytest.mark.usefixtures("session_class")  # both Session implementations (conftest)
 
 
 def test_wanted_sets_are_minimal_and_never_hold_passwords() -> None:

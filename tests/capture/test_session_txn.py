@@ -10,6 +10,8 @@ from fasterdata.proxy.events import ALWAYS_TXN_END, FIELDS, CaptureOptions
 
 from .pgmsg import Harness, bind, bind_complete, complete, error, execute, parse, parse_complete, query, ready, sync
 
+pytestmark = pytest.mark.usefixtures("session_class")  # both Session implementations (conftest)
+
 
 def run(h: Harness, sql: str, *answers: bytes, status: str = "T") -> None:
     h.client(query(sql))
@@ -247,13 +249,11 @@ def test_sampling_zero_and_partial() -> None:
 
 
 def test_no_emit_means_no_events_but_state_is_kept() -> None:
-    from fasterdata.proxy.session import Session
-
-    from .pgmsg import login_answer
-    s = Session("x", "c", {"user": "u"})
+    from . import pgmsg
+    s = pgmsg.SESSION("x", "c", {"user": "u"})
     h = Harness()
     h.session = s
-    h.server(login_answer(99))
+    h.server(pgmsg.login_answer(99))
     run(h, "BEGIN", complete("BEGIN"))
     assert s.backend_pid == 99 and s.database == "u" and not s.idle
     run(h, "COMMIT", complete("COMMIT"), status="I")
