@@ -860,6 +860,26 @@ eq(PyObject *a, PyObject *b)
     return PyUnicode_Compare(a, b) == 0;
 }
 
+/* DISCARD ALL, DEALLOCATE ALL: statements parsed before this one are gone (DISCARD ALL: portals too). */
+static int
+forget_statements(Session *s, PyObject *tag, long long seq)
+{
+    PyObject *keep = PyDict_New();
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    if (keep == NULL)
+        return -1;
+    while (PyDict_Next(s->stmts, &pos, &key, &value))
+        if (((Statement *)value)->seq > seq && PyDict_SetItem(keep, key, value) < 0) {
+            Py_DECREF(keep);
+            return -1;
+        }
+    Py_SETREF(s->stmts, keep);
+    if (eq(tag, t_discard_all))
+        PyDict_Clear(s->portals);
+    return 0;
+}
+
 /* Transaction control and statement-lifetime commands seen through their command tags. */
 static int
 control(Session *s, PyObject *tag, PyObject *sql, long long seq, long long now)
@@ -872,6 +892,9 @@ control(Session *s, PyObject *tag, PyObject *sql, long long seq, long long now)
         s->explicit = 1;
         return 0;
     }
+    if (!(eq(tag, t_rollback) || eq(tag, t_savepoint) || eq(tag, t_release) || eq(tag, t_deallocate)))
+        return forget_statements(s, tag, seq);  /* DISCARD ALL, DEALLOCATE ALL */
+    /* The others act on a name the statement gives. */
     PyObject *words = NULL;
     PyObject *last = last_ident(sql, &words);
     if (last == NULL && PyErr_Occurred())
@@ -913,22 +936,6 @@ control(Session *s, PyObject *tag, PyObject *sql, long long seq, long long now)
             else if (st != NULL && ((Statement *)st)->seq <= seq)
                 r = PyDict_DelItem(s->stmts, name);
             Py_XDECREF(name);
-        }
-    } else {  /* DISCARD ALL, DEALLOCATE ALL: statements parsed before this one are gone */
-        PyObject *keep = PyDict_New();
-        PyObject *key, *value;
-        Py_ssize_t pos = 0;
-        if (keep == NULL)
-            r = -1;
-        while (r == 0 && PyDict_Next(s->stmts, &pos, &key, &value))
-            if (((Statement *)value)->seq > seq && PyDict_SetItem(keep, key, value) < 0)
-                r = -1;
-        if (r == 0) {
-            Py_SETREF(s->stmts, keep);
-            if (eq(tag, t_discard_all))
-                PyDict_Clear(s->portals);
-        } else {
-            Py_XDECREF(keep);
         }
     }
     Py_XDECREF(words);

@@ -18,8 +18,11 @@ BUCKETS_US = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_00
 MAX_LATENCY_SERIES = 200  # distinct (db, app) pairs before the rest are folded into "other"
 
 
-class Capture:
-    """Receives every event a session emits; counts it, then hands it to ``put`` (the sink)."""
+class CapturePy:
+    """Receives every event a session emits; counts it, then hands it to ``put`` (the sink).
+
+    The reference for proxy/_capture.c's ``Capture``, which runs in its place when built.
+    """
 
     def __init__(self, put: Callable[[dict[str, str], str], None] | None) -> None:
         self.put = put
@@ -50,8 +53,14 @@ class Capture:
             self.put(event, event.get("sid", ""))
 
 
+try:  # the same in C (proxy/_capture.c); absent when the package was built without a compiler
+    from ._capture import Capture
+except ImportError:
+    Capture = CapturePy
+
+
 class CaptureCollector(Collector):
-    def __init__(self, capture: Capture) -> None:
+    def __init__(self, capture: CapturePy) -> None:
         self.capture = capture
 
     def collect(self) -> Iterator[Metric]:
