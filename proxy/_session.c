@@ -263,6 +263,7 @@ typedef struct {
     PyObject *max_param; /* int, as bind_params takes it */
     int want_params;
     PyObject *redactor;
+    PyObject *plain_words; /* the Redactor's prefilter words when that test is plain (see plainly_clean) */
     PyObject *orders;    /* dict, learned column orders */
     Statement *described;
     /* The transaction being captured. */
@@ -408,6 +409,13 @@ session_init(Session *s, PyObject *args, PyObject *kwds)
         return -1;
     if ((s->redactor = PyObject_CallOneArg(py_redactor_for, opts)) == NULL)
         return -1;
+    PyObject *words = PyObject_GetAttrString(s->redactor, "plain_words");
+    if (words == NULL)
+        return -1;
+    if (PyTuple_Check(words))
+        s->plain_words = words;
+    else
+        Py_DECREF(words);
     s->txid_s = PyUnicode_FromString("0");
     if (s->txid_s == NULL)
         return -1;
@@ -432,6 +440,7 @@ session_dealloc(Session *s)
     Py_XDECREF(s->emit);
     Py_XDECREF(s->max_param);
     Py_XDECREF(s->redactor);
+    Py_XDECREF(s->plain_words);
     Py_XDECREF(s->orders);
     Py_XDECREF(s->described);
     Py_XDECREF(s->txid_s);
@@ -574,9 +583,110 @@ command_complete(PyObject *body, PyObject **tag, PyObject **rows)
     return 0;
 }
 
+/* -- fast answers for plain simple Queries ------------------------------------------------------------
+ *
+ * Most simple Queries are one ASCII statement, different every time for their literals, so neither the
+ * split nor the redaction is ever remembered. For texts that plain, the two answers below are the ones
+ * sqltext.split and the Redactor would give, found in C; anything less plain is asked of the Python.
+ */
+
+static inline int
+split_space(char c)  /* sqltext._SPACE */
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+static inline int
+str_space(char c)  /* str.isspace, for ASCII: str.lstrip() strips these */
+{
+    return split_space(c) || (c >= 0x1c && c <= 0x1f);
+}
+
+/* sqltext.split of an ASCII text with no ';' but perhaps a final one, and not starting with a comment:
+ * a new list, or NULL without an exception when the Python must split it. */
+static PyObject *
+split_plain(PyObject *sql)
+{
+    if (!PyUnicode_IS_ASCII(sql))
+        return NULL;
+    const char *t = (const char *)PyUnicode_1BYTE_DATA(sql);
+    size_t a = 0, b = (size_t)PyUnicode_GET_LENGTH(sql);
+    while (a < b && split_space(t[a]))
+        a++;
+    while (b > a && split_space(t[b - 1]))
+        b--;
+    const char *semi = memchr(t + a, ';', b - a);
+    if (semi != NULL) {
+        if (semi != t + b - 1)
+            return NULL;  /* more than one statement, or a ';' in a literal: the tokenizer decides */
+        b--;
+        while (b > a && split_space(t[b - 1]))
+            b--;
+    }
+    if (b - a >= 2 && (memcmp(t + a, "--", 2) == 0 || memcmp(t + a, "/*", 2) == 0))
+        return NULL;  /* perhaps only a comment */
+    if (a == b)
+        return PyList_New(0);
+    PyObject *body = PyUnicode_Substring(sql, (Py_ssize_t)a, (Py_ssize_t)b);
+    if (body == NULL)
+        return NULL;
+    PyObject *parts = PyList_New(1);
+    if (parts == NULL) {
+        Py_DECREF(body);
+        return NULL;
+    }
+    PyList_SET_ITEM(parts, 0, body);
+    return parts;
+}
+
+static int
+contains(const char *hay, Py_ssize_t n, const char *needle, Py_ssize_t m)
+{
+    return m == 0 || (m <= n && memmem(hay, (size_t)n, needle, (size_t)m) != NULL);
+}
+
+/* The Redactor's verdict "nothing to hide" for a text it would not remember, found as it finds it: an
+ * ASCII text whose lowered form holds none of its prefilter words, does not start with EXECUTE and holds
+ * no INSERT. 1: clean; 0: ask the Redactor; -1: an error. */
+static int
+plainly_clean(Session *s, PyObject *sql)
+{
+    if (s->plain_words == NULL || !PyUnicode_IS_ASCII(sql))
+        return 0;
+    const char *t = (const char *)PyUnicode_1BYTE_DATA(sql);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(sql);
+    char small[1024];
+    char *low = n <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc((size_t)n);
+    if (low == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        low[i] = (char)(t[i] >= 'A' && t[i] <= 'Z' ? t[i] + 32 : t[i]);
+    Py_ssize_t i = 0;
+    while (i < n && str_space(low[i]))
+        i++;
+    int clean = !(n - i >= 7 && memcmp(low + i, "execute", 7) == 0) && !contains(low, n, "insert", 6);
+    Py_ssize_t nwords = PyTuple_GET_SIZE(s->plain_words);
+    for (Py_ssize_t w = 0; clean && w < nwords; w++) {
+        Py_ssize_t m;
+        const char *word = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(s->plain_words, w), &m);
+        if (word == NULL) {
+            clean = -1;
+            break;
+        }
+        clean = !contains(low, n, word, m);
+    }
+    if (low != small)
+        PyMem_Free(low);
+    return clean;
+}
+
 static int
 ensure_parts(Entry *e)
 {
+    if (e->parts == NULL && (e->parts = split_plain(e->sql)) == NULL && PyErr_Occurred())
+        return -1;
     if (e->parts == NULL && (e->parts = PyObject_CallOneArg(py_split, e->sql)) == NULL)
         return -1;
     if (!PyList_Check(e->parts)) {
@@ -947,8 +1057,12 @@ control(Session *s, PyObject *tag, PyObject *sql, long long seq, long long now)
 static PyObject *
 redact(Session *s, PyObject *sql, int remember)
 {
-    PyObject *red = PyObject_CallFunctionObjArgs(s->redactor, sql, remember ? Py_True : Py_False, s->orders,
-                                                 NULL);
+    int clean = remember ? 0 : plainly_clean(s, sql);
+    if (clean < 0)
+        return NULL;
+    PyObject *red = clean ? PyTuple_Pack(2, sql, Py_None)
+                          : PyObject_CallFunctionObjArgs(s->redactor, sql, remember ? Py_True : Py_False, s->orders,
+                                                         NULL);
     if (red == NULL)
         return NULL;
     if (!PyTuple_Check(red) || PyTuple_GET_SIZE(red) != 2 || !PyUnicode_Check(PyTuple_GET_ITEM(red, 0))) {
@@ -989,6 +1103,109 @@ ptypes_text(PyObject *oids)
     return r;
 }
 
+/* A prepared statement's redaction: worked out once and kept, unless it came from learned column orders
+ * (a Provisional one may change). New reference. */
+static PyObject *
+statement_redaction(Session *s, Statement *st)
+{
+    if (st->red != NULL) {
+        Py_INCREF(st->red);
+        return st->red;
+    }
+    PyObject *red = redact(s, st->sql, 1);
+    if (red == NULL)
+        return NULL;
+    int provisional = PyObject_IsInstance(red, py_provisional);
+    if (provisional < 0) {
+        Py_DECREF(red);
+        return NULL;
+    }
+    if (!provisional) {
+        Py_INCREF(red);
+        st->red = red;
+    }
+    return red;
+}
+
+/* "[23,25]", or "" when the statement has no parameter types; worked out once. Borrowed. */
+static PyObject *
+statement_ptypes(Statement *st)
+{
+    if (st->ptypes == NULL) {
+        if (PyList_GET_SIZE(st->oids) == 0) {
+            Py_INCREF(s_empty);
+            st->ptypes = s_empty;
+        } else {
+            st->ptypes = ptypes_text(st->oids);
+        }
+    }
+    return st->ptypes;
+}
+
+/* The error message as the event carries it. PostgreSQL quotes input values in messages: when redaction
+ * hid anything, a hidden value must not come back through errmsg. New reference. */
+static PyObject *
+error_message(PyObject *msg, PyObject *text, PyObject *sql, PyObject *hidden)
+{
+    int scrub = PyObject_IsTrue(hidden);
+    if (scrub < 0)
+        return NULL;
+    if (scrub || PyUnicode_Compare(text, sql) != 0)
+        return PyObject_CallFunctionObjArgs(py_scrub, msg, text, NULL);
+    Py_INCREF(msg);
+    return msg;
+}
+
+/* The event of a statement that ended (session.py's _finish builds the same), a new dict. */
+static PyObject *
+statement_event(Session *s, long long start, long long end, int extended, PyObject *sql, Statement *st,
+                Portal *portal, PyObject *tag, PyObject *rows, PyObject *err_code, PyObject *err_msg,
+                PyObject *part)
+{
+    PyObject *ev = PyDict_Copy(s->base);
+    if (ev == NULL)
+        return NULL;
+    PyObject *red = NULL;
+    if (set_steal(ev, k_ts, str_ll(start)) < 0 || set_steal(ev, k_dur, str_ll(end - start)) < 0
+        || PyDict_SetItem(ev, k_proto, extended ? s_extended : s_simple) < 0)
+        goto fail;
+    red = st != NULL ? statement_redaction(s, st) : redact(s, sql, 0);
+    if (red == NULL || (st != NULL && PyUnicode_GET_LENGTH(st->name) && PyDict_SetItem(ev, k_stmt, st->name) < 0))
+        goto fail;
+    PyObject *text = PyTuple_GET_ITEM(red, 0), *hidden = PyTuple_GET_ITEM(red, 1);
+    if (PyDict_SetItem(ev, k_sql, text) < 0
+        || (part != NULL && PyUnicode_GET_LENGTH(part) && PyDict_SetItem(ev, k_part, part) < 0))
+        goto fail;
+    if (portal != NULL && s->want_params) {
+        PyObject *values = PyObject_CallFunction(py_bind_params, "OLnOOO", portal->body, portal->length,
+                                                 portal->pos, st ? st->oids : empty_tuple, s->max_param, hidden);
+        int r = values == NULL
+                || (!(PyUnicode_Check(values) && eq(values, s_empty_params))
+                    && PyDict_SetItem(ev, k_params, values) < 0);
+        Py_XDECREF(values);
+        if (r)
+            goto fail;
+    }
+    if (st != NULL) {
+        PyObject *ptypes = statement_ptypes(st);
+        if (ptypes == NULL || (PyUnicode_GET_LENGTH(ptypes) && PyDict_SetItem(ev, k_ptypes, ptypes) < 0))
+            goto fail;
+    }
+    if (PyDict_SetItem(ev, k_txid, s->txid_s) < 0
+        || (tag != NULL && PyUnicode_GET_LENGTH(tag) && PyDict_SetItem(ev, k_tag, tag) < 0)
+        || (rows != NULL && PyDict_SetItem(ev, k_rows, rows) < 0))
+        goto fail;
+    if (err_code != NULL && (PyDict_SetItem(ev, k_err, err_code) < 0
+                             || set_steal(ev, k_errmsg, error_message(err_msg, text, sql, hidden)) < 0))
+        goto fail;
+    Py_DECREF(red);
+    return ev;
+fail:
+    Py_XDECREF(red);
+    Py_DECREF(ev);
+    return NULL;
+}
+
 /* A statement ended: its event joins its transaction; control statements act on state. */
 static int
 finish(Session *s, long long start, long long end, int extended, PyObject *sql, Statement *st, Portal *portal,
@@ -1003,94 +1220,19 @@ finish(Session *s, long long start, long long end, int extended, PyObject *sql, 
             return -1;
     }
     if (s->sampled) {
-        PyObject *ev = PyDict_Copy(s->base);
-        PyObject *red = NULL;
-        int fail = ev == NULL;
-        if (!fail)
-            fail = set_steal(ev, k_ts, str_ll(start)) < 0 || set_steal(ev, k_dur, str_ll(end - start)) < 0
-                   || PyDict_SetItem(ev, k_proto, extended ? s_extended : s_simple) < 0;
-        if (!fail) {
-            if (st != NULL) {
-                red = st->red;
-                Py_XINCREF(red);
-                if (red == NULL) {
-                    red = redact(s, sql, 1);
-                    fail = red == NULL;
-                    if (!fail) {  /* one worked out from learned orders may change: not kept */
-                        int prov = PyObject_IsInstance(red, py_provisional);
-                        fail = prov < 0;
-                        if (prov == 0) {
-                            Py_INCREF(red);
-                            Py_XSETREF(st->red, red);
-                        }
-                    }
-                }
-                if (!fail && PyUnicode_GET_LENGTH(st->name))
-                    fail = PyDict_SetItem(ev, k_stmt, st->name) < 0;
-            } else {
-                red = redact(s, sql, 0);
-                fail = red == NULL;
-            }
+        PyObject *ev = statement_event(s, start, end, extended, sql, st, portal, tag, rows, err_code, err_msg,
+                                       part);
+        if (ev == NULL)
+            return -1;
+        int r;
+        if (s->open) {  /* the transaction already spilled: the rest goes out as it ends */
+            s->open++;
+            r = PyDict_SetItem(ev, k_txn, s_open) < 0 || set_steal(ev, k_n, str_ll(s->open)) < 0 || emit(s, ev) < 0;
+        } else {
+            r = PyList_Append(s->held, ev) < 0 || (PyList_GET_SIZE(s->held) > s->max_held && spill(s) < 0);
         }
-        PyObject *text = red ? PyTuple_GET_ITEM(red, 0) : NULL;
-        PyObject *hidden = red ? PyTuple_GET_ITEM(red, 1) : NULL;
-        if (!fail)
-            fail = PyDict_SetItem(ev, k_sql, text) < 0
-                   || (part != NULL && PyUnicode_GET_LENGTH(part) && PyDict_SetItem(ev, k_part, part) < 0);
-        if (!fail && portal != NULL && s->want_params) {
-            PyObject *values = PyObject_CallFunction(py_bind_params, "OLnOOO", portal->body, portal->length,
-                                                     portal->pos, st ? st->oids : empty_tuple, s->max_param,
-                                                     hidden);
-            fail = values == NULL;
-            if (!fail && !(PyUnicode_Check(values) && eq(values, s_empty_params)))
-                fail = PyDict_SetItem(ev, k_params, values) < 0;
-            Py_XDECREF(values);
-        }
-        if (!fail && st != NULL) {
-            if (st->ptypes == NULL) {
-                Py_ssize_t n = PyList_GET_SIZE(st->oids);
-                if (n == 0) {
-                    Py_INCREF(s_empty);
-                    st->ptypes = s_empty;
-                } else {
-                    st->ptypes = ptypes_text(st->oids);
-                    fail = st->ptypes == NULL;
-                }
-            }
-            if (!fail && PyUnicode_GET_LENGTH(st->ptypes))
-                fail = PyDict_SetItem(ev, k_ptypes, st->ptypes) < 0;
-        }
-        if (!fail)
-            fail = PyDict_SetItem(ev, k_txid, s->txid_s) < 0
-                   || (tag != NULL && PyUnicode_GET_LENGTH(tag) && PyDict_SetItem(ev, k_tag, tag) < 0)
-                   || (rows != NULL && PyDict_SetItem(ev, k_rows, rows) < 0);
-        if (!fail && err_code != NULL) {
-            /* PostgreSQL quotes input values in messages: when redaction hid anything, a hidden value
-             * must not come back through errmsg. */
-            fail = PyDict_SetItem(ev, k_err, err_code) < 0;
-            int scrub = fail ? 0 : PyObject_IsTrue(hidden);
-            if (scrub == 0 && !fail)
-                scrub = PyUnicode_Compare(text, sql) != 0;
-            if (!fail && scrub < 0)
-                fail = 1;
-            if (!fail)
-                fail = set_steal(ev, k_errmsg, scrub ? PyObject_CallFunctionObjArgs(py_scrub, err_msg, text, NULL)
-                                                     : (Py_INCREF(err_msg), err_msg)) < 0;
-        }
-        Py_XDECREF(red);
-        if (!fail) {
-            if (s->open) {
-                s->open++;
-                fail = PyDict_SetItem(ev, k_txn, s_open) < 0 || set_steal(ev, k_n, str_ll(s->open)) < 0
-                       || emit(s, ev) < 0;
-            } else {
-                fail = PyList_Append(s->held, ev) < 0;
-                if (!fail && PyList_GET_SIZE(s->held) > s->max_held)
-                    fail = spill(s) < 0;
-            }
-        }
-        Py_XDECREF(ev);
-        if (fail)
+        Py_DECREF(ev);
+        if (r)
             return -1;
     }
     if (err_code != NULL)

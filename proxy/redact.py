@@ -138,6 +138,13 @@ class Redactor:
         # so traffic without one pays nothing for its RowDescriptions.
         self.learns = False
 
+    @property
+    def plain_words(self) -> tuple[str, ...] | None:
+        """The words the prefilter looks for in a lowered text when that is the whole test (mode "columns",
+        a column regex of words only), else None. The compiled Session (proxy/_session.c) runs the same
+        test on plain simple Queries instead of calling here."""
+        return None if self._all else self._words
+
     def __call__(self, sql: str, remember: bool = False, orders: Orders | None = None) -> tuple[str, Hidden]:
         """(redacted text, hidden parameter indexes) for one statement's text. Never raises.
 

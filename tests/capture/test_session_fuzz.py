@@ -375,3 +375,22 @@ def test_compiled_session_matches_when_messages_come_out_of_order(c: Conversatio
                                                                   edits: list[tuple[str, int, int]],
                                                                   options: CaptureOptions) -> None:
     same_on_both(edited(c.pipelined(depth), edits), options)
+
+
+# Simple Query texts near the compiled Session's shortcuts (one plain ASCII statement: split and found
+# clean in C) and just past them: several statements, comments, literals, INSERT, EXECUTE, secrets, non-ASCII.
+FRAGMENTS = ["SELECT ", "select", "1", ";", " ", "\t", "\x1c", "\n", "\f", "--c\n", "/*c*/", "'a;b'", "insert",
+             "INSERT INTO t VALUES (1)", "INSERT INTO t (a) VALUES (1)", " EXECUTE p", "execute", "Password = 'x'",
+             "token", "CARD", "é", "İ", "x", "$$;$$"]
+TEXTS = st.lists(st.sampled_from(FRAGMENTS), max_size=8).map("".join)
+
+
+@compiled
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # budget: the profile (tests/conftest.py)
+@given(TEXTS, st.sampled_from([CaptureOptions(), CaptureOptions(redact_columns=""), CaptureOptions(redact="all"),
+                               CaptureOptions(redact_columns="pin|^x$"), CaptureOptions(redact_columns="card||x"),
+                               CaptureOptions(max_sql_chars=16)]),
+       st.integers(1, 3))
+def test_compiled_session_matches_on_simple_query_texts(text: str, options: CaptureOptions, answers: int) -> None:
+    steps = [(True, pgmsg.query(text)), *[(False, pgmsg.complete("SELECT 1"))] * answers, (False, pgmsg.ready())]
+    same_on_both(steps, options)
