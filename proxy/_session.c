@@ -1,16 +1,18 @@
 /* One client session's protocol state in C: proxy/session.py's Session, compiled.
  *
  * proxy/session.py is the reference and says how requests and answers are matched, how transactions
- * are held and stamped, and why; this file follows it function by function, under the same names, so
- * the two can be read side by side. tests/capture run every Session test on both, and a differential
- * test feeds both the same byte streams (hypothesis and recorded driver conversations) and compares
- * the events.
+ * are held and stamped, and why; this file follows it step by step, most functions named for the method
+ * they stand for (on_parse for _parse, end_txn for _end), so the two can be read side by side. tests/capture run every Session test on both (the ones through real
+ * drivers included), test_session_fuzz.py feeds both the same generated traffic and compares events and
+ * state after every message, and tests/proxy/test_dataplane.py compares what real drivers' sessions give
+ * on the two data planes.
  *
  * What is compiled: the request FIFO, the statements and portals, the transaction hold and its
  * outcome, savepoints, sampling and building the events. What stays Python, called from here: work
  * done once per distinct statement or on rare messages (redaction and its cache, splitting a
  * multi-statement Query, a control statement's names, error fields, learning column orders), and the
- * parameter encoder (proxy/params.py, itself compiled when proxy/_params.c is built).
+ * parameter encoder (proxy/params.py, itself compiled when proxy/_params.c is built). A plain simple
+ * Query is the exception: its split and its "nothing to hide" are found here (see split_plain).
  *
  * Statements and portals are small Python objects, so the maps, the FIFO and the events can share
  * them with plain reference counts. None of them can form a cycle, nor can a Session (it refers to
@@ -1257,13 +1259,13 @@ finish(Session *s, long long start, long long end, int extended, PyObject *sql, 
 
 /* -- client → server -------------------------------------------------------------------------------- */
 
+/* A Sync or FunctionCall: ReadyForQuery answers it, so one more request is outstanding. */
 static int
-push_simple(Session *s, int kind)
+push_awaiting_ready(Session *s, int kind)
 {
     if (fifo_push(&s->queue, kind) == NULL)
         return -1;
-    if (kind <= K_FUNC && kind != K_LOGIN)
-        s->outstanding++;
+    s->outstanding++;
     return 0;
 }
 
@@ -1461,7 +1463,7 @@ session_from_client(Session *s, PyObject *const *args, Py_ssize_t nargs)
         if (s->skip) {
             if (typ == M_SYNC) {  /* Sync ends the skipping */
                 s->skip = 0;
-                if (push_simple(s, K_SYNC) < 0)
+                if (push_awaiting_ready(s, K_SYNC) < 0)
                     goto fail;
             }
             continue;
@@ -1489,7 +1491,7 @@ session_from_client(Session *s, PyObject *const *args, Py_ssize_t nargs)
             break;
         }
         case M_SYNC:
-            if (!s->copy_wait && push_simple(s, K_SYNC) < 0)
+            if (!s->copy_wait && push_awaiting_ready(s, K_SYNC) < 0)
                 goto fail;
             break;
         case M_PARSE:
@@ -1535,7 +1537,7 @@ session_from_client(Session *s, PyObject *const *args, Py_ssize_t nargs)
                 goto fail;
             break;
         case M_FUNCTION_CALL:  /* answered by ReadyForQuery like a Query */
-            if (push_simple(s, K_FUNC) < 0)
+            if (push_awaiting_ready(s, K_FUNC) < 0)
                 goto fail;
             break;
         case M_COPY_DONE:
