@@ -484,6 +484,25 @@ def test_without_the_extension_native_runs_on_the_python_path(start_proxy: Start
     assert any(e.get("sql") == "SELECT 41 + 1" for e in events), events
 
 
+def test_without_the_compiled_capture_the_native_plane_captures_in_python(start_proxy: StartProxy,
+                                                                          tmp_path: Path) -> None:
+    """An install whose compiled Session, parameter encoder and counters are missing (each is optional on
+    its own) still moves sessions to the native loop, captures them with the Python ones, and says so."""
+    shim = tmp_path / "no-compiled-capture"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(
+        "import sys\nfor name in ('_session', '_params', '_capture'):\n"
+        "    sys.modules['fasterdata.proxy.' + name] = None\n")
+    proxy = start_proxy("--data-plane", "native", "--upstream-sslmode", "disable", "--log-level", "debug",
+                        env={"PYTHONPATH": str(shim)})
+    with psycopg.connect(proxy.dsn(), autocommit=True) as c:
+        assert c.execute("SELECT %s::int + 1", (41,), prepare=True).fetchone() == (42,)
+    assert "data plane native (capture in Python (proxy._session not built)" in proxy.log()
+    wait_until(lambda: moved(proxy) == 1, lambda: proxy.log(), timeout=10)
+    events = settled(proxy)
+    assert any(e.get("sql") == "SELECT $1::int + 1" and e.get("params") == "[41]" for e in events), events
+
+
 def test_the_environment_chooses_the_path_for_the_through_proxy_tests() -> None:
     """FASTERDATA_DATA_PLANE=python makes every test proxy run the reference path (see the module docstring)."""
     from fasterdata.config.settings import load
