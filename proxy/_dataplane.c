@@ -32,6 +32,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "_session_api.h"
+
 #define CHUNK (256 * 1024)        /* one read; uvloop reads as much */
 #define MAX_EVENTS 256
 #define SLOT_BITS 20              /* a handle is slot | generation << SLOT_BITS */
@@ -1079,6 +1081,87 @@ messages_of(const unsigned char **pp, uint32_t count)
     return list;
 }
 
+/* What the loop recorded since the last drain, taken over (the caller frees records), with its counters. */
+typedef struct {
+    Buf records;
+    uint64_t bytes[2], lost;
+} Taken;
+
+static int
+take_records(Loop *L, Taken *t)
+{
+    uint64_t n;
+    if (read(L->notify_fd, &n, sizeof n) < 0 && errno != EAGAIN) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    pthread_mutex_lock(&L->lock);
+    t->records = L->shared;
+    memset(&L->shared, 0, sizeof L->shared);
+    t->bytes[0] = L->bytes[0];
+    t->bytes[1] = L->bytes[1];
+    t->lost = L->lost;
+    L->bytes[0] = L->bytes[1] = L->lost = 0;
+    L->notified = 0;
+    __atomic_store_n(&L->backlog, 0, __ATOMIC_RELAXED);
+    pthread_cond_signal(&L->drained);
+    pthread_mutex_unlock(&L->lock);
+    return 0;
+}
+
+/* One record's header, read at *pp (which moves past it). */
+typedef struct {
+    unsigned char kind, side;
+    uint32_t handle;
+    int64_t ts;
+} RecordHead;
+
+static RecordHead
+read_head(const unsigned char **pp)
+{
+    RecordHead h;
+    const unsigned char *p = *pp;
+    h.kind = p[0];
+    memcpy(&h.handle, p + 1, 4);
+    h.side = p[5];
+    memcpy(&h.ts, p + 6, 8);
+    *pp = p + 14;
+    return h;
+}
+
+/* The rest of the record at *pp as drain() reports it, a new tuple; *pp moves past the record. */
+static PyObject *
+record_object(RecordHead h, const unsigned char **pp)
+{
+    const unsigned char *p = *pp;
+    PyObject *payload;
+    if (h.kind == REC_MESSAGES) {
+        uint32_t count;
+        memcpy(&count, p, 4);
+        p += 4;
+        payload = messages_of(&p, count);
+    } else if (h.kind == REC_VIOLATION) {
+        int32_t length;
+        memcpy(&length, p + 1, 4);
+        payload = Py_BuildValue("(iii)", p[0], length, p[5]);
+        p += 6;
+    } else if (h.kind == REC_END) {
+        payload = PyLong_FromLong(p[0]);
+        p += 1;
+    } else {
+        payload = Py_NewRef(Py_None);
+    }
+    *pp = p;
+    return payload ? Py_BuildValue("(iIiLN)", h.kind, h.handle, h.side, (long long)h.ts, payload) : NULL;
+}
+
+static PyObject *
+counters(PyObject *records, const Taken *t)
+{
+    return Py_BuildValue("(NKKK)", records, (unsigned long long)t->bytes[0], (unsigned long long)t->bytes[1],
+                         (unsigned long long)t->lost);
+}
+
 /* drain() -> (records, bytes from clients, bytes from servers, groups lost)
  *
  * records: (kind, handle, side, read time µs, payload) in the order the loop saw them. payload:
@@ -1087,59 +1170,133 @@ messages_of(const unsigned char **pp, uint32_t count)
 static PyObject *
 Loop_drain(Loop *L, PyObject *Py_UNUSED(ignored))
 {
-    uint64_t n;
-    if (read(L->notify_fd, &n, sizeof n) < 0 && errno != EAGAIN)
-        return PyErr_SetFromErrno(PyExc_OSError);
-    pthread_mutex_lock(&L->lock);
-    Buf records = L->shared;
-    memset(&L->shared, 0, sizeof L->shared);
-    uint64_t bytes0 = L->bytes[0], bytes1 = L->bytes[1], lost = L->lost;
-    L->bytes[0] = L->bytes[1] = L->lost = 0;
-    L->notified = 0;
-    __atomic_store_n(&L->backlog, 0, __ATOMIC_RELAXED);
-    pthread_cond_signal(&L->drained);
-    pthread_mutex_unlock(&L->lock);
-
-    PyObject *out = PyList_New(0);
-    const unsigned char *p = records.data, *end = records.data + records.len;
-    while (out != NULL && p < end) {
-        unsigned char kind = p[0];
-        uint32_t handle;
-        int64_t ts;
-        memcpy(&handle, p + 1, 4);
-        memcpy(&ts, p + 6, 8);
-        unsigned char side = p[5];
-        p += 14;
-        PyObject *payload;
-        if (kind == REC_MESSAGES) {
-            uint32_t count;
-            memcpy(&count, p, 4);
-            p += 4;
-            payload = messages_of(&p, count);
-        } else if (kind == REC_VIOLATION) {
-            int32_t length;
-            memcpy(&length, p + 1, 4);
-            payload = Py_BuildValue("(iii)", p[0], length, p[5]);
-            p += 6;
-        } else if (kind == REC_END) {
-            payload = PyLong_FromLong(p[0]);
-            p += 1;
-        } else {
-            payload = Py_NewRef(Py_None);
-        }
-        PyObject *rec = payload ? Py_BuildValue("(iIiLN)", kind, handle, side, (long long)ts, payload) : NULL;
-        if (rec == NULL || PyList_Append(out, rec) < 0) {
-            Py_XDECREF(rec);
-            Py_CLEAR(out);
-            break;
-        }
-        Py_DECREF(rec);
-    }
-    buf_free(&records);
-    if (out == NULL)
+    Taken t;
+    if (take_records(L, &t) < 0)
         return NULL;
-    return Py_BuildValue("(NKKK)", out, (unsigned long long)bytes0, (unsigned long long)bytes1,
-                         (unsigned long long)lost);
+    PyObject *out = PyList_New(0);
+    const unsigned char *p = t.records.data, *end = t.records.data + t.records.len;
+    while (out != NULL && p < end) {
+        PyObject *rec = record_object(read_head(&p), &p);
+        if (rec == NULL || PyList_Append(out, rec) < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(rec);
+    }
+    buf_free(&t.records);
+    return out ? counters(out, &t) : NULL;
+}
+
+/* The compiled Session's interface, once fetched; NULL when _session was not built. */
+static const SessionAPI *session_api;
+
+/* A REC_MESSAGES record's messages (at *pp, moving past them) fed straight to a compiled Session. */
+static int
+feed_session(PyObject *session, RecordHead h, const unsigned char **pp)
+{
+    const unsigned char *p = *pp;
+    uint32_t count;
+    memcpy(&count, p, 4);
+    p += 4;
+    *pp = p;
+    if (count == 0)
+        return 0;
+    SessionMessage few[64];
+    SessionMessage *m = count <= 64 ? few : PyMem_Malloc(sizeof(SessionMessage) * count);
+    if (m == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (uint32_t i = 0; i < count; i++) {
+        m[i].type = p[0];
+        memcpy(&m[i].length, p + 1, 4);
+        memcpy(&m[i].kept, p + 5, 4);
+        m[i].body = p + 9;
+        p += 9 + m[i].kept;
+    }
+    *pp = p;
+    int r = session_api->feed(session, h.side, (long long)h.ts, m, count);
+    if (m != few)
+        PyMem_Free(m);
+    return r;
+}
+
+/* (handle, exception) for a session that raised: the exception with its traceback. */
+static PyObject *
+failure(uint32_t handle)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL)
+        PyException_SetTraceback(value, tb);
+    PyObject *pair = Py_BuildValue("(IO)", handle, value);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return pair;
+}
+
+/* deliver(taps) -> (records, failed, bytes from clients, bytes from servers, groups lost)
+ *
+ * drain(), except that the messages of a handle in taps (a dict: handle → compiled Session) go straight
+ * to its session, with no Python object made for a message it does not keep. records holds the rest in
+ * drain()'s form and order; failed (handle, exception) for each session that raised, whose handle is
+ * then taken out of taps, so that its later records come back in records. An exception that is not an
+ * Exception (KeyboardInterrupt) propagates. */
+static PyObject *
+Loop_deliver(Loop *L, PyObject *taps)
+{
+    if (!PyDict_Check(taps)) {
+        PyErr_SetString(PyExc_TypeError, "deliver(taps): taps must be a dict");
+        return NULL;
+    }
+    if (session_api == NULL && (session_api = PyCapsule_Import(SESSION_API_CAPSULE, 0)) == NULL)
+        return NULL;
+    Taken t;
+    if (take_records(L, &t) < 0)
+        return NULL;
+    PyObject *out = PyList_New(0), *failed = PyList_New(0);
+    const unsigned char *p = t.records.data, *end = t.records.data + t.records.len;
+    while (out != NULL && failed != NULL && p < end) {
+        RecordHead h = read_head(&p);
+        PyObject *session = NULL;
+        if (h.kind == REC_MESSAGES && PyDict_GET_SIZE(taps)) {
+            PyObject *key = PyLong_FromUnsignedLong(h.handle);
+            session = key ? PyDict_GetItemWithError(taps, key) : NULL;
+            Py_XDECREF(key);
+            if (session == NULL && PyErr_Occurred())
+                break;
+            if (session != NULL && !Py_IS_TYPE(session, session_api->session_type))
+                session = NULL;
+        }
+        if (session == NULL) {
+            PyObject *rec = record_object(h, &p);
+            if (rec == NULL || PyList_Append(out, rec) < 0)
+                Py_CLEAR(out);
+            Py_XDECREF(rec);
+            continue;
+        }
+        Py_INCREF(session);
+        if (feed_session(session, h, &p) < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                Py_DECREF(session);
+                break;
+            }
+            PyObject *pair = failure(h.handle);
+            if (pair == NULL || PyList_Append(failed, pair) < 0
+                || PyDict_DelItem(taps, PyTuple_GET_ITEM(pair, 0)) < 0)
+                Py_CLEAR(failed);
+            Py_XDECREF(pair);
+        }
+        Py_DECREF(session);
+    }
+    buf_free(&t.records);
+    if (PyErr_Occurred() || out == NULL || failed == NULL) {
+        Py_XDECREF(out);
+        Py_XDECREF(failed);
+        return NULL;
+    }
+    return Py_BuildValue("(NNKKK)", out, failed, (unsigned long long)t.bytes[0], (unsigned long long)t.bytes[1],
+                         (unsigned long long)t.lost);
 }
 
 static PyMethodDef Loop_methods[] = {
@@ -1149,6 +1306,9 @@ static PyMethodDef Loop_methods[] = {
     {"close", (PyCFunction)Loop_close, METH_O, "close(handle): flush, then close both sides"},
     {"uncapture", (PyCFunction)Loop_uncapture, METH_O, "uncapture(handle): record no more messages"},
     {"drain", (PyCFunction)Loop_drain, METH_NOARGS, "drain() -> (records, client bytes, server bytes, lost)"},
+    {"deliver", (PyCFunction)Loop_deliver, METH_O,
+     "deliver(taps) -> (records, failed, client bytes, server bytes, lost): drain(), the messages of the "
+     "handles in taps fed to their compiled Sessions"},
     {"fileno", (PyCFunction)Loop_fileno, METH_NOARGS, "the eventfd that becomes readable when records wait"},
     {"stop", (PyCFunction)Loop_stop, METH_NOARGS, "stop the thread; sessions still open are closed"},
     {NULL, NULL, 0, NULL},

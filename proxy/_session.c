@@ -24,6 +24,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_session_api.h"
+
 /* Message types (proxy/wire.py). */
 enum {
     M_QUERY = 'Q', M_PARSE = 'P', M_BIND = 'B', M_EXECUTE = 'E', M_DESCRIBE = 'D', M_CLOSE = 'C',
@@ -455,6 +457,26 @@ session_dealloc(Session *s)
 
 /* -- small helpers on message bodies ---------------------------------------------------------------- */
 
+/* A message body as the handlers see it: its bytes, and the bytes object when there is one already
+ * (messages from Python come as bytes; the native loop's point into its records, see _session_api.h). */
+typedef struct {
+    const char *b;
+    Py_ssize_t n;
+    PyObject *obj; /* borrowed, or NULL */
+} Body;
+
+/* The body as a bytes object, a new reference: the one there is, or a copy. Only the messages whose
+ * body is kept (Bind) or read by Python (rare ones) need it. */
+static PyObject *
+body_bytes(const Body *body)
+{
+    if (body->obj != NULL) {
+        Py_INCREF(body->obj);
+        return body->obj;
+    }
+    return PyBytes_FromStringAndSize(body->b, body->n);
+}
+
 static Py_ssize_t
 find0(const char *b, Py_ssize_t n, Py_ssize_t from)
 {
@@ -567,11 +589,12 @@ abandon_all(Session *s)
     return r;
 }
 
-/* tag, rows of a CommandComplete body (new references; rows may be None → NULL). */
 static int
-command_complete(PyObject *body, PyObject **tag, PyObject **rows)
+command_complete_py(const Body *body, PyObject **tag, PyObject **rows)
 {
-    PyObject *pair = PyObject_CallOneArg(py_command_complete, body);
+    PyObject *bytes = body_bytes(body);
+    PyObject *pair = bytes ? PyObject_CallOneArg(py_command_complete, bytes) : NULL;
+    Py_XDECREF(bytes);
     if (pair == NULL)
         return -1;
     *tag = PyTuple_GET_ITEM(pair, 0);
@@ -582,6 +605,41 @@ command_complete(PyObject *body, PyObject **tag, PyObject **rows)
     else
         Py_INCREF(*rows);
     Py_DECREF(pair);
+    return 0;
+}
+
+/* tag, rows of a CommandComplete body (new references; rows NULL when it has no count), as
+ * wire.parse_command_complete gives them: "INSERT 0 5" → ("INSERT", "5"). ASCII bodies are read here;
+ * others go to the Python, which decodes them with replacement characters. */
+static int
+command_complete(const Body *body, PyObject **tag, PyObject **rows)
+{
+    Py_ssize_t end = find0(body->b, body->n, 0);
+    if (end < 0)
+        end = body->n;
+    const char *t = body->b;
+    Py_ssize_t sp = -1;
+    for (Py_ssize_t i = 0; i < end; i++) {
+        if ((unsigned char)t[i] >= 0x80)
+            return command_complete_py(body, tag, rows);
+        if (t[i] == ' ')
+            sp = i;
+    }
+    int counted = sp > 0 && sp + 1 < end;
+    for (Py_ssize_t i = sp + 1; counted && i < end; i++)
+        counted = t[i] >= '0' && t[i] <= '9';
+    if (!counted) {
+        *rows = NULL;
+        *tag = PyUnicode_FromStringAndSize(t, end);
+        return *tag ? 0 : -1;
+    }
+    Py_ssize_t head = sp >= 7 && memcmp(t, "INSERT ", 7) == 0 ? 6 : sp;
+    *tag = PyUnicode_FromStringAndSize(t, head);
+    *rows = *tag ? PyUnicode_FromStringAndSize(t + sp + 1, end - sp - 1) : NULL;
+    if (*rows == NULL) {
+        Py_CLEAR(*tag);
+        return -1;
+    }
     return 0;
 }
 
@@ -701,7 +759,7 @@ ensure_parts(Entry *e)
 static int begin(Session *s);
 
 static int
-simple_done(Session *s, Entry *e, PyObject *body, PyObject *err_code, PyObject *err_msg, long long now)
+simple_done(Session *s, Entry *e, const Body *body, PyObject *err_code, PyObject *err_msg, long long now)
 {
     Py_ssize_t i = e->next++;
     long long start = e->arrival > s->last_done ? e->arrival : s->last_done;
@@ -740,7 +798,7 @@ done:
 
 /* An Execute answered (e was popped by the caller, who still owns it). */
 static int
-exec_done(Session *s, Entry *e, PyObject *body, PyObject *err_code, PyObject *err_msg, long long now)
+exec_done(Session *s, Entry *e, const Body *body, PyObject *err_code, PyObject *err_msg, long long now)
 {
     long long start = e->arrival > s->last_done ? e->arrival : s->last_done;
     s->last_done = now;
@@ -1350,8 +1408,10 @@ on_parse(Session *s, const char *b, Py_ssize_t n, long long length, long long no
 }
 
 static int
-on_bind(Session *s, PyObject *body, const char *b, Py_ssize_t n, long long length)
+on_bind(Session *s, const Body *body, long long length)
 {
+    const char *b = body->b;
+    Py_ssize_t n = body->n;
     Py_ssize_t i = find0(b, n, 0);
     Py_ssize_t j = find0(b, n, i + 1);
     if (i < 0 || j < 0)
@@ -1370,10 +1430,14 @@ on_bind(Session *s, PyObject *body, const char *b, Py_ssize_t n, long long lengt
     Portal *p = PyObject_New(Portal, &PortalType);
     if (p == NULL)
         goto fail;
+    p->body = body_bytes(body);
+    if (p->body == NULL) {
+        p->st = NULL;
+        Py_DECREF(p);
+        goto fail;
+    }
     Py_XINCREF(st);
     p->st = (Statement *)st;
-    Py_INCREF(body);
-    p->body = body;
     p->length = length;
     p->pos = j + 1;
     p->start = p->rows = p->last = 0;
@@ -1436,6 +1500,138 @@ message(PyObject *m, int *typ, PyObject **body, long long *length)
     return 0;
 }
 
+typedef int (*Handler)(Session *s, int typ, const Body *body, long long length, long long now);
+
+/* Messages as wire.py gives them, (type, body, length) tuples, each to the handler of its side. */
+static PyObject *
+feed_tuples(Session *s, PyObject *messages, PyObject *now_us, Handler handle)
+{
+    long long now = PyLong_AsLongLong(now_us);
+    if (now == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *seq = PySequence_Fast(messages, "messages must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t m = 0; m < count; m++) {
+        int typ;
+        PyObject *obj;
+        long long length;
+        if (message(items[m], &typ, &obj, &length) < 0) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        Body body = {PyBytes_AS_STRING(obj), PyBytes_GET_SIZE(obj), obj};
+        if (handle(s, typ, &body, length, now) < 0) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    Py_DECREF(seq);
+    Py_RETURN_NONE;
+}
+
+/* One message the client sent (session.py's from_client, for one message). */
+static int
+client_message(Session *s, int typ, const Body *body, long long length, long long now)
+{
+    const char *b = body->b;
+    Py_ssize_t n = body->n;
+    Fifo *q = &s->queue;
+    if (s->skip) {
+        if (typ == M_SYNC) {  /* Sync ends the skipping */
+            s->skip = 0;
+            if (push_awaiting_ready(s, K_SYNC) < 0)
+                return -1;
+        }
+        return 0;
+    }
+    switch (typ) {
+    case M_BIND:
+        if (on_bind(s, body, length) < 0)
+            return -1;
+        break;
+    case M_EXECUTE: {
+        Py_ssize_t i = find0(b, n, 0);
+        long long limit = 0 <= i && i <= n - 5 ? be32((const unsigned char *)b + i + 1) : 0;
+        /* body[:i] as session.py slices it, also when there is no NUL (i == -1) */
+        PyObject *p = i < 0 ? lookup(s->portals, b, n ? n - 1 : 0) : lookup(s->portals, b, i);
+        if (p == NULL && PyErr_Occurred())
+            return -1;
+        Entry *e = fifo_push(q, K_EXEC);
+        if (e == NULL)
+            return -1;
+        e->arrival = now;
+        Py_XINCREF(p);
+        e->portal = (Portal *)p;
+        e->limit = limit;
+        e->seq = s->seq;
+        break;
+    }
+    case M_SYNC:
+        if (!s->copy_wait && push_awaiting_ready(s, K_SYNC) < 0)
+            return -1;
+        break;
+    case M_PARSE:
+        if (on_parse(s, b, n, length, now) < 0)
+            return -1;
+        break;
+    case M_QUERY: {
+        Py_ssize_t end = find0(b, n, 0);
+        PyObject *sql;
+        if (end >= 0) {
+            sql = PyUnicode_DecodeUTF8(b, end, "replace");
+        } else {  /* cut by the decoder's keep limit */
+            sql = truncated_text(b, n, length - n);
+        }
+        if (sql == NULL)
+            return -1;
+        Entry *e = fifo_push(q, K_QUERY);
+        if (e == NULL) {
+            Py_DECREF(sql);
+            return -1;
+        }
+        e->arrival = now;
+        e->sql = sql;
+        e->seq = s->seq;
+        s->outstanding++;
+        break;
+    }
+    case M_DESCRIBE:  /* only a statement's answer (ParameterDescription) matters */
+        if (n >= 1 && b[0] == 'S') {
+            Py_ssize_t end = find0(b, n, 1);
+            PyObject *st = lookup(s->stmts, b + 1, (end >= 0 ? end : n) - 1);
+            if (st == NULL && PyErr_Occurred())
+                return -1;
+            Entry *e = fifo_push(q, K_DESC);
+            if (e == NULL)
+                return -1;
+            Py_XINCREF(st);
+            e->st = (Statement *)st;
+        }
+        break;
+    case M_CLOSE:
+        if (on_close(s, b, n) < 0)
+            return -1;
+        break;
+    case M_FUNCTION_CALL:  /* answered by ReadyForQuery like a Query */
+        if (push_awaiting_ready(s, K_FUNC) < 0)
+            return -1;
+        break;
+    case M_COPY_DONE:
+    case M_COPY_FAIL:
+        if (s->copy_wait)
+            s->copy_wait = 0;
+        else if (fifo_push(q, K_COPYEND) == NULL)  /* the backend's CopyInResponse has not arrived yet */
+            return -1;
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
 static PyObject *
 session_from_client(Session *s, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1443,119 +1639,7 @@ session_from_client(Session *s, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "from_client(messages, now_us)");
         return NULL;
     }
-    long long now = PyLong_AsLongLong(args[1]);
-    if (now == -1 && PyErr_Occurred())
-        return NULL;
-    PyObject *seq = PySequence_Fast(args[0], "messages must be a sequence");
-    if (seq == NULL)
-        return NULL;
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    Fifo *q = &s->queue;
-    for (Py_ssize_t m = 0; m < count; m++) {
-        int typ;
-        PyObject *body;
-        long long length;
-        if (message(items[m], &typ, &body, &length) < 0)
-            goto fail;
-        const char *b = PyBytes_AS_STRING(body);
-        Py_ssize_t n = PyBytes_GET_SIZE(body);
-        if (s->skip) {
-            if (typ == M_SYNC) {  /* Sync ends the skipping */
-                s->skip = 0;
-                if (push_awaiting_ready(s, K_SYNC) < 0)
-                    goto fail;
-            }
-            continue;
-        }
-        switch (typ) {
-        case M_BIND:
-            if (on_bind(s, body, b, n, length) < 0)
-                goto fail;
-            break;
-        case M_EXECUTE: {
-            Py_ssize_t i = find0(b, n, 0);
-            long long limit = 0 <= i && i <= n - 5 ? be32((const unsigned char *)b + i + 1) : 0;
-            /* body[:i] as session.py slices it, also when there is no NUL (i == -1) */
-            PyObject *p = i < 0 ? lookup(s->portals, b, n ? n - 1 : 0) : lookup(s->portals, b, i);
-            if (p == NULL && PyErr_Occurred())
-                goto fail;
-            Entry *e = fifo_push(q, K_EXEC);
-            if (e == NULL)
-                goto fail;
-            e->arrival = now;
-            Py_XINCREF(p);
-            e->portal = (Portal *)p;
-            e->limit = limit;
-            e->seq = s->seq;
-            break;
-        }
-        case M_SYNC:
-            if (!s->copy_wait && push_awaiting_ready(s, K_SYNC) < 0)
-                goto fail;
-            break;
-        case M_PARSE:
-            if (on_parse(s, b, n, length, now) < 0)
-                goto fail;
-            break;
-        case M_QUERY: {
-            Py_ssize_t end = find0(b, n, 0);
-            PyObject *sql;
-            if (end >= 0) {
-                sql = PyUnicode_DecodeUTF8(b, end, "replace");
-            } else {  /* cut by the decoder's keep limit */
-                sql = truncated_text(b, n, length - n);
-            }
-            if (sql == NULL)
-                goto fail;
-            Entry *e = fifo_push(q, K_QUERY);
-            if (e == NULL) {
-                Py_DECREF(sql);
-                goto fail;
-            }
-            e->arrival = now;
-            e->sql = sql;
-            e->seq = s->seq;
-            s->outstanding++;
-            break;
-        }
-        case M_DESCRIBE:  /* only a statement's answer (ParameterDescription) matters */
-            if (n >= 1 && b[0] == 'S') {
-                Py_ssize_t end = find0(b, n, 1);
-                PyObject *st = lookup(s->stmts, b + 1, (end >= 0 ? end : n) - 1);
-                if (st == NULL && PyErr_Occurred())
-                    goto fail;
-                Entry *e = fifo_push(q, K_DESC);
-                if (e == NULL)
-                    goto fail;
-                Py_XINCREF(st);
-                e->st = (Statement *)st;
-            }
-            break;
-        case M_CLOSE:
-            if (on_close(s, b, n) < 0)
-                goto fail;
-            break;
-        case M_FUNCTION_CALL:  /* answered by ReadyForQuery like a Query */
-            if (push_awaiting_ready(s, K_FUNC) < 0)
-                goto fail;
-            break;
-        case M_COPY_DONE:
-        case M_COPY_FAIL:
-            if (s->copy_wait)
-                s->copy_wait = 0;
-            else if (fifo_push(q, K_COPYEND) == NULL)  /* the backend's CopyInResponse has not arrived yet */
-                goto fail;
-            break;
-        default:
-            break;
-        }
-    }
-    Py_DECREF(seq);
-    Py_RETURN_NONE;
-fail:
-    Py_DECREF(seq);
-    return NULL;
+    return feed_tuples(s, args[0], args[1], client_message);
 }
 
 /* -- server → client -------------------------------------------------------------------------------- */
@@ -1584,7 +1668,7 @@ head(Session *s)
 }
 
 static int
-pop_exec_done(Session *s, PyObject *body, PyObject *code, PyObject *msg, long long now)
+pop_exec_done(Session *s, const Body *body, PyObject *code, PyObject *msg, long long now)
 {
     Entry e = fifo_pop(&s->queue);
     int r = exec_done(s, &e, body, code, msg, now);
@@ -1593,7 +1677,7 @@ pop_exec_done(Session *s, PyObject *body, PyObject *code, PyObject *msg, long lo
 }
 
 static int
-on_command_complete(Session *s, PyObject *body, long long now)
+on_command_complete(Session *s, const Body *body, long long now)
 {
     Entry *e = head(s);
     if (e == NULL)
@@ -1637,7 +1721,7 @@ on_ready(Session *s, const char *b, Py_ssize_t n, long long now)
 
 /* A RowDescription may teach the redactor a table's column order (see Redactor.learn). */
 static int
-row_description(Session *s, PyObject *body)
+row_description(Session *s, const Body *message)
 {
     Statement *st = s->described;
     PyObject *sql = NULL;
@@ -1662,7 +1746,9 @@ row_description(Session *s, PyObject *body)
     }
     if (sql == NULL)
         return 0;
-    PyObject *r = PyObject_CallMethodObjArgs(s->redactor, s_learn, s->orders, sql, body, NULL);
+    PyObject *body = body_bytes(message);
+    PyObject *r = body ? PyObject_CallMethodObjArgs(s->redactor, s_learn, s->orders, sql, body, NULL) : NULL;
+    Py_XDECREF(body);
     Py_DECREF(sql);
     if (r == NULL)
         return -1;
@@ -1789,9 +1875,11 @@ on_error_fields(Session *s, PyObject *code, PyObject *msg, long long now)
 }
 
 static int
-on_error(Session *s, PyObject *body, long long now)
+on_error(Session *s, const Body *message, long long now)
 {
-    PyObject *fields = PyObject_CallOneArg(py_fields, body);
+    PyObject *body = body_bytes(message);
+    PyObject *fields = body ? PyObject_CallOneArg(py_fields, body) : NULL;
+    Py_XDECREF(body);
     if (fields == NULL)
         return -1;
     PyObject *code = field(fields, s_C);
@@ -1804,7 +1892,7 @@ on_error(Session *s, PyObject *body, long long now)
 }
 
 static int
-on_parameter_description(Session *s, PyObject *body)
+on_parameter_description(Session *s, const Body *message)
 {
     Entry *h = head(s);
     Entry *e = h != NULL && h->kind == K_DESC ? h : realign(s, K_DESC);
@@ -1817,7 +1905,9 @@ on_parameter_description(Session *s, PyObject *body)
     Py_XSETREF(s->described, st);
     if (st == NULL)
         return 0;
-    PyObject *oids = PyObject_CallOneArg(py_param_desc, body);
+    PyObject *body = body_bytes(message);
+    PyObject *oids = body ? PyObject_CallOneArg(py_param_desc, body) : NULL;
+    Py_XDECREF(body);
     if (oids == NULL) {
         if (PyErr_ExceptionMatches(py_struct_error)) {
             PyErr_Clear();
@@ -1853,9 +1943,11 @@ on_empty_query(Session *s, long long now)
 }
 
 static int
-on_parameter_status(Session *s, PyObject *body)
+on_parameter_status(Session *s, const Body *message)
 {
-    PyObject *pair = PyObject_CallOneArg(py_param_status, body);
+    PyObject *body = body_bytes(message);
+    PyObject *pair = body ? PyObject_CallOneArg(py_param_status, body) : NULL;
+    Py_XDECREF(body);
     if (pair == NULL)
         return -1;
     int r = 0;
@@ -1876,11 +1968,13 @@ on_parameter_status(Session *s, PyObject *body)
 }
 
 static int
-on_backend_key(Session *s, PyObject *body)
+on_backend_key(Session *s, const Body *message)
 {
-    if (PyBytes_GET_SIZE(body) < 4)
+    if (message->n < 4)
         return 0;
-    PyObject *key = PyObject_CallOneArg(py_backend_key, body);
+    PyObject *body = body_bytes(message);
+    PyObject *key = body ? PyObject_CallOneArg(py_backend_key, body) : NULL;
+    Py_XDECREF(body);
     if (key == NULL)
         return -1;
     s->backend_pid = PyLong_AsLongLong(PyTuple_GET_ITEM(key, 0));
@@ -1890,6 +1984,73 @@ on_backend_key(Session *s, PyObject *body)
     return rebase(s);
 }
 
+/* One message the backend sent (session.py's from_server, for one message). */
+static int
+server_message(Session *s, int typ, const Body *body, long long length, long long now)
+{
+    (void)length;
+    int r = 0;
+    switch (typ) {
+    case M_COMMAND_COMPLETE:
+        r = on_command_complete(s, body, now);
+        break;
+    case M_READY:
+        r = on_ready(s, body->b, body->n, now);
+        break;
+    case M_ROW_DESCRIPTION: {  /* as frequent as CommandComplete for queries */
+        PyObject *learns = PyObject_GetAttr(s->redactor, s_learns);
+        if (learns == NULL) {
+            r = -1;
+            break;
+        }
+        int yes = PyObject_IsTrue(learns);
+        Py_DECREF(learns);
+        if (yes < 0)
+            r = -1;
+        else if (yes)
+            r = row_description(s, body);
+        else  /* answered: must not be credited with a later one */
+            Py_CLEAR(s->described);
+        break;
+    }
+    case M_PARSE_COMPLETE: {
+        Entry *h = head(s);
+        if (h != NULL && h->kind == K_PARSE) {
+            fifo_drop_head(&s->queue);
+        } else {
+            Entry *e = realign(s, K_PARSE);
+            if (e != NULL && e->kind == K_PARSE)
+                fifo_drop_head(&s->queue);
+        }
+        break;
+    }
+    case M_PORTAL_SUSPENDED:
+        r = on_suspend(s, now);
+        break;
+    case M_ERROR:
+        r = on_error(s, body, now);
+        break;
+    case M_PARAMETER_DESCRIPTION:
+        r = on_parameter_description(s, body);
+        break;
+    case M_EMPTY_QUERY:  /* no event */
+        r = on_empty_query(s, now);
+        break;
+    case M_PARAMETER_STATUS:
+        r = on_parameter_status(s, body);
+        break;
+    case M_BACKEND_KEY:
+        r = on_backend_key(s, body);
+        break;
+    case M_COPY_IN:
+        copy_in(s);
+        break;
+    default:
+        break;
+    }
+    return r;
+}
+
 static PyObject *
 session_from_server(Session *s, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1897,86 +2058,7 @@ session_from_server(Session *s, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "from_server(messages, now_us)");
         return NULL;
     }
-    long long now = PyLong_AsLongLong(args[1]);
-    if (now == -1 && PyErr_Occurred())
-        return NULL;
-    PyObject *seq = PySequence_Fast(args[0], "messages must be a sequence");
-    if (seq == NULL)
-        return NULL;
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    int r = 0;
-    for (Py_ssize_t m = 0; m < count && r == 0; m++) {
-        int typ;
-        PyObject *body;
-        long long length;
-        if (message(items[m], &typ, &body, &length) < 0) {
-            r = -1;
-            break;
-        }
-        switch (typ) {
-        case M_COMMAND_COMPLETE:
-            r = on_command_complete(s, body, now);
-            break;
-        case M_READY:
-            r = on_ready(s, PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body), now);
-            break;
-        case M_ROW_DESCRIPTION: {  /* as frequent as CommandComplete for queries */
-            PyObject *learns = PyObject_GetAttr(s->redactor, s_learns);
-            if (learns == NULL) {
-                r = -1;
-                break;
-            }
-            int yes = PyObject_IsTrue(learns);
-            Py_DECREF(learns);
-            if (yes < 0)
-                r = -1;
-            else if (yes)
-                r = row_description(s, body);
-            else  /* answered: must not be credited with a later one */
-                Py_CLEAR(s->described);
-            break;
-        }
-        case M_PARSE_COMPLETE: {
-            Entry *h = head(s);
-            if (h != NULL && h->kind == K_PARSE) {
-                fifo_drop_head(&s->queue);
-            } else {
-                Entry *e = realign(s, K_PARSE);
-                if (e != NULL && e->kind == K_PARSE)
-                    fifo_drop_head(&s->queue);
-            }
-            break;
-        }
-        case M_PORTAL_SUSPENDED:
-            r = on_suspend(s, now);
-            break;
-        case M_ERROR:
-            r = on_error(s, body, now);
-            break;
-        case M_PARAMETER_DESCRIPTION:
-            r = on_parameter_description(s, body);
-            break;
-        case M_EMPTY_QUERY:  /* no event */
-            r = on_empty_query(s, now);
-            break;
-        case M_PARAMETER_STATUS:
-            r = on_parameter_status(s, body);
-            break;
-        case M_BACKEND_KEY:
-            r = on_backend_key(s, body);
-            break;
-        case M_COPY_IN:
-            copy_in(s);
-            break;
-        default:
-            break;
-        }
-    }
-    Py_DECREF(seq);
-    if (r < 0)
-        return NULL;
-    Py_RETURN_NONE;
+    return feed_tuples(s, args[0], args[1], server_message);
 }
 
 /* -- the end and the rest of the interface ---------------------------------------------------------- */
@@ -2150,6 +2232,24 @@ static PyTypeObject SessionType = {
     .tp_new = PyType_GenericNew,
 };
 
+/* -- the C interface (_session_api.h) -------------------------------------------------------------- */
+
+static int
+feed_native(PyObject *session, int side, long long now, const SessionMessage *messages, size_t count)
+{
+    Session *s = (Session *)session;
+    Handler handle = side ? server_message : client_message;
+    for (size_t i = 0; i < count; i++) {
+        const SessionMessage *m = &messages[i];
+        Body body = {(const char *)m->body, (Py_ssize_t)m->kept, NULL};
+        if (handle(s, m->type, &body, m->length, now) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static SessionAPI api = {&SessionType, feed_native};
+
 /* -- module ------------------------------------------------------------------------------------------ */
 
 static PyObject *
@@ -2250,6 +2350,12 @@ PyInit__session(void)
     Py_INCREF(&SessionType);
     if (PyModule_AddObject(m, "Session", (PyObject *)&SessionType) < 0) {
         Py_DECREF(&SessionType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyObject *capsule = PyCapsule_New(&api, SESSION_API_CAPSULE, NULL);
+    if (capsule == NULL || PyModule_AddObject(m, "_C_API", capsule) < 0) {
+        Py_XDECREF(capsule);
         Py_DECREF(m);
         return NULL;
     }

@@ -6,7 +6,9 @@ unsent on either leg), :meth:`DataPlane.take` hands duplicates of its two socket
 and closes the asyncio transports. From then on a native thread forwards and frames the session's bytes
 without the GIL; what capture needs arrives here in batches (one ``drain`` for many messages, when the
 loop's eventfd becomes readable) and goes to the session's Tap. That Tap is the compiled Session
-(proxy/_session.c) when it was built, whose events are the reference Session's by test. The ClientProtocol
+(proxy/_session.c) when it was built, whose events are the reference Session's by test, and then the loop
+feeds it the messages itself (``Loop.deliver``, proxy/_session_api.h), making no Python object for a
+message the session does not keep. The ClientProtocol
 stays the session's home: its counters, ``max_client_conn``, drain at shutdown and ``fail`` work
 unchanged, writing and closing through :class:`NativeLeg`.
 
@@ -135,6 +137,10 @@ class DataPlane:
         self.max_buffer = max_buffer
         self.loop: Any = None
         self.sessions: dict[int, Any] = {}  # handle → ClientProtocol
+        # handle → its compiled Session, whose messages the loop feeds it without Python objects
+        # (Loop.deliver); a session leaves it when it ends, fails or loses its capture, and all do at
+        # shutdown, when every message goes the Python way again (which watches for idle sessions).
+        self.taps: dict[int, Any] = {}
         self.moved = 0  # sessions handed to the loop
         self.lost = 0  # sessions whose capture stopped because this process fell behind
         self._aio: asyncio.AbstractEventLoop | None = None
@@ -167,6 +173,7 @@ class DataPlane:
         for client in list(self.sessions.values()):  # closed by stop(): report them like any end
             self._ended(client)
         self.sessions.clear()
+        self.taps.clear()
 
     # -- the hand-off -------------------------------------------------------------------------
 
@@ -219,6 +226,8 @@ class DataPlane:
         upstream.transport = NativeLeg(self, handle, SERVER_SIDE, {})
         client.native = None
         self.sessions[handle] = client
+        if capture and CompiledSession is not None and type(client.session) is CompiledSession:
+            self.taps[handle] = client.session
         self.moved += 1
         client.log.debug("session moved to the native data plane")
 
@@ -255,8 +264,21 @@ class DataPlane:
         finally:
             gc.enable()
 
+    def shutting_down(self) -> None:
+        """Sessions drain from now on: every record goes through _deliver's loop, which ends each
+        draining session as soon as it is idle."""
+        self.taps.clear()
+
     def _deliver(self) -> None:
-        records, bytes_in, bytes_out, _groups_lost = self.loop.drain()
+        if CompiledSession is not None:  # the tapped sessions' messages are fed to them in C
+            records, failed, bytes_in, bytes_out, _groups_lost = self.loop.deliver(self.taps)
+            for handle, exc in failed:
+                client = self.sessions.get(handle)
+                if client is not None:
+                    client.tap_failed(exc)
+                    self.loop.uncapture(handle)
+        else:
+            records, bytes_in, bytes_out, _groups_lost = self.loop.drain()
         stats = self.stats
         stats.bytes_in += bytes_in
         stats.bytes_out += bytes_out
@@ -277,16 +299,19 @@ class DataPlane:
                 except Exception:
                     client.tap_failed()
                     self.loop.uncapture(handle)
+                    self.taps.pop(handle, None)
                     continue
                 if side == SERVER_SIDE and client.draining and session.idle:
                     client.terminate()
             elif kind == END:
                 del sessions[handle]
+                self.taps.pop(handle, None)
                 self._ended(client)
             elif kind == VIOLATION:
                 self._violation(client, side, *payload)
             elif kind == LOST:
                 self.lost += 1
+                self.taps.pop(handle, None)
                 if client.session is not None:
                     client.log.error("statement capture fell behind the native data plane; this session "
                                      "goes on without it")

@@ -297,9 +297,10 @@ class ClientProtocol(asyncio.Protocol):
         if self.upstream is not None:
             self.upstream.close()
 
-    def tap_failed(self) -> None:
-        """Capture raised: this session goes on uncaptured (call from the except block: it logs the traceback)."""
-        self.log.exception("statement capture failed; this session goes on without it")
+    def tap_failed(self, exc: BaseException | None = None) -> None:
+        """Capture raised: this session goes on uncaptured. Logs the traceback of ``exc``, or when called
+        from the except block, of the exception being handled."""
+        self.log.error("statement capture failed; this session goes on without it", exc_info=exc or True)
         self.server.stats.tap_errors += 1
         self.session = None
 
@@ -358,7 +359,7 @@ class ClientLeg(Protocol):
     draining: bool
     native: dataplane.DataPlane | None
 
-    def tap_failed(self) -> None: ...
+    def tap_failed(self, exc: BaseException | None = None) -> None: ...
 
     def terminate(self) -> None: ...
 
@@ -630,6 +631,8 @@ class ProxyServer:
         clients = list(self.clients)
         if clients:
             log.info("shutting down: %d sessions open, grace %gs", len(clients), self.settings.shutdown_grace)
+        if self.dataplane is not None:
+            self.dataplane.shutting_down()
         for client in clients:
             client.drain()
         if self.clients:

@@ -193,6 +193,94 @@ def test_loop_stops_a_session_capture_rather_than_growing_without_bound() -> Non
         loop.stop()
 
 
+def a_conversation(pair: Pair) -> None:
+    """Parse/Bind/Execute/Sync and its answers, then a failing simple Query, through the loop."""
+    client = (wire.message("P", b"s1\0SELECT $1::int\0\0\x01\0\0\0\x17")
+              + wire.message("B", b"\0s1\0\0\0\0\x01\0\0\0\x0242\0\0") + wire.message("E", b"\0\0\0\0\0")
+              + wire.message("S"))
+    pair.client.sendall(client)
+    assert receive(pair.server, len(client)) == client
+    server = (wire.message("1") + wire.message("2") + wire.message("D", b"\0\x01\0\0\0\x0242")
+              + wire.message("C", b"SELECT 1\0") + wire.message("Z", b"I"))
+    pair.server.sendall(server)
+    assert receive(pair.client, len(server)) == server
+    query = wire.message("Q", b"SELECT 1/0\0")
+    pair.client.sendall(query)
+    assert receive(pair.server, len(query)) == query
+    answer = wire.error_response("division by zero", "22012") + wire.message("Z", b"I")
+    pair.server.sendall(answer)
+    assert receive(pair.client, len(answer)) == answer
+
+
+def delivered(loop: object, taps: dict) -> tuple[list, list]:
+    """Loop.deliver until the session's END came back in Python form; its records and failures."""
+    records: list = []
+    failed: list = []
+    deadline = time.monotonic() + 10
+    while dataplane.END not in [kind for kind, *_ in records] and time.monotonic() < deadline:
+        select.select([loop.fileno()], [], [], 0.1)  # type: ignore[attr-defined]
+        rest, bad, *_ = loop.deliver(taps)  # type: ignore[attr-defined]
+        records += rest
+        failed += bad
+    return records, failed
+
+
+compiled_session = pytest.mark.skipif(dataplane.CompiledSession is None, reason="proxy._session not built")
+
+
+@compiled_session
+def test_deliver_feeds_a_compiled_session_what_drain_would_hand_it() -> None:
+    """The same conversation, once drained as tuples into one compiled Session and once delivered by the
+    loop into another: the same events; deliver hands back only the records of untapped handles."""
+    events: dict[str, list] = {"drained": [], "delivered": []}
+    loop = dataplane.Loop()
+    try:
+        for how in ("drained", "delivered"):
+            session = dataplane.CompiledSession("t", "c", {"user": "u"}, emit=events[how].append)
+            session.resume(7)
+            pair = Pair(loop)
+            a_conversation(pair)
+            pair.client.close()
+            if how == "drained":
+                for kind, _h, side, ts, payload in drained(loop, 5):
+                    if kind == dataplane.MESSAGES:
+                        (session.from_client if side == dataplane.CLIENT_SIDE else session.from_server)(payload, ts)
+            else:
+                records, failed = delivered(loop, {pair.handle: session})
+                assert [kind for kind, *_ in records] == [dataplane.END] and failed == []
+            session.close(0)
+    finally:
+        loop.stop()
+    drop_times = [{k: v for k, v in e.items() if k not in ("ts", "dur_us", "sid")} for e in events["drained"]]
+    assert [e["sql"] for e in events["drained"]] == ["SELECT $1::int", "SELECT 1/0"]
+    assert drop_times == [{k: v for k, v in e.items() if k not in ("ts", "dur_us", "sid")}
+                          for e in events["delivered"]]
+
+
+@compiled_session
+def test_a_session_that_raises_in_deliver_is_reported_and_left_out() -> None:
+    """deliver returns (handle, exception) for it, with the traceback, and takes it out of taps."""
+    def emit(_event: dict) -> None:
+        raise RuntimeError("sink on fire")
+
+    loop = dataplane.Loop()
+    try:
+        session = dataplane.CompiledSession("t", "c", {"user": "u"}, emit=emit)
+        session.resume(7)
+        pair = Pair(loop)
+        taps = {pair.handle: session}
+        a_conversation(pair)
+        pair.client.close()
+        records, failed = delivered(loop, taps)
+    finally:
+        loop.stop()
+    assert [(h, type(e), str(e)) for h, e in failed] == [(pair.handle, RuntimeError, "sink on fire")]
+    assert failed[0][1].__traceback__ is not None and taps == {}
+    # what came after the failure is handed back as records, for Python to find the session gone
+    kinds = [kind for kind, *_ in records]
+    assert kinds[-1] == dataplane.END and kinds[:-1] and set(kinds[:-1]) == {dataplane.MESSAGES}
+
+
 class GcWatch:
     """A session's Tap as drain() sees it: notes whether the cyclic collector ran enabled meanwhile."""
 
