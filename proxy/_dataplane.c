@@ -1155,13 +1155,6 @@ record_object(RecordHead h, const unsigned char **pp)
     return payload ? Py_BuildValue("(iIiLN)", h.kind, h.handle, h.side, (long long)h.ts, payload) : NULL;
 }
 
-static PyObject *
-counters(PyObject *records, const Taken *t)
-{
-    return Py_BuildValue("(NKKK)", records, (unsigned long long)t->bytes[0], (unsigned long long)t->bytes[1],
-                         (unsigned long long)t->lost);
-}
-
 /* drain() -> (records, bytes from clients, bytes from servers, groups lost)
  *
  * records: (kind, handle, side, read time µs, payload) in the order the loop saw them. payload:
@@ -1182,13 +1175,17 @@ Loop_drain(Loop *L, PyObject *Py_UNUSED(ignored))
         Py_XDECREF(rec);
     }
     buf_free(&t.records);
-    return out ? counters(out, &t) : NULL;
+    if (out == NULL)
+        return NULL;
+    return Py_BuildValue("(NKKK)", out, (unsigned long long)t.bytes[0], (unsigned long long)t.bytes[1],
+                         (unsigned long long)t.lost);
 }
 
 /* The compiled Session's interface, once fetched; NULL when _session was not built. */
 static const SessionAPI *session_api;
 
-/* A REC_MESSAGES record's messages (at *pp, moving past them) fed straight to a compiled Session. */
+/* A REC_MESSAGES record's messages (at *pp, moving past them) fed straight to a compiled Session, up to
+ * 64 a call from a batch on the stack. Once the session raises, the rest of the record is only skipped. */
 static int
 feed_session(PyObject *session, RecordHead h, const unsigned char **pp)
 {
@@ -1196,26 +1193,22 @@ feed_session(PyObject *session, RecordHead h, const unsigned char **pp)
     uint32_t count;
     memcpy(&count, p, 4);
     p += 4;
-    *pp = p;
-    if (count == 0)
-        return 0;
-    SessionMessage few[64];
-    SessionMessage *m = count <= 64 ? few : PyMem_Malloc(sizeof(SessionMessage) * count);
-    if (m == NULL) {
-        PyErr_NoMemory();
-        return -1;
+    SessionMessage batch[64];
+    int r = 0;
+    while (count > 0) {
+        uint32_t n = count < 64 ? count : 64;
+        for (uint32_t i = 0; i < n; i++) {
+            batch[i].type = p[0];
+            memcpy(&batch[i].length, p + 1, 4);
+            memcpy(&batch[i].kept, p + 5, 4);
+            batch[i].body = p + 9;
+            p += 9 + batch[i].kept;
+        }
+        count -= n;
+        if (r == 0)
+            r = session_api->feed(session, h.side, (long long)h.ts, batch, n);
     }
-    for (uint32_t i = 0; i < count; i++) {
-        m[i].type = p[0];
-        memcpy(&m[i].length, p + 1, 4);
-        memcpy(&m[i].kept, p + 5, 4);
-        m[i].body = p + 9;
-        p += 9 + m[i].kept;
-    }
     *pp = p;
-    int r = session_api->feed(session, h.side, (long long)h.ts, m, count);
-    if (m != few)
-        PyMem_Free(m);
     return r;
 }
 

@@ -8,9 +8,9 @@ without the GIL; what capture needs arrives here in batches (one ``drain`` for m
 loop's eventfd becomes readable) and goes to the session's Tap. That Tap is the compiled Session
 (proxy/_session.c) when it was built, whose events are the reference Session's by test, and then the loop
 feeds it the messages itself (``Loop.deliver``, proxy/_session_api.h), making no Python object for a
-message the session does not keep. The ClientProtocol
-stays the session's home: its counters, ``max_client_conn``, drain at shutdown and ``fail`` work
-unchanged, writing and closing through :class:`NativeLeg`.
+message the session does not keep. The ClientProtocol stays the session's home: its counters,
+``max_client_conn``, drain at shutdown and ``fail`` work unchanged, writing and closing through
+:class:`NativeLeg`.
 
 TLS sessions stay on the Python path.
 """
@@ -226,7 +226,7 @@ class DataPlane:
         upstream.transport = NativeLeg(self, handle, SERVER_SIDE, {})
         client.native = None
         self.sessions[handle] = client
-        if capture and CompiledSession is not None and type(client.session) is CompiledSession:
+        if capture and type(client.session) is CompiledSession:
             self.taps[handle] = client.session
         self.moved += 1
         client.log.debug("session moved to the native data plane")
