@@ -220,8 +220,11 @@ count(Capture *c, PyObject *event)
     PyObject *dur_text = PyDict_GetItemWithError(event, k_dur);
     if (dur_text == NULL && PyErr_Occurred())
         return -1;
+    int timed = dur_text != NULL ? PyObject_IsTrue(dur_text) : 0;
+    if (timed < 0)
+        return -1;
     long long dur = 0;
-    if (dur_text != NULL && PyObject_IsTrue(dur_text)) {
+    if (timed) {
         PyObject *n = PyNumber_Long(dur_text);  /* int(text), as the Python does */
         if (n == NULL)
             return -1;

@@ -770,7 +770,7 @@ simple_done(Session *s, Entry *e, const Body *body, PyObject *err_code, PyObject
         return -1;
     if (!s->in_txn && begin(s) < 0)
         goto done;
-    int control = tag != NULL && PySet_Contains(control_tags, tag);
+    int control = tag != NULL ? PySet_Contains(control_tags, tag) : 0;
     if (control < 0)
         goto done;
     if (s->sampled || control) {  /* else the text is not needed */
